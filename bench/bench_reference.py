@@ -1,0 +1,236 @@
+"""The pure-torch engine against its peers, on identical inputs in one run.
+
+Case: VelocityField(6, 128, 3) (softplus, time input), batch 2000, 3 classical RK4 steps over
+[0, 1], float32, h = 1. Work items:
+
+* ``train_step``: one block's step: loss forward + backward + Adam step;
+* ``likelihood``: mean negative log-likelihood 0.5|x1|^2 + d/2 log 2pi - logdet, no graph kept.
+
+Implementations, all with the same weights:
+
+* ``reference``: ``block_loss`` / ``rk4`` as shipped (d tangent rows stacked in forward mode);
+* ``reference+compile``: the same functions under ``torch.compile`` (compile time excluded);
+* ``torch.func``: the RK4 loop below, divergence = trace of ``vmap(jacfwd(f))`` per sample;
+* ``backward-loop``: the RK4 loop below, divergence by d backward passes (torchdiffeq/FFJORD).
+
+GFLOP/s are "useful" rates: every row divides the reference's FLOP count (FlopCounterMode:
+matmuls only, 2 per multiply-add) by its own time, so a row that does more arithmetic for
+the same result shows a lower rate. ``% mm`` is that rate over the measured
+(12000x128)@(128x128) matmul rate of this run.
+
+    python bench/bench_reference.py [--quick] [--threads N] [--compare PATH [--fail-if-regression]]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import time
+
+import torch
+
+import _harness as H
+
+H.import_jkofast_submodules()
+from jkofast.field import VelocityField  # noqa: E402
+from jkofast.integrate import rk4  # noqa: E402
+from jkofast.jko_loss import block_loss  # noqa: E402
+from jkofast.reference import TABLEAUS  # noqa: E402
+
+DIM, HIDDEN, LAYERS, STEPS, STEP_H = 6, 128, 3, 3, 1.0
+
+
+# ----------------------------------------------------------------------------- peers
+def rk4_loop(vel_div, x: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Classical RK4 of (x, logdet) over [0, 1]: the same stages as ``jkofast.rk4``, with the
+    divergence supplied by ``vel_div(x, t) -> (f, div)``. The kinetic energy is not needed by
+    the endpoint loss, so it is skipped (the reference computes it: a few elementwise ops)."""
+    a, b, c = TABLEAUS["rk4"]
+    h = 1.0 / steps
+    logdet = x.new_zeros(x.shape[0])
+    for step in range(steps):
+        ks, divs = [], []
+        for a_row, c_i in zip(a, c):
+            xi = x
+            for a_ij, k_j in zip(a_row, ks):
+                if a_ij != 0.0:
+                    xi = xi + (h * a_ij) * k_j
+            k_i, div_i = vel_div(xi, torch.tensor(step * h + c_i * h, dtype=x.dtype))
+            ks.append(k_i)
+            divs.append(div_i)
+        x = x + h * sum(b_i * k_i for b_i, k_i in zip(b, ks))
+        logdet = logdet + h * sum(b_i * d_i for b_i, d_i in zip(b, divs))
+    return x, logdet
+
+
+def jacfwd_divergence(field):
+    """Per-sample Jacobian by forward mode (d jvps, vmapped), then its trace."""
+    def f_single(x, t):
+        out = field(x.unsqueeze(0), t).squeeze(0)
+        return out, out  # the aux copy returns f itself, so f costs no extra forward
+    jac = torch.func.vmap(torch.func.jacfwd(f_single, has_aux=True), in_dims=(0, None))
+
+    def vel_div(x, t):
+        J, f = jac(x, t)
+        return f, J.diagonal(dim1=1, dim2=2).sum(-1)
+    return vel_div
+
+
+def backward_loop_divergence(field, keep_graph: bool):
+    """sum_j d f_j / d x_j by d backward passes, as Field.velocity_and_divergence's default.
+    Autograd needs a graph even for the likelihood, so grad is enabled here; with
+    ``keep_graph=False`` the results are detached so that no graph outlives the stage."""
+    def vel_div(x, t):
+        with torch.enable_grad():
+            x_in = x if x.requires_grad else x.detach().requires_grad_(True)
+            f = field(x_in, t)
+            div = sum(torch.autograd.grad(f[:, j].sum(), x_in, create_graph=keep_graph,
+                                          retain_graph=True)[0][:, j] for j in range(f.shape[1]))
+        return (f, div) if keep_graph else (f.detach(), div.detach())
+    return vel_div
+
+
+def endpoint_loss(x0, x1, logdet, h):
+    """block_loss(transport="endpoint") from its parts."""
+    return 0.5 * x1.square().sum(1).mean() - logdet.mean() + (x1 - x0).square().sum(1).mean() / (2 * h)
+
+
+def nll(x1, logdet):
+    return (0.5 * x1.square().sum(1) + 0.5 * x1.shape[1] * math.log(2 * math.pi) - logdet).mean()
+
+
+def implementations(field0):
+    """name -> (field, loss(x0), likelihood(x0)); each has its own copy of the same weights."""
+    impls = {}
+
+    f = copy.deepcopy(field0)
+    ref_loss = lambda x0, f=f: block_loss(f, x0, STEP_H, STEPS)[0]  # noqa: E731
+    ref_nll = lambda x0, f=f: nll(*rk4(f, x0, 0.0, 1.0, STEPS)[:2])  # noqa: E731
+    impls["reference"] = (f, ref_loss, ref_nll)
+
+    f = copy.deepcopy(field0)
+    impls["reference+compile"] = (
+        f, torch.compile(lambda x0, f=f: block_loss(f, x0, STEP_H, STEPS)[0]),
+        torch.compile(lambda x0, f=f: nll(*rk4(f, x0, 0.0, 1.0, STEPS)[:2])))
+
+    f = copy.deepcopy(field0)
+    vd = jacfwd_divergence(f)  # forward mode runs under no_grad too: one function serves both
+    impls["torch.func"] = (f, lambda x0: endpoint_loss(x0, *rk4_loop(vd, x0, STEPS), STEP_H),
+                           lambda x0: nll(*rk4_loop(vd, x0, STEPS)))
+
+    f = copy.deepcopy(field0)
+    vd_train, vd_eval = backward_loop_divergence(f, True), backward_loop_divergence(f, False)
+    impls["backward-loop"] = (f, lambda x0: endpoint_loss(x0, *rk4_loop(vd_train, x0, STEPS), STEP_H),
+                              lambda x0: nll(*rk4_loop(vd_eval, x0, STEPS)))
+    return impls
+
+
+# ----------------------------------------------------------------------------- run
+def main() -> None:
+    args = H.add_common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0])).parse_args()
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    batch, min_run = (500, 0.3) if args.quick else (2000, 4.0)
+    torch.manual_seed(0)
+    field0 = VelocityField(DIM, HIDDEN, LAYERS)
+    x0 = torch.randn(batch, DIM)
+    case = f"d{DIM}-h{HIDDEN}-l{LAYERS}-b{batch}-s{STEPS}"
+    env = H.environment("cpu")
+    env["ceiling"] = H.matmul_ceiling("cpu", min_run_time=min_run)
+    mm_gflops = env["ceiling"]["mm_12000x128x128_gflops"]
+    print(f"{env['device']}, torch {env['torch']}, {env['threads']} threads; matmul ceiling "
+          + ", ".join(f"{k[:-7]} {v:.1f} GFLOP/s" for k, v in env["ceiling"].items()))
+
+    impls, errors = implementations(field0), {}
+    # Same work check: every peer's loss, likelihood and gradient against the reference's.
+    print("\nsame-result check (relative to reference, float32, tolerance 1e-4 on values):")
+    ref_vals = None
+    for name, (f, loss_fn, nll_fn) in list(impls.items()):
+        try:
+            f.zero_grad(set_to_none=True)
+            loss = loss_fn(x0)
+            loss.backward()
+            with torch.no_grad():
+                value = nll_fn(x0)
+        except Exception as exc:  # e.g. torch.compile without a working toolchain
+            errors[name] = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+            print(f"  {name:<18} FAILED: {errors[name]}")
+            del impls[name]
+            continue
+        grad = torch.cat([p.grad.flatten() for p in f.parameters()])
+        vals = (loss.item(), value.item(), grad)
+        ref_vals = ref_vals or vals
+        rel = [abs(v - r) / abs(r) for v, r in zip(vals[:2], ref_vals[:2])]
+        grad_rel = ((grad - ref_vals[2]).norm() / ref_vals[2].norm()).item()
+        ok = max(rel) <= 1e-4
+        print(f"  {name:<18} loss {vals[0]:.6f} (rel {rel[0]:.1e})  nll {vals[1]:.6f} (rel {rel[1]:.1e})"
+              f"  grad rel {grad_rel:.1e}  {'ok' if ok else 'MISMATCH'}  [{time.perf_counter() - start:.0f} s]")
+        if not ok:
+            raise SystemExit(f"{name} does not compute the reference's loss; refusing to time it")
+
+    def work(f, loss_fn, nll_fn):
+        opt = torch.optim.Adam(f.parameters(), lr=1e-4)
+
+        def train_step():
+            opt.zero_grad(set_to_none=True)
+            loss_fn(x0).backward()
+            opt.step()
+
+        def likelihood():
+            with torch.no_grad():
+                return nll_fn(x0)
+        return {"train_step": train_step, "likelihood": likelihood}
+
+    ref_work = work(*impls["reference"])
+    flops = {k: H.count_flops(fn) for k, fn in ref_work.items()}
+    # What FlopCounterMode counts, by hand, for the likelihood: per field evaluation the layer-0
+    # product (d+1 -> H, primal only: its tangent is W0 itself), (layers-1) hidden products on
+    # 1 + d rows, the output product and the diagonal contraction (d x H per sample); 4 stages x S.
+    per_eval = 2 * batch * ((DIM + 1) * HIDDEN + (LAYERS - 1) * (1 + DIM) * HIDDEN ** 2 + 2 * HIDDEN * DIM)
+    print(f"\nreference FLOPs (FlopCounterMode): train_step {flops['train_step'] / 1e9:.2f} G, likelihood "
+          f"{flops['likelihood'] / 1e9:.2f} G (by hand: {4 * STEPS * per_eval / 1e9:.2f} G)\n")
+
+    rows = []
+    for name in ["reference", "reference+compile", "torch.func", "backward-loop"]:
+        if name not in impls:
+            rows += [{"case": f"{case}/{k}", "impl": name, "error": errors[name]} for k in flops]
+            continue
+        fns = ref_work if name == "reference" else work(*impls[name])
+        params = list(impls[name][0].parameters())
+        for item, fn in fns.items():
+            fn(), fn()  # warm-up: compile, allocator, MKL/oneDNN dispatch
+            row = {"case": f"{case}/{item}", "impl": name, **H.time_call(fn, min_run)}
+            row["gflops"] = flops[item] / row["median_s"] / 1e9
+            row["pct_mm"] = 100 * row["gflops"] / mm_gflops
+            if name != "reference+compile":  # FlopCounterMode would trace the compiled graph anew
+                row["own_flops"] = H.count_flops(fn)
+            if item == "train_step":
+                mem = H.memory_of_call(fn, "cpu", exclude=params)
+                row["train_mem_mb"], row["mem_measure"] = mem["bytes"] / 2 ** 20, mem["measure"]
+            rows.append(row)
+            print(f"  timed {name:<18} {item:<11} {1e3 * row['median_s']:9.2f} ms  [{time.perf_counter() - start:.0f} s]", flush=True)
+    for r in rows:
+        ref = next(x for x in rows if x["case"] == r["case"] and x["impl"] == "reference")
+        if r.get("median_s"):
+            r["speedup_vs_ref"] = ref["median_s"] / r["median_s"]
+            r["median_ms"], r["iqr_ms"] = 1e3 * r["median_s"], 1e3 * r["iqr_s"]
+            r["own_gflop"] = r["own_flops"] / 1e9 if r.get("own_flops") else None
+    env["flops"] = flops
+
+    print()
+    columns = [("case/work", "case", ""), ("impl", "impl", ""), ("median ms", "median_ms", ".2f"),
+               ("IQR ms", "iqr_ms", ".2f"), ("ref/this", "speedup_vs_ref", ".2f"),
+               ("GFLOP/s", "gflops", ".1f"), ("% mm", "pct_mm", ".1f"), ("own GFLOP", "own_gflop", ".2f"),
+               ("train MB", "train_mem_mb", ".1f"), ("runs", "runs", "d")]
+    H.finish("reference-quick" if args.quick else "reference", env, rows, columns, args)
+    for r in rows:
+        if r.get("error"):
+            print(f"{r['impl']} {r['case']}: {r['error']}")
+    peers = [r for r in rows if r["impl"] in ("torch.func", "backward-loop") and r.get("median_s")]
+    slower = [f"{r['impl']} {r['case'].split('/')[1]}" for r in peers if r["speedup_vs_ref"] > 1]
+    print("\nreference is the fastest eager implementation" if not slower
+          else f"\nreference is NOT the fastest: slower than {', '.join(slower)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+"""jkofast: fast continuous normalizing flows trained by the JKO scheme (JKO-iFlow).
+
+The public API (see README.md)::
+
+    field = jkofast.VelocityField(dim, hidden=128, layers=3, activation="softplus")
+    f, div = jkofast.divergence(field, x, t, method="exact")
+    x1, logdet, kinetic = jkofast.rk4(field, x, t0, t1, steps)
+    flow = jkofast.train(x_train, method="jko-iflow", val=x_val)
+    z, logdet = flow.transform(x); x = flow.inverse(z); flow.log_prob(x); flow.sample(n)
+    flow.save(path); flow = jkofast.Flow.load(path)
+    x = jkofast.datasets.toy("moons", n, seed=0)
+"""
+from ._version import __version__
+from . import datasets
+from .divergence import divergence
+from .field import Field, VelocityField
+from .flow import Flow
+from .integrate import rk4
+from .train import train
+
+__all__ = ["__version__", "datasets", "divergence", "Field", "VelocityField", "Flow", "rk4", "train"]

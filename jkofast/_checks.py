@@ -1,0 +1,49 @@
+"""Input checks shared by the public entry points. Errors name the argument, what was expected
+and what came (no ``assert``: ``python -O`` strips those)."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def check_points(x, name: str, dim: int | None = None, *, like: nn.Module | None = None,
+                 allow_empty: bool = True) -> Tensor:
+    """Check that ``x`` is a floating (B, dim) tensor matching ``like``'s dtype and device."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (batch, dim), got {type(x).__name__}")
+    if x.dim() != 2:
+        raise ValueError(f"{name} must have shape (batch, dim), got shape {tuple(x.shape)}")
+    if dim is not None and x.shape[1] != dim:
+        raise ValueError(f"{name} must have {dim} columns (the model's dimension), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if not allow_empty and x.shape[0] == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); at least one row is needed")
+    if like is not None:
+        p = next(like.parameters(), None)
+        if p is not None and x.dtype != p.dtype:
+            raise TypeError(f"{name} has dtype {x.dtype} but the model's parameters are {p.dtype}; "
+                            f"convert one of them (e.g. x.to({p.dtype}) or model.to({x.dtype}))")
+        if p is not None and x.device != p.device:
+            raise ValueError(f"{name} is on {x.device} but the model is on {p.device}; move one of them")
+    return x
+
+
+def check_finite(x: Tensor, name: str) -> None:
+    """Reject NaN/inf data with the count and the first bad row (a silent NaN poisons training)."""
+    bad = ~torch.isfinite(x).all(dim=1)
+    if bool(bad.any()):
+        first = int(bad.nonzero()[0, 0])
+        raise ValueError(f"{name} has {int(bad.sum())} row(s) with NaN or inf values (first: row {first})")
+
+
+def check_positive_int(value, name: str, low: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def check_choice(value, name: str, choices) -> str:
+    if value not in choices:
+        raise ValueError(f"invalid {name} {value!r}; must be one of {sorted(choices)}")
+    return value

@@ -1,0 +1,76 @@
+"""Checkpoint files: atomic writes, safe loads, and errors that say what is wrong with a file.
+
+Files are ``torch.save`` archives of plain dicts of tensors and primitives, always read back
+with ``torch.load(weights_only=True)``: loading a checkpoint never executes code from it.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+from ._version import __version__
+
+__all__ = ["CheckpointError", "FORMAT_VERSION", "save_payload", "load_payload"]
+
+# Bump when the layout of a payload changes; readers refuse newer versions instead of guessing.
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing pieces, corrupt, truncated, or from an unknown format."""
+
+
+def save_payload(payload: dict, path: str | os.PathLike, kind: str) -> Path:
+    """Write ``payload`` to ``path`` atomically (temp file + rename in the same folder), so a
+    crash mid-write leaves the previous file intact rather than a truncated one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"format": kind, "format_version": FORMAT_VERSION, "jkofast_version": __version__, **payload}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(record, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_payload(path: str | os.PathLike, kind: str, map_location="cpu") -> dict:
+    """Read a payload written by :func:`save_payload` and check its kind and format version."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        record = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable checkpoint (corrupt, truncated, or not written by "
+                              f"jkofast): {type(exc).__name__}: {exc}") from exc
+    if not isinstance(record, dict) or "format" not in record:
+        raise CheckpointError(f"{path} is not a jkofast checkpoint (no format header)")
+    if record["format"] != kind:
+        raise CheckpointError(f"{path} holds a {record['format']!r} checkpoint, expected {kind!r}")
+    version = record.get("format_version")
+    if not isinstance(version, int):
+        raise CheckpointError(f"{path} has no valid format_version")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} was written by jkofast {record.get('jkofast_version', '?')} in checkpoint format "
+            f"v{version}; this jkofast ({__version__}) reads up to v{FORMAT_VERSION}: upgrade jkofast to load it")
+    return record
+
+
+def require(record: dict, keys, path) -> None:
+    """Raise a CheckpointError naming the first of ``keys`` missing from ``record``."""
+    for key in keys:
+        if key not in record:
+            raise CheckpointError(f"{path} is missing {key!r}; the file is incomplete or corrupt")

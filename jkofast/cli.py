@@ -1,0 +1,202 @@
+"""The ``jkofast`` command line: train, sample, eval, plot.
+
+``jkofast train --data moons --out runs/moons`` trains a flow and writes into ``runs/moons``:
+model.pt (the final model, ``jkofast.Flow.load("runs/moons")``), checkpoint.pt (after every
+block; rerunning the same command resumes), log.json, metrics.json (test NLL), samples.npy and
+plot.png (2-D data).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import datasets
+from ._version import __version__
+from .checkpoint import CheckpointError
+from .flow import Flow
+from .jko_iflow import TrainingDivergedError
+from .jko_iflow_config import BUDGETS, JKOIFlowConfig
+from .metrics import nll
+from .train import METHODS, train
+
+# CLI flag -> JKOIFlowConfig field, for the options that go straight through.
+_TRAIN_OPTIONS = {"blocks": int, "hidden": int, "layers": int, "activation": str, "steps": int,
+                  "eval_steps": int, "iters": int, "batch": int, "lr": float, "h0": float,
+                  "divergence": str, "probes": int, "reparam_rounds": int, "refine_rounds": int,
+                  "retrain_iters": int, "dtype": str, "tableau": str, "transport": str}
+
+
+def _load_data(spec: dict):
+    """(train, val, test) for a data spec {"name", "seed", "n_train", "n_val", "n_test"}."""
+    return datasets.get(spec["name"], spec["n_train"], spec["n_val"], spec["n_test"], seed=spec["seed"])
+
+
+def _as_tensor(a: np.ndarray, flow: Flow) -> torch.Tensor:
+    return torch.as_tensor(a, dtype=flow.loc.dtype, device=flow.loc.device)
+
+
+def _evaluate(flow: Flow, test: np.ndarray, steps: list[int]) -> dict:
+    x = _as_tensor(test, flow)
+    out = {"n_test": len(test)}
+    for s in steps:
+        mean, se = nll(flow, x, steps=s)
+        out[f"nll_steps{s}"] = {"mean": mean, "se": se}
+    return out
+
+
+def _data_spec(args) -> dict:
+    name = args.data
+    if datasets.canonical_name(name) is None:
+        path = Path(name)
+        if not path.is_file():
+            raise SystemExit(f"error: --data {name!r} is neither a built-in data set "
+                             f"({', '.join(datasets.TOY_NAMES)}) nor an existing .npy/.csv file")
+        name = str(path.resolve())
+    return {"name": name, "seed": args.seed, "n_train": args.n_train, "n_val": args.n_val, "n_test": args.n_test}
+
+
+def cmd_train(args) -> int:
+    spec = _data_spec(args)
+    x_train, x_val, x_test = _load_data(spec)
+    options = {k: getattr(args, k) for k in _TRAIN_OPTIONS if getattr(args, k) is not None}
+    options["seed"] = args.seed
+    out = Path(args.out)
+    print(f"jkofast {__version__}: {args.method} on {spec['name']} (train {x_train.shape}, "
+          f"test {x_test.shape}) -> {out}", flush=True)
+    start = time.perf_counter()
+    try:
+        flow = train(x_train, args.method, val=x_val, out=out, resume=not args.restart, device=args.device,
+                     budget=args.budget, progress=not args.no_progress, **options)
+    except TrainingDivergedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    flow.info["data"] = spec
+    flow.save(out)
+    cfg = JKOIFlowConfig.from_dict(flow.info["config"])
+    grids = [cfg.steps] + ([cfg.eval_steps] if cfg.eval_steps and cfg.eval_steps != cfg.steps else [])
+    metrics = _evaluate(flow, x_test, grids)
+    metrics.update(blocks=flow.num_blocks, train_seconds=flow.info["train_seconds"],
+                   total_seconds=round(time.perf_counter() - start, 3))
+    g = torch.Generator(device=flow.loc.device).manual_seed(args.seed)
+    samples = flow.sample(args.samples, generator=g).detach().cpu().numpy()
+    np.save(out / "samples.npy", samples)
+    if flow.dim == 2 and not args.no_plot:
+        from .plotting import plot_flow
+        plot_flow(flow, x_test, out / "plot.png", samples=samples, title=f"{spec['name']}: {flow.num_blocks} blocks")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    for s in grids:
+        m = metrics[f"nll_steps{s}"]
+        print(f"test NLL ({s} RK4 steps per block): {m['mean']:.4f} +/- {m['se']:.4f} nats")
+    print(f"{flow.num_blocks} blocks, training {metrics['train_seconds']:.1f} s, total "
+          f"{metrics['total_seconds']:.1f} s; wrote {', '.join(sorted(p.name for p in out.iterdir() if p.is_file()))}")
+    return 0
+
+
+def _flow_and_data(args):
+    flow = Flow.load(args.model, map_location=args.device or "cpu")
+    spec = dict(flow.info.get("data", {}))
+    if getattr(args, "data", None):
+        spec = {"name": args.data, "seed": spec.get("seed", 0), "n_train": 1, "n_val": 1,
+                "n_test": spec.get("n_test", 20_000)}
+    if getattr(args, "n_test", None):
+        spec["n_test"] = args.n_test
+    if "name" not in spec:
+        raise SystemExit("error: this model does not record its data set; pass --data")
+    return flow, spec
+
+
+def cmd_eval(args) -> int:
+    flow, spec = _flow_and_data(args)
+    test = _load_data(spec)[2]
+    steps = args.steps or [flow.steps]
+    metrics = _evaluate(flow, test, steps)
+    for s in steps:
+        m = metrics[f"nll_steps{s}"]
+        print(f"test NLL ({s} RK4 steps per block, {len(test)} points): {m['mean']:.4f} +/- {m['se']:.4f} nats")
+    if args.json:
+        Path(args.json).write_text(json.dumps(metrics, indent=2))
+    return 0
+
+
+def cmd_sample(args) -> int:
+    flow = Flow.load(args.model, map_location=args.device or "cpu")
+    g = torch.Generator(device=flow.loc.device).manual_seed(args.seed)
+    x = flow.sample(args.n, generator=g, steps=args.steps).detach().cpu().numpy()
+    out = Path(args.out)
+    if out.suffix == ".csv":
+        np.savetxt(out, x, delimiter=",")
+    else:
+        np.save(out, x)
+    print(f"wrote {args.n} samples to {out}")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from .plotting import plot_flow
+    flow, spec = _flow_and_data(args)
+    path = plot_flow(flow, _load_data(spec)[2], args.out, seed=args.seed, title=str(spec["name"]))
+    print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jkofast", description=__doc__.split("\n\n")[0])
+    p.add_argument("--version", action="version", version=f"jkofast {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a flow; writes model, checkpoint, log, metrics, samples, plot")
+    t.add_argument("--data", required=True, help=f"built-in set ({', '.join(datasets.TOY_NAMES)}) or a .npy/.csv file")
+    t.add_argument("--out", required=True, help="output folder (a rerun with the same folder resumes)")
+    t.add_argument("--method", default="jko-iflow", choices=METHODS)
+    t.add_argument("--budget", default="default", choices=sorted(BUDGETS))
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    for flag, kind in _TRAIN_OPTIONS.items():
+        t.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, default=None,
+                       help=f"(default: {getattr(JKOIFlowConfig(), flag)})")
+    t.add_argument("--n-train", type=int, default=50_000, help="built-in sets: training points")
+    t.add_argument("--n-val", type=int, default=5_000, help="built-in sets: validation points")
+    t.add_argument("--n-test", type=int, default=20_000, help="built-in sets: test points")
+    t.add_argument("--samples", type=int, default=10_000, help="samples to write to samples.npy")
+    t.add_argument("--restart", action="store_true", help="ignore a checkpoint in --out and start over")
+    t.add_argument("--no-plot", action="store_true")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    for name, fn, helptext in (("eval", cmd_eval, "test NLL in nats with its standard error"),
+                               ("plot", cmd_plot, "PNG of data, samples, density and trajectory (2-D)"),
+                               ("sample", cmd_sample, "draw samples to a .npy or .csv file")):
+        c = sub.add_parser(name, help=helptext)
+        c.add_argument("--model", required=True, help="model file, or the output folder of `jkofast train`")
+        c.add_argument("--device", default=None)
+        c.add_argument("--seed", type=int, default=0)
+        c.set_defaults(func=fn)
+        if name in ("eval", "plot"):
+            c.add_argument("--data", default=None, help="data set (default: the one the model was trained on)")
+            c.add_argument("--n-test", type=int, default=None)
+    sub.choices["eval"].add_argument("--steps", type=int, nargs="+", default=None, help="RK4 steps per block")
+    sub.choices["eval"].add_argument("--json", default=None, help="also write the numbers to this file")
+    sub.choices["plot"].add_argument("--out", required=True, help="PNG file")
+    sub.choices["sample"].add_argument("--n", type=int, default=10_000)
+    sub.choices["sample"].add_argument("--steps", type=int, default=None)
+    sub.choices["sample"].add_argument("--out", required=True, help=".npy or .csv file")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (CheckpointError, FileNotFoundError, ValueError, TypeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Loading user data from ``.npy`` / ``.csv`` files and splitting it into train / val / test."""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["load_array", "split", "SUFFIXES"]
+
+SUFFIXES = (".npy", ".csv")
+
+
+def _finite_rows(arr: np.ndarray, where: str) -> None:
+    # A single NaN poisons every gradient step; say which rows so the user can clean the file.
+    bad = ~np.isfinite(arr).all(axis=1)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{where} has {int(bad.sum())} row(s) with NaN or inf values (first: row {first})")
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    try:
+        # allow_pickle=False: a .npy of objects would run arbitrary code when unpickled.
+        arr = np.load(path, allow_pickle=False)
+    except ValueError as e:
+        raise ValueError(f"could not read {str(path)!r} as a numeric .npy array: {e}") from e
+    if not isinstance(arr, np.ndarray):  # np.load returns an NpzFile for a zip archive
+        raise ValueError(f"{str(path)!r} is not a single .npy array (an .npz archive?)")
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"{str(path)!r} must hold a numeric array, got dtype {arr.dtype}")
+    return arr
+
+
+def _read_csv(path: Path) -> np.ndarray:
+    # utf-8-sig: spreadsheet exports often start with a byte-order mark.
+    lines = [line for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(f"{str(path)!r} is empty (no rows)")
+    try:
+        [float(v) for v in lines[0].split(",")]
+    except ValueError:
+        lines = lines[1:]  # a non-numeric first line is a header
+    if not lines:
+        raise ValueError(f"{str(path)!r} is empty (a header line but no data rows)")
+    try:
+        arr = np.loadtxt(lines, delimiter=",", dtype=np.float64, ndmin=2)
+    except ValueError as e:
+        raise ValueError(f"could not parse {str(path)!r} as comma-separated numbers: {e}") from e
+    return arr.astype(np.float32)  # text has no dtype; float32 is the library default
+
+
+def load_array(path) -> np.ndarray:
+    """Load a data matrix from a ``.npy`` or ``.csv`` file.
+
+    A ``.csv`` is comma-separated with one sample per line; a first line that does not parse
+    as numbers is taken as a header and skipped, blank lines are ignored. A single-column
+    ``.csv`` gives shape (N, 1). A ``.npy`` is read with ``allow_pickle=False``.
+
+    Arguments:
+        path: ``str`` or ``os.PathLike`` ending in ``.npy`` or ``.csv``.
+
+    Returns:
+        arr: array of shape (N, d) with N >= 1 rows, all finite; float64 if the ``.npy`` holds
+        float64, float32 otherwise (integer and other float types are converted).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: unknown suffix, unreadable or non-numeric content, not 2-D, no rows or
+            columns, or rows with NaN/inf.
+    """
+    p = Path(os.fspath(path))
+    if not p.is_file():
+        raise FileNotFoundError(f"data file {str(p)!r} does not exist (or is not a file)")
+    suffix = p.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise ValueError(f"unsupported data file suffix {p.suffix!r} in {str(p)!r}; must be one of {list(SUFFIXES)}")
+    arr = _read_npy(p) if suffix == ".npy" else _read_csv(p)
+    if arr.ndim != 2:
+        raise ValueError(f"data in {str(p)!r} must be a 2-D array (rows, features), got shape {arr.shape}")
+    if arr.size == 0:
+        raise ValueError(f"data in {str(p)!r} is empty (shape {arr.shape}); need at least one row and one column")
+    arr = arr.astype(np.float64 if arr.dtype == np.float64 else np.float32, copy=False)
+    _finite_rows(arr, f"data in {str(p)!r}")
+    return arr
+
+
+def _check_fraction(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def split(arr, val_fraction: float = 0.1, test_fraction: float = 0.1, seed=0):
+    """Shuffle rows with a seeded permutation and cut them into train / val / test.
+
+    The test split gets ``floor(test_fraction * N)`` rows, validation
+    ``floor(val_fraction * N)``, training the rest. A fraction of exactly 0 gives an empty
+    (0, d) split on purpose; a positive fraction that rounds to zero rows is an error.
+
+    Arguments:
+        arr: array of shape (N, d).
+        val_fraction, test_fraction: numbers in [0, 1) with ``val_fraction + test_fraction < 1``.
+        seed: anything ``np.random.default_rng`` accepts; the same seed gives the same split.
+
+    Returns:
+        (train, val, test): copies of shapes (N_train, d), (N_val, d), (N_test, d) with the
+        dtype of ``arr``; disjoint, and together they hold every row once.
+    """
+    arr = np.asarray(arr)
+    if arr.ndim != 2:
+        raise ValueError(f"arr must be a 2-D array (rows, features), got shape {arr.shape}")
+    val_fraction = _check_fraction(val_fraction, "val_fraction")
+    test_fraction = _check_fraction(test_fraction, "test_fraction")
+    if val_fraction + test_fraction >= 1.0:
+        raise ValueError(f"val_fraction + test_fraction must be < 1 to leave training rows, "
+                         f"got {val_fraction} + {test_fraction}")
+    n = arr.shape[0]
+    if n == 0:
+        raise ValueError(f"arr has no rows (shape {arr.shape}); nothing to split")
+    # The tiny epsilon keeps e.g. 0.29 * 100 = 28.999999999999996 from flooring to 28.
+    n_test = math.floor(test_fraction * n + 1e-9)
+    n_val = math.floor(val_fraction * n + 1e-9)
+    for part, frac, size in (("test", test_fraction, n_test), ("val", val_fraction, n_val)):
+        if frac > 0 and size == 0:
+            raise ValueError(f"too few rows to split: the data has {n} row(s), so {part}_fraction={frac} "
+                             f"gives an empty {part} split; at least {math.ceil(1.0 / frac - 1e-9)} rows "
+                             f"are needed (or pass {part}_fraction=0 for no {part} split)")
+    if n - n_test - n_val < 1:  # only reachable through the epsilon with fractions summing to ~1
+        raise ValueError(f"too few rows to split: the data has {n} row(s) and none is left for training")
+    perm = np.random.default_rng(seed).permutation(n)
+    return arr[perm[n_test + n_val:]], arr[perm[n_test:n_test + n_val]], arr[perm[:n_test]]

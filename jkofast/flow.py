@@ -1,0 +1,184 @@
+"""``Flow``: a trained stack of ODE blocks from data space to N(0, I), with exact likelihoods."""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ._checks import check_choice, check_points, check_positive_int
+from .checkpoint import CheckpointError, load_payload, require, save_payload
+from .field import VelocityField
+from .integrate import rk4
+from .reference import LOG_2PI, TABLEAUS
+
+__all__ = ["Flow", "MODEL_FILE"]
+
+MODEL_FILE = "model.pt"  # what Flow.save writes into a folder, and Flow.load reads from one
+_KIND = "jkofast.flow"
+
+
+def _model_path(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path / MODEL_FILE if path.is_dir() else path
+
+
+class Flow(nn.Module):
+    """A continuous normalizing flow F = T_L o ... o T_1 o standardize, from data to N(0, I).
+
+    Block k integrates its :class:`~jkofast.VelocityField` over unit time with RK4; ``h[k]`` is
+    the JKO step size it was trained with. The standardization (``loc``, ``scale``) is part of
+    the model, so :meth:`log_prob` is the density in the user's data space.
+
+    Arguments:
+        dim: data dimension d.
+        field: keyword arguments of each block's :class:`~jkofast.VelocityField`.
+        steps: RK4 steps per block (the training grid); methods take ``steps=`` to use a finer one.
+        tableau: ``"rk4"`` or ``"rk4-3/8"``.
+        loc, scale: standardization, ``u = (x - loc) / scale``; (d,) each. Default: identity.
+    """
+
+    def __init__(self, dim: int, field: dict | None = None, *, steps: int = 3, tableau: str = "rk4",
+                 loc: Tensor | None = None, scale: Tensor | None = None) -> None:
+        super().__init__()
+        self.dim = check_positive_int(dim, "dim")
+        self.field_config = dict(field or {})
+        self.steps = check_positive_int(steps, "steps")
+        self.tableau = check_choice(tableau, "tableau", TABLEAUS)
+        self.blocks = nn.ModuleList()
+        self.h: list[float] = []  # JKO step size of each block (a list: .to(dtype) must not round it)
+        loc = torch.zeros(dim) if loc is None else torch.as_tensor(loc, dtype=torch.float32).reshape(-1)
+        scale = torch.ones(dim) if scale is None else torch.as_tensor(scale, dtype=torch.float32).reshape(-1)
+        if loc.shape != (dim,) or scale.shape != (dim,):
+            raise ValueError(f"loc and scale must have shape ({dim},), got {tuple(loc.shape)} and {tuple(scale.shape)}")
+        if not bool((scale > 0).all()) or not bool(torch.isfinite(loc).all()):
+            raise ValueError("scale must be positive and loc finite (a constant data column has scale 0)")
+        self.register_buffer("loc", loc)
+        self.register_buffer("scale", scale)
+        self.info: dict = {}  # how the flow was trained (method, data, settings); saved with it
+
+    # ------------------------------------------------------------------ building
+    def new_field(self) -> VelocityField:
+        """A freshly initialised block field with this flow's field configuration, dtype and device."""
+        return VelocityField(self.dim, **self.field_config).to(self.loc.device, self._dtype)
+
+    def add_block(self, field: VelocityField, h: float) -> None:
+        """Append a block (its field and its JKO step size h; ``inf`` for a free block)."""
+        if field.dim != self.dim:
+            raise ValueError(f"block field has dim {field.dim}, the flow has dim {self.dim}")
+        self.blocks.append(field)
+        self.h.append(float(h))
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        p = next(self.parameters(), None)
+        return p.dtype if p is not None else torch.get_default_dtype()
+
+    # ------------------------------------------------------------------ the map and its inverse
+    def _check_input(self, x: Tensor, name: str) -> Tensor:
+        check_points(x, name, self.dim, like=self if self.num_blocks else None)
+        return x
+
+    def transform(self, x: Tensor, *, steps: int | None = None, divergence: str = "exact",
+                  probes: int = 1, backend: str = "auto") -> tuple[Tensor, Tensor]:
+        """Push data to the latent space.
+
+        Arguments:
+            x: data, (B, d).
+            steps: RK4 steps per block (default: the training grid, ``self.steps``).
+            divergence: ``"exact"`` or ``"hutchinson"`` (then logdet is an estimate).
+
+        Returns:
+            ``(z, logdet)``: z = F(x), (B, d); logdet = log|det dF/dx|, (B,).
+        """
+        self._check_input(x, "x")
+        steps = self.steps if steps is None else steps
+        z = (x - self.loc.to(x.dtype)) / self.scale.to(x.dtype)
+        logdet = -torch.log(self.scale.to(x.dtype)).sum().expand(x.shape[0])
+        for block in self.blocks:
+            z, block_logdet, _ = rk4(block, z, 0.0, 1.0, steps, divergence=divergence, probes=probes,
+                                     tableau=self.tableau, backend=backend)
+            logdet = logdet + block_logdet
+        return z, logdet
+
+    def inverse(self, z: Tensor, *, steps: int | None = None, backend: str = "auto") -> Tensor:
+        """Map latent points back to data space: F^{-1}(z), (B, d) -> (B, d)."""
+        self._check_input(z, "z")
+        steps = self.steps if steps is None else steps
+        for block in reversed(self.blocks):
+            z, _, _ = rk4(block, z, 1.0, 0.0, steps, divergence=None, tableau=self.tableau, backend=backend)
+        return z * self.scale.to(z.dtype) + self.loc.to(z.dtype)
+
+    def log_prob(self, x: Tensor, *, steps: int | None = None, backend: str = "auto") -> Tensor:
+        """Exact log-density log p(x) in nats, in the user's data space; (B, d) -> (B,)."""
+        z, logdet = self.transform(x, steps=steps, backend=backend)
+        return -0.5 * z.square().sum(1) - 0.5 * self.dim * LOG_2PI + logdet
+
+    def sample(self, n: int, *, generator: torch.Generator | None = None, steps: int | None = None,
+               backend: str = "auto") -> Tensor:
+        """Draw n samples: z ~ N(0, I) pushed through the inverse flow; (n, d)."""
+        check_positive_int(n, "n", low=0)
+        z = torch.randn(n, self.dim, generator=generator, dtype=self._dtype, device=self.loc.device)
+        return self.inverse(z, steps=steps, backend=backend)
+
+    @torch.no_grad()
+    def trajectory(self, x: Tensor, *, steps: int | None = None) -> list[Tensor]:
+        """The points after standardization and after each block: L + 1 tensors of shape (B, d)."""
+        self._check_input(x, "x")
+        steps = self.steps if steps is None else steps
+        points = [(x - self.loc.to(x.dtype)) / self.scale.to(x.dtype)]
+        for block in self.blocks:
+            points.append(rk4(block, points[-1], 0.0, 1.0, steps, divergence=None, tableau=self.tableau)[0])
+        return points
+
+    # ------------------------------------------------------------------ persistence
+    def config(self) -> dict:
+        return {"dim": self.dim, "field": dict(self.field_config), "steps": self.steps, "tableau": self.tableau}
+
+    def payload(self) -> dict:
+        """Everything :meth:`load` needs, as plain tensors and primitives."""
+        return {"config": self.config(), "h": list(self.h), "info": self.info,
+                "dtype": str(self._dtype).removeprefix("torch."),
+                "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()}}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Save weights, block step sizes, standardization, config and version to ``path``
+        (a file, or a folder that gets ``model.pt``). Returns the file written."""
+        return save_payload(self.payload(), _model_path(path), _KIND)
+
+    @classmethod
+    def from_payload(cls, record: dict, where="checkpoint") -> "Flow":
+        require(record, ("config", "h", "state_dict", "dtype"), where)
+        cfg = record["config"]
+        try:
+            flow = cls(cfg["dim"], cfg["field"], steps=cfg["steps"], tableau=cfg["tableau"])
+            for h in record["h"]:
+                flow.add_block(flow.new_field(), h)
+            flow.to(getattr(torch, record["dtype"]))
+            flow.load_state_dict(record["state_dict"], strict=True)
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+            raise CheckpointError(f"{where} does not describe a valid flow: {type(exc).__name__}: {exc}") from exc
+        flow.info = dict(record.get("info", {}))
+        return flow
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location="cpu") -> "Flow":
+        """Load a flow saved by :meth:`save` (a file, or a folder holding ``model.pt``, such as the
+        output folder of ``jkofast train``). Never executes code from the file."""
+        path = _model_path(path)
+        return cls.from_payload(load_payload(path, _KIND, map_location), path)
+
+    def extra_repr(self) -> str:
+        h = ", ".join(f"{v:.3g}" for v in self.h)
+        return f"dim={self.dim}, blocks={self.num_blocks}, steps={self.steps}, tableau={self.tableau!r}, h=[{h}]"
+
+
+def gaussian_nll(x: Tensor) -> Tensor:
+    """-log N(x; 0, I) per row, (B, d) -> (B,): the no-model baseline of the yardsticks."""
+    return 0.5 * x.square().sum(1) + 0.5 * x.shape[1] * math.log(2 * math.pi)

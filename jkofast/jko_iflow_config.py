@@ -1,0 +1,122 @@
+"""Settings of a JKO-iFlow run, with the presets ``budget=`` selects."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, fields
+
+from ._checks import check_choice, check_positive_int
+from .divergence import DIVERGENCE_METHODS
+from .jko_loss import TRANSPORT_COSTS
+from .reference import ACTIVATIONS, TABLEAUS
+
+__all__ = ["JKOIFlowConfig", "BUDGETS"]
+
+
+@dataclass
+class JKOIFlowConfig:
+    """Every setting of :func:`jkofast.train` with ``method="jko-iflow"``.
+
+    Architecture: ``hidden``, ``layers``, ``activation``, ``beta`` (softplus sharpness),
+    ``time`` (t as an input of each block's field).
+    Blocks: at most ``blocks`` in the first pass, h_k = min(h0 * h_growth**(k-1), h_max);
+    the pass stops early once a block moves the data by less than ``stop_tol`` (relative:
+    E|x - T_k x|^2 / E|T_k x|^2, the paper's Ter(k)); ``free_block`` appends one block without
+    transport penalty.
+    Integration: ``steps`` RK4 steps per block in training (``tableau``), ``eval_steps`` for
+    the finer evaluation grid (None: no second evaluation).
+    Optimisation per block: ``iters`` Adam steps of ``batch`` samples at ``lr`` with gradient
+    norm clipping ``clip``, a cosine decay to ``lr * lr_final`` within each block, the field
+    warm-started from the previous block (``warm_start``).
+    Loss: ``divergence`` ``"exact"`` or ``"hutchinson"`` (``probes`` per sample); ``transport``
+    ``"endpoint"`` (|x(1) - x(0)|^2) or ``"path"`` (int |f|^2).
+    Refinement: ``reparam_rounds`` rounds of the adaptive time reparametrization (damping
+    ``reparam_eta``), then ``refine_rounds`` rounds that split every block in two; each retrains
+    every block for ``retrain_iters`` (default ``iters``).
+    ``seed`` seeds the initialisation, batches and probes; ``dtype`` is ``"float32"`` or
+    ``"float64"``; ``standardize`` stores the data's mean and std in the model.
+    """
+
+    blocks: int = 6
+    hidden: int = 128
+    layers: int = 3
+    activation: str = "softplus"
+    beta: float = 1.0
+    time: bool = True
+    h0: float = 0.5
+    h_growth: float = 1.4
+    h_max: float = math.inf
+    stop_tol: float = 0.01
+    free_block: bool = False
+    steps: int = 3
+    eval_steps: int | None = 12
+    tableau: str = "rk4"
+    iters: int = 300
+    batch: int = 1000
+    lr: float = 3e-3
+    lr_final: float = 0.1
+    clip: float = 1.0
+    warm_start: bool = True
+    divergence: str = "exact"
+    probes: int = 1
+    transport: str = "endpoint"
+    reparam_rounds: int = 0
+    reparam_eta: float = 0.5
+    refine_rounds: int = 0
+    retrain_iters: int | None = None
+    seed: int = 0
+    dtype: str = "float32"
+    standardize: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("blocks", "hidden", "layers", "steps", "iters", "batch", "probes"):
+            check_positive_int(getattr(self, name), name)
+        for name in ("reparam_rounds", "refine_rounds", "seed"):
+            check_positive_int(getattr(self, name), name, low=0)
+        for name in ("eval_steps", "retrain_iters"):
+            if getattr(self, name) is not None:
+                check_positive_int(getattr(self, name), name)
+        check_choice(self.activation, "activation", ACTIVATIONS)
+        check_choice(self.tableau, "tableau", TABLEAUS)
+        check_choice(self.divergence, "divergence", DIVERGENCE_METHODS)
+        check_choice(self.transport, "transport", TRANSPORT_COSTS)
+        check_choice(self.dtype, "dtype", ("float32", "float64"))
+        for name in ("beta", "h0", "h_growth", "h_max", "lr", "clip"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not (0 <= self.stop_tol and 0 < self.lr_final <= 1 and 0 <= self.reparam_eta <= 1):
+            raise ValueError("need stop_tol >= 0, 0 < lr_final <= 1 and 0 <= reparam_eta <= 1")
+
+    @classmethod
+    def from_options(cls, budget: str = "default", **options) -> "JKOIFlowConfig":
+        """The ``budget`` preset overridden by ``options``; unknown names are an error that
+        lists the valid ones."""
+        check_choice(budget, "budget", BUDGETS)
+        valid = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - valid)
+        if unknown:
+            raise TypeError(f"unknown jko-iflow option(s) {unknown}; valid options are {sorted(valid)}")
+        return cls(**{**BUDGETS[budget], **options})
+
+    def to_dict(self) -> dict:
+        # inf is not JSON; the checkpoint and the log store it as a string.
+        return {k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v)
+                for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "JKOIFlowConfig":
+        return cls(**{k: (float(v) if k == "h_max" else v) for k, v in d.items()})
+
+    def field_config(self) -> dict:
+        return dict(hidden=self.hidden, layers=self.layers, activation=self.activation,
+                    time=self.time, beta=self.beta)
+
+
+# "quick" trains in seconds (smoke tests); "default" is the README's main job (minutes on a
+# laptop CPU); "paper" follows the official 2-D settings (METHOD.md 2.8) apart from the data size.
+BUDGETS: dict[str, dict] = {
+    "quick": dict(blocks=3, hidden=32, layers=2, iters=40, batch=256, eval_steps=None),
+    "default": {},
+    "paper": dict(blocks=8, h0=0.25, beta=20.0, time=False, iters=10_000, batch=2000, lr=1e-4,
+                  lr_final=1.0, tableau="rk4-3/8", stop_tol=0.0),
+}

@@ -1,0 +1,92 @@
+"""Pictures of a 2-D flow: data against samples, the density on a grid, the trajectory through
+the blocks. matplotlib is imported here only, with the file-only Agg backend, so importing
+jkofast never needs a display."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["density_grid", "plot_flow"]
+
+
+@torch.no_grad()
+def density_grid(flow, bounds: tuple[float, float, float, float], resolution: int = 200,
+                 steps: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """p(x) of a 2-D flow on a resolution x resolution grid of cell centres over
+    ``bounds = (xmin, xmax, ymin, ymax)``; returns (X, Y, density), each (res, res)."""
+    if flow.dim != 2:
+        raise ValueError(f"density_grid needs a 2-D flow, got dim {flow.dim}")
+    xmin, xmax, ymin, ymax = bounds
+    xs = xmin + (np.arange(resolution) + 0.5) * (xmax - xmin) / resolution
+    ys = ymin + (np.arange(resolution) + 0.5) * (ymax - ymin) / resolution
+    gx, gy = np.meshgrid(xs, ys)
+    p = flow.loc
+    pts = torch.as_tensor(np.stack([gx.ravel(), gy.ravel()], 1), dtype=p.dtype, device=p.device)
+    logp = torch.cat([flow.log_prob(chunk, steps=steps) for chunk in pts.split(8192)])
+    return gx, gy, logp.exp().reshape(resolution, resolution).cpu().double().numpy()
+
+
+def _bounds(data: np.ndarray, margin: float = 0.15) -> tuple[float, float, float, float]:
+    lo, hi = np.quantile(data, 0.001, axis=0), np.quantile(data, 0.999, axis=0)
+    pad = margin * (hi - lo)
+    return float(lo[0] - pad[0]), float(hi[0] + pad[0]), float(lo[1] - pad[1]), float(hi[1] + pad[1])
+
+
+def plot_flow(flow, data: np.ndarray, path: str | Path, *, samples: np.ndarray | None = None,
+              n_points: int = 5000, resolution: int = 200, seed: int = 0, title: str = "") -> Path:
+    """Save a PNG: data, samples, density (top row) and the data pushed through the blocks
+    (bottom row, at most 6 panels from the standardized data to the latent space)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if flow.dim != 2:
+        raise ValueError(f"plots are drawn for 2-D data only; this flow has dim {flow.dim}")
+    data = np.asarray(data)[:n_points]
+    if samples is None:
+        g = torch.Generator(device=flow.loc.device).manual_seed(seed)
+        samples = flow.sample(len(data), generator=g).detach().cpu().numpy()
+    samples = np.asarray(samples)[:n_points]
+    bounds = _bounds(data)
+    p = flow.loc
+    traj = flow.trajectory(torch.as_tensor(data, dtype=p.dtype, device=p.device))
+    picks = sorted(set(np.linspace(0, len(traj) - 1, min(6, len(traj))).round().astype(int).tolist()))
+
+    fig = plt.figure(figsize=(3.2 * max(3, len(picks)), 6.8))
+    grid = fig.add_gridspec(2, max(3, len(picks)))
+    dot = dict(s=1.5, alpha=0.5, linewidths=0, rasterized=True)
+    ax = fig.add_subplot(grid[0, 0]); ax.scatter(*data.T, c="tab:blue", **dot); ax.set_title("data")
+    ax2 = fig.add_subplot(grid[0, 1]); ax2.scatter(*samples.T, c="tab:orange", **dot); ax2.set_title("samples")
+    gx, gy, dens = density_grid(flow, bounds, resolution)
+    ax3 = fig.add_subplot(grid[0, 2]); ax3.pcolormesh(gx, gy, dens, shading="auto", cmap="viridis")
+    ax3.set_title("density")
+    for a in (ax, ax2, ax3):
+        a.set_xlim(bounds[:2]); a.set_ylim(bounds[2:]); a.set_aspect("equal")
+    colour = traj[0][:, 0].cpu().numpy()  # colour by the first standardized coordinate: shows the transport
+    for i, k in enumerate(picks):
+        a = fig.add_subplot(grid[1, i])
+        pts = traj[k].cpu().numpy()
+        a.scatter(*pts.T, c=colour, cmap="coolwarm", **dot)
+        lim = max(4.0, float(np.quantile(np.abs(pts), 0.999)))
+        a.set_xlim(-lim, lim); a.set_ylim(-lim, lim); a.set_aspect("equal")
+        a.set_title("standardized data" if k == 0 else f"after block {k}")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def grid_integral(flow, half_width: float = 6.0, resolution: int = 300) -> float:
+    """Riemann sum of p over the square [-w, w]^2 around the data's centre (a density check)."""
+    cx, cy = (float(v) for v in flow.loc[:2])
+    w = half_width * float(flow.scale.max())
+    _, _, dens = density_grid(flow, (cx - w, cx + w, cy - w, cy + w), resolution)
+    return float(dens.sum() * (2 * w / resolution) ** 2) if math.isfinite(dens.sum()) else float("nan")

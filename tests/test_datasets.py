@@ -1,0 +1,301 @@
+"""jkofast.datasets: toy densities (shape, seeding, distribution checks), file loading, splits."""
+import math
+import pathlib
+
+import numpy as np
+import pytest
+
+from jkofast import datasets
+
+ALIASES = {
+    "two_moons": "moons", "twomoons": "moons", "eight_gaussians": "8gaussians",
+    "8_gaussians": "8gaussians", "swiss_roll": "swissroll", "two_spirals": "2spirals",
+    "spirals": "2spirals", "MOONS": "moons", "Two-Moons": "moons",
+}
+
+
+# ----------------------------------------------------------------------------- toy: generic
+
+def test_toy_names_are_the_eight_ffjord_sets():
+    assert set(datasets.TOY_NAMES) == {"moons", "8gaussians", "checkerboard", "pinwheel",
+                                       "swissroll", "2spirals", "rings", "circles"}
+
+
+@pytest.mark.parametrize("name", datasets.TOY_NAMES)
+@pytest.mark.parametrize("n", [1, 2, 1001])  # odd n: every generator must still give exactly n rows
+def test_toy_shape_dtype_finite(name, n):
+    x = datasets.toy(name, n, seed=3)
+    assert x.shape == (n, 2) and x.dtype == np.float32
+    assert np.isfinite(x).all()
+
+
+@pytest.mark.parametrize("name", datasets.TOY_NAMES)
+def test_toy_seeded(name):
+    a = datasets.toy(name, 500, seed=7)
+    np.testing.assert_array_equal(a, datasets.toy(name, 500, seed=7))
+    assert not np.array_equal(a, datasets.toy(name, 500, seed=8))
+    # The samples must vary within one draw too (no collapsed generator).
+    assert a.std(axis=0).min() > 0.1
+
+
+@pytest.mark.parametrize("name", datasets.TOY_NAMES)
+def test_toy_float64_is_the_same_draw(name):
+    x64 = datasets.toy(name, 200, seed=1, dtype=np.float64)
+    assert x64.dtype == np.float64
+    np.testing.assert_array_equal(x64.astype(np.float32), datasets.toy(name, 200, seed=1))
+
+
+@pytest.mark.parametrize("alias,canonical", ALIASES.items())
+def test_toy_aliases(alias, canonical):
+    np.testing.assert_array_equal(datasets.toy(alias, 100, seed=0), datasets.toy(canonical, 100, seed=0))
+
+
+def test_toy_leaves_global_rng_alone():
+    np.random.seed(123)
+    state = np.random.get_state()
+    for name in datasets.TOY_NAMES:
+        datasets.toy(name, 10, seed=0)
+    after = np.random.get_state()
+    assert state[0] == after[0] and np.array_equal(state[1], after[1]) and state[2:] == after[2:]
+
+
+def test_toy_unknown_name_lists_valid_names():
+    with pytest.raises(ValueError, match=r"unknown toy data set 'banana'.*moons.*8gaussians.*circles"):
+        datasets.toy("banana", 10)
+
+
+@pytest.mark.parametrize("n", [0, -3, 2.5, "10", True, None])
+def test_toy_bad_n(n):
+    with pytest.raises(ValueError, match=r"n must be an integer >= 1"):
+        datasets.toy("moons", n)
+
+
+def test_toy_accepts_numpy_int_and_rejects_integer_dtype():
+    assert datasets.toy("rings", np.int64(5)).shape == (5, 2)
+    with pytest.raises(ValueError, match=r"dtype must be a numpy floating dtype"):
+        datasets.toy("rings", 5, dtype=np.int32)
+
+
+# ----------------------------------------------------------------------------- toy: distributions
+
+def test_checkerboard_parity_and_support():
+    x = datasets.toy("checkerboard", 20_000, seed=0)
+    assert np.abs(x).max() <= 4.0
+    # Generator: x1 in [-2, 2), x2 in floor(x1) % 2 + ([0, 1) or [-2, -1)), then * 2; so in the
+    # unscaled coordinates floor(x1) + floor(x2) is always even (the "black" squares).
+    parity = (np.floor(x[:, 0] / 2) + np.floor(x[:, 1] / 2)) % 2
+    assert (parity == 0).mean() >= 0.999
+    # All 8 black squares are populated about equally (1/8 each).
+    squares, counts = np.unique(np.floor(x / 2), axis=0, return_counts=True)
+    assert len(squares) == 8 and np.all(np.abs(counts / len(x) - 1 / 8) < 0.02)
+
+
+def test_moons_mean():
+    # Outer moon mean (0, 2/pi), inner (1, 0.5 - 2/pi): average (0.5, 0.25); * 2 + (-1, -0.2).
+    x = datasets.toy("moons", 200_000, seed=0)
+    np.testing.assert_allclose(x.mean(axis=0), [0.0, 0.3], atol=0.02)
+
+
+def test_rings_radii():
+    x = datasets.toy("rings", 20_000, seed=0)
+    r = np.linalg.norm(x, axis=1)
+    radii = np.array([3.0, 2.25, 1.5, 0.75])
+    dist = np.abs(r[:, None] - radii[None, :])
+    assert (dist.min(axis=1) < 0.25).mean() >= 0.99  # noise std 0.08: 0.25 is ~3 sigma
+    shares = np.bincount(dist.argmin(axis=1), minlength=4) / len(x)
+    np.testing.assert_allclose(shares, 0.25, atol=0.02)
+
+
+def test_eight_gaussians_centres():
+    x = datasets.toy("8gaussians", 20_000, seed=0)
+    angles = np.arange(8) * math.pi / 4
+    centres = 4.0 * np.stack([np.cos(angles), np.sin(angles)], axis=1) / 1.414
+    dist = np.linalg.norm(x[:, None, :] - centres[None], axis=2)
+    sigma = 0.5 / 1.414
+    # 2-D radius within 3 sigma has probability 1 - exp(-4.5) = 0.989 (2 sigma only 0.865).
+    assert (dist.min(axis=1) < 3 * sigma).mean() >= 0.98
+    shares = np.bincount(dist.argmin(axis=1), minlength=8) / len(x)
+    np.testing.assert_allclose(shares, 1 / 8, atol=0.015)
+
+
+def test_circles_radii():
+    x = datasets.toy("circles", 20_000, seed=0)
+    r = np.linalg.norm(x, axis=1)
+    outer, inner = np.abs(r - 3.0) < 0.72, np.abs(r - 1.5) < 0.72  # noise 0.08 * 3: 3 sigma
+    assert (outer | inner).mean() >= 0.99
+    assert abs(outer.mean() - 0.5) < 0.02
+
+
+def test_swissroll_and_spirals_geometry():
+    # Swiss roll: |(x, z)| * 5 is the roll parameter t in [1.5 pi, 4.5 pi] plus N(0, 1) noise.
+    r = 5 * np.linalg.norm(datasets.toy("swissroll", 20_000, seed=0), axis=1)
+    assert np.quantile(r, 0.01) > 1.5 * math.pi - 3 and np.quantile(r, 0.99) < 4.5 * math.pi + 3
+    # Two spirals: the second arm mirrors the first through the origin, so the mean is ~0 and
+    # the radius reaches about 3 pi / 3 = pi.
+    s = datasets.toy("2spirals", 20_000, seed=0)
+    np.testing.assert_allclose(s.mean(axis=0), 0.0, atol=0.05)
+    assert 2.8 < np.linalg.norm(s, axis=1).max() < 4.0
+
+
+def test_pinwheel_five_arms():
+    x = datasets.toy("pinwheel", 20_000, seed=0).astype(np.float64)
+    r = np.linalg.norm(x, axis=1)
+    assert 1.6 < np.median(r) < 2.4  # radial feature ~ N(1, 0.3^2), times 2
+    # Arm k sits at angle -(2 pi k / 5 + 0.25 exp(r / 2)) (FFJORD's row-vector rotation), up to
+    # the small tangential noise; undoing the twist and folding by 5 lines all arms up.
+    phi = np.arctan2(x[:, 1], x[:, 0])
+    untwisted = abs(np.exp(5j * (phi + 0.25 * np.exp(r / 2))).mean())
+    assert untwisted > 0.8  # about 0.85; uniform angles would give ~0
+
+
+# ----------------------------------------------------------------------------- load_array
+
+def test_load_npy_roundtrip(tmp_path):
+    a64 = np.random.default_rng(0).normal(size=(7, 3))
+    np.save(tmp_path / "a.npy", a64)
+    got = datasets.load_array(tmp_path / "a.npy")
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, a64)
+    np.save(tmp_path / "b.npy", a64.astype(np.float32))
+    assert datasets.load_array(str(tmp_path / "b.npy")).dtype == np.float32
+    np.save(tmp_path / "c.npy", np.arange(6).reshape(3, 2))
+    got = datasets.load_array(tmp_path / "c.npy")
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, [[0, 1], [2, 3], [4, 5]])
+
+
+@pytest.mark.parametrize("header", ["", "x,y,z\n"])
+def test_load_csv_roundtrip(tmp_path, header):
+    a = np.array([[1.5, -2.0, 3.25], [0.0, 1e-3, -7.0]])
+    path = tmp_path / "a.csv"
+    path.write_text(header + "\n".join(",".join(repr(v) for v in row) for row in a.tolist()) + "\n")
+    got = datasets.load_array(path)
+    assert got.dtype == np.float32 and got.shape == (2, 3)
+    np.testing.assert_allclose(got, a, rtol=1e-6)
+
+
+def test_load_csv_single_column_is_two_d(tmp_path):
+    (tmp_path / "a.csv").write_text("v\n1\n2\n3\n")
+    assert datasets.load_array(tmp_path / "a.csv").shape == (3, 1)
+
+
+def test_load_rejects_non_2d(tmp_path):
+    np.save(tmp_path / "one.npy", np.arange(5.0))
+    with pytest.raises(ValueError, match=r"must be a 2-D array \(rows, features\), got shape \(5,\)"):
+        datasets.load_array(tmp_path / "one.npy")
+    np.save(tmp_path / "three.npy", np.zeros((2, 3, 4)))
+    with pytest.raises(ValueError, match=r"must be a 2-D array .*got shape \(2, 3, 4\)"):
+        datasets.load_array(tmp_path / "three.npy")
+
+
+def test_load_rejects_empty(tmp_path):
+    (tmp_path / "e.csv").write_text("")
+    with pytest.raises(ValueError, match="empty"):
+        datasets.load_array(tmp_path / "e.csv")
+    (tmp_path / "h.csv").write_text("x,y\n")
+    with pytest.raises(ValueError, match="empty"):
+        datasets.load_array(tmp_path / "h.csv")
+    np.save(tmp_path / "e.npy", np.zeros((0, 2)))
+    with pytest.raises(ValueError, match="empty"):
+        datasets.load_array(tmp_path / "e.npy")
+
+
+def test_load_rejects_nan_rows(tmp_path):
+    (tmp_path / "n.csv").write_text("1,2\nnan,3\n4,inf\n5,6\n")
+    with pytest.raises(ValueError, match=r"n\.csv.*2 row\(s\) with NaN or inf.*first: row 1"):
+        datasets.load_array(tmp_path / "n.csv")
+
+
+def test_load_rejects_unknown_suffix_and_missing_file(tmp_path):
+    (tmp_path / "a.txt").write_text("1,2\n")
+    with pytest.raises(ValueError, match=r"suffix '\.txt'.*\.npy.*\.csv"):
+        datasets.load_array(tmp_path / "a.txt")
+    with pytest.raises(FileNotFoundError, match="nothere.npy"):
+        datasets.load_array(tmp_path / "nothere.npy")
+
+
+def test_load_rejects_ragged_or_text_csv(tmp_path):
+    (tmp_path / "r.csv").write_text("1,2\n3\n")
+    with pytest.raises(ValueError, match="could not parse"):
+        datasets.load_array(tmp_path / "r.csv")
+
+
+class _Payload:
+    """Unpickling this creates a marker file: proof that code would have run."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_load_never_unpickles(tmp_path):
+    marker = tmp_path / "pwned"
+    np.save(tmp_path / "obj.npy", np.array([_Payload(str(marker))], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="numeric .npy"):
+        datasets.load_array(tmp_path / "obj.npy")
+    assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------- split
+
+def test_split_sizes_disjoint_reproducible():
+    arr = np.arange(200.0).reshape(100, 2)
+    train, val, test = datasets.split(arr, val_fraction=0.2, test_fraction=0.1, seed=4)
+    assert (len(train), len(val), len(test)) == (70, 20, 10)
+    ids = np.concatenate([train[:, 0], val[:, 0], test[:, 0]])
+    assert sorted(ids) == list(arr[:, 0])  # every row exactly once, so disjoint
+    for a, b in zip((train, val, test), datasets.split(arr, 0.2, 0.1, seed=4)):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(test, datasets.split(arr, 0.2, 0.1, seed=5)[2])
+    assert not np.array_equal(train, arr[:70])  # shuffled, not a head/tail cut
+
+
+def test_split_too_few_rows():
+    with pytest.raises(ValueError, match=r"too few rows.*5 row\(s\).*test_fraction=0.1.*10 rows"):
+        datasets.split(np.zeros((5, 2)))
+
+
+def test_split_zero_fraction_and_bad_fractions():
+    train, val, test = datasets.split(np.zeros((5, 2)), val_fraction=0.0, test_fraction=0.0)
+    assert train.shape == (5, 2) and val.shape == (0, 2) and test.shape == (0, 2)
+    with pytest.raises(ValueError, match=r"val_fraction must be a number in \[0, 1\)"):
+        datasets.split(np.zeros((5, 2)), val_fraction=1.0)
+    with pytest.raises(ValueError, match=r"val_fraction \+ test_fraction must be < 1"):
+        datasets.split(np.zeros((50, 2)), val_fraction=0.5, test_fraction=0.5)
+    with pytest.raises(ValueError, match=r"2-D array"):
+        datasets.split(np.zeros(10))
+
+
+# ----------------------------------------------------------------------------- get
+
+def test_get_toy_three_independent_draws():
+    train, val, test = datasets.get("moons", n_train=300, n_val=200, n_test=100, seed=0)
+    assert (train.shape, val.shape, test.shape) == ((300, 2), (200, 2), (100, 2))
+    assert train.dtype == val.dtype == test.dtype == np.float32
+    # Different streams: the first 100 rows of the three splits all differ.
+    assert not np.array_equal(train[:100], val[:100]) and not np.array_equal(val[:100], test)
+    assert not np.array_equal(train[:100], test)
+    again = datasets.get("two_moons", n_train=300, n_val=200, n_test=100, seed=0)
+    for a, b in zip((train, val, test), again):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="n_val must be an integer >= 1"):
+        datasets.get("moons", n_val=0)
+
+
+def test_get_file_splits(tmp_path):
+    arr = np.arange(100.0).reshape(50, 2)
+    np.save(tmp_path / "d.npy", arr)
+    train, val, test = datasets.get(tmp_path / "d.npy", seed=1)
+    assert (len(train), len(val), len(test)) == (40, 5, 5)
+    assert sorted(np.concatenate([train, val, test])[:, 0]) == list(arr[:, 0])
+    for a, b in zip((train, val, test), datasets.split(arr, seed=1)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_get_unknown_lists_names(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown data set 'banana'.*moons.*circles"):
+        datasets.get("banana")
+    with pytest.raises(ValueError, match=r"not an existing file.*8gaussians"):
+        datasets.get(str(tmp_path / "missing.npy"))

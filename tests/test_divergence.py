@@ -1,0 +1,127 @@
+"""Forward-mode divergence against torch.func's Jacobian trace, and Hutchinson's unbiasedness."""
+import pytest
+import torch
+from torch.func import jacrev, vmap
+
+import jkofast
+from jkofast import Field, divergence
+from conftest import random_field
+
+
+def jacobian_trace(field, x, t):
+    """tr(df/dx) per sample from the full Jacobian (torch.func, reverse mode): the oracle."""
+    tt = torch.as_tensor(t, dtype=x.dtype)
+    jac = vmap(jacrev(lambda xi: field(xi[None], tt)[0]))(x)
+    return jac.diagonal(dim1=1, dim2=2).sum(-1), jac
+
+
+@pytest.mark.parametrize("dim,hidden,layers", [(1, 8, 2), (2, 16, 3), (5, 7, 1), (9, 32, 4)])
+@pytest.mark.parametrize("activation", ["softplus", "tanh", "silu"])
+@pytest.mark.parametrize("time", [True, False])
+def test_exact_equals_jacobian_trace(dim, hidden, layers, activation, time):
+    field = random_field(dim, hidden, layers, activation, time=time)
+    x = torch.randn(13, dim, dtype=torch.float64)
+    f, div = divergence(field, x, 0.3, method="exact")
+    want, _ = jacobian_trace(field, x, 0.3)
+    torch.testing.assert_close(f, field(x, torch.tensor(0.3, dtype=torch.float64)), rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(div, want, rtol=1e-10, atol=1e-10)
+
+
+def test_per_sample_times_and_beta():
+    field = random_field(3, 16, 2, "softplus", beta=20.0)
+    x, t = torch.randn(7, 3, dtype=torch.float64), torch.rand(7, dtype=torch.float64)
+    _, div = divergence(field, x, t)
+    want = torch.stack([jacobian_trace(field, x[i:i + 1], t[i])[0][0] for i in range(7)])
+    torch.testing.assert_close(div, want, rtol=1e-10, atol=1e-10)
+
+
+def test_given_probes_give_v_J_v():
+    field = random_field(4)
+    x = torch.randn(6, 4, dtype=torch.float64)
+    v = torch.randn(6, 3, 4, dtype=torch.float64)
+    _, div = divergence(field, x, 0.0, method="hutchinson", probes=v)
+    _, jac = jacobian_trace(field, x, 0.0)
+    want = torch.einsum("bki,bij,bkj->bk", v, jac, v).mean(1)
+    torch.testing.assert_close(div, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("noise", ["rademacher", "gaussian"])
+def test_hutchinson_is_unbiased(noise):
+    field = random_field(5)
+    x = torch.randn(4, 5, dtype=torch.float64).repeat(4000, 1)   # 4000 independent probes per point
+    g = torch.Generator().manual_seed(0)
+    _, est = divergence(field, x, 0.1, method="hutchinson", probes=1, noise=noise, generator=g)
+    est = est.reshape(4000, 4)
+    _, exact = divergence(field, x[:4], 0.1)
+    se = est.std(0) / 4000 ** 0.5
+    assert ((est.mean(0) - exact).abs() < 4 * se).all(), (est.mean(0), exact, se)
+
+
+def test_generic_field_uses_autograd_trace():
+    class Linear(Field):
+        def __init__(self, a):
+            super().__init__()
+            self.dim, self.a = a.shape[0], a
+
+        def forward(self, x, t):
+            return x @ self.a.t()
+
+    a = torch.randn(3, 3, dtype=torch.float64)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    _, div = divergence(Linear(a), x)
+    torch.testing.assert_close(div, torch.full((5,), float(a.trace()), dtype=torch.float64))
+    v = torch.randn(5, 2, 3, dtype=torch.float64)
+    _, est = divergence(Linear(a), x, method="hutchinson", probes=v)
+    torch.testing.assert_close(est, torch.einsum("bki,ij,bkj->bk", v, a, v).mean(1))
+
+
+@pytest.mark.parametrize("probes", [None, 2])
+def test_gradcheck_wrt_x_t_weights_biases(probes):
+    # The reference is the oracle for the compiled backward: its own gradients (autograd through
+    # the tangent rows, which needs sigma'') must be right, wrt every input.
+    from jkofast.reference import mlp_velocity_and_divergence
+
+    field = random_field(3, 5, 2, "silu")
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    t = torch.rand(4, dtype=torch.float64, requires_grad=True)
+    v = None if probes is None else torch.randn(4, probes, 3, dtype=torch.float64)
+    ws = [w.detach().clone().requires_grad_(True) for w in field.weights]
+    bs = [b.detach().clone().requires_grad_(True) for b in field.biases]
+    n = len(ws)
+
+    def fn(x, t, *wb):
+        f, div = mlp_velocity_and_divergence(x, t, wb[:n], wb[n:], "silu", 1.0, v)
+        return f, div
+
+    assert torch.autograd.gradcheck(fn, (x, t, *ws, *bs))
+    assert torch.autograd.gradgradcheck(fn, (x, t, *ws, *bs))
+
+
+@pytest.mark.parametrize("bad,match", [
+    (torch.randn(4), "shape"), (torch.randn(4, 3), "columns"), (torch.randn(4, 2).float(), "dtype"),
+    (torch.zeros(4, 2, dtype=torch.int64), "floating"),
+])
+def test_bad_inputs_are_named(bad, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        divergence(random_field(2), bad)
+
+
+def test_bad_method_and_backend():
+    field, x = random_field(2), torch.randn(3, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="method"):
+        divergence(field, x, method="trace")
+    with pytest.raises(ValueError, match="backend"):
+        divergence(field, x, backend="cuda")
+    with pytest.raises(RuntimeError, match="compiled"):
+        divergence(field, x, backend="compiled")
+    with pytest.raises(ValueError, match="probes"):
+        divergence(field, x, method="hutchinson", probes=torch.randn(3, 2, 5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="t must be"):
+        divergence(field, x, torch.zeros(4))
+
+
+def test_field_constructor_checks():
+    with pytest.raises(ValueError, match="layers"):
+        jkofast.VelocityField(2, layers=0)
+    with pytest.raises(ValueError, match="activation"):
+        jkofast.VelocityField(2, activation="relu")
