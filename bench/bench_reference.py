@@ -130,16 +130,13 @@ def main() -> None:
     args = H.add_common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0])).parse_args()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    batch, min_run = (500, 0.3) if args.quick else (2000, 4.0)
+    batch, rounds, budget = (500, 3, 10.0) if args.quick else (2000, 15, 120.0)
     torch.manual_seed(0)
     field0 = VelocityField(DIM, HIDDEN, LAYERS)
     x0 = torch.randn(batch, DIM)
     case = f"d{DIM}-h{HIDDEN}-l{LAYERS}-b{batch}-s{STEPS}"
     env = H.environment("cpu")
-    env["ceiling"] = H.matmul_ceiling("cpu", min_run_time=min_run)
-    mm_gflops = env["ceiling"]["mm_12000x128x128_gflops"]
-    print(f"{env['device']}, torch {env['torch']}, {env['threads']} threads; matmul ceiling "
-          + ", ".join(f"{k[:-7]} {v:.1f} GFLOP/s" for k, v in env["ceiling"].items()))
+    print(f"{env['device']}, torch {env['torch']}, {env['threads']} threads, case {case}")
 
     impls, errors = implementations(field0), {}
     # Same work check: every peer's loss, likelihood and gradient against the reference's.
@@ -181,43 +178,50 @@ def main() -> None:
                 return nll_fn(x0)
         return {"train_step": train_step, "likelihood": likelihood}
 
-    ref_work = work(*impls["reference"])
-    flops = {k: H.count_flops(fn) for k, fn in ref_work.items()}
+    fns = {(name, item): fn for name in impls for item, fn in work(*impls[name]).items()}
+    flops = {item: H.count_flops(fns["reference", item]) for item in ("train_step", "likelihood")}
     # What FlopCounterMode counts, by hand, for the likelihood: per field evaluation the layer-0
     # product (d+1 -> H, primal only: its tangent is W0 itself), (layers-1) hidden products on
     # 1 + d rows, the output product and the diagonal contraction (d x H per sample); 4 stages x S.
     per_eval = 2 * batch * ((DIM + 1) * HIDDEN + (LAYERS - 1) * (1 + DIM) * HIDDEN ** 2 + 2 * HIDDEN * DIM)
     print(f"\nreference FLOPs (FlopCounterMode): train_step {flops['train_step'] / 1e9:.2f} G, likelihood "
-          f"{flops['likelihood'] / 1e9:.2f} G (by hand: {4 * STEPS * per_eval / 1e9:.2f} G)\n")
+          f"{flops['likelihood'] / 1e9:.2f} G (by hand: {4 * STEPS * per_eval / 1e9:.2f} G)")
 
-    rows = []
-    for name in ["reference", "reference+compile", "torch.func", "backward-loop"]:
-        if name not in impls:
-            rows += [{"case": f"{case}/{k}", "impl": name, "error": errors[name]} for k in flops]
-            continue
-        fns = ref_work if name == "reference" else work(*impls[name])
-        params = list(impls[name][0].parameters())
-        for item, fn in fns.items():
-            fn(), fn()  # warm-up: compile, allocator, MKL/oneDNN dispatch
-            row = {"case": f"{case}/{item}", "impl": name, **H.time_call(fn, min_run)}
-            row["gflops"] = flops[item] / row["median_s"] / 1e9
-            row["pct_mm"] = 100 * row["gflops"] / mm_gflops
-            if name != "reference+compile":  # FlopCounterMode would trace the compiled graph anew
-                row["own_flops"] = H.count_flops(fn)
-            if item == "train_step":
-                mem = H.memory_of_call(fn, "cpu", exclude=params)
-                row["train_mem_mb"], row["mem_measure"] = mem["bytes"] / 2 ** 20, mem["measure"]
-            rows.append(row)
-            print(f"  timed {name:<18} {item:<11} {1e3 * row['median_s']:9.2f} ms  [{time.perf_counter() - start:.0f} s]", flush=True)
-    for r in rows:
-        ref = next(x for x in rows if x["case"] == r["case"] and x["impl"] == "reference")
-        if r.get("median_s"):
-            r["speedup_vs_ref"] = ref["median_s"] / r["median_s"]
-            r["median_ms"], r["iqr_ms"] = 1e3 * r["median_s"], 1e3 * r["iqr_s"]
-            r["own_gflop"] = r["own_flops"] / 1e9 if r.get("own_flops") else None
-    env["flops"] = flops
+    rows = {}
+    for (name, item), fn in fns.items():
+        fn(), fn()  # warm-up: compiled graphs, allocator, MKL/oneDNN dispatch
+        row = rows[name, item] = {"case": f"{case}/{item}", "impl": name}
+        if name != "reference+compile":  # FlopCounterMode would trace the compiled graph anew
+            row["own_gflop"] = H.count_flops(fn) / 1e9
+        if item == "train_step":
+            mem = H.memory_of_call(fn, "cpu", exclude=list(impls[name][0].parameters()))
+            row["train_mem_mb"], row["mem_measure"] = mem["bytes"] / 2 ** 20, mem["measure"]
+    print(f"warmed up, FLOPs and memory counted [{time.perf_counter() - start:.0f} s]; timing "
+          f"{len(fns)} rows and the matmul ceiling interleaved, {rounds} rounds at most", flush=True)
 
+    mm = H.matmul_cases("cpu")
+    with H.foreign_cpu_load() as load:
+        timed = H.time_interleaved({**fns, **{k: fn for k, (fn, _) in mm.items()}}, rounds, budget)
+    env["ceiling"] = {k + "_gflops": f / timed[k]["median_s"] / 1e9 for k, (_, f) in mm.items()}
+    env["flops"], env["foreign_cpu_load_cores"] = flops, load.cores
+    mm_gflops = env["ceiling"]["mm_12000x128x128_gflops"]
+    print(f"done [{time.perf_counter() - start:.0f} s]; matmul ceiling "
+          + ", ".join(f"{k[:-7]} {v:.1f} GFLOP/s" for k, v in env["ceiling"].items()))
+    if load.cores is not None:
+        print(f"other processes kept {load.cores:.2f} cores busy while timing"
+              + (": WARNING, timings contaminated, rerun on a quiet machine" if load.cores > 0.2 else ""))
     print()
+
+    for key, row in rows.items():
+        row.update(timed[key])
+        ref = timed["reference", key[1]]
+        row["median_ms"], row["iqr_ms"] = 1e3 * row["median_s"], 1e3 * row["iqr_s"]
+        row["speedup_vs_ref"] = ref["median_s"] / row["median_s"]
+        row["gflops"] = flops[key[1]] / row["median_s"] / 1e9
+        row["pct_mm"] = 100 * row["gflops"] / mm_gflops
+    rows = sorted(rows.values(), key=lambda r: r["case"], reverse=True)  # train_step first
+    rows += [{"case": f"{case}/{k}", "impl": n, "error": e} for n, e in errors.items() for k in flops]
+
     columns = [("case/work", "case", ""), ("impl", "impl", ""), ("median ms", "median_ms", ".2f"),
                ("IQR ms", "iqr_ms", ".2f"), ("ref/this", "speedup_vs_ref", ".2f"),
                ("GFLOP/s", "gflops", ".1f"), ("% mm", "pct_mm", ".1f"), ("own GFLOP", "own_gflop", ".2f"),
@@ -227,9 +231,10 @@ def main() -> None:
         if r.get("error"):
             print(f"{r['impl']} {r['case']}: {r['error']}")
     peers = [r for r in rows if r["impl"] in ("torch.func", "backward-loop") and r.get("median_s")]
-    slower = [f"{r['impl']} {r['case'].split('/')[1]}" for r in peers if r["speedup_vs_ref"] > 1]
-    print("\nreference is the fastest eager implementation" if not slower
-          else f"\nreference is NOT the fastest: slower than {', '.join(slower)}")
+    faster = [f"{r['impl']} {r['case'].split('/')[1]}" for r in peers if r["speedup_vs_ref"] > 1]
+    print("\nreference is the fastest of reference / torch.func / backward-loop" if not faster
+          else f"\nreference is NOT the fastest: slower than {', '.join(faster)}")
+    print(f"total {time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ def check_points(x, name: str, dim: int | None = None, *, like: nn.Module | None
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); at least one row is needed")
     if like is not None:
         p = next(like.parameters(), None)
+        p = p if p is not None else next(like.buffers(), None)
         if p is not None and x.dtype != p.dtype:
             raise TypeError(f"{name} has dtype {x.dtype} but the model's parameters are {p.dtype}; "
                             f"convert one of them (e.g. x.to({p.dtype}) or model.to({x.dtype}))")

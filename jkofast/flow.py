@@ -77,12 +77,12 @@ class Flow(nn.Module):
 
     @property
     def _dtype(self) -> torch.dtype:
-        p = next(self.parameters(), None)
-        return p.dtype if p is not None else torch.get_default_dtype()
+        # The buffers follow .to(dtype) like the weights, and exist before the first block does.
+        return self.loc.dtype
 
     # ------------------------------------------------------------------ the map and its inverse
     def _check_input(self, x: Tensor, name: str) -> Tensor:
-        check_points(x, name, self.dim, like=self if self.num_blocks else None)
+        check_points(x, name, self.dim, like=self)
         return x
 
     def transform(self, x: Tensor, *, steps: int | None = None, divergence: str = "exact",

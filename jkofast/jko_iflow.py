@@ -112,7 +112,7 @@ class JKOIFlowTrainer:
             loss, parts = block_loss(field, x[next(batches)], h, cfg.steps, divergence=cfg.divergence,
                                      probes=cfg.probes, tableau=cfg.tableau, transport=cfg.transport,
                                      generator=self.generator)
-            value = float(loss)
+            value = float(loss.detach())
             if not math.isfinite(value):
                 bar.close()
                 raise TrainingDivergedError(

@@ -38,7 +38,7 @@ class JKOIFlowConfig:
     """
 
     blocks: int = 6
-    hidden: int = 128
+    hidden: int = 64
     layers: int = 3
     activation: str = "softplus"
     beta: float = 1.0
@@ -46,7 +46,7 @@ class JKOIFlowConfig:
     h0: float = 0.5
     h_growth: float = 1.4
     h_max: float = math.inf
-    stop_tol: float = 0.01
+    stop_tol: float = 0.005
     free_block: bool = False
     steps: int = 3
     eval_steps: int | None = 12

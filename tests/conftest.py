@@ -30,3 +30,41 @@ def random_field(dim, hidden=16, layers=3, activation="softplus", time=True, bet
         for p in field.parameters():
             p.normal_(0.0, 0.7)
     return field
+
+
+def random_flow(dim=2, blocks=2, steps=3, dtype=torch.float64, hidden=16, layers=2, scale_weights=0.3):
+    """A Flow with random (mild) blocks and a non-trivial standardization."""
+    from jkofast import Flow
+
+    flow = Flow(dim, dict(hidden=hidden, layers=layers), steps=steps,
+                loc=torch.linspace(-1, 1, dim), scale=torch.linspace(0.5, 2.0, dim))
+    for k in range(blocks):
+        field = flow.new_field()
+        with torch.no_grad():
+            for p in field.parameters():
+                p.normal_(0.0, scale_weights)
+        flow.add_block(field, 0.5 * (k + 1))
+    return flow.to(dtype)
+
+
+@pytest.fixture(scope="session")
+def moons():
+    """Two moons: (train, val, test) tensors, float32."""
+    import jkofast
+
+    return tuple(torch.as_tensor(a) for a in jkofast.datasets.get("moons", 4000, 1000, 4000, seed=0))
+
+
+@pytest.fixture(scope="session")
+def trained_moons(moons, tmp_path_factory):
+    """A flow trained briefly on two moons (a few seconds), shared by the tests that need one."""
+    import jkofast
+
+    out = tmp_path_factory.mktemp("moons_run")
+    flow = jkofast.train(moons[0], val=moons[1], out=out, progress=False, **SHORT_RUN)
+    return flow, out
+
+
+# The short CPU run the training tests share: small enough for CI (seconds), long enough to
+# learn the two moons' shape (see test_training.py for the thresholds this must meet).
+SHORT_RUN = dict(blocks=4, hidden=32, layers=2, iters=150, batch=500, lr=5e-3, eval_steps=None, seed=0, stop_tol=0.0)

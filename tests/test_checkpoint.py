@@ -1,0 +1,85 @@
+"""Checkpoint files: corrupt, truncated, foreign, newer or malicious files give clear errors and
+never execute code."""
+import pickle
+
+import pytest
+import torch
+
+from jkofast import Flow
+from jkofast.checkpoint import FORMAT_VERSION, CheckpointError
+from conftest import random_flow
+
+
+@pytest.fixture
+def saved(tmp_path):
+    return random_flow(dim=2, blocks=2).save(tmp_path / "m.pt")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        Flow.load(tmp_path / "nope.pt")
+
+
+def test_corrupt_and_truncated(saved, tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"\x00\x01not a checkpoint" * 50)
+    with pytest.raises(CheckpointError, match="corrupt, truncated"):
+        Flow.load(tmp_path / "junk.pt")
+    data = saved.read_bytes()
+    (tmp_path / "half.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt, truncated"):
+        Flow.load(tmp_path / "half.pt")
+
+
+def test_newer_format_and_foreign_kind(saved, tmp_path):
+    record = torch.load(saved, weights_only=True)
+    torch.save(record | {"format_version": FORMAT_VERSION + 1, "jkofast_version": "9.0"}, tmp_path / "new.pt")
+    with pytest.raises(CheckpointError, match="upgrade jkofast"):
+        Flow.load(tmp_path / "new.pt")
+    torch.save(record | {"format": "something-else"}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="expected 'jkofast.flow'"):
+        Flow.load(tmp_path / "other.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "plain.pt")
+    with pytest.raises(CheckpointError, match="no format header"):
+        Flow.load(tmp_path / "plain.pt")
+
+
+def test_missing_or_mismatched_pieces(saved, tmp_path):
+    record = torch.load(saved, weights_only=True)
+    torch.save({k: v for k, v in record.items() if k != "h"}, tmp_path / "no_h.pt")
+    with pytest.raises(CheckpointError, match="missing 'h'"):
+        Flow.load(tmp_path / "no_h.pt")
+    bad = dict(record, state_dict={k: v[..., :1] for k, v in record["state_dict"].items()})
+    torch.save(bad, tmp_path / "shapes.pt")
+    with pytest.raises(CheckpointError, match="valid flow"):
+        Flow.load(tmp_path / "shapes.pt")
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_loading_never_executes_code(tmp_path):
+    marker = tmp_path / "pwned"
+    with open(tmp_path / "evil.pt", "wb") as fh:
+        torch.save({"format": "jkofast.flow", "x": _Payload(str(marker))}, fh, pickle_module=pickle)
+    with pytest.raises(CheckpointError):
+        Flow.load(tmp_path / "evil.pt")
+    assert not marker.exists()
+
+
+def test_save_is_atomic(saved, monkeypatch):
+    # A crash while writing must leave the previous file intact and no temp file behind.
+    before = saved.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        random_flow(dim=2, blocks=1).save(saved)
+    assert saved.read_bytes() == before
+    assert [p.name for p in saved.parent.iterdir()] == [saved.name]

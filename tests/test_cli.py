@@ -1,0 +1,74 @@
+"""The jkofast command line, run in-process as a user would (and once as a subprocess)."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import jkofast
+from jkofast.cli import main
+
+SMALL = ["--budget", "quick", "--n-train", "1500", "--n-val", "300", "--n-test", "800", "--samples", "400",
+         "--no-progress", "--iters", "20"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "moons"
+    assert main(["train", "--data", "moons", "--out", str(out), *SMALL]) == 0
+    return out
+
+
+def test_train_writes_everything(run_dir, capsys):
+    names = {p.name for p in run_dir.iterdir()}
+    assert {"model.pt", "checkpoint.pt", "log.json", "metrics.json", "samples.npy", "plot.png"} <= names
+    flow = jkofast.Flow.load(run_dir)
+    assert flow.info["data"]["name"] == "moons" and flow.num_blocks >= 1
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert np.isfinite(metrics["nll_steps3"]["mean"]) and metrics["n_test"] == 800
+    assert np.load(run_dir / "samples.npy").shape == (400, 2)
+    assert (run_dir / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rerun_resumes_instead_of_retraining(run_dir, capsys):
+    before = (run_dir / "model.pt").read_bytes()
+    assert main(["train", "--data", "moons", "--out", str(run_dir), *SMALL]) == 0
+    assert json.loads((run_dir / "log.json").read_text())["resumed"] is True
+    import torch
+    a = torch.load(run_dir / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(__import__("io").BytesIO(before), weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_eval_sample_plot(run_dir, tmp_path, capsys):
+    assert main(["eval", "--model", str(run_dir), "--steps", "3", "6", "--json", str(tmp_path / "e.json")]) == 0
+    out = capsys.readouterr().out
+    assert "test NLL (3 RK4 steps" in out and "+/-" in out
+    metrics = json.loads((tmp_path / "e.json").read_text())
+    assert abs(metrics["nll_steps3"]["mean"] - metrics["nll_steps6"]["mean"]) < 0.05
+    assert main(["sample", "--model", str(run_dir), "--n", "50", "--out", str(tmp_path / "s.csv")]) == 0
+    assert np.loadtxt(tmp_path / "s.csv", delimiter=",").shape == (50, 2)
+    assert main(["plot", "--model", str(run_dir), "--out", str(tmp_path / "p.png"), "--n-test", "300"]) == 0
+    assert (tmp_path / "p.png").stat().st_size > 10_000
+
+
+def test_train_on_a_file(tmp_path, capsys):
+    data = jkofast.datasets.toy("8gaussians", 1200, seed=1).astype(np.float64)
+    np.save(tmp_path / "d.npy", data)
+    assert main(["train", "--data", str(tmp_path / "d.npy"), "--out", str(tmp_path / "run"), *SMALL,
+                 "--no-plot"]) == 0
+    assert main(["eval", "--model", str(tmp_path / "run")]) == 0
+
+
+def test_errors_are_messages_not_tracebacks(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="neither a built-in data set"):
+        main(["train", "--data", "no-such-set", "--out", str(tmp_path / "x")])
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    assert main(["eval", "--model", str(tmp_path / "bad.pt")]) == 2
+    assert "not a readable checkpoint" in capsys.readouterr().err
+
+
+def test_module_entry_point():
+    out = subprocess.run([sys.executable, "-m", "jkofast", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"jkofast {jkofast.__version__}"

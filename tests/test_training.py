@@ -1,0 +1,149 @@
+"""JKO-iFlow training on real data: the loss goes down, the model fits, runs resume exactly,
+and failures stop loudly."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import jkofast
+from jkofast import jko_iflow
+from jkofast.jko_iflow import TrainingDivergedError
+from jkofast.metrics import energy_distance, nll
+from conftest import SHORT_RUN
+
+QUICK = dict(blocks=2, hidden=16, layers=2, iters=15, batch=200, eval_steps=None, seed=3)
+
+
+def gaussian_fit_nll(train, test):
+    """NLL of the maximum-likelihood Gaussian: the bar any density model must clear."""
+    dist = torch.distributions.MultivariateNormal(train.double().mean(0), torch.cov(train.double().t()))
+    return float(-dist.log_prob(test.double()).mean())
+
+
+def test_short_run_beats_gaussian_and_approaches_long_run(trained_moons, moons):
+    flow, out = trained_moons
+    train, _, test = moons
+    mean, se = nll(flow, test)
+    baseline = gaussian_fit_nll(train, test)
+    # Measured on this data (4,000 training points, 4,000 test points): the fitted Gaussian
+    # scores 3.30 nats, this ~15 s run 2.88, the README's default run (50,000 points, 150 s)
+    # 2.42. 3.0 nats demands most of the way from the Gaussian to the short run's result,
+    # with 0.12 nats (13 standard errors) of slack for other seeds and torch versions.
+    assert mean < 3.0 and mean < baseline - 0.25, (mean, se, baseline)
+    log = __import__("json").loads((out / "log.json").read_text())
+    first = [b for b in log["blocks"] if b["block"] == 1][0]
+    assert first["loss"] < first["loss_first"]                  # block 1's loss went down
+    val = [b["val_nll_standardized"] for b in log["blocks"]]
+    assert val[-1] < val[0]                                     # each block helps on held-out data
+
+
+def test_samples_match_data_better_than_a_gaussian(trained_moons, moons):
+    flow, _ = trained_moons
+    train, _, test = moons
+    samples = flow.sample(2000, generator=torch.Generator().manual_seed(0))
+    gauss = torch.distributions.MultivariateNormal(train.mean(0), torch.cov(train.t())).sample((2000,))
+    good, bad = energy_distance(samples, test[:2000]), energy_distance(gauss, test[:2000])
+    # Measured: 0.012 for the short run's samples, 0.033 for the Gaussian's (and about 0.001
+    # between two samples of the data itself, the estimator's noise floor at n = 2000).
+    assert good < 0.5 * bad, (good, bad)
+
+
+def test_resume_after_kill_equals_uninterrupted_run(tmp_path, moons, monkeypatch):
+    x = moons[0][:1000]
+    full = jkofast.train(x, out=tmp_path / "full", progress=False, **QUICK)
+    real = jko_iflow.JKOIFlowTrainer.train_block
+    calls = {"n": 0}
+
+    def dies_in_second_block(self, k, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed")
+        return real(self, k, *args, **kwargs)
+
+    monkeypatch.setattr(jko_iflow.JKOIFlowTrainer, "train_block", dies_in_second_block)
+    with pytest.raises(KeyboardInterrupt):
+        jkofast.train(x, out=tmp_path / "killed", progress=False, **QUICK)
+    monkeypatch.setattr(jko_iflow.JKOIFlowTrainer, "train_block", real)
+    resumed = jkofast.train(x, out=tmp_path / "killed", progress=False, **QUICK)
+    log = __import__("json").loads((tmp_path / "killed" / "log.json").read_text())
+    assert log["resumed"] and len(log["blocks"]) == 2
+    for p, q in zip(full.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(p, q)
+
+
+def test_resume_refuses_other_settings(tmp_path, moons):
+    x = moons[0][:500]
+    jkofast.train(x, out=tmp_path, progress=False, **QUICK)
+    with pytest.raises(ValueError, match="lr"):
+        jkofast.train(x, out=tmp_path, progress=False, **(QUICK | {"lr": 0.1}))
+    with pytest.raises(ValueError, match="training data"):
+        jkofast.train(moons[0][500:1000], out=tmp_path, progress=False, **QUICK)
+    jkofast.train(x, out=tmp_path, progress=False, resume=False, **(QUICK | {"lr": 0.1}))
+
+
+def test_nan_loss_stops_with_block_and_iteration(tmp_path, moons, monkeypatch):
+    real = jko_iflow.block_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss, parts = real(*args, **kwargs)
+        return (loss * float("nan") if calls["n"] == QUICK["iters"] + 5 else loss), parts
+
+    monkeypatch.setattr(jko_iflow, "block_loss", poisoned)
+    with pytest.raises(TrainingDivergedError, match="block 2 at iteration 5"):
+        jkofast.train(moons[0][:500], out=tmp_path, progress=False, **QUICK)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert ckpt["cursor"]["block"] == 1 and len(ckpt["flow"]["h"]) == 1   # block 1 kept, good
+
+
+def test_stopping_rule_and_free_block(moons):
+    x = moons[0][:500]
+    flow = jkofast.train(x, progress=False, **(QUICK | {"blocks": 5, "stop_tol": 1e9}))
+    assert flow.num_blocks == 1          # Ter(1) < tol: the first pass stops after one block
+    flow = jkofast.train(x, progress=False, **(QUICK | {"free_block": True}))
+    assert flow.num_blocks == 3 and math.isinf(flow.h[-1]) and math.isfinite(flow.h[1])
+
+
+def test_reparametrization_and_refinement_rounds(tmp_path, moons):
+    x = moons[0][:500]
+    flow = jkofast.train(x, out=tmp_path, progress=False,
+                         **(QUICK | {"reparam_rounds": 1, "refine_rounds": 1, "retrain_iters": 5}))
+    assert flow.num_blocks == 4
+    assert sum(flow.h) == pytest.approx(sum(jkofast.schedule.step_sizes(2, 0.5, 1.4)))
+    assert flow.h[0] == flow.h[1] and flow.h[2] == flow.h[3]
+    log = __import__("json").loads((tmp_path / "log.json").read_text())
+    assert [b["phase"] for b in log["blocks"]] == ["initial"] * 2 + ["reparam1"] * 2 + ["refine2"] * 4
+    assert torch.isfinite(flow.log_prob(moons[2][:100])).all()
+
+
+def test_hutchinson_and_path_transport_train(moons):
+    flow = jkofast.train(moons[0][:500], progress=False,
+                         **(QUICK | {"divergence": "hutchinson", "probes": 2, "transport": "path"}))
+    assert torch.isfinite(flow.log_prob(moons[2][:100])).all()
+
+
+def test_float64_training(moons):
+    flow = jkofast.train(moons[0][:300].double(), progress=False, **(QUICK | {"dtype": "float64"}))
+    assert next(flow.parameters()).dtype == torch.float64
+
+
+@pytest.mark.parametrize("data,kwargs,error,match", [
+    (np.zeros((0, 2)), {}, ValueError, "empty"),
+    (np.zeros(5), {}, ValueError, "shape"),
+    (np.array([[0.0, 1.0], [np.nan, 2.0], [1.0, 1.0]]), {}, ValueError, "NaN"),
+    (np.array([[0.0, 1.0], [np.inf, 2.0], [1.0, 1.0]]), {}, ValueError, "row 1"),
+    (np.array([[1.0, 0.0], [1.0, 2.0], [1.0, 1.0]]), {}, ValueError, r"column\(s\) \[0\]"),
+    (np.random.randn(10, 2), {"val": np.random.randn(5, 3)}, ValueError, "val must have 2 columns"),
+    ([[1.0, 2.0]], {}, TypeError, "numpy array or a torch.Tensor"),
+    (np.array([["a", "b"]]), {}, TypeError, "numeric"),
+    (np.random.randn(10, 2), {"method": "flow-matching"}, ValueError, "jko-iflow"),
+    (np.random.randn(10, 2), {"hidden_size": 3}, TypeError, "valid options"),
+    (np.random.randn(10, 2), {"steps": 0}, ValueError, "steps"),
+    (np.random.randn(10, 2), {"budget": "huge"}, ValueError, "budget"),
+    (np.random.randn(10, 2), {"divergence": "fd"}, ValueError, "divergence"),
+])
+def test_bad_training_input(data, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        jkofast.train(data, progress=False, **(QUICK | kwargs))
