@@ -53,6 +53,9 @@ class JKOIFlowTrainer:
         self.generator = torch.Generator(device=u_train.device).manual_seed(config.seed)
         self.phases = (["initial"] + ["reparam"] * config.reparam_rounds + ["refine"] * config.refine_rounds)
         self.cursor = {"phase": 0, "block": 0, "started": False, "done": False}
+        # (k, train data, val data, val log-det) pushed through blocks 1..k: carried from one
+        # block to the next, rebuilt only on resume or when a round changes the blocks.
+        self._pushed: tuple | None = None
 
     # ------------------------------------------------------------------ checkpoints
     def _fingerprint(self) -> list:
@@ -173,9 +176,12 @@ class JKOIFlowTrainer:
             phase = self.phases[phase_index]
             if not self.cursor["started"]:
                 self._start_phase(phase)
+                self._pushed = None
                 self.cursor["started"] = True
                 self.save_checkpoint()
-            x, v, v_logdet = self._push_through(k)
+            if self._pushed is None or self._pushed[0] != k:
+                self._pushed = (k, *self._push_through(k))
+            _, x, v, v_logdet = self._pushed
             if phase == "initial":
                 if k == flow.num_blocks:  # add block k (not yet there unless resumed mid-block)
                     free = self.cursor.get("free_next", False)
@@ -190,8 +196,10 @@ class JKOIFlowTrainer:
                 entry["ter"] = float((y - x).square().sum(1).mean() / y.square().sum(1).mean())
                 if v is not None:
                     v, ld = push_with_logdet([flow.blocks[k]], v, cfg.steps, cfg.tableau)
-                    nll = 0.5 * v.square().sum(1) + 0.5 * flow.dim * LOG_2PI - (v_logdet + ld)
+                    v_logdet = v_logdet + ld
+                    nll = 0.5 * v.square().sum(1) + 0.5 * flow.dim * LOG_2PI - v_logdet
                     entry["val_nll_standardized"] = float(nll.mean())
+            self._pushed = (k + 1, y, v, v_logdet)
             self.log["blocks"].append(entry)
             # The first pass ends when the stopping rule fires or the block budget is spent, or,
             # with free_block, after the one free block (h = inf) that follows.
