@@ -5,6 +5,7 @@ with ``torch.load(weights_only=True)``: loading a checkpoint never executes code
 """
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import tempfile
@@ -15,7 +16,7 @@ import torch
 
 from ._version import __version__
 
-__all__ = ["CheckpointError", "FORMAT_VERSION", "save_payload", "load_payload"]
+__all__ = ["CheckpointError", "FORMAT_VERSION", "save_payload", "load_payload", "write_json"]
 
 # Bump when the layout of a payload changes; readers refuse newer versions instead of guessing.
 FORMAT_VERSION = 1
@@ -74,3 +75,11 @@ def require(record: dict, keys, path) -> None:
     for key in keys:
         if key not in record:
             raise CheckpointError(f"{path} is missing {key!r}; the file is incomplete or corrupt")
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    """Write ``obj`` as JSON atomically, so a reader never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)

@@ -26,10 +26,11 @@ from .metrics import nll
 from .train import METHODS, train
 
 # CLI flag -> JKOIFlowConfig field, for the options that go straight through.
-_TRAIN_OPTIONS = {"blocks": int, "hidden": int, "layers": int, "activation": str, "steps": int,
-                  "eval_steps": int, "iters": int, "batch": int, "lr": float, "h0": float,
-                  "divergence": str, "probes": int, "reparam_rounds": int, "refine_rounds": int,
-                  "retrain_iters": int, "dtype": str, "tableau": str, "transport": str}
+_TRAIN_OPTIONS = {"blocks": int, "hidden": int, "layers": int, "activation": str, "beta": float,
+                  "steps": int, "eval_steps": int, "iters": int, "batch": int, "lr": float, "h0": float,
+                  "h_growth": float, "stop_tol": float, "divergence": str, "probes": int,
+                  "reparam_rounds": int, "refine_rounds": int, "retrain_iters": int, "dtype": str,
+                  "tableau": str, "transport": str, "time": bool, "free_block": bool, "warm_start": bool}
 
 
 def _load_data(spec: dict):
@@ -70,11 +71,15 @@ def cmd_train(args) -> int:
     print(f"jkofast {__version__}: {args.method} on {spec['name']} (train {x_train.shape}, "
           f"test {x_test.shape}) -> {out}", flush=True)
     start = time.perf_counter()
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        flow = train(x_train, args.method, val=x_val, out=out, resume=not args.restart, device=args.device,
+        flow = train(x_train, args.method, val=x_val, out=out, resume=not args.restart, device=device,
                      budget=args.budget, progress=not args.no_progress, **options)
     except TrainingDivergedError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except CheckpointError as exc:
+        print(f"error: {exc}\n(pass --restart to start over, or choose another --out)", file=sys.stderr)
         return 2
     flow.info["data"] = spec
     flow.save(out)
@@ -158,8 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     for flag, kind in _TRAIN_OPTIONS.items():
-        t.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, default=None,
-                       help=f"(default: {getattr(JKOIFlowConfig(), flag)})")
+        name, preset = "--" + flag.replace("_", "-"), f"(default preset: {getattr(JKOIFlowConfig(), flag)})"
+        if kind is bool:
+            t.add_argument(name, dest=flag, action=argparse.BooleanOptionalAction, default=None, help=preset)
+        else:
+            t.add_argument(name, dest=flag, type=kind, default=None, help=preset)
     t.add_argument("--n-train", type=int, default=50_000, help="built-in sets: training points")
     t.add_argument("--n-val", type=int, default=5_000, help="built-in sets: validation points")
     t.add_argument("--n-test", type=int, default=20_000, help="built-in sets: test points")
@@ -193,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CheckpointError, FileNotFoundError, ValueError, TypeError) as exc:
+    except (CheckpointError, FileNotFoundError, FloatingPointError, ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -5,6 +5,7 @@ import torch
 from torch import Tensor, nn
 
 from . import reference
+from ._checks import check_positive_int
 
 __all__ = ["Field", "VelocityField"]
 
@@ -80,9 +81,8 @@ class VelocityField(Field):
         beta: float = 1.0,
     ) -> None:
         super().__init__()
-        for name, value, low in (("dim", dim, 1), ("hidden", hidden, 1), ("layers", layers, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"VelocityField: {name} must be an integer >= {low}, got {value!r}")
+        for name, value in (("dim", dim), ("hidden", hidden), ("layers", layers)):
+            check_positive_int(value, f"VelocityField: {name}")
         if activation not in reference.ACTIVATIONS:
             raise ValueError(
                 f"VelocityField: unknown activation {activation!r}; expected one of {sorted(reference.ACTIVATIONS)}"
@@ -101,10 +101,12 @@ class VelocityField(Field):
 
     @property
     def weights(self) -> list[Tensor]:
+        """The layers' weight matrices, (H_out, H_in) each: the tensors themselves, not copies."""
         return [lin.weight for lin in self.linears]
 
     @property
     def biases(self) -> list[Tensor]:
+        """The layers' bias vectors, (H_out,) each."""
         return [lin.bias for lin in self.linears]
 
     def _t(self, t: Tensor) -> Tensor | None:

@@ -1,7 +1,6 @@
 """``Flow``: a trained stack of ODE blocks from data space to N(0, I), with exact likelihoods."""
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
@@ -12,7 +11,8 @@ from ._checks import check_choice, check_points, check_positive_int
 from .checkpoint import CheckpointError, load_payload, require, save_payload
 from .field import VelocityField
 from .integrate import rk4
-from .reference import LOG_2PI, TABLEAUS
+from .metrics import standard_normal_nll
+from .reference import TABLEAUS
 
 __all__ = ["Flow", "MODEL_FILE"]
 
@@ -49,11 +49,13 @@ class Flow(nn.Module):
         self.tableau = check_choice(tableau, "tableau", TABLEAUS)
         self.blocks = nn.ModuleList()
         self.h: list[float] = []  # JKO step size of each block (a list: .to(dtype) must not round it)
-        loc = torch.zeros(dim) if loc is None else torch.as_tensor(loc, dtype=torch.float32).reshape(-1)
-        scale = torch.ones(dim) if scale is None else torch.as_tensor(scale, dtype=torch.float32).reshape(-1)
+        loc = torch.zeros(dim) if loc is None else torch.as_tensor(loc).reshape(-1)
+        scale = torch.ones(dim) if scale is None else torch.as_tensor(scale).reshape(-1)
+        if not (loc.is_floating_point() and scale.is_floating_point()):
+            raise TypeError(f"loc and scale must be floating-point, got {loc.dtype} and {scale.dtype}")
         if loc.shape != (dim,) or scale.shape != (dim,):
             raise ValueError(f"loc and scale must have shape ({dim},), got {tuple(loc.shape)} and {tuple(scale.shape)}")
-        if not bool((scale > 0).all()) or not bool(torch.isfinite(loc).all()):
+        if scale.device.type != "meta" and (not bool((scale > 0).all()) or not bool(torch.isfinite(loc).all())):
             raise ValueError("scale must be positive and loc finite (a constant data column has scale 0)")
         self.register_buffer("loc", loc)
         self.register_buffer("scale", scale)
@@ -73,6 +75,7 @@ class Flow(nn.Module):
 
     @property
     def num_blocks(self) -> int:
+        """The number of ODE blocks L."""
         return len(self.blocks)
 
     @property
@@ -98,14 +101,9 @@ class Flow(nn.Module):
             ``(z, logdet)``: z = F(x), (B, d); logdet = log|det dF/dx|, (B,).
         """
         self._check_input(x, "x")
-        steps = self.steps if steps is None else steps
-        z = (x - self.loc.to(x.dtype)) / self.scale.to(x.dtype)
-        logdet = -torch.log(self.scale.to(x.dtype)).sum().expand(x.shape[0])
-        for block in self.blocks:
-            z, block_logdet, _ = rk4(block, z, 0.0, 1.0, steps, divergence=divergence, probes=probes,
-                                     tableau=self.tableau, backend=backend)
-            logdet = logdet + block_logdet
-        return z, logdet
+        z, logdet = self.push(self.standardize(x), divergence=divergence, probes=probes, steps=steps,
+                              backend=backend)
+        return z, logdet - torch.log(self.scale).sum()
 
     def inverse(self, z: Tensor, *, steps: int | None = None, backend: str = "auto") -> Tensor:
         """Map latent points back to data space: F^{-1}(z), (B, d) -> (B, d)."""
@@ -113,12 +111,11 @@ class Flow(nn.Module):
         steps = self.steps if steps is None else steps
         for block in reversed(self.blocks):
             z, _, _ = rk4(block, z, 1.0, 0.0, steps, divergence=None, tableau=self.tableau, backend=backend)
-        return z * self.scale.to(z.dtype) + self.loc.to(z.dtype)
+        return z * self.scale + self.loc
 
     def log_prob(self, x: Tensor, *, steps: int | None = None, backend: str = "auto") -> Tensor:
         """Exact log-density log p(x) in nats, in the user's data space; (B, d) -> (B,)."""
-        z, logdet = self.transform(x, steps=steps, backend=backend)
-        return -0.5 * z.square().sum(1) - 0.5 * self.dim * LOG_2PI + logdet
+        return -standard_normal_nll(*self.transform(x, steps=steps, backend=backend))
 
     def sample(self, n: int, *, generator: torch.Generator | None = None, steps: int | None = None,
                backend: str = "auto") -> Tensor:
@@ -128,17 +125,37 @@ class Flow(nn.Module):
         return self.inverse(z, steps=steps, backend=backend)
 
     @torch.no_grad()
-    def trajectory(self, x: Tensor, *, steps: int | None = None) -> list[Tensor]:
+    def trajectory(self, x: Tensor, *, steps: int | None = None, backend: str = "auto") -> list[Tensor]:
         """The points after standardization and after each block: L + 1 tensors of shape (B, d)."""
         self._check_input(x, "x")
-        steps = self.steps if steps is None else steps
-        points = [(x - self.loc.to(x.dtype)) / self.scale.to(x.dtype)]
-        for block in self.blocks:
-            points.append(rk4(block, points[-1], 0.0, 1.0, steps, divergence=None, tableau=self.tableau)[0])
+        points = [self.standardize(x)]
+        for k in range(self.num_blocks):
+            points.append(self.push(points[-1], blocks=slice(k, k + 1), steps=steps, backend=backend)[0])
         return points
+
+    def standardize(self, x: Tensor) -> Tensor:
+        """u = (x - loc) / scale, the space the blocks work in; (B, d) -> (B, d)."""
+        return (x - self.loc) / self.scale
+
+    def push(self, u: Tensor, *, blocks: slice = slice(None), divergence: str | None = "exact",
+             probes: int = 1, steps: int | None = None, backend: str = "auto") -> tuple[Tensor, Tensor | None]:
+        """Run standardized points through ``self.blocks[blocks]`` (unit time each).
+
+        Returns ``(u1, logdet)``: the pushed points (B, d) and the summed log-determinants (B,)
+        of those blocks, or ``None`` with ``divergence=None`` (no divergence is computed).
+        """
+        steps = self.steps if steps is None else steps
+        logdet = None if divergence is None else u.new_zeros(u.shape[0])
+        for block in self.blocks[blocks]:
+            u, block_logdet, _ = rk4(block, u, 0.0, 1.0, steps, divergence=divergence, probes=probes,
+                                     tableau=self.tableau, backend=backend)
+            if logdet is not None:
+                logdet = logdet + block_logdet
+        return u, logdet
 
     # ------------------------------------------------------------------ persistence
     def config(self) -> dict:
+        """The constructor arguments (weights aside): enough to rebuild an empty flow."""
         return {"dim": self.dim, "field": dict(self.field_config), "steps": self.steps, "tableau": self.tableau}
 
     def payload(self) -> dict:
@@ -153,15 +170,20 @@ class Flow(nn.Module):
         return save_payload(self.payload(), _model_path(path), _KIND)
 
     @classmethod
-    def from_payload(cls, record: dict, where="checkpoint") -> "Flow":
+    def from_payload(cls, record: dict, where="checkpoint", map_location="cpu") -> "Flow":
+        """Rebuild a flow from :meth:`payload`'s dict on the device ``map_location``."""
         require(record, ("config", "h", "state_dict", "dtype"), where)
         cfg = record["config"]
         try:
-            flow = cls(cfg["dim"], cfg["field"], steps=cfg["steps"], tableau=cfg["tableau"])
-            for h in record["h"]:
-                flow.add_block(flow.new_field(), h)
+            # Build on the meta device (no random initialisation, no global RNG use) and then
+            # take the stored tensors as they are, already on map_location.
+            with torch.device("meta"):
+                flow = cls(cfg["dim"], cfg["field"], steps=cfg["steps"], tableau=cfg["tableau"])
+                for h in record["h"]:
+                    flow.add_block(flow.new_field(), h)
             flow.to(getattr(torch, record["dtype"]))
-            flow.load_state_dict(record["state_dict"], strict=True)
+            state = {k: v.to(map_location) for k, v in record["state_dict"].items()}
+            flow.load_state_dict(state, strict=True, assign=True)
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
             raise CheckpointError(f"{where} does not describe a valid flow: {type(exc).__name__}: {exc}") from exc
         flow.info = dict(record.get("info", {}))
@@ -172,13 +194,9 @@ class Flow(nn.Module):
         """Load a flow saved by :meth:`save` (a file, or a folder holding ``model.pt``, such as the
         output folder of ``jkofast train``). Never executes code from the file."""
         path = _model_path(path)
-        return cls.from_payload(load_payload(path, _KIND, map_location), path)
+        return cls.from_payload(load_payload(path, _KIND, map_location), path, map_location)
 
     def extra_repr(self) -> str:
         h = ", ".join(f"{v:.3g}" for v in self.h)
         return f"dim={self.dim}, blocks={self.num_blocks}, steps={self.steps}, tableau={self.tableau!r}, h=[{h}]"
 
-
-def gaussian_nll(x: Tensor) -> Tensor:
-    """-log N(x; 0, I) per row, (B, d) -> (B,): the no-model baseline of the yardsticks."""
-    return 0.5 * x.square().sum(1) + 0.5 * x.shape[1] * math.log(2 * math.pi)

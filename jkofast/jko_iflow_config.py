@@ -99,15 +99,18 @@ class JKOIFlowConfig:
         return cls(**{**BUDGETS[budget], **options})
 
     def to_dict(self) -> dict:
+        """The settings as a JSON- and checkpoint-safe dict."""
         # inf is not JSON; the checkpoint and the log store it as a string.
         return {k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v)
                 for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "JKOIFlowConfig":
+        """Inverse of :meth:`to_dict`."""
         return cls(**{k: (float(v) if k == "h_max" else v) for k, v in d.items()})
 
     def field_config(self) -> dict:
+        """Keyword arguments of each block's :class:`~jkofast.VelocityField`."""
         return dict(hidden=self.hidden, layers=self.layers, activation=self.activation,
                     time=self.time, beta=self.beta)
 

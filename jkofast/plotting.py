@@ -3,7 +3,6 @@ the blocks. matplotlib is imported here only, with the file-only Agg backend, so
 jkofast never needs a display."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -83,10 +82,3 @@ def plot_flow(flow, data: np.ndarray, path: str | Path, *, samples: np.ndarray |
     plt.close(fig)
     return path
 
-
-def grid_integral(flow, half_width: float = 6.0, resolution: int = 300) -> float:
-    """Riemann sum of p over the square [-w, w]^2 around the data's centre (a density check)."""
-    cx, cy = (float(v) for v in flow.loc[:2])
-    w = half_width * float(flow.scale.max())
-    _, _, dens = density_grid(flow, (cx - w, cx + w, cy - w, cy + w), resolution)
-    return float(dens.sum() * (2 * w / resolution) ** 2) if math.isfinite(dens.sum()) else float("nan")

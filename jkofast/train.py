@@ -1,7 +1,6 @@
 """``train``: fit a flow to data with one of jkofast's methods."""
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -10,28 +9,31 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import _backend
 from ._checks import check_finite, check_points
 from ._version import __version__
+from .checkpoint import write_json
 from .flow import Flow
-from .jko_iflow import CHECKPOINT_FILE, JKOIFlowTrainer
+from .jko_iflow import JKOIFlowTrainer
 from .jko_iflow_config import JKOIFlowConfig
+from .jko_iflow_state import CHECKPOINT_FILE, LOG_FILE, data_fingerprint
+from .metrics import nll
 
-__all__ = ["train", "METHODS", "as_tensor"]
+__all__ = ["train", "METHODS"]
 
 METHODS = ("jko-iflow",)
-LOG_FILE = "log.json"
 
 
-def as_tensor(x, name: str, *, dtype: torch.dtype, device, dim: int | None = None) -> Tensor:
+def _as_data(x, name: str, *, dtype: torch.dtype, device, dim: int | None = None) -> Tensor:
     """Validate user data (array-like (N, d), finite, non-empty) and convert it."""
     if isinstance(x, np.ndarray):
-        if not np.issubdtype(x.dtype, np.number):
+        if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
             raise TypeError(f"{name} must be a numeric array, got dtype {x.dtype}")
         x = torch.from_numpy(np.ascontiguousarray(x))
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a numpy array or a torch.Tensor of shape (N, d), got {type(x).__name__}")
-    if not (x.is_floating_point() or x.dtype in (torch.int32, torch.int64)):
-        raise TypeError(f"{name} must hold numbers, got dtype {x.dtype}")
+    if x.is_complex() or x.dtype == torch.bool:
+        raise TypeError(f"{name} must hold real numbers, got unsupported dtype {x.dtype}")
     x = x.to(dtype)
     check_points(x, name, dim, allow_empty=False)
     check_finite(x, name)
@@ -49,32 +51,29 @@ def _standardization(x: Tensor) -> tuple[Tensor, Tensor]:
     return loc, scale
 
 
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-
-
 def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | None = None,
           resume: bool = True, device: str | torch.device | None = None, budget: str = "default",
-          progress: bool = True, **options) -> Flow:
+          progress: bool = True, backend: str = "auto", **options) -> Flow:
     """Train a normalizing flow on ``x`` and return it.
 
     Arguments:
         x: training data, (N, d) numpy array or tensor; finite, N >= 2.
         method: ``"jko-iflow"`` (block-wise JKO steps, Xu et al. 2023).
-        val: optional validation data (M, d); its NLL after each block goes into the log.
-        out: folder for ``checkpoint.pt`` (after every block), ``log.json`` and ``model.pt``.
+        val: optional validation data (M, d): its NLL after each block goes into the log, and
+            at the end on the training grid and on the ``eval_steps`` grid (``flow.info``).
+        out: folder for ``checkpoint.pt`` and ``log.json`` (after every block) and ``model.pt``.
             A killed run started again with the same ``out`` resumes from its last finished block.
         resume: continue from ``out/checkpoint.pt`` if present (``False`` starts over).
-        device: where to train (default: cuda if available, else cpu).
+        device: where to train; default: the device of ``x`` if it is a tensor, else the CPU.
         budget: preset, ``"quick"`` (seconds), ``"default"`` or ``"paper"``; options override it.
         progress: show a progress bar per block.
+        backend: engine, ``"auto"``, ``"torch"`` or ``"compiled"``.
         **options: fields of :class:`~jkofast.jko_iflow_config.JKOIFlowConfig` (``blocks``,
             ``hidden``, ``layers``, ``iters``, ``batch``, ``lr``, ``steps``, ``divergence``, ...).
 
     Returns:
-        The trained :class:`~jkofast.Flow`; ``flow.info`` holds the settings and timings.
+        The trained :class:`~jkofast.Flow`, on ``device``; ``flow.info`` holds the settings,
+        timings and validation NLLs.
 
     Examples:
         >>> import jkofast
@@ -82,27 +81,32 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
         >>> flow = jkofast.train(x, budget="quick", progress=False)
         >>> flow.log_prob(torch.as_tensor(x[:4])).shape
         torch.Size([4])
+
+    References:
+        C. Xu, X. Cheng, Y. Xie. Normalizing flow neural networks by JKO scheme. NeurIPS 2023,
+        arXiv:2212.14424.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; must be one of {list(METHODS)}")
+    _backend.resolve(backend)
     cfg = JKOIFlowConfig.from_options(budget, **options)
-    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = getattr(torch, cfg.dtype)
-    x = as_tensor(x, "x", dtype=dtype, device=device)
-    val = None if val is None else as_tensor(val, "val", dtype=dtype, device=device, dim=x.shape[1])
+    if device is None:
+        device = x.device if isinstance(x, Tensor) else "cpu"
+    device, dtype = torch.device(device), getattr(torch, cfg.dtype)
+    x = _as_data(x, "x", dtype=dtype, device=device)
+    val = None if val is None else _as_data(val, "val", dtype=dtype, device=device, dim=x.shape[1])
     loc, scale = _standardization(x) if cfg.standardize else (None, None)
-    flow = Flow(x.shape[1], cfg.field_config(), steps=cfg.steps, tableau=cfg.tableau,
-                loc=None if loc is None else loc.float().cpu(), scale=None if scale is None else scale.float().cpu())
+    flow = Flow(x.shape[1], cfg.field_config(), steps=cfg.steps, tableau=cfg.tableau, loc=loc, scale=scale)
     flow.to(device=device, dtype=dtype)
-    standardize = lambda a: (a - flow.loc) / flow.scale  # noqa: E731
     out = Path(out) if out is not None else None
     if out is not None and not resume and (out / CHECKPOINT_FILE).exists():
         (out / CHECKPOINT_FILE).unlink()
     log = {"jkofast_version": __version__, "method": method, "config": cfg.to_dict(), "device": str(device),
            "n_train": x.shape[0], "n_val": 0 if val is None else val.shape[0], "dim": x.shape[1]}
-    trainer = JKOIFlowTrainer(flow, cfg, standardize(x), None if val is None else standardize(val),
-                              out=out, progress=progress, log=log)
-    resumed = trainer.try_resume()
+    trainer = JKOIFlowTrainer(flow, cfg, flow.standardize(x), None if val is None else flow.standardize(val),
+                              out=out, data_id=data_fingerprint(x, val), progress=progress, backend=backend,
+                              log=log)
+    resumed = trainer.resume()
     start = time.perf_counter()
     trainer.run()
     log = trainer.log
@@ -110,9 +114,14 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
     # Block times add up across resumed processes; wall time is this process's alone.
     log["train_seconds"] = round(sum(entry["seconds"] for entry in log["blocks"]), 3)
     log["wall_seconds_this_process"] = round(time.perf_counter() - start, 3)
+    if val is not None:
+        grids = sorted({cfg.steps, cfg.eval_steps or cfg.steps})
+        log["val_nll"] = {f"steps{s}": dict(zip(("mean", "se"), nll(flow, val, steps=s, backend=backend)))
+                          for s in grids}
     flow.info = {"method": method, "config": cfg.to_dict(), "n_train": x.shape[0],
-                 "train_seconds": log["train_seconds"], "jkofast_version": __version__}
+                 "train_seconds": log["train_seconds"], "val_nll": log.get("val_nll"),
+                 "jkofast_version": __version__}
     if out is not None:
         flow.save(out)
-        _write_json(out / LOG_FILE, log)
+        write_json(out / LOG_FILE, log)
     return flow

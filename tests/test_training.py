@@ -35,7 +35,8 @@ def test_short_run_beats_gaussian_and_approaches_long_run(trained_moons, moons):
     first = [b for b in log["blocks"] if b["block"] == 1][0]
     assert first["loss"] < first["loss_first"]                  # block 1's loss went down
     val = [b["val_nll_standardized"] for b in log["blocks"]]
-    assert val[-1] < val[0]                                     # each block helps on held-out data
+    assert val[-1] < val[0]                      # the blocks together improve held-out NLL
+    assert set(log["val_nll"]) == {"steps3"} and abs(log["val_nll"]["steps3"]["mean"] - mean) < 0.1
 
 
 def test_samples_match_data_better_than_a_gaussian(trained_moons, moons):
@@ -68,8 +69,9 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, moons, monkeypatch
     resumed = jkofast.train(x, out=tmp_path / "killed", progress=False, **QUICK)
     log = __import__("json").loads((tmp_path / "killed" / "log.json").read_text())
     assert log["resumed"] and len(log["blocks"]) == 2
-    for p, q in zip(full.state_dict().values(), resumed.state_dict().values()):
-        assert torch.equal(p, q)
+    assert full.state_dict().keys() == resumed.state_dict().keys()
+    for key, p in full.state_dict().items():
+        assert torch.equal(p, resumed.state_dict()[key]), key
 
 
 def test_resume_refuses_other_settings(tmp_path, moons):
@@ -79,6 +81,11 @@ def test_resume_refuses_other_settings(tmp_path, moons):
         jkofast.train(x, out=tmp_path, progress=False, **(QUICK | {"lr": 0.1}))
     with pytest.raises(ValueError, match="training data"):
         jkofast.train(moons[0][500:1000], out=tmp_path, progress=False, **QUICK)
+    # Same moments after standardization, other data: still refused.
+    with pytest.raises(ValueError, match="training data"):
+        jkofast.train(x.flip(1), out=tmp_path, progress=False, **QUICK)
+    # eval_steps does not change what is trained: a resume may change it.
+    jkofast.train(x, out=tmp_path, progress=False, **(QUICK | {"eval_steps": 7}))
     jkofast.train(x, out=tmp_path, progress=False, resume=False, **(QUICK | {"lr": 0.1}))
 
 
@@ -98,6 +105,50 @@ def test_nan_loss_stops_with_block_and_iteration(tmp_path, moons, monkeypatch):
     assert ckpt["cursor"]["block"] == 1 and len(ckpt["flow"]["h"]) == 1   # block 1 kept, good
 
 
+def test_nan_weights_after_last_step_are_caught(tmp_path, moons, monkeypatch):
+    # A NaN gradient in a block's final step must not be checkpointed as a good block.
+    real = torch.nn.utils.clip_grad_norm_
+    calls = {"n": 0}
+
+    def poison_last_step_of_block_1(params, max_norm):
+        params = list(params)
+        calls["n"] += 1
+        if calls["n"] == QUICK["iters"]:
+            for p in params:
+                p.grad.fill_(float("nan"))
+        return real(params, max_norm)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", poison_last_step_of_block_1)
+    with pytest.raises(TrainingDivergedError, match=f"weights became NaN or inf in initial block 1 at iteration {QUICK['iters']}"):
+        jkofast.train(moons[0][:500], out=tmp_path, progress=False, **QUICK)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert ckpt["flow"]["h"] == []                               # only the empty start was saved
+
+
+def test_resume_across_rounds_and_free_block(tmp_path, moons, monkeypatch):
+    x = moons[0][:500]
+    opts = QUICK | {"free_block": True, "reparam_rounds": 1, "refine_rounds": 1, "retrain_iters": 4}
+    full = jkofast.train(x, out=tmp_path / "full", progress=False, **opts)
+    real = jko_iflow.JKOIFlowTrainer.train_block
+    for kill_at in (3, 4, 7):   # the free block, the first reparam block, the first refine block
+        calls = {"n": 0}
+
+        def dies(self, *args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == kill_at:
+                raise KeyboardInterrupt
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(jko_iflow.JKOIFlowTrainer, "train_block", dies)
+        with pytest.raises(KeyboardInterrupt):
+            jkofast.train(x, out=tmp_path / f"k{kill_at}", progress=False, **opts)
+        monkeypatch.setattr(jko_iflow.JKOIFlowTrainer, "train_block", real)
+        resumed = jkofast.train(x, out=tmp_path / f"k{kill_at}", progress=False, **opts)
+        assert resumed.h == full.h
+        for key, p in full.state_dict().items():
+            assert torch.equal(p, resumed.state_dict()[key]), (kill_at, key)
+
+
 def test_stopping_rule_and_free_block(moons):
     x = moons[0][:500]
     flow = jkofast.train(x, progress=False, **(QUICK | {"blocks": 5, "stop_tol": 1e9}))
@@ -114,7 +165,7 @@ def test_reparametrization_and_refinement_rounds(tmp_path, moons):
     assert sum(flow.h) == pytest.approx(sum(jkofast.schedule.step_sizes(2, 0.5, 1.4)))
     assert flow.h[0] == flow.h[1] and flow.h[2] == flow.h[3]
     log = __import__("json").loads((tmp_path / "log.json").read_text())
-    assert [b["phase"] for b in log["blocks"]] == ["initial"] * 2 + ["reparam1"] * 2 + ["refine2"] * 4
+    assert [b["phase"] for b in log["blocks"]] == ["initial"] * 2 + ["reparam1"] * 2 + ["refine1"] * 4
     assert torch.isfinite(flow.log_prob(moons[2][:100])).all()
 
 
