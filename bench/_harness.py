@@ -43,13 +43,13 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="intra-op threads")
     parser.add_argument("--compare", metavar="PATH", help="stored results JSON to compare with")
     parser.add_argument("--fail-if-regression", "--fail_if_regression", action="store_true",
-                        help="with --compare: exit 1 if a row is >5%% + 0.5 ms slower")
+                        help="with --compare: exit 1 if a row is 5%% + 0.5 ms slower")
     parser.add_argument("--no-save", action="store_true", help="write no results JSON")
     return parser
 
 
 def _timer(fn) -> benchmark.Timer:
-    # Explicit num_threads: Timer otherwise pins 1 thread. It synchronises CUDA itself.
+    # Explicit num_threads: Timer otherwise pins 1. It synchronises CUDA itself.
     return benchmark.Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
 
 
@@ -61,20 +61,21 @@ def time_call(fn, min_run_time: float = 1.0) -> dict:
 
 def time_interleaved(fns: dict, rounds: int = 15, budget_s: float = 120.0, min_rounds: int = 5,
                      min_sample_s: float = 0.05) -> dict:
-    """Median and IQR (s) per function, one ``Timer.timeit`` sample of each per round, order
-    rotated. Why round-robin: interference on a shared machine comes in bursts (OpenMP threads
-    spin while a core is preempted) and makes a row timed alone inside one read 5-20x slow;
-    interleaved, bursts hit every row and the median over rounds drops them."""
+    """Median and IQR (s) per function, one Timer sample of each per round, order rotated. Why:
+    interference on a shared machine comes in bursts (OpenMP threads spin while a core is
+    preempted), making a row timed alone inside one read 5-20x slow; interleaved, bursts hit
+    every row and the median over rounds drops them."""
     names = list(fns)
-    timers = {n: _timer(fns[n]) for n in names}
-    numbers = {n: max(1, math.ceil(min_sample_s / timers[n].timeit(1).median)) for n in names}
+    # _timeit: timeit() adds 2+ warm-up calls to every sample; the caller warms up once.
+    timers = {n: _timer(fns[n])._timeit for n in names}
+    numbers = {n: max(1, math.ceil(min_sample_s / timers[n](1))) for n in names}
     times = {n: [] for n in names}
     start = time.perf_counter()
     for r in range(rounds):
         if r >= min_rounds and time.perf_counter() - start > budget_s:
             break
         for n in names[r % len(names):] + names[:r % len(names)]:
-            times[n].append(timers[n].timeit(numbers[n]).median)
+            times[n].append(timers[n](numbers[n]) / numbers[n])
     out = {}
     for n, ts in times.items():
         q1, _, q3 = statistics.quantiles(ts, n=4) if len(ts) > 1 else ts * 3
@@ -84,9 +85,8 @@ def time_interleaved(fns: dict, rounds: int = 15, budget_s: float = 120.0, min_r
 
 def memory_of_call(fn, device="cpu", exclude=()) -> dict:
     """``{"bytes", "measure"}`` of one ``fn()``. CUDA: the allocator's peak above what was held.
-    CPU (no peak counter; tracemalloc cannot see torch): "training memory", the bytes of the
-    distinct storages autograd saves for backward (activations kept until backward), less
-    ``exclude``'s (the parameters)."""
+    CPU (no peak counter; tracemalloc can't see torch): "training memory", bytes of distinct
+    storages autograd saves for backward (activations), less ``exclude``'s (parameters)."""
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -128,7 +128,7 @@ def count_flops(fn) -> int:
 
 def matmul_cases(device="cpu", dtype=torch.float32) -> dict:
     """name -> (fn, FLOPs): (12000x128)@(128x128), the rate a width-128 MLP can reach, and
-    2048^3, the machine's peak. Time them among the rows (same conditions)."""
+    2048^3, the machine's peak. Time them among the rows."""
     out = {}
     for m, k, n in ((12000, 128, 128), (2048, 2048, 2048)):
         a, b = torch.randn(m, k, device=device, dtype=dtype), torch.randn(k, n, device=device, dtype=dtype)
@@ -137,7 +137,7 @@ def matmul_cases(device="cpu", dtype=torch.float32) -> dict:
 
 
 def _busy_ticks() -> tuple[int, int]:  # (busy clock ticks of the machine, of this process)
-    cpu = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]  # "cpu" line
+    cpu = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
     return sum(cpu) - cpu[3] - cpu[4], int(own[11]) + int(own[12])  # minus idle, iowait
 
@@ -184,7 +184,7 @@ def environment(device="cpu") -> dict:
 
 
 def print_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
-    """``columns``: (header, key, format); a missing value prints '-'."""
+    """``columns``: (header, key, format); missing values print '-'."""
     cells = [[h for h, _, _ in columns]]
     cells += [["-" if r.get(k) is None else format(r[k], f) for _, k, f in columns] for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]

@@ -10,8 +10,8 @@ Implementations, all with the same weights:
 
 * ``reference``: ``block_loss`` / ``rk4`` as shipped (d tangent rows stacked in forward mode);
 * ``reference+compile``: the same functions under ``torch.compile`` (compile time excluded);
-* ``torch.func``: the RK4 loop below, divergence = trace of ``vmap(jacfwd(f))`` per sample;
-* ``backward-loop``: the RK4 loop below, divergence by d backward passes (torchdiffeq/FFJORD).
+* ``torch.func``: the same rk4 and loss, divergence = trace of ``vmap(jacfwd(f))`` per sample;
+* ``backward-loop``: the same rk4 and loss, divergence by d backward passes (torchdiffeq/FFJORD).
 
 GFLOP/s are "useful" rates: every row divides the reference's FLOP count (FlopCounterMode:
 matmuls only, 2 per multiply-add) by its own time, so a row that does more arithmetic for
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import time
 
 import torch
@@ -32,96 +31,67 @@ import torch
 import _harness as H
 
 H.import_jkofast_submodules()
-from jkofast.field import VelocityField  # noqa: E402
+from jkofast.field import Field, VelocityField  # noqa: E402
 from jkofast.integrate import rk4  # noqa: E402
 from jkofast.jko_loss import block_loss  # noqa: E402
-from jkofast.reference import TABLEAUS  # noqa: E402
+from jkofast.metrics import standard_normal_nll  # noqa: E402
 
 DIM, HIDDEN, LAYERS, STEPS, STEP_H = 6, 128, 3, 3, 1.0
 
 
 # ----------------------------------------------------------------------------- peers
-def rk4_loop(vel_div, x: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Classical RK4 of (x, logdet) over [0, 1]: the same stages as ``jkofast.rk4``, with the
-    divergence supplied by ``vel_div(x, t) -> (f, div)``. The kinetic energy is not needed by
-    the endpoint loss, so it is skipped (the reference computes it: a few elementwise ops)."""
-    a, b, c = TABLEAUS["rk4"]
-    h = 1.0 / steps
-    logdet = x.new_zeros(x.shape[0])
-    for step in range(steps):
-        ks, divs = [], []
-        for a_row, c_i in zip(a, c):
-            xi = x
-            for a_ij, k_j in zip(a_row, ks):
-                if a_ij != 0.0:
-                    xi = xi + (h * a_ij) * k_j
-            k_i, div_i = vel_div(xi, torch.tensor(step * h + c_i * h, dtype=x.dtype))
-            ks.append(k_i)
-            divs.append(div_i)
-        x = x + h * sum(b_i * k_i for b_i, k_i in zip(b, ks))
-        logdet = logdet + h * sum(b_i * d_i for b_i, d_i in zip(b, divs))
-    return x, logdet
-
-
-def jacfwd_divergence(field):
+# Each peer is the same VelocityField with another divergence, integrated by the same
+# jkofast.rk4 and scored by the same loss: the rows differ in the divergence alone.
+class JacfwdField(Field):
     """Per-sample Jacobian by forward mode (d jvps, vmapped), then its trace."""
-    def f_single(x, t):
-        out = field(x.unsqueeze(0), t).squeeze(0)
-        return out, out  # the aux copy returns f itself, so f costs no extra forward
-    jac = torch.func.vmap(torch.func.jacfwd(f_single, has_aux=True), in_dims=(0, None))
 
-    def vel_div(x, t):
-        J, f = jac(x, t)
-        return f, J.diagonal(dim1=1, dim2=2).sum(-1)
-    return vel_div
+    def __init__(self, inner: VelocityField) -> None:
+        super().__init__()
+        self.inner, self.dim = inner, inner.dim
 
+        def f_single(x, t):
+            out = inner(x.unsqueeze(0), t).squeeze(0)
+            return out, out  # the aux copy returns f itself, so f costs no extra forward
+        self._jac = torch.func.vmap(torch.func.jacfwd(f_single, has_aux=True), in_dims=(0, None))
 
-def backward_loop_divergence(field, keep_graph: bool):
-    """sum_j d f_j / d x_j by d backward passes, as Field.velocity_and_divergence's default.
-    Autograd needs a graph even for the likelihood, so grad is enabled here; with
-    ``keep_graph=False`` the results are detached so that no graph outlives the stage."""
-    def vel_div(x, t):
-        with torch.enable_grad():
-            x_in = x if x.requires_grad else x.detach().requires_grad_(True)
-            f = field(x_in, t)
-            div = sum(torch.autograd.grad(f[:, j].sum(), x_in, create_graph=keep_graph,
-                                          retain_graph=True)[0][:, j] for j in range(f.shape[1]))
-        return (f, div) if keep_graph else (f.detach(), div.detach())
-    return vel_div
+    def forward(self, x, t):
+        return self.inner(x, t)
+
+    def velocity_and_divergence(self, x, t, probes=None):
+        jac, f = self._jac(x, t)
+        return f, jac.diagonal(dim1=1, dim2=2).sum(-1)
 
 
-def endpoint_loss(x0, x1, logdet, h):
-    """block_loss(transport="endpoint") from its parts."""
-    return 0.5 * x1.square().sum(1).mean() - logdet.mean() + (x1 - x0).square().sum(1).mean() / (2 * h)
+class BackwardLoopField(Field):
+    """The field alone: Field's default divergence is the loop of d backward passes
+    (torchdiffeq/FFJORD style), detached under no_grad."""
+
+    def __init__(self, inner: VelocityField) -> None:
+        super().__init__()
+        self.inner, self.dim = inner, inner.dim
+
+    def forward(self, x, t):
+        return self.inner(x, t)
 
 
-def nll(x1, logdet):
-    return (0.5 * x1.square().sum(1) + 0.5 * x1.shape[1] * math.log(2 * math.pi) - logdet).mean()
+def nll(field, x0):
+    """Mean negative log-likelihood of x0 through one block."""
+    x1, logdet, _ = rk4(field, x0, 0.0, 1.0, STEPS)
+    return standard_normal_nll(x1, logdet).mean()
 
 
 def implementations(field0):
     """name -> (field, loss(x0), likelihood(x0)); each has its own copy of the same weights."""
     impls = {}
-
-    f = copy.deepcopy(field0)
-    ref_loss = lambda x0, f=f: block_loss(f, x0, STEP_H, STEPS)[0]  # noqa: E731
-    ref_nll = lambda x0, f=f: nll(*rk4(f, x0, 0.0, 1.0, STEPS)[:2])  # noqa: E731
-    impls["reference"] = (f, ref_loss, ref_nll)
-
-    f = copy.deepcopy(field0)
-    impls["reference+compile"] = (
-        f, torch.compile(lambda x0, f=f: block_loss(f, x0, STEP_H, STEPS)[0]),
-        torch.compile(lambda x0, f=f: nll(*rk4(f, x0, 0.0, 1.0, STEPS)[:2])))
-
-    f = copy.deepcopy(field0)
-    vd = jacfwd_divergence(f)  # forward mode runs under no_grad too: one function serves both
-    impls["torch.func"] = (f, lambda x0: endpoint_loss(x0, *rk4_loop(vd, x0, STEPS), STEP_H),
-                           lambda x0: nll(*rk4_loop(vd, x0, STEPS)))
-
-    f = copy.deepcopy(field0)
-    vd_train, vd_eval = backward_loop_divergence(f, True), backward_loop_divergence(f, False)
-    impls["backward-loop"] = (f, lambda x0: endpoint_loss(x0, *rk4_loop(vd_train, x0, STEPS), STEP_H),
-                              lambda x0: nll(*rk4_loop(vd_eval, x0, STEPS)))
+    for name, wrap in (("reference", None), ("reference+compile", None), ("torch.func", JacfwdField),
+                       ("backward-loop", BackwardLoopField)):
+        f = copy.deepcopy(field0)
+        g = f if wrap is None else wrap(f)
+        loss_fn = lambda x0, g=g: block_loss(g, x0, STEP_H, STEPS)[0]  # noqa: E731
+        nll_fn = lambda x0, g=g: nll(g, x0)  # noqa: E731
+        if name == "reference+compile":
+            loss_fn, nll_fn = torch.compile(loss_fn), torch.compile(nll_fn)
+        impls[name] = (f, loss_fn, nll_fn)
     return impls
 
 
@@ -189,7 +159,7 @@ def main() -> None:
 
     rows = {}
     for (name, item), fn in fns.items():
-        fn(), fn()  # warm-up: compiled graphs, allocator, MKL/oneDNN dispatch
+        fn()  # warm-up (compiled graphs, allocator, oneDNN); the counting calls below warm up too
         row = rows[name, item] = {"case": f"{case}/{item}", "impl": name}
         if name != "reference+compile":  # FlopCounterMode would trace the compiled graph anew
             row["own_gflop"] = H.count_flops(fn) / 1e9

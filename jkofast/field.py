@@ -36,9 +36,11 @@ class Field(nn.Module):
             x_in = x if x.requires_grad else x.detach().requires_grad_(True)
             f = self(x_in, t)
             # create_graph only when the caller differentiates through the divergence;
-            # materialize_grads: a field that ignores x has zero divergence, not an error.
+            # retain_graph: the d passes share one graph; materialize_grads: a field that
+            # ignores x has zero divergence, not an error.
             grad = lambda out, v=None: torch.autograd.grad(  # noqa: E731
-                out, x_in, v, create_graph=grad_enabled, allow_unused=True, materialize_grads=True)[0]
+                out, x_in, v, create_graph=grad_enabled, retain_graph=True, allow_unused=True,
+                materialize_grads=True)[0]
             if not f.requires_grad:  # f does not depend on x at all
                 div = f.new_zeros(f.shape[0])
             elif probes is None:
