@@ -65,6 +65,7 @@ def test_backwards_inverts_forwards():
     field = random_field(2, 16, 3, "softplus")
     x0 = torch.randn(50, 2, dtype=torch.float64)
 
+    @torch.no_grad()
     def round_trip(steps):
         x1, ld_fwd, _ = rk4(field, x0, 0.0, 1.0, steps)
         x_back, ld_back, _ = rk4(field, x1, 1.0, 0.0, steps)
