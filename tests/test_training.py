@@ -27,7 +27,7 @@ def test_short_run_beats_gaussian_and_approaches_long_run(trained_moons, moons):
     mean, se = nll(flow, test)
     baseline = gaussian_fit_nll(train, test)
     # Measured on this data (4,000 training points, 4,000 test points): the fitted Gaussian
-    # scores 3.30 nats, this ~15 s run 2.88, the README's default run (50,000 points, 150 s)
+    # scores 3.30 nats, this ~15 s run 2.88, the README's default run (50,000 points, 115 s)
     # 2.42. 3.0 nats demands most of the way from the Gaussian to the short run's result,
     # with 0.12 nats (13 standard errors) of slack for other seeds and torch versions.
     assert mean < 3.0 and mean < baseline - 0.25, (mean, se, baseline)
