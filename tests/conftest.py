@@ -68,3 +68,15 @@ def trained_moons(moons, tmp_path_factory):
 # The short CPU run the training tests share: small enough for CI (seconds), long enough to
 # learn the two moons' shape (see test_training.py for the thresholds this must meet).
 SHORT_RUN = dict(blocks=4, hidden=32, layers=2, iters=150, batch=500, lr=5e-3, eval_steps=None, seed=0, stop_tol=0.0)
+
+
+class CodeRunningPickle:
+    """Unpickling this creates the file ``marker``: proof that a loader would have run code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))

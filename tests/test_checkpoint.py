@@ -7,7 +7,7 @@ import torch
 
 from jkofast import Flow
 from jkofast.checkpoint import FORMAT_VERSION, CheckpointError
-from conftest import random_flow
+from conftest import CodeRunningPickle, random_flow
 
 
 @pytest.fixture
@@ -54,18 +54,10 @@ def test_missing_or_mismatched_pieces(saved, tmp_path):
         Flow.load(tmp_path / "shapes.pt")
 
 
-class _Payload:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def test_loading_never_executes_code(tmp_path):
     marker = tmp_path / "pwned"
     with open(tmp_path / "evil.pt", "wb") as fh:
-        torch.save({"format": "jkofast.flow", "x": _Payload(str(marker))}, fh, pickle_module=pickle)
+        torch.save({"format": "jkofast.flow", "x": CodeRunningPickle(marker)}, fh, pickle_module=pickle)
     with pytest.raises(CheckpointError):
         Flow.load(tmp_path / "evil.pt")
     assert not marker.exists()

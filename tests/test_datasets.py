@@ -1,11 +1,11 @@
 """jkofast.datasets: toy densities (shape, seeding, distribution checks), file loading, splits."""
 import math
-import pathlib
 
 import numpy as np
 import pytest
 
 from jkofast import datasets
+from conftest import CodeRunningPickle
 
 ALIASES = {
     "two_moons": "moons", "twomoons": "moons", "eight_gaussians": "8gaussians",
@@ -220,19 +220,10 @@ def test_load_rejects_ragged_or_text_csv(tmp_path):
         datasets.load_array(tmp_path / "r.csv")
 
 
-class _Payload:
-    """Unpickling this creates a marker file: proof that code would have run."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
-
 
 def test_load_never_unpickles(tmp_path):
     marker = tmp_path / "pwned"
-    np.save(tmp_path / "obj.npy", np.array([_Payload(str(marker))], dtype=object), allow_pickle=True)
+    np.save(tmp_path / "obj.npy", np.array([CodeRunningPickle(str(marker))], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError, match="numeric .npy"):
         datasets.load_array(tmp_path / "obj.npy")
     assert not marker.exists()
