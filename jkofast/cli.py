@@ -74,17 +74,14 @@ def cmd_train(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         flow = train(x_train, args.method, val=x_val, out=out, resume=not args.restart, device=device,
-                     budget=args.budget, progress=not args.no_progress, **options)
+                     budget=args.budget, progress=not args.no_progress, info={"data": spec}, **options)
     except TrainingDivergedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except CheckpointError as exc:
         print(f"error: {exc}\n(pass --restart to start over, or choose another --out)", file=sys.stderr)
         return 2
-    flow.info["data"] = spec
-    flow.save(out)
-    cfg = JKOIFlowConfig.from_dict(flow.info["config"])
-    grids = [cfg.steps] + ([cfg.eval_steps] if cfg.eval_steps and cfg.eval_steps != cfg.steps else [])
+    grids = JKOIFlowConfig.from_dict(flow.info["config"]).eval_grids()
     metrics = _evaluate(flow, x_test, grids)
     metrics.update(blocks=flow.num_blocks, train_seconds=flow.info["train_seconds"],
                    total_seconds=round(time.perf_counter() - start, 3))

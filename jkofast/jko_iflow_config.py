@@ -109,6 +109,10 @@ class JKOIFlowConfig:
         """Inverse of :meth:`to_dict`."""
         return cls(**{k: (float(v) if k == "h_max" else v) for k, v in d.items()})
 
+    def eval_grids(self) -> list[int]:
+        """RK4 steps per block to report NLLs on: the training grid, then the finer one if set."""
+        return [self.steps] + ([self.eval_steps] if self.eval_steps and self.eval_steps != self.steps else [])
+
     def field_config(self) -> dict:
         """Keyword arguments of each block's :class:`~jkofast.VelocityField`."""
         return dict(hidden=self.hidden, layers=self.layers, activation=self.activation,

@@ -53,7 +53,7 @@ def _standardization(x: Tensor) -> tuple[Tensor, Tensor]:
 
 def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | None = None,
           resume: bool = True, device: str | torch.device | None = None, budget: str = "default",
-          progress: bool = True, backend: str = "auto", **options) -> Flow:
+          progress: bool = True, backend: str = "auto", info: dict | None = None, **options) -> Flow:
     """Train a normalizing flow on ``x`` and return it.
 
     Arguments:
@@ -68,6 +68,7 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
         budget: preset, ``"quick"`` (seconds), ``"default"`` or ``"paper"``; options override it.
         progress: show a progress bar per block.
         backend: engine, ``"auto"``, ``"torch"`` or ``"compiled"``.
+        info: extra entries for ``flow.info`` (saved with the model), e.g. where the data came from.
         **options: fields of :class:`~jkofast.jko_iflow_config.JKOIFlowConfig` (``blocks``,
             ``hidden``, ``layers``, ``iters``, ``batch``, ``lr``, ``steps``, ``divergence``, ...).
 
@@ -115,12 +116,11 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
     log["train_seconds"] = round(sum(entry["seconds"] for entry in log["blocks"]), 3)
     log["wall_seconds_this_process"] = round(time.perf_counter() - start, 3)
     if val is not None:
-        grids = sorted({cfg.steps, cfg.eval_steps or cfg.steps})
         log["val_nll"] = {f"steps{s}": dict(zip(("mean", "se"), nll(flow, val, steps=s, backend=backend)))
-                          for s in grids}
+                          for s in cfg.eval_grids()}
     flow.info = {"method": method, "config": cfg.to_dict(), "n_train": x.shape[0],
                  "train_seconds": log["train_seconds"], "val_nll": log.get("val_nll"),
-                 "jkofast_version": __version__}
+                 "jkofast_version": __version__, **(info or {})}
     if out is not None:
         flow.save(out)
         write_json(out / LOG_FILE, log)
