@@ -12,10 +12,10 @@ The public API (see README.md)::
 """
 from ._version import __version__
 from . import datasets
-from .divergence import divergence
+from .divergence import divergence, velocity
 from .field import Field, VelocityField
 from .flow import Flow
 from .integrate import rk4
 from .train import train
 
-__all__ = ["__version__", "datasets", "divergence", "Field", "VelocityField", "Flow", "rk4", "train"]
+__all__ = ["__version__", "datasets", "divergence", "Field", "VelocityField", "Flow", "rk4", "train", "velocity"]

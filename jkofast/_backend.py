@@ -1,33 +1,78 @@
 """The one place that chooses between the compiled ops and the pure-torch reference.
 
-Until the compiled extension (``jkofast._C``) provides ops, every call resolves to ``"torch"``.
-``backend="compiled"`` then fails loudly instead of silently running the reference, so a test
-or a benchmark that asks for the kernels can never measure the wrong thing.
+``backend="auto"`` runs the compiled op when the extension is built and the call fits it (an
+MLP :class:`~jkofast.VelocityField`, float32 or float64, a device the ops were built for) and the
+reference otherwise; ``"torch"`` always runs the reference; ``"compiled"`` runs the op or raises,
+so a test or a benchmark that asks for the kernels can never measure the wrong thing.
 """
 from __future__ import annotations
 
 import importlib
 
+import torch
+
 BACKENDS = ("auto", "torch", "compiled")
+COMPILED_DTYPES = (torch.float32, torch.float64)
 
 try:  # The extension registers its ops with torch on import (TORCH_LIBRARY).
     importlib.import_module("jkofast._C")
+    compiled_ops = importlib.import_module("jkofast._ops")  # wrappers, fakes, autograd formulas
     COMPILED_ERROR: str | None = None
 except ImportError as exc:  # not built (pure-Python install) or failed to load
+    compiled_ops = None
     COMPILED_ERROR = f"{type(exc).__name__}: {exc}"
 
 
 def compiled_available() -> bool:
-    """Whether the compiled ops can serve calls (none are registered yet: see csrc/README.md)."""
-    return False
+    """Whether the compiled extension loaded (``jkofast._C`` with its ops)."""
+    return COMPILED_ERROR is None
 
 
-def resolve(backend: str) -> str:
-    """Map a user's ``backend=`` argument to the engine that will run: ``"torch"`` for now."""
+def compiled_devices() -> tuple[str, ...]:
+    """Device types that have kernels registered for the compiled ops."""
+    if not compiled_available():
+        return ()
+    has = torch._C._dispatch_has_kernel_for_dispatch_key
+    return tuple(dev for dev in ("cpu", "cuda") if has("jkofast::rk4_block", dev.upper()))
+
+
+def check_backend(backend: str) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"invalid backend {backend!r}; must be one of {list(BACKENDS)}")
     if backend == "compiled" and not compiled_available():
-        why = COMPILED_ERROR or "this build has no compiled ops yet"
-        raise RuntimeError(f"backend='compiled' was requested but the compiled ops are not available ({why}); "
-                           "use backend='torch' or 'auto'")
+        raise RuntimeError(f"backend='compiled' was requested but the compiled ops are not available "
+                           f"({COMPILED_ERROR}); use backend='torch' or 'auto'")
+
+
+def _misfit(field, x: torch.Tensor) -> str | None:
+    """Why the compiled ops cannot run ``field`` on ``x``, or None if they can."""
+    from .field import VelocityField  # here: field.py imports this module's users
+
+    if not isinstance(field, VelocityField) or any(
+            getattr(type(field), name) is not getattr(VelocityField, name)
+            for name in ("forward", "velocity_and_divergence")):
+        return f"{type(field).__name__} is not jkofast's MLP VelocityField"
+    if x.dtype not in COMPILED_DTYPES:
+        return f"dtype {x.dtype} (the ops take float32 and float64)"
+    if x.device.type not in compiled_devices():
+        return f"device {x.device.type!r} (this build has kernels for {list(compiled_devices())})"
+    return None
+
+
+def choose(backend: str, field, x: torch.Tensor) -> str:
+    """The engine that runs ``field`` on ``x``: ``"compiled"`` or ``"torch"``."""
+    check_backend(backend)
+    if backend == "torch" or not compiled_available():
+        return "torch"
+    why = _misfit(field, x)
+    if why is None:
+        return "compiled"
+    if backend == "compiled":
+        raise ValueError(f"backend='compiled' cannot run this call: {why}; use backend='torch' or 'auto'")
     return "torch"
+
+
+def resolve(backend: str) -> str:
+    """Validate a ``backend=`` argument where no field is at hand yet (e.g. :func:`jkofast.train`)."""
+    check_backend(backend)
+    return backend

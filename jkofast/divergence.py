@@ -5,10 +5,11 @@ import torch
 from torch import Tensor
 
 from . import _backend
+from ._backend import compiled_ops as _ops
 from ._checks import check_choice, check_points, check_positive_int
 from .field import Field
 
-__all__ = ["divergence", "draw_probes"]
+__all__ = ["divergence", "draw_probes", "velocity"]
 
 DIVERGENCE_METHODS = ("exact", "hutchinson")
 PROBE_NOISES = ("rademacher", "gaussian")
@@ -62,16 +63,43 @@ def divergence(field: Field, x: Tensor, t=0.0, *, method: str = "exact", probes:
         >>> f.shape, div.shape
         (torch.Size([4, 3]), torch.Size([4]))
     """
-    _backend.resolve(backend)
     check_choice(method, "method", DIVERGENCE_METHODS)
     check_points(x, "x", field.dim, like=field)
+    engine = _backend.choose(backend, field, x)
     t = as_time(t, x)
-    if method == "exact":
-        return field.velocity_and_divergence(x, t)
-    if isinstance(probes, Tensor):
-        if probes.dim() != 3 or probes.shape[0] != x.shape[0] or probes.shape[2] != x.shape[1]:
-            raise ValueError(f"probes must have shape ({x.shape[0]}, k, {x.shape[1]}), got {tuple(probes.shape)}")
-        v = probes.to(dtype=x.dtype, device=x.device)
-    else:
-        v = draw_probes(x, probes, noise, generator)
+    v = None
+    if method == "hutchinson":
+        if isinstance(probes, Tensor):
+            if probes.dim() != 3 or probes.shape[0] != x.shape[0] or probes.shape[2] != x.shape[1]:
+                raise ValueError(f"probes must have shape ({x.shape[0]}, k, {x.shape[1]}), got {tuple(probes.shape)}")
+            v = probes.to(dtype=x.dtype, device=x.device)
+        else:
+            v = draw_probes(x, probes, noise, generator)
+    if engine == "compiled":
+        return _ops.mlp_field_div(x, field._t(t), field.weights, field.biases, field.activation, field.beta, v)
     return field.velocity_and_divergence(x, t, v)
+
+
+def velocity(field: Field, x: Tensor, t=0.0, *, backend: str = "auto") -> Tensor:
+    """Evaluate the field f(x, t) alone, on the compiled op where it fits.
+
+    Arguments:
+        field: a :class:`~jkofast.Field`.
+        x: points, (B, d).
+        t: time, a float, a 0-d tensor or (B,).
+        backend: ``"auto"``, ``"torch"`` or ``"compiled"``.
+
+    Returns:
+        f: (B, d). Differentiable once (the compiled op has no double backward).
+
+    Examples:
+        >>> from jkofast import VelocityField
+        >>> velocity(VelocityField(3, hidden=8), torch.randn(4, 3), 0.5).shape
+        torch.Size([4, 3])
+    """
+    check_points(x, "x", field.dim, like=field)
+    engine = _backend.choose(backend, field, x)
+    t = as_time(t, x)
+    if engine == "compiled":
+        return _ops.mlp_field(x, field._t(t), field.weights, field.biases, field.activation, field.beta)
+    return field(x, t)

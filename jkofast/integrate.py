@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from . import _backend
+from ._backend import compiled_ops as _ops
 from ._checks import check_choice, check_points, check_positive_int
 from .divergence import DIVERGENCE_METHODS, as_time, draw_probes
 from .field import Field
@@ -49,8 +50,8 @@ def rk4(field: Field, x: Tensor, t0: float, t1: float, steps: int, *,
         >>> x1.shape, logdet.shape, kinetic.shape
         (torch.Size([3, 2]), torch.Size([3]), torch.Size([3]))
     """
-    _backend.resolve(backend)
     check_points(x, "x", field.dim, like=field)
+    engine = _backend.choose(backend, field, x)
     check_positive_int(steps, "steps")
     if divergence is not None:
         check_choice(divergence, "divergence", DIVERGENCE_METHODS)
@@ -58,6 +59,14 @@ def rk4(field: Field, x: Tensor, t0: float, t1: float, steps: int, *,
     t0, t1 = float(t0), float(t1)
     if not (math.isfinite(t0) and math.isfinite(t1)):
         raise ValueError(f"t0 and t1 must be finite, got t0={t0}, t1={t1}")
+    if engine == "compiled":
+        v = None
+        if divergence == "hutchinson":  # the same draws, in the same order, as the loop below
+            v = torch.stack([draw_probes(x, probes, noise, generator) for _ in range(steps)])
+        x1, logdet, kinetic = _ops.rk4_block(
+            x, field.weights, field.biases, t0, t1, steps, time=field.time, activation=field.activation,
+            beta=field.beta, tableau=tableau, divergence=divergence, probes=v)
+        return x1, (logdet if divergence is not None else None), kinetic
     a, b, c = TABLEAUS[tableau]
     h = (t1 - t0) / steps
     logdet = x.new_zeros(x.shape[0]) if divergence is not None else None

@@ -1,0 +1,42 @@
+// The op contracts of jkofast's compiled engine, in one place. Implementations register per
+// device: csrc/cpu/*_cpu.cpp (CPU), csrc/cuda/*_cuda.cpp (CUDA). The Python side
+// (jkofast/_ops/) adds the fake (meta) implementations and the autograd formulas, which call
+// the *_backward ops. jkofast/reference.py is the same math in plain torch.
+//
+// Layouts: x (B, d); t (B,); weights[l] (H_out, H_in) as nn.Linear, layer 0 sees [x, t] when
+// the field has a time input; probes (B, k, d) for one evaluation, (S, B, k, d) for S RK4 steps.
+// Every op works on the caller's weight tensors and keeps nothing after it returns.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// `import jkofast._C` only needs to load this library, which runs the registrations below. An
+// empty module (no pybind11, no libtorch_python) keeps the build small and ABI-stable.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(jkofast, m) {
+  // f(x, t) of the MLP; t None for an autonomous field.
+  m.def("mlp_field(Tensor x, Tensor? t, Tensor[] weights, Tensor[] biases, str activation, float beta) -> Tensor");
+  // -> (grad_x, grad_t (B,) or (0,) without t, grad_weights, grad_biases)
+  m.def("mlp_field_backward(Tensor grad_f, Tensor x, Tensor? t, Tensor[] weights, Tensor[] biases, "
+        "str activation, float beta) -> (Tensor, Tensor, Tensor[], Tensor[])");
+  // (f, div): exact trace with probes None, Hutchinson mean_i v_i^T J v_i with probes (B, k, d).
+  m.def("mlp_field_div(Tensor x, Tensor? t, Tensor? probes, Tensor[] weights, Tensor[] biases, "
+        "str activation, float beta) -> (Tensor, Tensor)");
+  m.def("mlp_field_div_backward(Tensor grad_f, Tensor grad_div, Tensor x, Tensor? t, Tensor? probes, "
+        "Tensor[] weights, Tensor[] biases, str activation, float beta) -> (Tensor, Tensor, Tensor[], Tensor[])");
+  // steps RK4 steps from t0 to t1 (t1 < t0 runs backwards). divergence: "exact", "hutchinson"
+  // (probes (steps, B, k, d), held for a step's 4 stages) or "none" (logdet stays 0).
+  // -> (x1, logdet = int div dt, kinetic = int |f|^2 |dt|, states (steps, B, d): x at each step's
+  // start, which the backward needs and nothing else should use).
+  m.def("rk4_block(Tensor x, Tensor? probes, Tensor[] weights, Tensor[] biases, float t0, float t1, int steps, "
+        "str tableau, str divergence, bool time, str activation, float beta) -> (Tensor, Tensor, Tensor, Tensor)");
+  // -> (grad_x, grad_weights, grad_biases)
+  m.def("rk4_block_backward(Tensor grad_x1, Tensor grad_logdet, Tensor grad_kinetic, Tensor states, Tensor x, "
+        "Tensor? probes, Tensor[] weights, Tensor[] biases, float t0, float t1, int steps, str tableau, "
+        "str divergence, bool time, str activation, float beta) -> (Tensor, Tensor[], Tensor[])");
+}

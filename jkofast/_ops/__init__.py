@@ -1,0 +1,10 @@
+"""Python side of the compiled ops: fake (meta) implementations and autograd formulas.
+
+Importing this package requires ``jkofast._C`` to be loaded (it defines the schemas); the
+wrappers here take explicit weight lists, like :mod:`jkofast.reference`, whose functions they
+mirror and against which they are tested.
+"""
+from .mlp_field import mlp_field, mlp_field_div
+from .rk4_block import rk4_block
+
+__all__ = ["mlp_field", "mlp_field_div", "rk4_block"]

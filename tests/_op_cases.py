@@ -1,0 +1,40 @@
+"""Shared inputs and tolerance rules for the compiled-op tests (test_mlp_field, test_rk4_block).
+
+Tolerances (shared/STYLE.md, section 5):
+
+* float64: the kernels compute the same sums as the reference in another order (tiles, BLAS
+  blocking), so they agree to a few ulps times the depth of the computation: 1e-10 relative
+  leaves a wide margin yet catches any wrong term (a missing sigma'' term is O(1)).
+* float32: the kernel's error against the float64 reference may be at most twice the error of
+  the pure-torch reference run in float32, plus a floor of 1e-6 times the output's scale
+  (for outputs that happen to be computed exactly by both).
+"""
+from __future__ import annotations
+
+import torch
+
+from conftest import random_field
+
+F64 = dict(rtol=1e-10, atol=1e-12)
+
+
+def field_case(dim=3, hidden=16, layers=2, activation="softplus", time=True, batch=37, probes=None,
+               beta=1.0, dtype=torch.float64):
+    """(field, x, t, v): a random field with O(1) outputs, points, per-sample times, probes."""
+    field = random_field(dim, hidden, layers, activation, time=time, beta=beta, dtype=dtype)
+    x = torch.randn(batch, dim, dtype=dtype)
+    t = torch.rand(batch, dtype=dtype)
+    v = None if probes is None else torch.randn(batch, probes, dim, dtype=dtype)
+    return field, x, t, v
+
+
+def leaf_copies(tensors):
+    return [t.detach().clone().requires_grad_(True) for t in tensors]
+
+
+def assert_within_float32_rule(kernel32, torch32, ref64, name=""):
+    """The kernel in float32 is at most twice as far from the float64 truth as torch in float32."""
+    kernel_err = (kernel32.double() - ref64).abs().max().item()
+    torch_err = (torch32.double() - ref64).abs().max().item()
+    floor = 1e-6 * max(ref64.abs().max().item(), 1.0)
+    assert kernel_err <= 2 * torch_err + floor, f"{name}: kernel error {kernel_err:.3g}, torch float32 {torch_err:.3g}"
