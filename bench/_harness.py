@@ -25,8 +25,17 @@ REPO = RESULTS.parent.parent
 
 
 def import_jkofast_submodules() -> None:
-    """Import ``jkofast.<submodule>`` even while ``jkofast/__init__.py`` fails (a module it
-    imports is unfinished): a bare package with its ``__path__`` skips __init__."""
+    """Import ``jkofast.<submodule>``: the installed package when it has the compiled ops (the
+    checkout's jkofast/ has no built ``_C``), else the checkout's, even while its
+    ``jkofast/__init__.py`` fails (a bare package with its ``__path__`` skips __init__)."""
+    try:
+        import jkofast._C  # noqa: F401
+        import jkofast
+        print(f"benchmarking the installed jkofast at {Path(jkofast.__file__).parent}")
+        return
+    except Exception:
+        for key in [k for k in sys.modules if k.split(".")[0] == "jkofast"]:
+            del sys.modules[key]
     sys.path.insert(0, str(REPO))
     try:
         import jkofast  # noqa: F401
