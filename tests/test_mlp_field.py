@@ -177,4 +177,6 @@ def test_extreme_pre_activations_stay_finite_and_exact(activation, dtype):
     for g, w in zip(got, want):
         assert torch.isfinite(g).all()
         if dtype == torch.float64:  # float32 agreement at this scale: see the session note (open)
-            torch.testing.assert_close(g, w, **F64)
+            # Saturated tanh: sigma' = 1 - y^2 cancels in both engines, so the floor scales
+            # with the output's size rather than each (near-zero) entry's.
+            torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10 * float(w.abs().max()))
