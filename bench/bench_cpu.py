@@ -36,7 +36,7 @@ from jkofast.field import VelocityField  # noqa: E402
 from jkofast.integrate import rk4  # noqa: E402
 from jkofast.jko_loss import block_loss  # noqa: E402
 from jkofast.metrics import standard_normal_nll  # noqa: E402
-from bench_reference import BackwardLoopField  # noqa: E402
+from bench_reference import BackwardLoopField, work  # noqa: E402
 
 LAYERS, STEPS, STEP_H = 3, 3, 1.0
 CASES = [(2, 64, 2000), (6, 128, 2000), (63, 256, 500)]  # (d, H, B)
@@ -56,20 +56,6 @@ def implementations(field0):
             loss_fn, nll_fn = torch.compile(loss_fn), torch.compile(nll_fn)
         impls[name] = (f, loss_fn, nll_fn)
     return impls
-
-
-def work(f, loss_fn, nll_fn, x0):
-    opt = torch.optim.Adam(f.parameters(), lr=1e-4)
-
-    def train_step():
-        opt.zero_grad(set_to_none=True)
-        loss_fn(x0).backward()
-        opt.step()
-
-    def likelihood():
-        with torch.no_grad():
-            return nll_fn(x0)
-    return {"train_step": train_step, "likelihood": likelihood}
 
 
 def check_same_result(impls, x0, case):

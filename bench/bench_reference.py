@@ -95,6 +95,21 @@ def implementations(field0):
     return impls
 
 
+def work(f, loss_fn, nll_fn, x0):
+    """The timed work items on x0: one Adam training step, one likelihood without a graph."""
+    opt = torch.optim.Adam(f.parameters(), lr=1e-4)
+
+    def train_step():
+        opt.zero_grad(set_to_none=True)
+        loss_fn(x0).backward()
+        opt.step()
+
+    def likelihood():
+        with torch.no_grad():
+            return nll_fn(x0)
+    return {"train_step": train_step, "likelihood": likelihood}
+
+
 # ----------------------------------------------------------------------------- run
 def main() -> None:
     args = H.add_common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0])).parse_args()
@@ -135,20 +150,7 @@ def main() -> None:
         if not ok:
             raise SystemExit(f"{name} does not compute the reference's loss; refusing to time it")
 
-    def work(f, loss_fn, nll_fn):
-        opt = torch.optim.Adam(f.parameters(), lr=1e-4)
-
-        def train_step():
-            opt.zero_grad(set_to_none=True)
-            loss_fn(x0).backward()
-            opt.step()
-
-        def likelihood():
-            with torch.no_grad():
-                return nll_fn(x0)
-        return {"train_step": train_step, "likelihood": likelihood}
-
-    fns = {(name, item): fn for name in impls for item, fn in work(*impls[name]).items()}
+    fns = {(name, item): fn for name in impls for item, fn in work(*impls[name], x0).items()}
     flops = {item: H.count_flops(fns["reference", item]) for item in ("train_step", "likelihood")}
     # What FlopCounterMode counts, by hand, for the likelihood: per field evaluation the layer-0
     # product (d+1 -> H, primal only: its tangent is W0 itself), (layers-1) hidden products on

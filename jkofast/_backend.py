@@ -37,6 +37,7 @@ def compiled_devices() -> tuple[str, ...]:
 
 
 def check_backend(backend: str) -> None:
+    """Validate a ``backend=`` argument (also where no field is at hand yet: :func:`jkofast.train`)."""
     if backend not in BACKENDS:
         raise ValueError(f"invalid backend {backend!r}; must be one of {list(BACKENDS)}")
     if backend == "compiled" and not compiled_available():
@@ -71,8 +72,3 @@ def choose(backend: str, field, x: torch.Tensor) -> str:
         raise ValueError(f"backend='compiled' cannot run this call: {why}; use backend='torch' or 'auto'")
     return "torch"
 
-
-def resolve(backend: str) -> str:
-    """Validate a ``backend=`` argument where no field is at hand yet (e.g. :func:`jkofast.train`)."""
-    check_backend(backend)
-    return backend

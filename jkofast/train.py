@@ -89,7 +89,7 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; must be one of {list(METHODS)}")
-    _backend.resolve(backend)
+    _backend.check_backend(backend)
     cfg = JKOIFlowConfig.from_options(budget, **options)
     if device is None:
         device = x.device if isinstance(x, Tensor) else "cpu"

@@ -4,6 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from jkofast import Field
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
@@ -80,3 +82,15 @@ class CodeRunningPickle:
         import pathlib
 
         return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+class LinearField(Field):
+    """f(x, t) = A x: x(t) = expm(A t) x0 and log det = t tr(A) exactly; not the MLP, so the
+    compiled ops cannot run it."""
+
+    def __init__(self, a):
+        super().__init__()
+        self.dim, self.a = a.shape[0], a
+
+    def forward(self, x, t):
+        return x @ self.a.t()

@@ -4,8 +4,8 @@ import torch
 from torch.func import jacrev, vmap
 
 import jkofast
-from jkofast import Field, divergence
-from conftest import random_field
+from jkofast import divergence
+from conftest import LinearField, random_field
 
 
 def jacobian_trace(field, x, t):
@@ -58,28 +58,17 @@ def test_hutchinson_is_unbiased(noise):
     assert ((est.mean(0) - exact).abs() < 4 * se).all(), (est.mean(0), exact, se)
 
 
-class Linear(Field):
-    """f(x) = A x: a Field that is not the MLP, so the compiled ops cannot run it."""
-
-    def __init__(self, a):
-        super().__init__()
-        self.dim, self.a = a.shape[0], a
-
-    def forward(self, x, t):
-        return x @ self.a.t()
-
-
 def test_generic_field_uses_autograd_trace():
     a = torch.randn(3, 3, dtype=torch.float64)
     x = torch.randn(5, 3, dtype=torch.float64)
-    _, div = divergence(Linear(a), x)
+    _, div = divergence(LinearField(a), x)
     torch.testing.assert_close(div, torch.full((5,), float(a.trace()), dtype=torch.float64))
     with torch.no_grad():  # the d passes share one graph, which must survive until the last
-        f, div_ng = divergence(Linear(a), x)
+        f, div_ng = divergence(LinearField(a), x)
     torch.testing.assert_close(div_ng, div)
     assert not f.requires_grad and not div_ng.requires_grad
     v = torch.randn(5, 2, 3, dtype=torch.float64)
-    _, est = divergence(Linear(a), x, method="hutchinson", probes=v)
+    _, est = divergence(LinearField(a), x, method="hutchinson", probes=v)
     torch.testing.assert_close(est, torch.einsum("bki,ij,bkj->bk", v, a, v).mean(1))
 
 
@@ -121,7 +110,7 @@ def test_bad_method_and_backend():
     with pytest.raises(ValueError, match="backend"):
         divergence(field, x, backend="cuda")
     with pytest.raises(ValueError, match="compiled.*not jkofast's MLP VelocityField"):
-        divergence(Linear(torch.eye(2)), torch.randn(3, 2), backend="compiled")
+        divergence(LinearField(torch.eye(2)), torch.randn(3, 2), backend="compiled")
     with pytest.raises(ValueError, match="probes"):
         divergence(field, x, method="hutchinson", probes=torch.randn(3, 2, 5, dtype=torch.float64))
     with pytest.raises(ValueError, match="t must be"):

@@ -6,18 +6,8 @@ import torch
 from torch.func import jacrev
 
 from jkofast import Field, rk4
-from conftest import random_field
+from conftest import LinearField, random_field
 
-
-class LinearField(Field):
-    """f(x, t) = A x: x(t) = expm(A t) x0 and log det = t tr(A) exactly."""
-
-    def __init__(self, a):
-        super().__init__()
-        self.dim, self.a = a.shape[0], a
-
-    def forward(self, x, t):
-        return x @ self.a.t()
 
 
 def _matrix(d=3):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import torch
 from torch import Tensor
 
 
@@ -27,8 +28,6 @@ def like_list(tensors: Sequence[Tensor]) -> list[Tensor]:
 def refuse_double_backward(op: str) -> None:
     """Give the backward op ``op`` an autograd formula that raises: without one, torch would
     differentiate through it as if it were constant (a silently wrong second derivative)."""
-    import torch
-
     def _backward(ctx, *grads):
         raise NotImplementedError(
             f"{op}: the compiled ops have no double backward (second derivatives through the field); "
