@@ -8,7 +8,8 @@ Cases (softplus, time input, 3 hidden layers, 3 classical RK4 steps over [0, 1],
 
 Implementations, all with the same weights and inputs:
 
-* ``compiled``: jkofast's C++ ops (backend="compiled": one rk4_block op per call);
+* ``compiled``: jkofast's C++ ops (backend="compiled"): the training step is one
+  jko_block_loss op (loss and gradients in one pass), the likelihood one rk4_block op;
 * ``reference``: the pure-torch engine (backend="torch");
 * ``reference+compile``: the same under torch.compile (compile time excluded);
 * ``backward-loop``: the torchdiffeq/FFJORD-style peer of bench_reference.py (the same rk4, the
@@ -17,7 +18,8 @@ Implementations, all with the same weights and inputs:
 GFLOP/s count the reference's FLOPs (FlopCounterMode, matmuls only, 2 per multiply-add) over
 each row's time; ``% mm`` is that over the (12000x128)@(128x128) matmul rate measured in the same
 run. ``train MB``: tensors saved between the forward and the backward pass (the compiled op:
-x at each step's start; the reference: every activation and tangent row).
+the parameter gradients, which it computes with the loss; the reference: every activation and
+tangent row).
 
     python bench/bench_cpu.py [--quick] [--threads N] [--compare PATH [--fail-if-regression]]
 """

@@ -39,4 +39,12 @@ TORCH_LIBRARY(jkofast, m) {
   m.def("rk4_block_backward(Tensor grad_x1, Tensor grad_logdet, Tensor grad_kinetic, Tensor states, Tensor x, "
         "Tensor? probes, Tensor[] weights, Tensor[] biases, float t0, float t1, int steps, str tableau, "
         "str divergence, bool time, str activation, float beta) -> (Tensor, Tensor[], Tensor[])");
+  // One JKO-iFlow block's training loss with its gradients, in one pass (no autograd formula:
+  // jkofast/_ops/jko_block_loss.py wraps it). With x1, logdet, kinetic from rk4_block over
+  // [t0, t1], the loss is mean_i(|x1_i|^2 / 2 - logdet_i + endpoint_weight |x1_i - x0_i|^2
+  // + path_weight kinetic_i). -> (terms (B, 4): |x1|^2 / 2, logdet, |x1 - x0|^2, kinetic per
+  // sample; then the loss's gradients wrt x0, the weights and the biases)
+  m.def("jko_block_loss(Tensor x0, Tensor? probes, Tensor[] weights, Tensor[] biases, float t0, float t1, "
+        "int steps, str tableau, str divergence, bool time, str activation, float beta, float endpoint_weight, "
+        "float path_weight) -> (Tensor, Tensor, Tensor[], Tensor[])");
 }

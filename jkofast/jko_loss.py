@@ -6,6 +6,9 @@ import math
 import torch
 from torch import Tensor
 
+from . import _backend
+from ._checks import check_choice, check_points, check_positive_int
+from .divergence import DIVERGENCE_METHODS, draw_probes
 from .field import Field
 from .integrate import rk4
 
@@ -30,16 +33,39 @@ def block_loss(field: Field, x0: Tensor, h: float, steps: int, *, divergence: st
         ``(loss, parts)``: the scalar loss and its detached terms ``{"V", "div", "W2"}`` (tensors, so
         that logging decides when to synchronise).
     """
+    if transport not in TRANSPORT_COSTS:
+        raise ValueError(f"invalid transport {transport!r}; must be one of {list(TRANSPORT_COSTS)}")
+    weight = 1 / (2 * h) if math.isfinite(h) else 0.0
+    if _fused_fits(field, x0, backend):
+        return _fused_block_loss(field, x0, steps, weight, transport, divergence, probes, tableau, generator)
     x1, logdet, kinetic = rk4(field, x0, 0.0, 1.0, steps, divergence=divergence, probes=probes,
                               tableau=tableau, generator=generator, backend=backend)
     loss_v = 0.5 * x1.square().sum(1).mean()
     loss_div = -logdet.mean()
-    if transport == "endpoint":
-        w = (x1 - x0).square().sum(1).mean()
-    elif transport == "path":
-        w = kinetic.mean()
-    else:
-        raise ValueError(f"invalid transport {transport!r}; must be one of {list(TRANSPORT_COSTS)}")
-    loss_w = w / (2 * h) if math.isfinite(h) else w * 0.0
-    loss = loss_v + loss_div + loss_w
+    w = (x1 - x0).square().sum(1).mean() if transport == "endpoint" else kinetic.mean()
+    loss = loss_v + loss_div + w * weight
     return loss, {"V": loss_v.detach(), "div": loss_div.detach(), "W2": w.detach()}
+
+
+def _fused_fits(field: Field, x0: Tensor, backend: str) -> bool:
+    """Whether the fused loss-and-gradient op serves this call: the compiled engine runs the field
+    and a gradient will be taken (without one, rk4's forward alone is cheaper)."""
+    check_points(x0, "x0", field.dim, like=field)
+    if _backend.choose(backend, field, x0) != "compiled" or not torch.is_grad_enabled() or x0.shape[0] == 0:
+        return False
+    return x0.requires_grad or any(p.requires_grad for p in field.parameters())
+
+
+def _fused_block_loss(field, x0, steps, weight, transport, divergence, probes, tableau, generator):
+    check_positive_int(steps, "steps")
+    check_choice(divergence, "divergence", DIVERGENCE_METHODS)
+    v = None
+    if divergence == "hutchinson":  # the same draws, in the same order, as rk4
+        v = torch.stack([draw_probes(x0, probes, "rademacher", generator) for _ in range(steps)])
+    loss, terms = _backend.compiled_ops.jko_block_loss(
+        x0, field.weights, field.biases, steps, endpoint_weight=weight if transport == "endpoint" else 0.0,
+        path_weight=weight if transport == "path" else 0.0, time=field.time, activation=field.activation,
+        beta=field.beta, tableau=tableau, divergence=divergence, probes=v)
+    parts = terms.mean(0)
+    w = parts[2] if transport == "endpoint" else parts[3]
+    return loss, {"V": parts[0], "div": -parts[1], "W2": w}

@@ -56,7 +56,7 @@ void forward(const FieldCall& call, at::TensorList weights, at::TensorList biase
   std::vector<at::Tensor> keep_alive;
   const MlpNet<T> net(weights, biases, keep_alive, call.sizes.dim, call.sizes.time, beta);
   const int64_t d = net.dim, r = call.tangent_rows, batch = call.x.size(0);
-  const int64_t tile = tile_samples(batch, 1 + r, net.hidden);
+  const int64_t tile = tile_samples(batch, 1 + r, net.hidden, net.hidden_layers, /*keep=*/false);
   const T* x = call.x.const_data_ptr<T>();
   const T* t = data_or_null<T>(call.t);
   const int64_t t_stride = call.t.defined() ? call.t.stride(0) : 0;
@@ -80,7 +80,7 @@ GradTuple backward(const FieldCall& call, const at::Tensor& grad_f, const at::Te
   std::vector<at::Tensor> keep_alive;
   const MlpNet<T> net(weights, biases, keep_alive, call.sizes.dim, call.sizes.time, beta);
   const int64_t d = net.dim, r = call.tangent_rows, batch = call.x.size(0);
-  const int64_t tile = tile_samples(batch, 1 + r, net.hidden);
+  const int64_t tile = tile_samples(batch, 1 + r, net.hidden, net.hidden_layers, /*keep=*/true);
   at::Tensor grad_x = at::empty_like(call.x);
   at::Tensor grad_t = at::empty({call.t.defined() ? batch : 0}, call.x.options());
   std::vector<MlpGrads<T>> shares;

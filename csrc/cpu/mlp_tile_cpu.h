@@ -114,6 +114,8 @@ class MlpTile {
     }
   }
 
+  int64_t tangent_rows() const { return R_ - 1; }
+
   // f (n, d) and, with tangent rows, div (n,) at n <= capacity samples x (n, d) contiguous and
   // times t[b * t_stride] (t == nullptr: autonomous field). probes: (n, r, d) or nullptr (exact).
   // f or div may be nullptr when only the stored internals are wanted (before backward()).
@@ -355,13 +357,18 @@ void dispatch_activation(Activation kind, Fn&& fn) {
   }
 }
 
-// Samples per tile. With keep, a tile holds about 2 * layers stacks of tile * (1 + r) * H values
-// plus sigma', sigma''; about 384 * 128 rows per stack (192 KB in float32) kept that within the
-// L2 cache of the 2-core machine we measured on: tiles of 32 to 64 samples at d = 6, H = 128
-// beat 16 and 128 there (bench/bench_cpu.py).
-inline int64_t tile_samples(int64_t batch, int64_t rows_per_sample, int64_t hidden) {
-  const int64_t budget_rows = 384 * 128 / (hidden > 0 ? hidden : 1);
-  int64_t tile = budget_rows / rows_per_sample;
+// Samples per tile, from the values a tile touches per sample: rows_per_sample (1 + r) rows of
+// H per stack, and 2 stacks for a forward (ping-pong) or, kept for a backward, 2 per hidden layer
+// plus 2 gradient stacks. Budgets measured with bench/bench_cpu.py on the 2-core Zen 4 machine
+// (1 MB L2 per core): the forward is fastest at about 384 * 128 values per stack (tiles of 54 at
+// d = 6, H = 128); for the backward, budgets from 128K to 384K values (tiles of 18 to 54 there)
+// measured the same within noise, and tiles smaller than that were slower.
+inline int64_t tile_samples(int64_t batch, int64_t rows_per_sample, int64_t hidden, int64_t hidden_layers,
+                            bool keep) {
+  constexpr int64_t kForwardValues = 384 * 128, kKeepValues = 192 * 1024;
+  const int64_t H = hidden > 0 ? hidden : 1;
+  const int64_t values_per_sample = keep ? rows_per_sample * H * (2 * hidden_layers + 2) : rows_per_sample * H;
+  int64_t tile = (keep ? kKeepValues : kForwardValues) / values_per_sample;
   tile = tile < 8 ? 8 : (tile > 128 ? 128 : tile);
   return batch < tile ? (batch > 0 ? batch : 1) : tile;
 }

@@ -5,6 +5,7 @@ wrappers here take explicit weight lists, like :mod:`jkofast.reference`, whose f
 mirror and against which they are tested.
 """
 from .mlp_field import mlp_field, mlp_field_div
+from .jko_block_loss import jko_block_loss
 from .rk4_block import rk4_block
 
-__all__ = ["mlp_field", "mlp_field_div", "rk4_block"]
+__all__ = ["mlp_field", "mlp_field_div", "rk4_block", "jko_block_loss"]
