@@ -28,12 +28,15 @@ def compiled_available() -> bool:
     return COMPILED_ERROR is None
 
 
+def has_kernel(op: str, device_type: str) -> bool:
+    """Whether the compiled op ``jkofast::<op>`` has a kernel for ``device_type`` ("cpu", "cuda")."""
+    return compiled_available() and torch._C._dispatch_has_kernel_for_dispatch_key(f"jkofast::{op}",
+                                                                                   device_type.upper())
+
+
 def compiled_devices() -> tuple[str, ...]:
     """Device types that have kernels registered for the compiled ops."""
-    if not compiled_available():
-        return ()
-    has = torch._C._dispatch_has_kernel_for_dispatch_key
-    return tuple(dev for dev in ("cpu", "cuda") if has("jkofast::rk4_block", dev.upper()))
+    return tuple(dev for dev in ("cpu", "cuda") if has_kernel("rk4_block", dev))
 
 
 def check_backend(backend: str) -> None:

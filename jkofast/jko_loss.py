@@ -48,10 +48,13 @@ def block_loss(field: Field, x0: Tensor, h: float, steps: int, *, divergence: st
 
 
 def _fused_fits(field: Field, x0: Tensor, backend: str) -> bool:
-    """Whether the fused loss-and-gradient op serves this call: the compiled engine runs the field
-    and a gradient will be taken (without one, rk4's forward alone is cheaper)."""
+    """Whether the fused loss-and-gradient op serves this call: the compiled engine runs the field,
+    the op has a kernel for the device, and a gradient will be taken (without one, rk4's forward
+    alone is cheaper)."""
     check_points(x0, "x0", field.dim, like=field)
-    if _backend.choose(backend, field, x0) != "compiled" or not torch.is_grad_enabled() or x0.shape[0] == 0:
+    if _backend.choose(backend, field, x0) != "compiled" or not _backend.has_kernel("jko_block_loss", x0.device.type):
+        return False
+    if not torch.is_grad_enabled() or x0.shape[0] == 0:
         return False
     return x0.requires_grad or any(p.requires_grad for p in field.parameters())
 
