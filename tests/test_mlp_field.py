@@ -174,9 +174,13 @@ def test_extreme_pre_activations_stay_finite_and_exact(activation, dtype):
         field.linears[0].weight.mul_(3000.0)
     got = O.mlp_field_div(x.to(dtype), t.to(dtype), field.weights, field.biases, activation, 20.0)
     want = R.mlp_velocity_and_divergence(x.to(dtype), t.to(dtype), field.weights, field.biases, activation, 20.0)
-    for g, w in zip(got, want):
+    truth = R.mlp_velocity_and_divergence(x.double(), t.double(), [w.double() for w in field.weights],
+                                          [b.double() for b in field.biases], activation, 20.0)
+    for g, w, ref, name in zip(got, want, truth, ("f", "div")):
         assert torch.isfinite(g).all()
-        if dtype == torch.float64:  # float32 agreement at this scale: see the session note (open)
+        if dtype == torch.float64:
             # Saturated tanh: sigma' = 1 - y^2 cancels in both engines, so the floor scales
             # with the output's size rather than each (near-zero) entry's.
             torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10 * float(w.abs().max()))
+        else:  # outputs up to ~1e5 here: the same 2x rule as everywhere else
+            assert_within_float32_rule(g, w, ref, name)
