@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._checks import check_count
 from .builtin import REAL_NAMES, load, real_name
 from .files import SUFFIXES, load_array, split
 from .tabular import TABULAR_NAMES, load_tabular, tabular_name
@@ -34,12 +35,6 @@ DATA_NAMES: tuple[str, ...] = TOY_NAMES + REAL_NAMES + TABULAR_NAMES  # every na
 def builtin_name(name) -> str | None:
     """The canonical name of a toy, built-in real or MAF tabular data set, else None."""
     return canonical_name(name) or real_name(name) or tabular_name(name)
-
-
-def _check_size(value, name: str) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
 
 
 def get(name_or_path, n_train: int = 50_000, n_val: int = 5_000, n_test: int = 20_000, seed=0, *,
@@ -71,7 +66,7 @@ def get(name_or_path, n_train: int = 50_000, n_val: int = 5_000, n_test: int = 2
     """
     key = canonical_name(name_or_path)
     if key is not None:
-        sizes = [_check_size(v, k) for k, v in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test))]
+        sizes = [check_count(v, k) for k, v in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test))]
         seeds = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
         # spawn() rather than seed, seed+1, seed+2: child streams are independent by design.
         return tuple(toy(key, n, seed=s) for n, s in zip(sizes, seeds.spawn(3)))

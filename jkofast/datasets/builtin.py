@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._checks import check_count, float_dtype
 from ._optional import require
 from .files import split
 from .patches import patches
@@ -38,12 +39,6 @@ def _sklearn_table(key: str) -> np.ndarray:
     sk = require("sklearn.datasets", package="scikit-learn", purpose=f"the built-in data set {key!r}", extra="data")
     loader = {"digits": sk.load_digits, "breast-cancer": sk.load_breast_cancer, "wine": sk.load_wine}[key]
     return np.asarray(loader().data, dtype=np.float64)
-
-
-def _check_count(value, name: str) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
 
 
 def load(name: str, seed=0, *, n_train: int | None = None, n_val: int | None = None,
@@ -79,16 +74,21 @@ def load(name: str, seed=0, *, n_train: int | None = None, n_val: int | None = N
     Raises:
         ValueError: unknown name (the valid ones are listed), or counts for a fixed-size set.
         ImportError: scikit-learn is not installed (the message says how to install it).
+
+    Examples:
+        >>> train, val, test = load("wine")
+        >>> train.shape, val.shape, test.shape
+        ((144, 13), (17, 13), (17, 13))
+        >>> load("patches", n_train=100, n_val=10, n_test=10)[0].shape
+        (100, 63)
     """
     key = real_name(name)
     if key is None:
         raise ValueError(f"unknown built-in real data set {name!r}; must be one of {list(REAL_NAMES)}")
-    dt = np.dtype(dtype)
-    if dt.kind != "f":
-        raise ValueError(f"dtype must be a numpy floating dtype (e.g. np.float32), got {dt}")
+    dt = float_dtype(dtype)
     counts = {"n_train": n_train, "n_val": n_val, "n_test": n_test}
     if key == "patches":
-        sizes = [_check_count(PATCH_SIZES[k] if v is None else v, k) for k, v in counts.items()]
+        sizes = [check_count(PATCH_SIZES[k] if v is None else v, k) for k, v in counts.items()]
         out = patches(*sizes, seed=seed)
     else:
         given = [k for k, v in counts.items() if v is not None]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._checks import float_dtype
 from ._optional import require
 from .maf_files import LAYOUT, find, read_hdf5_splits, read_matrix, read_named_csv
 
@@ -200,9 +201,7 @@ def load_tabular(name: str, root, *, dtype=np.float32, allow_pickle: bool = Fals
     key = tabular_name(name)
     if key is None:
         raise ValueError(f"unknown MAF tabular data set {name!r}; must be one of {list(TABULAR_NAMES)}")
-    dt = np.dtype(dtype)
-    if dt.kind != "f":
-        raise ValueError(f"dtype must be a numpy floating dtype (e.g. np.float32), got {dt}")
+    dt = float_dtype(dtype)
     splits = _LOADERS[key](root, bool(allow_pickle))
     out = tuple(np.ascontiguousarray(s, dtype=dt) for s in splits)
     for part, arr in zip(("train", "val", "test"), out):

@@ -20,6 +20,7 @@ from typing import Callable
 
 import numpy as np
 
+from ._checks import check_count, float_dtype
 from .drawn import fractal_tree_ink, rose_ink, sample_ink
 
 __all__ = ["toy", "TOY_NAMES"]
@@ -176,13 +177,6 @@ def toy(name: str, n: int, seed=0, dtype=np.float32) -> np.ndarray:
     key = canonical_name(name)
     if key is None:
         raise ValueError(f"unknown toy data set {name!r}; must be one of {list(TOY_NAMES)}")
-    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be an integer >= 1, got {n!r}")
-    try:
-        dt = np.dtype(dtype)
-    except TypeError as e:
-        raise ValueError(f"dtype must be a numpy floating dtype, got {dtype!r}") from e
-    if dt.kind != "f":
-        raise ValueError(f"dtype must be a numpy floating dtype (e.g. np.float32), got {dt}")
-    x = _GENERATORS[key](np.random.default_rng(seed), int(n))
+    n, dt = check_count(n, "n"), float_dtype(dtype)
+    x = _GENERATORS[key](np.random.default_rng(seed), n)
     return np.ascontiguousarray(x, dtype=dt)
