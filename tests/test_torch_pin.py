@@ -4,6 +4,7 @@ another torch, and must still get its name from this logic."""
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,12 @@ def test_pyproject_metadata_carries_label_and_pin(tmp_path, monkeypatch):
     requires = [line.split(": ", 1)[1] for line in metadata.splitlines() if line.startswith("Requires-Dist: ")]
     assert f"torch=={_torch_abi.torch_series(torch.__version__)}.*" in requires
     assert not [r for r in requires if r.startswith("torch") and "*" not in r], requires  # one torch pin only
+
+
+def test_build_without_torch_says_what_to_do(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now fails
+    with pytest.raises(RuntimeError, match="--no-build-isolation"):
+        _hook()._build_torch()
 
 
 def _read_version() -> str:
