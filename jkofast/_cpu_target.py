@@ -6,7 +6,7 @@ which no ``try`` can catch, so the loader asks here before loading the library. 
 comes from the kernel's CPU flags (Linux ``/proc/cpuinfo``); where those cannot be read, the
 build is assumed to fit, as before this check existed.
 
->>> missing_features("x86-64-v3", flags={"sse4_2", "popcnt", "avx", "avx2", "fma", "bmi1", "bmi2"})
+>>> missing_features("x86-64-v3", flags={"ssse3", "sse4_2", "popcnt", "avx", "avx2", "fma", "bmi1", "bmi2"})
 []
 >>> missing_features("x86-64-v3", flags={"sse4_2", "popcnt", "ssse3", "avx"})
 ['avx2', 'bmi1', 'bmi2', 'fma']

@@ -62,8 +62,9 @@ def mismatch_message(info: dict, why: str) -> str:
     """The text of :class:`TorchMismatchError` for a build ``info`` that cannot run, for reason ``why``."""
     series = _torch_abi.torch_series(info["torch_version"])
     flavour = _torch_abi.flavour(info.get("torch_cuda"), info.get("torch_hip"))
-    return (f"jkofast {info.get('version') or ''} was built against torch {info['torch_version']}; its compiled "
-            f"extension cannot run with the installed torch ({why}). Either\n"
+    name = f"jkofast {info['version']}" if info.get("version") else "jkofast"
+    return (f"{name} was built against torch {info['torch_version']}; its compiled extension cannot run "
+            f"with the installed torch ({why}). Either\n"
             f"  * install the torch it was built for: pip install \"torch=={series}.*\" (the {flavour} build: "
             f"--index-url https://download.pytorch.org/whl/{flavour}), or\n"
             f"  * {HOW_TO_BUILD}, or\n"

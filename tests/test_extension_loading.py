@@ -165,3 +165,14 @@ def test_info_reports_build_runtime_and_devices(capsys):
     assert ("GPU visible:     yes" if torch.cuda.is_available() else "GPU visible:     no") in text
     if not info["cuda_archs"]:
         assert "CUDA kernels:    not built" in text
+
+
+def test_info_without_a_compiled_build(monkeypatch):
+    from jkofast.info import report
+
+    why = "jkofast was installed without its compiled extension (no jkofast._C)"
+    monkeypatch.setattr(_backend, "EXTENSION", _extension.Extension(None, why, None, False))
+    monkeypatch.setattr(_backend, "COMPILED_ERROR", why)
+    text = report()
+    assert "built for:       (no compiled build installed)" in text
+    assert f"compiled ops:    not available ({why}); the pure-torch engine runs everything" in text
