@@ -20,6 +20,7 @@ Build the libraries first, e.g. (from the repository root)::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -54,8 +55,9 @@ def _work_fns():
 
         def rk4_train(x=x, block=block):
             x1, logdet, kinetic, states = ops.rk4_block(x, *block)
-            ops.rk4_block_backward(torch.ones_like(x1), torch.ones_like(logdet), torch.ones_like(kinetic),
-                                   states, x, *block)
+            grad_x, grad_w, grad_b = ops.rk4_block_backward(torch.ones_like(x1), torch.ones_like(logdet),
+                                                            torch.ones_like(kinetic), states, x, *block)
+            return (x1, logdet, grad_x, *grad_w, *grad_b)
         fns[case, "rk4_train"] = rk4_train
     return fns
 
@@ -64,9 +66,8 @@ def worker(library: str) -> None:
     """Load ``library``; answer each stdin line ``<index> <calls>`` with the seconds per call."""
     torch.ops.load_library(library)
     fns = list(_work_fns().values())
-    for fn in fns:
-        fn()  # warm-up
-    print("ready", flush=True)
+    # The first call warms up and gives a fingerprint of the results (the parent compares builds).
+    print(json.dumps([[float(t.double().abs().sum()) for t in fn()] for fn in fns]), flush=True)
     for line in sys.stdin:
         index, calls = map(int, line.split())
         start = time.perf_counter()
@@ -93,8 +94,14 @@ def main() -> None:
     workers = {label: subprocess.Popen([sys.executable, __file__, "--threads", str(args.threads), "--worker", lib],
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=worker_env)
                for label, lib in builds.items()}
-    for proc in workers.values():
-        assert proc.stdout.readline().strip() == "ready", "a worker failed to load its library"
+    fingerprints = {label: json.loads(proc.stdout.readline() or "null") for label, proc in workers.items()}
+    first_prints = next(iter(fingerprints.values()))
+    for label, prints in fingerprints.items():
+        if prints is None:
+            sys.exit(f"the worker for {label} failed to load {builds[label]}")
+        # Instruction sets change rounding (FMA contraction, vector reductions), not results.
+        torch.testing.assert_close(torch.tensor(sum(prints, [])), torch.tensor(sum(first_prints, [])),
+                                   rtol=1e-4, atol=0, msg=lambda m, label=label: f"{label}: {m}")
     keys = [(f"d{d}-h{h}-b{b}", w) for d, h, b in CASES for w in WORKS]
 
     def sample(label, index, calls):
