@@ -12,10 +12,11 @@ The public API (see README.md)::
 """
 from ._version import __version__
 from . import datasets
+from ._extension import CompiledExtensionWarning
 from .divergence import divergence, velocity
 from .field import Field, VelocityField
 from .flow import Flow
 from .integrate import rk4
 from .train import train
 
-__all__ = ["__version__", "datasets", "divergence", "Field", "VelocityField", "Flow", "rk4", "train", "velocity"]
+__all__ = ["__version__", "CompiledExtensionWarning", "datasets", "divergence", "Field", "VelocityField", "Flow", "rk4", "train", "velocity"]

@@ -7,20 +7,21 @@ so a test or a benchmark that asks for the kernels can never measure the wrong t
 """
 from __future__ import annotations
 
-import importlib
+import warnings
 
 import torch
+
+from ._extension import HOW_TO_BUILD, CompiledExtensionWarning, load
 
 BACKENDS = ("auto", "torch", "compiled")
 COMPILED_DTYPES = (torch.float32, torch.float64)
 
-try:  # The extension registers its ops with torch on import (TORCH_LIBRARY).
-    importlib.import_module("jkofast._C")
-    compiled_ops = importlib.import_module("jkofast._ops")  # wrappers, fakes, autograd formulas
-    COMPILED_ERROR: str | None = None
-except ImportError as exc:  # not built (pure-Python install) or failed to load
-    compiled_ops = None
-    COMPILED_ERROR = f"{type(exc).__name__}: {exc}"
+# Checks the build against the running torch (raises TorchMismatchError on a mismatch), then
+# loads the extension, which registers its ops with torch (TORCH_LIBRARY).
+EXTENSION = load()
+compiled_ops = EXTENSION.ops  # wrappers, fakes, autograd formulas; None without the extension
+COMPILED_ERROR: str | None = EXTENSION.error
+_warned_fallback = False
 
 
 def compiled_available() -> bool:
@@ -44,8 +45,19 @@ def check_backend(backend: str) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"invalid backend {backend!r}; must be one of {list(BACKENDS)}")
     if backend == "compiled" and not compiled_available():
-        raise RuntimeError(f"backend='compiled' was requested but the compiled ops are not available "
-                           f"({COMPILED_ERROR}); use backend='torch' or 'auto'")
+        raise RuntimeError(f"backend='compiled' was requested but the compiled ops are not available: "
+                           f"{COMPILED_ERROR}. Use backend='torch' or 'auto', or {HOW_TO_BUILD}")
+
+
+def _warn_fallback() -> None:
+    """Say once per process that the engine runs on pure torch because the extension is
+    unavailable (not when the user switched it off: that is a choice, not a surprise)."""
+    global _warned_fallback
+    if _warned_fallback or EXTENSION.disabled:
+        return
+    _warned_fallback = True
+    warnings.warn(f"jkofast is running on its pure-torch engine (slower): {COMPILED_ERROR}. To use the "
+                  f"compiled ops, {HOW_TO_BUILD}", CompiledExtensionWarning, stacklevel=4)
 
 
 def _misfit(field, x: torch.Tensor) -> str | None:
@@ -66,7 +78,10 @@ def _misfit(field, x: torch.Tensor) -> str | None:
 def choose(backend: str, field, x: torch.Tensor) -> str:
     """The engine that runs ``field`` on ``x``: ``"compiled"`` or ``"torch"``."""
     check_backend(backend)
-    if backend == "torch" or not compiled_available():
+    if backend == "torch":
+        return "torch"
+    if not compiled_available():
+        _warn_fallback()
         return "torch"
     why = _misfit(field, x)
     if why is None:

@@ -1,4 +1,4 @@
-"""The ``jkofast`` command line: train, sample, eval, plot.
+"""The ``jkofast`` command line: train, sample, eval, plot, info.
 
 ``jkofast train --data moons --out runs/moons`` trains a flow and writes into ``runs/moons``:
 model.pt (the final model, ``jkofast.Flow.load("runs/moons")``), checkpoint.pt (after every
@@ -173,6 +173,11 @@ def _add_data_root(p: argparse.ArgumentParser) -> None:
                    "runs code from the file: only for a file you trust; a .csv next to it needs no pickle)")
 
 
+def cmd_info(args) -> int:
+    from .info import main as info_main
+    return info_main()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jkofast", description=__doc__.split("\n\n")[0])
     p.add_argument("--version", action="version", version=f"jkofast {__version__}")
@@ -213,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--data", default=None, help="data set (default: the one the model was trained on)")
             _add_data_root(c)
             c.add_argument("--n-test", type=int, default=None)
+    sub.add_parser("info", help="version, the torch it was built for, compiled backends, GPU").set_defaults(func=cmd_info)
     sub.choices["eval"].add_argument("--steps", type=int, nargs="+", default=None, help="RK4 steps per block")
     sub.choices["eval"].add_argument("--json", default=None, help="also write the numbers to this file")
     sub.choices["plot"].add_argument("--out", required=True, help="PNG file")

@@ -1,0 +1,58 @@
+# Writes jkofast/_build_info.py next to _C: what this build was made against. Python reads it
+# BEFORE loading _C (jkofast/_extension.py), so a torch that does not match gets a clear error
+# instead of an undefined symbol; `jkofast info` prints it.
+#
+# Include it after the targets are configured: it records the CPU target (JKOFAST_NATIVE, JKOFAST_CPU_BASELINE) and the CUDA
+# architectures. A CUDA build sets JKOFAST_CUDA_ARCHS (a list such as "8.0;9.0") before this
+# include; if it does not, the CUDA language being enabled records $ENV{TORCH_CUDA_ARCH_LIST},
+# the list torch's CMake compiles for.
+execute_process(
+  COMMAND "${Python_EXECUTABLE}" -c
+          "import torch; print(torch.__version__, torch.version.cuda or '', torch.version.hip or '', sep='|')"
+  OUTPUT_VARIABLE _jko_torch OUTPUT_STRIP_TRAILING_WHITESPACE COMMAND_ERROR_IS_FATAL ANY)
+string(REPLACE "|" ";" _jko_torch "${_jko_torch}")  # keeps the empty fields: "2.13.0+cpu;;"
+list(GET _jko_torch 0 _jko_torch_version)
+list(GET _jko_torch 1 _jko_torch_cuda)
+list(GET _jko_torch 2 _jko_torch_hip)
+
+if(NOT DEFINED JKOFAST_CUDA_ARCHS AND CMAKE_CUDA_COMPILER_LOADED)
+  string(REPLACE " " ";" JKOFAST_CUDA_ARCHS "$ENV{TORCH_CUDA_ARCH_LIST}")
+endif()
+
+# Python literals: "text" or None; a list of strings; True/False.
+function(_jko_py_str out value)
+  if("${value}" STREQUAL "")
+    set(${out} "None" PARENT_SCOPE)
+  else()
+    set(${out} "\"${value}\"" PARENT_SCOPE)
+  endif()
+endfunction()
+_jko_py_str(JKO_PY_VERSION "${SKBUILD_PROJECT_VERSION_FULL}")  # unset in a plain cmake build
+_jko_py_str(JKO_PY_TORCH_VERSION "${_jko_torch_version}")
+_jko_py_str(JKO_PY_TORCH_CUDA "${_jko_torch_cuda}")
+_jko_py_str(JKO_PY_TORCH_HIP "${_jko_torch_hip}")
+set(JKO_PY_CUDA_ARCHS "")
+foreach(arch IN LISTS JKOFAST_CUDA_ARCHS)
+  string(APPEND JKO_PY_CUDA_ARCHS "\"${arch}\", ")
+endforeach()
+if(JKOFAST_NATIVE)
+  set(JKO_PY_CPU_TARGET "\"native\"")
+else()
+  _jko_py_str(JKO_PY_CPU_TARGET "${JKOFAST_CPU_BASELINE}")
+endif()
+
+file(CONFIGURE OUTPUT "${CMAKE_CURRENT_BINARY_DIR}/_build_info.py" @ONLY CONTENT [=[
+"""Written by cmake/build_info.cmake when jkofast._C was built: what it was built against."""
+BUILD_INFO = {
+    "version": @JKO_PY_VERSION@,  # the jkofast version of the build (None: built outside pip)
+    "torch_version": @JKO_PY_TORCH_VERSION@,  # torch.__version__ compiled against
+    "torch_cuda": @JKO_PY_TORCH_CUDA@,  # its torch.version.cuda
+    "torch_hip": @JKO_PY_TORCH_HIP@,  # its torch.version.hip
+    "cuda_archs": [@JKO_PY_CUDA_ARCHS@],  # architectures the CUDA kernels were compiled for
+    # -march of the CPU kernels: "native" (runs only on CPUs like the builder's), a portable
+    # level such as "x86-64-v3" (checked before loading), or None (the compiler's default)
+    "cpu_target": @JKO_PY_CPU_TARGET@,
+    "compiler": "@CMAKE_CXX_COMPILER_ID@ @CMAKE_CXX_COMPILER_VERSION@",
+}
+]=])
+install(FILES "${CMAKE_CURRENT_BINARY_DIR}/_build_info.py" DESTINATION jkofast)

@@ -1,0 +1,81 @@
+"""``python -m jkofast.info`` (or ``jkofast info``): what this jkofast installation is and can run.
+
+It prints the jkofast version, the torch the compiled extension was built against (recorded
+at build time in ``jkofast/_build_info.py``), the torch running now, which compiled backends
+are in (CPU; CUDA and its architectures when built with CUDA) and whether a GPU is visible:
+the first thing to paste into a bug report.
+
+>>> from jkofast.info import report
+>>> "running torch" in report()
+True
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from . import _backend
+from ._version import __version__
+
+
+def _torch_name(version: str | None, cuda: str | None, hip: str | None) -> str:
+    kind = f"CUDA {cuda}" if cuda else f"ROCm {hip}" if hip else "CPU only"
+    return f"{version} ({kind})"
+
+
+def _cpu_code(target: str | None) -> str:
+    if target == "native":
+        return "-march=native (runs only on CPUs like the one that built it)"
+    return f"-march={target}" if target else "the compiler's default instruction set"
+
+
+def _gpus() -> str:
+    if not torch.cuda.is_available():
+        return "no (torch.cuda.is_available() is False)"
+    names = []
+    for i in range(torch.cuda.device_count()):
+        major, minor = torch.cuda.get_device_capability(i)
+        names.append(f"cuda:{i} {torch.cuda.get_device_name(i)} (sm_{major}{minor})")
+    return "yes: " + ", ".join(names)
+
+
+def report() -> str:
+    """The installation's description, one fact per line."""
+    ext, build = _backend.EXTENSION, _backend.EXTENSION.build_info
+    version = (build or {}).get("version") or __version__
+    lines = [f"jkofast {version} at {Path(__file__).resolve().parent}"]
+    if build is None:
+        lines.append("built for:       (no compiled build installed)")
+    else:
+        lines.append(f"built for:       torch {_torch_name(build['torch_version'], build['torch_cuda'], build['torch_hip'])}, "
+                     f"{build['compiler']}, CPU code {_cpu_code(build.get('cpu_target'))}")
+    lines.append(f"running torch:   {_torch_name(torch.__version__, torch.version.cuda, torch.version.hip)} "
+                 f"at {Path(torch.__file__).resolve().parent}")
+    if _backend.compiled_available():
+        devices = _backend.compiled_devices()
+        lines.append(f"compiled ops:    loaded; kernels for {', '.join(devices) or 'no device'}")
+    else:
+        lines.append(f"compiled ops:    not available ({ext.error}); the pure-torch engine runs everything")
+    archs = (build or {}).get("cuda_archs") or []
+    if archs:
+        registered = "cuda" in _backend.compiled_devices()
+        sm = ", ".join("sm_" + arch.replace(".", "") for arch in archs)  # "8.0" -> sm_80, "9.0a" -> sm_90a
+        lines.append(f"CUDA kernels:    built for {sm}"
+                     f"{'' if registered else ' (not registered: the extension did not load)'}")
+    else:
+        lines.append("CUDA kernels:    not built (a CPU build; CUDA tensors run on the pure-torch engine)")
+    lines.append(f"GPU visible:     {_gpus()}")
+    lines.append(f"python:          {sys.version.split()[0]} ({sys.executable})")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    """Print :func:`report`; exit status 0."""
+    print(report())
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
