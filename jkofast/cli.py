@@ -4,6 +4,11 @@
 model.pt (the final model, ``jkofast.Flow.load("runs/moons")``), checkpoint.pt (after every
 block; rerunning the same command resumes), log.json, metrics.json (test NLL), samples.npy and
 plot.png (2-D data).
+
+``torchrun --nproc_per_node N -m jkofast train ...`` trains with N processes (distributed.py):
+every rank evaluates its shard of the test set, rank 0 alone prints and writes the files.
+``--mmap`` reads a ``.npy`` file through a memory map and splits it without copying
+(datasets/streaming.py); by default files larger than a quarter of the free memory are.
 """
 from __future__ import annotations
 
@@ -16,13 +21,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import datasets
+from . import datasets, distributed
 from ._version import __version__
 from .checkpoint import CheckpointError
+from .datasets.streaming import Rows, open_npy, split_rows
+from .distributed import DistributedError
 from .flow import Flow
 from .jko_iflow import TrainingDivergedError
 from .jko_iflow_config import BUDGETS, JKOIFlowConfig
-from .metrics import nll
+from .memory import available_bytes, peak_memory_of_run
+from .metrics import sharded_nll
 from .train import METHODS, train
 
 # CLI flag -> JKOIFlowConfig field, for the options that go straight through.
@@ -30,27 +38,41 @@ _TRAIN_OPTIONS = {"blocks": int, "hidden": int, "layers": int, "activation": str
                   "steps": int, "eval_steps": int, "iters": int, "batch": int, "lr": float, "h0": float,
                   "h_growth": float, "stop_tol": float, "divergence": str, "probes": int,
                   "reparam_rounds": int, "refine_rounds": int, "retrain_iters": int, "dtype": str,
-                  "tableau": str, "transport": str, "time": bool, "free_block": bool, "warm_start": bool}
+                  "tableau": str, "transport": str, "time": bool, "free_block": bool, "warm_start": bool,
+                  "pushed_storage": str, "scratch_dir": str}
 
 
 def _load_data(spec: dict):
-    """(train, val, test) for a data spec {"name", "seed", "n_train", "n_val", "n_test"} (MAF
-    sets also "root", and "allow_pickle" if given)."""
+    """(train, val, test) for a data spec {"name", "seed", "n_train", "n_val", "n_test", "mmap"}
+    (MAF sets also "root", and "allow_pickle" if given): arrays, or with "mmap" lazy views of
+    the memory-mapped file (nothing read yet)."""
+    if spec.get("mmap"):
+        return split_rows(open_npy(spec["name"]), seed=spec["seed"])
     return datasets.get(spec["name"], spec["n_train"], spec["n_val"], spec["n_test"], seed=spec["seed"],
                         root=spec.get("root"), allow_pickle=spec.get("allow_pickle", False))
 
 
-def _as_tensor(a: np.ndarray, flow: Flow) -> torch.Tensor:
-    return torch.as_tensor(a, dtype=flow.loc.dtype, device=flow.loc.device)
+def _as_array(data, n: int | None = None) -> np.ndarray:
+    """An in-memory array of (the first n rows of) data, for plots."""
+    return data.head(n or 20_000) if isinstance(data, Rows) else data[:n]
 
 
-def _evaluate(flow: Flow, test: np.ndarray, steps: list[int]) -> dict:
-    x = _as_tensor(test, flow)
+def _evaluate(flow: Flow, test, steps: list[int], dist=None) -> dict:
+    """Test NLL per grid; under a process group each rank evaluates its shard (same numbers)."""
     out = {"n_test": len(test)}
     for s in steps:
-        mean, se = nll(flow, x, steps=s)
+        mean, se = sharded_nll(flow, test, dist, steps=s)
         out[f"nll_steps{s}"] = {"mean": mean, "se": se}
     return out
+
+
+def _memory_map(path: Path, choice: bool | None) -> bool:
+    """--mmap / --no-mmap, or by default: memory-map a .npy larger than a quarter of free memory."""
+    if path.suffix.lower() != ".npy":
+        if choice:
+            raise SystemExit(f"error: --mmap reads .npy files; convert {str(path)!r} with np.save")
+        return False
+    return choice if choice is not None else path.stat().st_size > available_bytes("cpu") // 4
 
 
 def _data_spec(args) -> dict:
@@ -61,6 +83,8 @@ def _data_spec(args) -> dict:
             raise SystemExit(f"error: --data {args.data!r} is neither a built-in data set "
                              f"({', '.join(datasets.DATA_NAMES)}) nor an existing .npy/.csv file")
         name = str(path.resolve())
+        if _memory_map(path, args.mmap):
+            return {"name": name, "seed": args.seed, "mmap": True, "n_train": None, "n_val": None, "n_test": None}
     spec = {"name": name, "seed": args.seed, "n_train": args.n_train, "n_val": args.n_val, "n_test": args.n_test}
     return _with_root(spec, name, args)
 
@@ -80,17 +104,31 @@ def _with_root(spec: dict, name: str, args) -> dict:
 
 
 def cmd_train(args) -> int:
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dist = distributed.connect(device)  # a process group under torchrun, else one process
+    try:
+        return _train_and_report(args, dist)
+    finally:
+        dist.close()
+
+
+def _shape(data) -> tuple:
+    return (len(data), data.dim) if isinstance(data, Rows) else data.shape
+
+
+def _train_and_report(args, dist) -> int:
     spec = _data_spec(args)
     x_train, x_val, x_test = _load_data(spec)
     options = {k: getattr(args, k) for k in _TRAIN_OPTIONS if getattr(args, k) is not None}
     options["seed"] = args.seed
     out = Path(args.out)
-    print(f"jkofast {__version__}: {args.method} on {spec['name']} (train {x_train.shape}, "
-          f"test {x_test.shape}) -> {out}", flush=True)
+    say = print if dist.main else (lambda *a, **k: None)
+    processes = f", {dist.world} processes" if dist.world > 1 else ""
+    say(f"jkofast {__version__}: {args.method} on {spec['name']} (train {_shape(x_train)}, "
+        f"test {_shape(x_test)}{processes}) -> {out}", flush=True)
     start = time.perf_counter()
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        flow = train(x_train, args.method, val=x_val, out=out, resume=not args.restart, device=device,
+        flow = train(x_train, args.method, val=x_val, out=out, resume=not args.restart, device=dist.device,
                      budget=args.budget, progress=not args.no_progress, info={"data": spec}, **options)
     except TrainingDivergedError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -99,21 +137,26 @@ def cmd_train(args) -> int:
         print(f"error: {exc}\n(pass --restart to start over, or choose another --out)", file=sys.stderr)
         return 2
     grids = JKOIFlowConfig.from_dict(flow.info["config"]).eval_grids()
-    metrics = _evaluate(flow, x_test, grids)
-    metrics.update(blocks=flow.num_blocks, train_seconds=flow.info["train_seconds"],
-                   total_seconds=round(time.perf_counter() - start, 3))
+    metrics = _evaluate(flow, x_test, grids, dist)
+    metrics.update(blocks=flow.num_blocks, train_seconds=flow.info["train_seconds"], world_size=dist.world,
+                   total_seconds=round(time.perf_counter() - start, 3), peak_memory=peak_memory_of_run(dist))
+    if not dist.main:
+        return 0
     g = torch.Generator(device=flow.loc.device).manual_seed(args.seed)
     samples = flow.sample(args.samples, generator=g).detach().cpu().numpy()
     np.save(out / "samples.npy", samples)
     if flow.dim == 2 and not args.no_plot:
         from .plotting import plot_flow
-        plot_flow(flow, x_test, out / "plot.png", samples=samples, title=f"{spec['name']}: {flow.num_blocks} blocks")
+        plot_flow(flow, _as_array(x_test), out / "plot.png", samples=samples,
+                  title=f"{spec['name']}: {flow.num_blocks} blocks")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     for s in grids:
         m = metrics[f"nll_steps{s}"]
         print(f"test NLL ({s} RK4 steps per block): {m['mean']:.4f} +/- {m['se']:.4f} nats")
+    peak = metrics["peak_memory"]["rss_bytes_max"] / 2**20
     print(f"{flow.num_blocks} blocks, training {metrics['train_seconds']:.1f} s, total "
-          f"{metrics['total_seconds']:.1f} s; wrote {', '.join(sorted(p.name for p in out.iterdir() if p.is_file()))}")
+          f"{metrics['total_seconds']:.1f} s, peak memory {peak:.0f} MB per process; wrote "
+          f"{', '.join(sorted(p.name for p in out.iterdir() if p.is_file()))}")
     return 0
 
 
@@ -122,7 +165,7 @@ def _flow_and_data(args):
     spec = dict(flow.info.get("data", {}))
     if getattr(args, "data", None):
         spec = {"name": args.data, "seed": spec.get("seed", 0), "n_train": 1, "n_val": 1,
-                "n_test": spec.get("n_test", 20_000)}
+                "n_test": spec.get("n_test") or 20_000}  # a memory-mapped run records None
     if "name" in spec:
         spec = _with_root(spec, spec["name"], args)
     if getattr(args, "n_test", None):
@@ -161,7 +204,8 @@ def cmd_sample(args) -> int:
 def cmd_plot(args) -> int:
     from .plotting import plot_flow
     flow, spec = _flow_and_data(args)
-    path = plot_flow(flow, _load_data(spec)[2], args.out, seed=args.seed, title=str(spec["name"]))
+    path = plot_flow(flow, _as_array(_load_data(spec)[2], args.n_test), args.out, seed=args.seed,
+                     title=str(spec["name"]))
     print(f"wrote {path}")
     return 0
 
@@ -200,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--n-train", type=int, default=50_000, help="built-in sets: training points")
     t.add_argument("--n-val", type=int, default=5_000, help="built-in sets: validation points")
     t.add_argument("--n-test", type=int, default=20_000, help="built-in sets: test points")
+    t.add_argument("--mmap", action=argparse.BooleanOptionalAction, default=None,
+                   help=".npy files: read through a memory map in chunks and split without copying "
+                        "(default: when the file is larger than a quarter of the free memory)")
     t.add_argument("--samples", type=int, default=10_000, help="samples to write to samples.npy")
     t.add_argument("--restart", action="store_true", help="ignore a checkpoint in --out and start over")
     t.add_argument("--no-plot", action="store_true")
@@ -232,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CheckpointError, FileNotFoundError, FloatingPointError, ImportError, ValueError, TypeError) as exc:
+    except (CheckpointError, DistributedError, FileNotFoundError, FloatingPointError, ImportError, ValueError,
+            TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

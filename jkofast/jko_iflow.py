@@ -5,6 +5,15 @@ stopping rule fires, each reparametrization round re-times and retrains every bl
 refinement round splits every block in two and retrains. Block k always trains on the data
 pushed through blocks 1..k-1, pushed once when block k-1 finishes and carried forward. A
 checkpoint after every block (jko_iflow_state.py) lets a killed run resume exactly.
+
+Under a process group (distributed.py) every rank trains the same block on its own shard
+(shard.py) with DistributedDataParallel: each takes ``batch / world`` rows per step, so the
+averaged gradient is the gradient of the global batch, and Adam, the clipping and the learning
+rate schedule run identically on every rank. Every number a decision depends on (the loss, Ter(k),
+the block movements of a reparametrization, validation NLLs) is a sum over all ranks' rows, so
+the step sizes, the stopping rule and the log are the same on every rank and for any world size.
+The random numbers of the j-th trained block on rank r come from (seed, j, r) alone: nothing
+random is carried between blocks, so a checkpoint resumes with any number of processes.
 """
 from __future__ import annotations
 
@@ -14,16 +23,20 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from .distributed import Dist
 from .flow import Flow
 from .jko_iflow_config import JKOIFlowConfig
 from .jko_iflow_state import restore_state, save_state
 from .jko_loss import block_loss
+from .memory import peak_memory
 from .metrics import push, standard_normal_nll
 from .progress import progress_bar
 from .schedule import reparametrized_step_sizes, split_block, step_sizes
+from .shard import MemoryShard, ShardStore
 
 __all__ = ["JKOIFlowTrainer", "TrainingDivergedError"]
 
@@ -33,31 +46,62 @@ class TrainingDivergedError(RuntimeError):
 
 
 class Pushed(NamedTuple):
-    """Data pushed through blocks 1..k: what block k + 1 trains on, and the val log-det so far."""
+    """This rank's data pushed through blocks 1..k: what block k + 1 trains on, and the
+    validation points with their log-det so far."""
     k: int
-    train: Tensor
-    val: Tensor | None
-    val_logdet: Tensor | None
+    train: object          # a shard (shard.py)
+    val: object | None
+
+
+class BlockObjective(nn.Module):
+    """Block k's loss as a module, so DistributedDataParallel can wrap it: DDP averages the
+    gradients of the parameters its ``forward`` used."""
+
+    def __init__(self, field: nn.Module, h: float, cfg: JKOIFlowConfig, generator: torch.Generator,
+                 backend: str) -> None:
+        super().__init__()
+        self.field, self.h, self.cfg, self.generator, self.backend = field, h, cfg, generator, backend
+
+    def forward(self, x0: Tensor):
+        cfg = self.cfg
+        return block_loss(self.field, x0, self.h, cfg.steps, divergence=cfg.divergence, probes=cfg.probes,
+                          tableau=cfg.tableau, transport=cfg.transport, generator=self.generator,
+                          backend=self.backend)
 
 
 class JKOIFlowTrainer:
-    """Trains a :class:`Flow` on standardized data ``u_train`` (N, d) (``u_val`` optional).
+    """Trains a :class:`Flow` on standardized data ``u_train`` (``u_val`` optional): this rank's
+    shards (shard.py), or tensors (N, d) for a single process.
 
-    ``out`` is a folder for ``checkpoint.pt`` and ``log.json``; ``data_id`` identifies the data
-    (a resumed run must see the same). Call :meth:`resume` to continue a checkpoint, then
+    ``out`` is a folder for ``checkpoint.pt`` and ``log.json`` (written by rank 0 only);
+    ``data_id`` identifies the data (a resumed run must see the same); ``dist`` is this
+    process's place in a distributed run (default: a single process); ``store`` makes the
+    pushed shards (default: in memory). Call :meth:`resume` to continue a checkpoint, then
     :meth:`run`.
     """
 
-    def __init__(self, flow: Flow, config: JKOIFlowConfig, u_train: Tensor, u_val: Tensor | None = None,
+    def __init__(self, flow: Flow, config: JKOIFlowConfig, u_train, u_val=None,
                  *, out: str | Path | None = None, data_id: str = "", progress: bool = True,
-                 backend: str = "auto", log: dict | None = None) -> None:
+                 backend: str = "auto", log: dict | None = None, dist: Dist | None = None,
+                 store: ShardStore | None = None) -> None:
         self.flow, self.cfg = flow, config
+        if isinstance(u_train, Tensor):
+            u_train = MemoryShard(u_train)
+        if isinstance(u_val, Tensor):
+            u_val = MemoryShard(u_val, u_val.new_zeros(u_val.shape[0]))
         self.u_train, self.u_val = u_train, u_val
+        self.device = flow.loc.device
+        self.dist = dist if dist is not None else Dist(device=self.device)
+        self.store = store if store is not None else ShardStore("memory", 0, dtype=flow.loc.dtype, device=self.device)
+        if config.batch % self.dist.world:
+            raise ValueError(f"batch={config.batch} is the global batch, split evenly over the {self.dist.world} "
+                             f"processes: it must be a multiple of {self.dist.world} (e.g. "
+                             f"{config.batch // self.dist.world * self.dist.world or self.dist.world})")
+        self.local_batch = config.batch // self.dist.world
         self.out = Path(out) if out is not None else None
-        self.data_id, self.progress, self.backend = data_id, progress, backend
+        self.data_id, self.progress, self.backend = data_id, progress and self.dist.main, backend
         self.log = log if log is not None else {}
         self.log.setdefault("blocks", [])
-        self.generator = torch.Generator(device=u_train.device).manual_seed(config.seed)
         self.phases = ["initial"] + ["reparam"] * config.reparam_rounds + ["refine"] * config.refine_rounds
         self.cursor = {"phase": 0, "block": 0, "started": False, "done": False}
         self._pushed: Pushed | None = None
@@ -73,46 +117,55 @@ class JKOIFlowTrainer:
             torch.manual_seed(self.cfg.seed)
             return self.flow.new_field()
 
-    def _batches(self, n: int):
-        """Shuffled minibatch indices, cycling through epochs, from the run's generator."""
-        batch = min(self.cfg.batch, n)
-        while True:
-            perm = torch.randperm(n, generator=self.generator, device=self.u_train.device)
-            for i in range(0, n - batch + 1, batch):
-                yield perm[i:i + batch]
+    def _block_generator(self) -> torch.Generator:
+        """The random numbers (batches, probes) of the next block to train on this rank, from
+        (seed, blocks trained so far, rank): independent across blocks and ranks, and the same
+        after a resume with any world size."""
+        j = len(self.log["blocks"])
+        seed = int(np.random.SeedSequence([self.cfg.seed, j, self.dist.rank]).generate_state(1, np.uint64)[0] >> 1)
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    def _sum(self, values: list, what: str) -> list[float]:
+        """Sums over all ranks of per-rank float64 sums."""
+        return self.dist.sum(torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in values]), what).tolist()
 
     def _diverged(self, what: str, label: str, k: int, it: int) -> TrainingDivergedError:
         where = f"is in {self.out}" if self.out else "was not kept (no output folder)"
         return TrainingDivergedError(f"{what} in {label} block {k + 1} at iteration {it}; the last good "
                                      f"checkpoint {where}. Try a smaller lr, a smaller h0 or more RK4 steps.")
 
-    def train_block(self, k: int, x: Tensor, iters: int, label: str) -> dict:
-        """Train block k's field in place on x ~ p_{k-1}; returns the block's log entry."""
+    def train_block(self, k: int, x, iters: int, label: str) -> dict:
+        """Train block k's field in place on x ~ p_{k-1} (this rank's shard); returns the
+        block's log entry (losses averaged over the ranks)."""
         cfg, field, h = self.cfg, self.flow.blocks[k], self.flow.h[k]
+        generator = self._block_generator()
         opt = torch.optim.Adam(field.parameters(), lr=cfg.lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=iters, eta_min=cfg.lr * cfg.lr_final)
-        batches = self._batches(x.shape[0])
+        batches = x.batches(self.local_batch, generator)
         bar = progress_bar(total=iters, desc=f"{label} block {k + 1}/{self.flow.num_blocks} h={h:.3g}",
                            enabled=self.progress)
         start, losses = time.perf_counter(), []
         try:
-            for it in range(1, iters + 1):
-                loss, parts = block_loss(field, x[next(batches)], h, cfg.steps, divergence=cfg.divergence,
-                                         probes=cfg.probes, tableau=cfg.tableau, transport=cfg.transport,
-                                         generator=self.generator, backend=self.backend)
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    terms = {n: round(float(v), 6) for n, v in parts.items()}
-                    raise self._diverged(f"loss became {value} (terms {terms})", label, k, it)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(field.parameters(), cfg.clip)
-                opt.step()
-                sched.step()
-                losses.append(value)
-                bar.update(1)
-                if it % 10 == 1 or it == iters:
-                    bar.set_postfix(loss=f"{value:.4f}")
+            with self.dist.data_parallel(BlockObjective(field, h, cfg, generator, self.backend)) as objective:
+                for it in range(1, iters + 1):
+                    loss, parts = objective(next(batches))
+                    # The ranks' mean loss (and terms) is reduced while backward runs; every rank
+                    # then sees the same value, so all stop together on a NaN.
+                    pending = self.dist.mean_async(torch.stack([loss.detach(), *parts.values()]))
+                    opt.zero_grad(set_to_none=True)
+                    self.dist.guard("the gradient all-reduce", loss.backward)
+                    terms = pending.wait().tolist()
+                    value = terms[0]
+                    if not math.isfinite(value):
+                        named = {n: round(v, 6) for n, v in zip(parts, terms[1:])}
+                        raise self._diverged(f"loss became {value} (terms {named})", label, k, it)
+                    torch.nn.utils.clip_grad_norm_(field.parameters(), cfg.clip)
+                    opt.step()
+                    sched.step()
+                    losses.append(value)
+                    bar.update(1)
+                    if it % 10 == 1 or it == iters:
+                        bar.set_postfix(loss=f"{value:.4f}")
         finally:
             bar.close()
         # A NaN gradient in the last step would only surface in the next block: check here, so
@@ -120,29 +173,70 @@ class JKOIFlowTrainer:
         if not all(bool(torch.isfinite(p).all()) for p in field.parameters()):
             raise self._diverged("the weights became NaN or inf", label, k, iters)
         tail = losses[-max(1, iters // 10):]
+        last = dict(zip(parts, terms[1:]))
         return {"phase": label, "block": k + 1, "h": h, "iters": iters, "loss": sum(tail) / len(tail),
-                "loss_first": losses[0], "V": float(parts["V"]), "div": float(parts["div"]),
-                "W2": float(parts["W2"]), "seconds": round(time.perf_counter() - start, 3)}
+                "loss_first": losses[0], "V": last["V"], "div": last["div"], "W2": last["W2"],
+                "seconds": round(time.perf_counter() - start, 3),
+                "peak_rss_bytes_rank0": peak_memory(self.device)["rss_bytes"]}
 
     # ------------------------------------------------------------------ phases
+    def _push(self, shard, blocks: slice, *, logdet: bool = False, measure=None):
+        """A new shard: ``shard`` pushed through ``flow.blocks[blocks]`` (adding to its logdet
+        with ``logdet``). ``measure(before, after, logdet)`` returns per-chunk sums (0-d
+        tensors), added up over the chunks and returned as floats beside the shard."""
+        # Python floats, not tensors: a small tensor kept from each chunk would be carved out of
+        # the chunk's freed temporaries, and the heap would grow by a chunk per chunk.
+        totals: list[float] = []
+
+        def step(u: Tensor, ld: Tensor | None):
+            y, d = push(self.flow, u, blocks=blocks, divergence="exact" if logdet else None, backend=self.backend)
+            ld = ld + d if logdet else ld
+            if measure is not None:
+                sums = [float(v) for v in measure(u, y, ld)]
+                totals[:] = sums if not totals else [a + b for a, b in zip(totals, sums)]
+            return y, ld
+
+        with torch.no_grad():
+            out = self.store.map(shard, step)
+            if measure is not None and not totals:  # an empty shard (more ranks than rows) adds zeros
+                empty = torch.empty(0, shard.dim, dtype=self.flow.loc.dtype, device=self.device)
+                totals = [float(v) for v in measure(empty, empty, empty[:, 0])]
+        return out, totals
+
+    def _drop(self, shard) -> None:
+        """Delete a pushed shard that is no longer needed (never the data itself)."""
+        if shard is not None and shard is not self.u_train and shard is not self.u_val:
+            shard.discard()
+
+    def _replace_pushed(self, pushed: Pushed | None) -> None:
+        if self._pushed is not None:
+            for old, new in ((self._pushed.train, pushed and pushed.train), (self._pushed.val, pushed and pushed.val)):
+                if old is not new:
+                    self._drop(old)
+        self._pushed = pushed
+
     def _push_through(self, k: int) -> Pushed:
-        """Train data (and val data with its log-det) pushed through the first k blocks."""
+        """This rank's train data (and val data with its log-det) pushed through the first k blocks."""
         first = slice(0, k)
-        x, _ = push(self.flow, self.u_train, blocks=first, backend=self.backend)
+        x = self._push(self.u_train, first)[0] if k else self.u_train
         if self.u_val is None:
-            return Pushed(k, x, None, None)
-        v, ld = push(self.flow, self.u_val, blocks=first, divergence="exact", backend=self.backend)
-        return Pushed(k, x, v, ld)
+            return Pushed(k, x, None)
+        v = self._push(self.u_val, first, logdet=True)[0] if k else self.u_val
+        return Pushed(k, x, v)
 
     def _start_phase(self, phase: str) -> None:
         """Re-time (reparam) or split (refine) the blocks at the start of a retraining round."""
         flow = self.flow
         if phase == "reparam":
             x, movement = self.u_train, []
+            moved = lambda u, y, ld: ((y - u).square().sum(), torch.tensor(float(u.shape[0])))  # noqa: E731
             for k in range(flow.num_blocks):
-                y, _ = push(flow, x, blocks=slice(k, k + 1), backend=self.backend)
-                movement.append(float((y - x).square().sum(1).mean().sqrt()))
+                y, sums = self._push(x, slice(k, k + 1), measure=moved)
+                total, count = self._sum(sums, "measuring the block movements")
+                movement.append(math.sqrt(total / count))
+                self._drop(x)
                 x = y
+            self._drop(x)
             flow.h = reparametrized_step_sizes(flow.h, movement, self.cfg.reparam_eta)
             self.log.setdefault("events", []).append({"reparam": {"movement": movement, "h": list(flow.h)}})
         elif phase == "refine":
@@ -152,7 +246,7 @@ class JKOIFlowTrainer:
                 for child in split_block(block):
                     flow.add_block(child, hk / 2)
             self.log.setdefault("events", []).append({"refine": {"blocks": flow.num_blocks}})
-        self._pushed = None  # the blocks changed: what was pushed through them is stale
+        self._replace_pushed(None)  # the blocks changed: what was pushed through them is stale
 
     def _label(self, phase_index: int) -> str:
         """"initial", or the round's name and number within its kind: "reparam1", "refine2"."""
@@ -171,8 +265,8 @@ class JKOIFlowTrainer:
                 self.cursor["started"] = True
                 save_state(self)
             if self._pushed is None or self._pushed.k != k:
-                self._pushed = self._push_through(k)
-            x, v, v_logdet = self._pushed.train, self._pushed.val, self._pushed.val_logdet
+                self._replace_pushed(self._push_through(k))
+            x, v = self._pushed.train, self._pushed.val
             if phase == "initial":
                 # Checkpoints fall between blocks, so block k is always the next one to add.
                 if k != flow.num_blocks:
@@ -185,17 +279,22 @@ class JKOIFlowTrainer:
                 iters = cfg.retrain_iters or cfg.iters
             label = self._label(phase_index)
             entry = self.train_block(k, x, iters, label)
-            with torch.no_grad():
-                y, _ = push(flow, x, blocks=slice(k, k + 1), backend=self.backend)
-                entry["ter"] = float((y - x).square().sum(1).mean() / y.square().sum(1).mean())
-                if v is not None:
-                    v, ld = push(flow, v, blocks=slice(k, k + 1), divergence="exact", backend=self.backend)
-                    v_logdet = v_logdet + ld
-                    entry["val_nll_standardized"] = float(standard_normal_nll(v, v_logdet).mean())
-            self._pushed = Pushed(k + 1, y, v, v_logdet)
+            block = slice(k, k + 1)
+            ter = lambda u, y, ld: ((y - u).square().sum(), y.square().sum())  # noqa: E731
+            y, sums = self._push(x, block, measure=ter)
+            moved, size = self._sum(sums, "computing Ter(k)")
+            entry["ter"] = moved / size
+            if v is not None:
+                nll = lambda u, y, ld: (standard_normal_nll(y, ld).double().sum(),  # noqa: E731
+                                        torch.tensor(float(y.shape[0])))
+                v, sums = self._push(v, block, logdet=True, measure=nll)
+                total, count = self._sum(sums, "the validation NLL")
+                entry["val_nll_standardized"] = total / count
+            self._replace_pushed(Pushed(k + 1, y, v))
             self.log["blocks"].append(entry)
             self._advance(phase, phase_index, k, entry["ter"])
             save_state(self)
+        self._replace_pushed(None)
         return flow
 
     def _advance(self, phase: str, phase_index: int, k: int, ter: float) -> None:

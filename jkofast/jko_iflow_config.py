@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, fields
 
 from ._checks import check_choice, check_positive_int
 from .divergence import DIVERGENCE_METHODS
 from .jko_loss import TRANSPORT_COSTS
 from .reference import ACTIVATIONS, TABLEAUS
+from .shard import STORAGES
 
 __all__ = ["JKOIFlowConfig", "BUDGETS"]
 
@@ -35,6 +37,10 @@ class JKOIFlowConfig:
     every block for ``retrain_iters`` (default ``iters``).
     ``seed`` seeds the initialisation, batches and probes; ``dtype`` is ``"float32"`` or
     ``"float64"``; ``standardize`` stores the data's mean and std in the model.
+    Scale (shard.py): ``batch`` is the global batch, split evenly over the processes of a
+    distributed run; ``pushed_storage`` keeps each process's pushed samples ``"memory"`` (on the
+    training device), ``"disk"`` (memory-mapped files in ``scratch_dir``, default a temporary
+    folder) or ``"auto"`` (disk when they would not fit in memory).
     """
 
     blocks: int = 6
@@ -67,6 +73,8 @@ class JKOIFlowConfig:
     seed: int = 0
     dtype: str = "float32"
     standardize: bool = True
+    pushed_storage: str = "auto"
+    scratch_dir: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("blocks", "hidden", "layers", "steps", "iters", "batch", "probes"):
@@ -81,6 +89,9 @@ class JKOIFlowConfig:
         check_choice(self.divergence, "divergence", DIVERGENCE_METHODS)
         check_choice(self.transport, "transport", TRANSPORT_COSTS)
         check_choice(self.dtype, "dtype", ("float32", "float64"))
+        check_choice(self.pushed_storage, "pushed_storage", STORAGES)
+        if self.scratch_dir is not None:
+            self.scratch_dir = os.fspath(self.scratch_dir)  # a Path would not survive to_dict's JSON
         for name in ("beta", "h0", "h_growth", "h_max", "lr", "clip"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")

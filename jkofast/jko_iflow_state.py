@@ -1,8 +1,12 @@
 """Saving and restoring a JKO-iFlow run between blocks, so a killed run resumes exactly.
 
 The checkpoint holds the flow so far, the settings, the cursor (which phase and block come
-next), the random generator's state, the run log and a fingerprint of the data. Pushed data is
-not stored: it is recomputed from the flow on resume (cheap, no divergence needed).
+next), the run log and a fingerprint of the data. Pushed data is not stored: it is recomputed
+from the flow on resume (cheap, no divergence needed). Nothing in it depends on the number of
+processes: the shards are recomputed for the new world size, and each block's random numbers
+come from the seed (jko_iflow.py), so a run resumes with any number of processes.
+
+Only rank 0 reads and writes the files; it sends what it read (or the error) to the others.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "log.json"
 _KIND = "jkofast.jko-iflow-state"
 # Settings that do not change what is trained: a resumed run may change them.
-RESUMABLE_CHANGES = {"eval_steps"}
+RESUMABLE_CHANGES = {"eval_steps", "pushed_storage", "scratch_dir"}
 _CURSOR_KEYS = ("phase", "block", "started", "done")
 
 
@@ -44,22 +48,45 @@ def _comparable(config: dict) -> dict:
 
 
 def save_state(trainer) -> None:
-    """Checkpoint the run (after a finished block) and refresh log.json beside it."""
-    if trainer.out is None:
+    """Checkpoint the run (after a finished block) and refresh log.json beside it (rank 0)."""
+    if trainer.out is None or not trainer.dist.main:
         return
     save_payload({"flow": trainer.flow.payload(), "config": trainer.cfg.to_dict(), "cursor": dict(trainer.cursor),
-                  "generator": trainer.generator.get_state(), "data": trainer.data_id, "log": trainer.log},
+                  "data": trainer.data_id, "log": trainer.log},
                  trainer.out / CHECKPOINT_FILE, _KIND)
     write_json(trainer.out / LOG_FILE, trainer.log)
 
 
 def restore_state(trainer) -> bool:
-    """Continue from ``out/checkpoint.pt`` if there is one; refuse one from other settings or data."""
+    """Continue from ``out/checkpoint.pt`` if there is one; refuse one from other settings or
+    data. Rank 0 reads it and sends the record, or the error, to every rank."""
+    if trainer.dist.main:
+        try:
+            found = ("record", _read_checked(trainer))
+        except Exception as exc:  # noqa: BLE001 - re-raised on every rank below
+            found = ("error", exc)
+    else:
+        found = None
+    kind, value = trainer.dist.broadcast(found, "reading the checkpoint")
+    if kind == "error":
+        raise value
+    if value is None:
+        return False
+    restored = Flow.from_payload(value["flow"], trainer.out / CHECKPOINT_FILE, map_location=trainer.device)
+    trainer.flow.blocks, trainer.flow.h = restored.blocks, restored.h
+    trainer.cursor, trainer.log = dict(value["cursor"]), value["log"]
+    return True
+
+
+def _read_checked(trainer) -> dict | None:
+    """The checkpoint's record after checking it fits this run, or None if there is none."""
     path = None if trainer.out is None else Path(trainer.out) / CHECKPOINT_FILE
     if path is None or not path.exists():
-        return False
+        return None
     record = load_payload(path, _KIND)
-    require(record, ("flow", "config", "cursor", "generator", "data", "log"), path)
+    # "generator" (the random state that older checkpoints hold) is no longer needed: each block's
+    # random numbers come from the seed; an old checkpoint's is ignored.
+    require(record, ("flow", "config", "cursor", "data", "log"), path)
     if not isinstance(record["cursor"], dict) or any(k not in record["cursor"] for k in _CURSOR_KEYS):
         raise CheckpointError(f"{path} has no valid cursor; the file is corrupt (restart to overwrite it)")
     mine, theirs = _comparable(trainer.cfg.to_dict()), _comparable(record["config"])
@@ -68,8 +95,4 @@ def restore_state(trainer) -> bool:
         what = f"settings {changed}" if changed else "training data"
         raise ValueError(f"{path} is from a run with different {what}; pass another output folder, "
                          "or restart (resume=False / --restart) to overwrite it")
-    restored = Flow.from_payload(record["flow"], path, map_location=trainer.u_train.device)
-    trainer.flow.blocks, trainer.flow.h = restored.blocks, restored.h
-    trainer.cursor, trainer.log = dict(record["cursor"]), record["log"]
-    trainer.generator.set_state(record["generator"])
-    return True
+    return {k: record[k] for k in ("flow", "cursor", "log")}

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from .reference import LOG_2PI
 
-__all__ = ["push", "standard_normal_nll", "nll", "mmd", "energy_distance"]
+__all__ = ["push", "standard_normal_nll", "nll", "sharded_nll", "mmd", "energy_distance"]
 
 # Rows per chunk when pushing whole data sets: bounds the memory of the d tangent rows
 # (chunk x (d + 1) x width floats per layer) while keeping the matrix products large.
@@ -43,6 +43,48 @@ def nll(flow, x: Tensor, *, steps: int | None = None, backend: str = "auto",
                                  f"{values.numel()} points (first: row {int(bad.nonzero()[0, 0])})")
     se = float(values.std() / math.sqrt(values.numel())) if values.numel() > 1 else float("nan")
     return float(values.mean()), se
+
+
+@torch.no_grad()
+def sharded_nll(flow, rows, dist=None, *, steps: int | None = None, backend: str = "auto", seed: int = 0,
+                chunk: int = CHUNK) -> tuple[float, float]:
+    """:func:`nll` of data too large to hold, or split over the ranks of a distributed run.
+
+    ``rows`` (a :class:`~jkofast.datasets.streaming.Rows`, or anything
+    :func:`~jkofast.datasets.streaming.as_rows` takes) is streamed in chunks; under a process
+    group each rank evaluates its shard and the per-rank count, mean and sum of squared
+    deviations are merged, so the mean and its standard error are those of all rows, exactly.
+    """
+    from .datasets.streaming import as_rows
+
+    rows = as_rows(rows, getattr(rows, "name", "x"), dim=flow.dim)
+    rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
+    pieces = []  # (count, mean, M2, non-finite count) per piece: nothing per row is kept
+    for _, x in rows.chunks(rank=rank, world=world, seed=seed):
+        for xs in x.to(flow.loc.device, flow.loc.dtype).split(chunk):
+            v = -flow.log_prob(xs, steps=steps, backend=backend).double()
+            finite = torch.isfinite(v)
+            v = v[finite]
+            mean = float(v.mean()) if v.numel() else 0.0
+            pieces.append((v.numel(), mean, float((v - mean).square().sum()), int((~finite).sum())))
+    mine = (*_merge(pieces), sum(p[3] for p in pieces))
+    parts = dist.gather(mine, "evaluating the NLL") if dist is not None else [mine]
+    bad = sum(p[3] for p in parts)
+    n, mean, m2 = _merge(parts)
+    if bad:
+        raise FloatingPointError(f"the flow gave a non-finite log-likelihood on {bad} of {n + bad} points")
+    return mean, (math.sqrt(m2 / (n - 1) / n) if n > 1 else float("nan"))
+
+
+def _merge(parts) -> tuple[int, float, float]:
+    """Count, mean and sum of squared deviations of the union of parts (count, mean, M2, ...),
+    by Chan et al.'s pairwise update, in the given order."""
+    n, mean, m2 = 0, 0.0, 0.0
+    for nr, mr, m2r, *_ in parts:
+        if nr:
+            delta, total = mr - mean, n + nr
+            mean, m2, n = mean + delta * nr / total, m2 + m2r + delta * delta * n * nr / total, total
+    return n, mean, m2
 
 
 def _sq_dists(a: Tensor, b: Tensor) -> Tensor:

@@ -9,19 +9,21 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import _backend
+from . import _backend, distributed, training_data
 from ._checks import check_finite, check_points
 from ._version import __version__
 from .checkpoint import write_json
 from .flow import Flow
 from .jko_iflow import JKOIFlowTrainer
 from .jko_iflow_config import JKOIFlowConfig
-from .jko_iflow_state import CHECKPOINT_FILE, LOG_FILE, data_fingerprint
-from .metrics import nll
+from .jko_iflow_state import CHECKPOINT_FILE, LOG_FILE
+from .memory import peak_memory_of_run
+from .metrics import sharded_nll
 
 __all__ = ["train", "METHODS"]
 
 METHODS = ("jko-iflow",)
+DISTRIBUTED_METHODS = ("jko-iflow",)  # the methods that train data-parallel under torchrun (distributed.py)
 
 
 def _as_data(x, name: str, *, dtype: torch.dtype, device, dim: int | None = None) -> Tensor:
@@ -57,7 +59,9 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
     """Train a normalizing flow on ``x`` and return it.
 
     Arguments:
-        x: training data, (N, d) numpy array or tensor; finite, N >= 2.
+        x: training data, (N, d), finite, N >= 2: a numpy array or tensor, or, for data larger
+            than memory, a memory map (``np.load(path, mmap_mode="r")``), the path of a ``.npy``
+            file or a :class:`~jkofast.datasets.streaming.Rows` (read in chunks, never whole).
         method: ``"jko-iflow"`` (block-wise JKO steps, Xu et al. 2023).
         val: optional validation data (M, d): its NLL after each block goes into the log, and
             at the end on the training grid and on the ``eval_steps`` grid (``flow.info``).
@@ -65,6 +69,7 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
             A killed run started again with the same ``out`` resumes from its last finished block.
         resume: continue from ``out/checkpoint.pt`` if present (``False`` starts over).
         device: where to train; default: the device of ``x`` if it is a tensor, else the CPU.
+            Under a process group, ``"cuda"`` means this process's GPU, ``cuda:LOCAL_RANK``.
         budget: preset, ``"quick"`` (seconds), ``"default"`` or ``"paper"``; options override it.
         progress: show a progress bar per block.
         backend: engine, ``"auto"``, ``"torch"`` or ``"compiled"``.
@@ -74,7 +79,13 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
 
     Returns:
         The trained :class:`~jkofast.Flow`, on ``device``; ``flow.info`` holds the settings,
-        timings and validation NLLs.
+        timings, validation NLLs and the peak memory.
+
+    Distributed: launched by torchrun (``WORLD_SIZE`` > 1 in the environment), or with a
+    process group the caller initialized, every process calls ``train`` with the same
+    arguments; each trains on its own shard of ``x`` with DistributedDataParallel (``batch`` is
+    the global batch, split evenly), rank 0 alone writes to ``out``, and every process returns
+    the same flow. See jkofast/distributed.py and the README's "Scaling out".
 
     Examples:
         >>> import jkofast
@@ -93,35 +104,43 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
     cfg = JKOIFlowConfig.from_options(budget, **options)
     if device is None:
         device = x.device if isinstance(x, Tensor) else "cpu"
-    device, dtype = torch.device(device), getattr(torch, cfg.dtype)
-    x = _as_data(x, "x", dtype=dtype, device=device)
-    val = None if val is None else _as_data(val, "val", dtype=dtype, device=device, dim=x.shape[1])
-    loc, scale = _standardization(x) if cfg.standardize else (None, None)
-    flow = Flow(x.shape[1], cfg.field_config(), steps=cfg.steps, tableau=cfg.tableau, loc=loc, scale=scale)
+    dist = distributed.connect(device)  # a process group from torchrun or the caller, or one process
+    if dist.world > 1 and method not in DISTRIBUTED_METHODS:
+        raise ValueError(f"method {method!r} trains in one process; distributed training supports "
+                         f"{list(DISTRIBUTED_METHODS)}")
+    device, dtype = dist.device, getattr(torch, cfg.dtype)
+    data = training_data.prepare(x, val, cfg, dist)
+    flow = Flow(data.dim, cfg.field_config(), steps=cfg.steps, tableau=cfg.tableau, loc=data.loc, scale=data.scale)
     flow.to(device=device, dtype=dtype)
     out = Path(out) if out is not None else None
-    if out is not None and not resume and (out / CHECKPOINT_FILE).exists():
+    if out is not None and not resume and dist.main and (out / CHECKPOINT_FILE).exists():
         (out / CHECKPOINT_FILE).unlink()
     log = {"jkofast_version": __version__, "method": method, "config": cfg.to_dict(), "device": str(device),
-           "n_train": x.shape[0], "n_val": 0 if val is None else val.shape[0], "dim": x.shape[1]}
-    trainer = JKOIFlowTrainer(flow, cfg, flow.standardize(x), None if val is None else flow.standardize(val),
-                              out=out, data_id=data_fingerprint(x, val), progress=progress, backend=backend,
-                              log=log)
-    resumed = trainer.resume()
-    start = time.perf_counter()
-    trainer.run()
+           "n_train": data.n_train, "n_val": data.n_val, "dim": data.dim, "world_size": dist.world,
+           "pushed_storage": data.store.where}
+    try:
+        trainer = JKOIFlowTrainer(flow, cfg, data.train, data.val, out=out, data_id=data.data_id,
+                                  progress=progress, backend=backend, log=log, dist=dist, store=data.store)
+        resumed = trainer.resume()
+        start = time.perf_counter()
+        trainer.run()
+    finally:
+        data.close()
     log = trainer.log
-    log["resumed"] = resumed
+    log.update(resumed=resumed, world_size=dist.world, pushed_storage=data.store.where)
     # Block times add up across resumed processes; wall time is this process's alone.
     log["train_seconds"] = round(sum(entry["seconds"] for entry in log["blocks"]), 3)
     log["wall_seconds_this_process"] = round(time.perf_counter() - start, 3)
     if val is not None:
-        log["val_nll"] = {f"steps{s}": dict(zip(("mean", "se"), nll(flow, val, steps=s, backend=backend)))
+        log["val_nll"] = {f"steps{s}": dict(zip(("mean", "se"), sharded_nll(flow, data.val_rows, dist, steps=s,
+                                                                            backend=backend, seed=cfg.seed)))
                           for s in cfg.eval_grids()}
-    flow.info = {"method": method, "config": cfg.to_dict(), "n_train": x.shape[0],
-                 "train_seconds": log["train_seconds"], "val_nll": log.get("val_nll"),
+    log["peak_memory"] = peak_memory_of_run(dist)
+    flow.info = {"method": method, "config": cfg.to_dict(), "n_train": data.n_train,
+                 "train_seconds": log["train_seconds"], "val_nll": log.get("val_nll"), "world_size": dist.world,
+                 "pushed_storage": data.store.where, "peak_memory": log["peak_memory"],
                  "jkofast_version": __version__, **(info or {})}
-    if out is not None:
+    if out is not None and dist.main:
         flow.save(out)
         write_json(out / LOG_FILE, log)
     return flow

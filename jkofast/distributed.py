@@ -1,0 +1,227 @@
+"""Data-parallel training across processes with torch.distributed: who this process is, and the
+few collective operations the trainer needs.
+
+jkofast joins a process group in one of two ways (:func:`connect`):
+
+* one already exists (``torch.distributed.is_initialized()``, e.g. the caller ran
+  ``init_process_group`` itself): it is used as it is;
+* torchrun's environment (``WORLD_SIZE`` > 1, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``,
+  ``MASTER_PORT``) is present: jkofast initializes the default group, NCCL for a CUDA device and
+  gloo for the CPU, with a timeout, and leaves it initialized (destroy it with
+  ``torch.distributed.destroy_process_group()``; the command line does).
+
+Otherwise the run is a single process and nothing here communicates. Under a group, a device
+given as plain ``"cuda"`` becomes ``cuda:LOCAL_RANK``, one GPU per process.
+
+The timeout bounds every collective: a rank that dies or stops answering makes the others fail
+with :class:`DistributedError` instead of waiting forever. gloo notices a dead peer at once (its
+socket closes); a peer that hangs is noticed after the timeout, ``JKOFAST_DIST_TIMEOUT`` seconds
+(default 600).
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import gc
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as tdist
+from torch import Tensor, nn
+
+__all__ = ["Dist", "DistributedError", "connect", "TIMEOUT_ENV"]
+
+TIMEOUT_ENV = "JKOFAST_DIST_TIMEOUT"
+_DEFAULT_TIMEOUT_S = 600.0
+
+
+class DistributedError(RuntimeError):
+    """Another process of the run died, hung past the timeout, or disagrees with this one."""
+
+
+def _timeout() -> datetime.timedelta:
+    raw = os.environ.get(TIMEOUT_ENV, "")
+    try:
+        seconds = float(raw) if raw else _DEFAULT_TIMEOUT_S
+    except ValueError:
+        raise ValueError(f"{TIMEOUT_ENV} must be a number of seconds, got {raw!r}") from None
+    if not seconds > 0:
+        raise ValueError(f"{TIMEOUT_ENV} must be > 0 seconds, got {raw!r}")
+    return datetime.timedelta(seconds=seconds)
+
+
+@dataclass
+class Dist:
+    """This process's place in the run: ``rank`` of ``world`` processes, ``local_rank`` of
+    ``local_world`` on its host, the training ``device``, and whether a group is in use.
+
+    All collective methods are no-ops (the identity) for a single process, so the trainer has
+    one code path.
+    """
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    local_world: int = 1
+    device: torch.device = torch.device("cpu")
+    owns_group: bool = False  # jkofast called init_process_group: close() destroys the group
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the one process that writes checkpoints, logs, models and plots."""
+        return self.rank == 0
+
+    @property
+    def _comm_device(self) -> torch.device:
+        # NCCL moves only CUDA tensors; gloo reduces CPU tensors.
+        return self.device if tdist.get_backend() == "nccl" else torch.device("cpu")
+
+    def guard(self, what: str, fn):
+        """``fn()``, with a failure of the process group (a dead or hung peer) turned into a
+        :class:`DistributedError` that says so. Single process: just ``fn()``."""
+        if self.world == 1:
+            return fn()
+        try:
+            return fn()
+        except (RuntimeError, tdist.DistError) as exc:  # gloo raises plain RuntimeErrors
+            raise DistributedError(
+                f"rank {self.rank} of {self.world}: {what} failed, most likely because another process died or "
+                f"did not answer within the timeout ({TIMEOUT_ENV}={_timeout().total_seconds():g} s); look for "
+                f"the first error in the other processes' output. Cause: {exc}") from exc
+
+    def sum(self, values: Tensor, what: str = "a reduction") -> Tensor:
+        """The element-wise sum of ``values`` over all ranks, in float64 on this rank's device."""
+        values = values.detach().to(torch.float64)
+        if self.world == 1:
+            return values
+        buf = values.to(self._comm_device)
+        self.guard(what, lambda: tdist.all_reduce(buf))
+        return buf.to(values.device)
+
+    def mean_async(self, values: Tensor):
+        """Start averaging ``values`` over ranks; ``.wait()`` on the result gives the mean. Lets
+        the training step overlap this reduction with its backward pass."""
+        return _PendingMean(self, values.detach())
+
+    def gather(self, obj, what: str = "an exchange") -> list:
+        """Every rank's ``obj`` (picklable), in rank order."""
+        if self.world == 1:
+            return [obj]
+        out = [None] * self.world
+        self.guard(what, lambda: tdist.all_gather_object(out, obj))
+        return out
+
+    def broadcast(self, obj, what: str = "a broadcast"):
+        """Rank 0's ``obj`` (picklable), on every rank."""
+        if self.world == 1:
+            return obj
+        box = [obj]
+        self.guard(what, lambda: tdist.broadcast_object_list(box, src=0))
+        return box[0]
+
+    def check_same(self, value, what: str) -> None:
+        """Raise on every rank if the ranks were started with different ``value``s (settings,
+        data shapes): a silent mismatch would train on inconsistent shards."""
+        values = self.gather(value, f"comparing {what}")
+        odd = [r for r, v in enumerate(values) if v != values[0]]
+        if odd:
+            raise DistributedError(f"rank(s) {odd} were started with different {what} than rank 0: "
+                                   f"{values[odd[0]]!r} against {values[0]!r}; start every process the same way")
+
+    @contextlib.contextmanager
+    def data_parallel(self, module: nn.Module):
+        """``module`` wrapped in DistributedDataParallel (the module itself for one process).
+
+        DDP broadcasts rank 0's weights on entry and averages the gradients over ranks during
+        ``backward``. On exit its gradient hooks are removed from the weights, so a later wrapper
+        of the same weights (a block retrained in a refinement round) does not also trigger this
+        one's reduction (DDP keeps them until it is garbage-collected otherwise).
+        """
+        if self.world == 1:
+            yield module
+            return
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        wrapped = self.guard("wrapping the block for data parallelism",
+                                   lambda: nn.parallel.DistributedDataParallel(module, device_ids=ids))
+        try:
+            yield wrapped
+        finally:
+            remove_hooks = getattr(wrapped, "_remove_autograd_hooks", None)  # private, torch >= 2.1
+            if remove_hooks is not None:
+                remove_hooks()
+            del wrapped
+            gc.collect()
+
+    def close(self) -> None:
+        """Destroy the process group if jkofast created it."""
+        if self.owns_group and tdist.is_initialized():
+            tdist.destroy_process_group()
+            self.owns_group = False
+
+
+class _PendingMean:
+    def __init__(self, dist: Dist, values: Tensor) -> None:
+        self.dist, self.values, self.work = dist, values, None
+        if dist.world > 1:
+            self.buf = values.to(torch.float64).to(dist._comm_device)
+            self.work = dist.guard("averaging the loss", lambda: tdist.all_reduce(self.buf, async_op=True))
+
+    def wait(self) -> Tensor:
+        if self.work is None:
+            return self.values.to(torch.float64)
+        self.dist.guard("averaging the loss", self.work.wait)
+        return self.buf.to(self.values.device) / self.dist.world
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return default if raw in (None, "") else int(raw)
+
+
+def _place(device: torch.device, local_rank: int) -> torch.device:
+    """One GPU per process: plain "cuda" means this process's local GPU."""
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
+def connect(device: str | torch.device = "cpu") -> Dist:
+    """This process's :class:`Dist`: from an initialized process group, from torchrun's
+    environment variables (initializing the group), or a single process.
+
+    Arguments:
+        device: the training device; ``"cuda"`` without an index maps to ``cuda:LOCAL_RANK``
+            under a process group.
+
+    Examples:
+        >>> connect("cpu").world      # no torchrun environment, no process group
+        1
+    """
+    device = torch.device(device)
+    if tdist.is_available() and tdist.is_initialized():
+        local_rank = _env_int("LOCAL_RANK", tdist.get_rank())
+        return Dist(rank=tdist.get_rank(), world=tdist.get_world_size(), local_rank=local_rank,
+                    local_world=_env_int("LOCAL_WORLD_SIZE", 1), device=_place(device, local_rank))
+    world = _env_int("WORLD_SIZE", 1)
+    if world <= 1:
+        return Dist(device=device)
+    if not tdist.is_available():
+        raise DistributedError(f"WORLD_SIZE={world} asks for {world} processes, but this torch build has no "
+                               "torch.distributed")
+    missing = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v)]
+    if missing:
+        raise DistributedError(f"WORLD_SIZE={world} is set but {missing} are not: launch with torchrun "
+                               "(it sets them all), or unset WORLD_SIZE for a single process")
+    local_rank = _env_int("LOCAL_RANK", 0)
+    device = _place(device, local_rank)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    try:
+        tdist.init_process_group(backend, timeout=_timeout())
+    except (RuntimeError, tdist.DistError) as exc:
+        raise DistributedError(f"rank {os.environ['RANK']} of {world} could not join the process group at "
+                               f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} ({backend}): {exc}") from exc
+    return Dist(rank=tdist.get_rank(), world=tdist.get_world_size(), local_rank=local_rank,
+                local_world=_env_int("LOCAL_WORLD_SIZE", 1), device=device, owns_group=True)

@@ -1,0 +1,187 @@
+"""This process's share of the training data, standardized and pushed through the finished blocks,
+kept in memory or on disk.
+
+JKO-iFlow trains block k on the data pushed through blocks 1..k-1. Each rank pushes only its own
+shard, so the pushed points never move between processes. A :class:`MemoryShard` holds them as
+tensors on the training device; a :class:`DiskShard` as a raw float file in a scratch folder,
+memory-mapped for reading, for data that does not fit. :class:`ShardStore` decides which
+(``pushed_storage="auto" | "memory" | "disk"``) and owns the scratch folder.
+
+Rows are (points (n, d), logdet (n,) or None): the validation shard carries the log-determinant
+accumulated through the blocks so far, stored on disk as a last column.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .datasets.streaming import CHUNK_BYTES, Rows, _release
+from .memory import available_bytes
+
+__all__ = ["MemoryShard", "DiskShard", "ShardStore", "STORAGES"]
+
+STORAGES = ("auto", "memory", "disk")
+_PUSH_ROWS = 8192           # rows per push piece (metrics.CHUNK): bounds the tangent rows' memory
+_WINDOW_BYTES = 1 << 20     # disk batches: contiguous windows of this size ...
+_WINDOWS_MIXED = 8          # ... this many at a time, shuffled together (8 MB resident, twice while shuffled)
+
+Pushed = Callable[[Tensor, Tensor | None], tuple[Tensor, Tensor | None]]
+
+
+class MemoryShard:
+    """Points (n, d) and optional logdet (n,) as tensors on the training device."""
+
+    where = "memory"
+
+    def __init__(self, points: Tensor, logdet: Tensor | None = None) -> None:
+        self.points, self.logdet = points, logdet
+        self.n, self.dim = points.shape
+
+    def chunks(self) -> Iterator[tuple[Tensor, Tensor | None]]:
+        for a in range(0, self.n, _PUSH_ROWS):
+            yield self.points[a:a + _PUSH_ROWS], None if self.logdet is None else self.logdet[a:a + _PUSH_ROWS]
+
+    def batches(self, batch: int, generator: torch.Generator) -> Iterator[Tensor]:
+        """Minibatches of points: epochs of a random permutation, the incomplete last batch of
+        each epoch dropped."""
+        batch = min(batch, self.n)
+        while True:
+            perm = torch.randperm(self.n, generator=generator, device=self.points.device)
+            for i in range(0, self.n - batch + 1, batch):
+                yield self.points[perm[i:i + batch]]
+
+    def discard(self) -> None:
+        self.points = self.logdet = None
+
+
+class DiskShard:
+    """Points (and logdet as a last column) in a raw float file of shape (n, d [+ 1]), read
+    through a memory map in chunks whose pages are released after each read."""
+
+    where = "disk"
+
+    def __init__(self, path: Path, n: int, dim: int, has_logdet: bool, dtype: torch.dtype,
+                 device: torch.device) -> None:
+        self.path, self.n, self.dim, self.has_logdet = path, n, dim, has_logdet
+        self.dtype, self.device = dtype, device
+        self.columns = dim + int(has_logdet)
+        np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
+        # np.memmap cannot map an empty file; an empty shard (more ranks than rows) reads nothing.
+        self.table = np.memmap(path, np_dtype, "r", shape=(n, self.columns)) if n else None
+        self.row_bytes = self.columns * np_dtype.itemsize
+
+    def _rows(self, a: int, b: int) -> Tensor:
+        block = np.array(self.table[a:b])
+        _release(self.table)
+        return torch.from_numpy(block)
+
+    def _split(self, block: Tensor) -> tuple[Tensor, Tensor | None]:
+        block = block.to(self.device)
+        if not self.has_logdet:
+            return block, None
+        return block[:, :self.dim].contiguous(), block[:, self.dim].contiguous()
+
+    def chunks(self) -> Iterator[tuple[Tensor, Tensor | None]]:
+        step = max(1, CHUNK_BYTES // self.row_bytes)
+        for a in range(0, self.n, step):
+            yield self._split(self._rows(a, min(a + step, self.n)))
+
+    def batches(self, batch: int, generator: torch.Generator) -> Iterator[Tensor]:
+        """Minibatches read as contiguous windows: each epoch visits the windows in a random
+        order, ``_WINDOWS_MIXED`` at a time, and shuffles their rows together. Reads stay large
+        and sequential, and a batch mixes rows from all over the shard."""
+        batch = min(batch, self.n)
+        rng = np.random.default_rng(generator.initial_seed())
+        window = max(1, _WINDOW_BYTES // self.row_bytes)
+        starts = np.arange(0, self.n, window)
+        pending = torch.empty(0, self.columns, dtype=self.dtype)
+        while True:
+            order = rng.permutation(len(starts))
+            for i in range(0, len(order), _WINDOWS_MIXED):
+                parts = [self._rows(s, min(s + window, self.n)) for s in starts[order[i:i + _WINDOWS_MIXED]]]
+                mixed = torch.cat([pending, *parts])
+                mixed = mixed[torch.from_numpy(rng.permutation(mixed.shape[0]))]
+                full = mixed.shape[0] // batch * batch
+                for j in range(0, full, batch):
+                    yield self._split(mixed[j:j + batch])[0]
+                pending = mixed[full:]
+
+    def discard(self) -> None:
+        self.table = None
+        self.path.unlink(missing_ok=True)
+
+
+class ShardStore:
+    """Where shards live: ``"memory"`` (the training device), ``"disk"`` (raw files in
+    ``scratch``, default a new temporary folder, deleted by :meth:`close`), or ``"auto"``:
+    memory when three copies of this rank's train and validation shards (the data, the pushed
+    data, and the next push being written) take at most half of the free memory on the device
+    divided among the processes of the host, disk otherwise."""
+
+    def __init__(self, storage: str, shard_bytes: int, *, dtype: torch.dtype, device: torch.device,
+                 rank: int = 0, local_world: int = 1, scratch: str | os.PathLike | None = None) -> None:
+        if storage not in STORAGES:
+            raise ValueError(f"invalid pushed_storage {storage!r}; must be one of {list(STORAGES)}")
+        if storage == "auto":
+            fits = 3 * shard_bytes <= available_bytes(device) // (2 * max(1, local_world))
+            storage = "memory" if fits else "disk"
+        self.where, self.dtype, self.device = storage, dtype, device
+        self._scratch_parent, self._rank, self._folder = scratch, rank, None
+        self._names = itertools.count()
+
+    def _new_path(self) -> Path:
+        if self._folder is None:
+            if self._scratch_parent is not None:
+                Path(self._scratch_parent).mkdir(parents=True, exist_ok=True)
+            self._folder = Path(tempfile.mkdtemp(prefix=f"jkofast-rank{self._rank}-", dir=self._scratch_parent))
+        return self._folder / f"shard{next(self._names)}.bin"
+
+    def build(self, pieces: Iterator[tuple[Tensor, Tensor | None]], dim: int, has_logdet: bool):
+        """A shard of the (points, logdet) pieces, written as they come."""
+        if self.where == "memory":
+            points, logdets = [], []
+            for p, ld in pieces:
+                points.append(p.to(self.device, self.dtype))
+                logdets.append(ld)
+            pts = torch.cat(points) if points else torch.empty(0, dim, dtype=self.dtype, device=self.device)
+            ld = (torch.cat(logdets) if logdets else pts.new_zeros(0)) if has_logdet else None
+            return MemoryShard(pts, ld)
+        path, n = self._new_path(), 0
+        with open(path, "wb") as fh:
+            for p, ld in pieces:
+                block = p.to(self.dtype) if ld is None else torch.cat([p, ld[:, None]], 1).to(self.dtype)
+                block.detach().cpu().numpy().tofile(fh)
+                n += p.shape[0]
+        return DiskShard(path, n, dim, has_logdet, self.dtype, self.device)
+
+    def from_rows(self, rows: Rows, loc: Tensor, scale: Tensor, *, rank: int, world: int, seed: int,
+                  with_logdet: bool = False):
+        """This rank's shard of ``rows``, standardized, u = (x - loc) / scale (a zero logdet
+        column with ``with_logdet``)."""
+        def pieces():
+            for _, x in rows.chunks(rank=rank, world=world, seed=seed):
+                u = (x.to(self.device, self.dtype) - loc).div_(scale)
+                yield u, (u.new_zeros(u.shape[0]) if with_logdet else None)
+        return self.build(pieces(), rows.dim, with_logdet)
+
+    def map(self, shard, fn: Pushed):
+        """A new shard of ``fn(points, logdet)`` over ``shard``'s chunks (the push through a block)."""
+        return self.build((fn(p, ld) for p, ld in shard.chunks()), shard.dim, shard_has_logdet(shard))
+
+    def close(self) -> None:
+        """Delete the scratch folder and every shard file in it."""
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
+
+
+def shard_has_logdet(shard) -> bool:
+    return shard.logdet is not None if isinstance(shard, MemoryShard) else shard.has_logdet

@@ -1,0 +1,204 @@
+"""Data-parallel training with torch.distributed (gloo on loopback, CPU): the test starts the
+processes itself, with torchrun (the command line) or with torchrun's environment variables
+(the Python API, tests/_dist_workers.py).
+
+Every process runs one thread, as torchrun sets it, so runs that should be identical are
+bitwise identical. Sizes are tiny: each launch costs a few seconds, most of it starting Python
+and importing torch.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import jkofast
+from jkofast import jko_iflow
+from jkofast.cli import main
+from jkofast.distributed import Dist
+from jkofast.jko_iflow import JKOIFlowTrainer
+from jkofast.jko_iflow_config import JKOIFlowConfig
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _dist_workers import DATA, RUN, moons  # noqa: E402
+
+WORKERS = Path(__file__).parent / "_dist_workers.py"
+LAUNCH_TIMEOUT = 240  # seconds; a launch takes ~10 s, far longer only on an overloaded machine
+CLI_FLAGS = ["--data", "moons", "--budget", "quick", "--blocks", "2", "--iters", "60", "--batch", "256",
+             "--hidden", "32", "--layers", "2", "--lr", "0.01", "--stop-tol", "0", "--seed", "0",
+             "--n-train", "2000", "--n-val", "300", "--n-test", "10000", "--samples", "200", "--no-progress",
+             "--no-plot"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    return {**env, "OMP_NUM_THREADS": "1", "JKOFAST_DIST_TIMEOUT": "60", **extra}
+
+
+def launch(scenario: str, world: int, **args) -> list[subprocess.CompletedProcess]:
+    """Start ``world`` worker processes with torchrun's variables; wait for all of them.
+    Returns each rank's result (returncode, stdout, stderr) and how long it ran (``.seconds``)."""
+    port = _free_port()
+    procs, started = [], time.perf_counter()
+    for rank in range(world):
+        env = _env(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        procs.append(subprocess.Popen([sys.executable, str(WORKERS), scenario, json.dumps(args)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = []
+    for p in procs:
+        try:
+            out, err = p.communicate(timeout=LAUNCH_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+        result = subprocess.CompletedProcess(p.args, p.returncode, out, err)
+        result.seconds = time.perf_counter() - started
+        results.append(result)
+    return results
+
+
+def _ok(results) -> None:
+    for rank, r in enumerate(results):
+        assert r.returncode == 0, f"rank {rank} failed:\n{r.stderr[-3000:]}"
+
+
+def _same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory):
+    """The same command with 2 processes (torchrun) and with 1 (in this process)."""
+    root = tmp_path_factory.mktemp("dist_cli")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "jkofast", "train", "--out", str(root / "two"), *CLI_FLAGS]
+    two = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert main(["train", "--out", str(root / "one"), *CLI_FLAGS]) == 0
+    return root / "one", root / "two", two
+
+
+def test_torchrun_cli_writes_one_model_and_matches_one_process(cli_runs):
+    one, two, proc = cli_runs
+    # Rank 0 alone prints and writes: one banner, one set of files.
+    assert proc.stdout.count("test NLL") == 1 and "2 processes" in proc.stdout
+    flow = jkofast.Flow.load(two)
+    assert flow.num_blocks == 2 and flow.info["world_size"] == 2
+    log = json.loads((two / "log.json").read_text())
+    assert log["world_size"] == 2 and [b["block"] for b in log["blocks"]] == [1, 2]
+    assert log["blocks"][0]["loss"] < log["blocks"][0]["loss_first"]     # it trained
+    m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (one, two))
+    assert m1["n_test"] == m2["n_test"] == DATA["n_test"]                 # the reduction counts every row
+    a, b = m1["nll_steps3"], m2["nll_steps3"]
+    # Same seed and global batch; the ranks draw other batches than one process does, so the
+    # models differ by training noise (0.007 nats across seeds, see RUN). Both are scored on the
+    # same 10,000 test points (se 0.005): 3 combined standard errors, 0.022 nats, is a bound
+    # that noise passes and a model that did not train (0.11 nats worse) does not.
+    assert abs(a["mean"] - b["mean"]) < 3 * (a["se"] ** 2 + b["se"] ** 2) ** 0.5, (a, b)
+    x, _, test = moons()
+    start = jkofast.Flow(2, loc=torch.as_tensor(x.mean(0)), scale=torch.as_tensor(x.std(0, ddof=1)))
+    assert b["mean"] < jkofast.metrics.nll(start, torch.as_tensor(test))[0] - 0.06, b   # both blocks learned
+    assert m2["peak_memory"]["rss_bytes_max"] > 50 * 2**20 and len(m2["peak_memory"]["per_rank"]) == 2
+
+
+@pytest.fixture(scope="module")
+def killed_run(tmp_path_factory):
+    """Two processes: one DDP gradient step (for the gradient test), then a run in which rank 1
+    dies as block 2 starts."""
+    root = tmp_path_factory.mktemp("dist_killed")
+    results = launch("gradients+killed", 2, folder=str(root), out=str(root / "run"))
+    return root, results
+
+
+def test_ddp_gradient_is_the_global_batch_gradient(killed_run):
+    root, _ = killed_run
+    g0, g1 = (torch.load(root / f"grads{r}.pt", weights_only=True) for r in (0, 1))
+    for p0, p1, full in zip(g0["ddp"], g1["ddp"], g0["full"]):
+        assert torch.equal(p0, p1)   # after the all-reduce every rank holds the same gradient
+        # The mean of the two half-batch gradients is the full-batch gradient up to float64
+        # rounding of sums over 64 rows (relative 1e-12 leaves a 1000x margin).
+        assert torch.allclose(p0, full, rtol=1e-12, atol=1e-14), (p0 - full).abs().max()
+
+
+def test_a_dead_rank_stops_the_others_with_the_reason(killed_run):
+    root, (rank0, rank1) = killed_run
+    assert rank1.returncode == 17 and "dying on purpose" in rank1.stderr
+    assert rank0.returncode == 3, rank0.stderr[-3000:]
+    assert "rank 0 of 2: wrapping the block for data parallelism failed, most likely because another process " \
+           "died" in rank0.stderr
+    # gloo sees the closed socket at once; the 60 s timeout bounds a hang, far below the launch cap.
+    assert rank0.seconds < 120
+    ckpt = torch.load(root / "run" / "checkpoint.pt", weights_only=True)
+    assert ckpt["cursor"]["block"] == 1 and len(ckpt["flow"]["h"]) == 1
+
+
+def test_resume_with_the_same_and_other_world_sizes(killed_run, cli_runs, tmp_path, monkeypatch):
+    root, _ = killed_run
+    one, two, _ = cli_runs
+    for name in ("two_to_two", "two_to_one"):
+        shutil.copytree(root / "run", tmp_path / name)
+    # A one-process run killed after block 1, to be resumed by two processes.
+    x, val, _ = moons()
+    real = jko_iflow.JKOIFlowTrainer.train_block
+
+    def dies_in_block_2(self, k, *a, **kw):
+        if k == 1:
+            raise KeyboardInterrupt
+        return real(self, k, *a, **kw)
+
+    monkeypatch.setattr(jko_iflow.JKOIFlowTrainer, "train_block", dies_in_block_2)
+    with pytest.raises(KeyboardInterrupt):
+        jkofast.train(x, val=val, out=tmp_path / "one_to_two", progress=False, **RUN)
+    monkeypatch.setattr(jko_iflow.JKOIFlowTrainer, "train_block", real)
+    block1_of_one = torch.load(tmp_path / "one_to_two" / "checkpoint.pt", weights_only=True)["flow"]["state_dict"]
+
+    _ok(launch("resume", 2, outs=[str(tmp_path / "two_to_two"), str(tmp_path / "one_to_two")]))
+    resumed_two = jkofast.train(x, val=val, out=tmp_path / "two_to_one", progress=False, **RUN)
+
+    # Same world size: the resumed run is the uninterrupted one (the torchrun run trained the
+    # same data with the same settings), bit for bit, on every rank.
+    full_two = torch.load(two / "model.pt", weights_only=True)["state_dict"]
+    for rank in (0, 1):
+        assert _same_weights(torch.load(tmp_path / "two_to_two" / f"rank{rank}.pt", weights_only=True), full_two)
+    # Other world sizes: block 1 is kept as trained, block 2 is trained by the new world.
+    for out, world in (("two_to_one", 1), ("one_to_two", 2)):
+        log = json.loads((tmp_path / out / "log.json").read_text())
+        assert log["resumed"] and log["world_size"] == world and len(log["blocks"]) == 2
+    assert all(torch.equal(v, resumed_two.state_dict()[k]) for k, v in full_two.items() if k.startswith("blocks.0."))
+    one_to_two = torch.load(tmp_path / "one_to_two" / "rank0.pt", weights_only=True)
+    assert all(torch.equal(v.to(one_to_two[k].dtype), one_to_two[k]) for k, v in block1_of_one.items()
+               if k.startswith("blocks.0."))
+    # ... and the models agree with the uninterrupted runs within the noise of the test NLL.
+    test = torch.as_tensor(moons()[2])
+    reference = jkofast.metrics.nll(jkofast.Flow.load(one), test)
+    for flow in (resumed_two, _flow_from(one_to_two, one)):
+        mean, se = jkofast.metrics.nll(flow, test)
+        assert abs(mean - reference[0]) < 3 * (se ** 2 + reference[1] ** 2) ** 0.5, (mean, reference)
+
+
+def _flow_from(state: dict, like: Path) -> jkofast.Flow:
+    flow = jkofast.Flow.load(like)
+    flow.load_state_dict(state)
+    return flow
+
+
+def test_global_batch_must_split_evenly():
+    flow = jkofast.Flow(2, dict(hidden=4, layers=1))
+    with pytest.raises(ValueError, match="multiple of 3"):
+        JKOIFlowTrainer(flow, JKOIFlowConfig(batch=256), torch.zeros(10, 2), dist=Dist(world=3))
