@@ -6,6 +6,7 @@ Everything here is plain numpy (float32 by default) and seeded through
     x = jkofast.datasets.toy("moons", 10_000, seed=0)           # (10000, 2) float32
     train, val, test = jkofast.datasets.get("8gaussians")       # three independent draws
     train, val, test = jkofast.datasets.get("data/power.npy")   # load_array + split
+    x = jkofast.datasets.open_npy("big.npy")                     # memory map, read in chunks (streaming.py)
 """
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from .files import SUFFIXES, load_array, split
+from .streaming import open_npy, split_rows
 from .toy import TOY_NAMES, canonical_name, toy
 
-__all__ = ["toy", "TOY_NAMES", "load_array", "split", "get"]
+__all__ = ["toy", "TOY_NAMES", "load_array", "split", "get", "open_npy", "split_rows"]
 
 
 def _check_size(value, name: str) -> int:
