@@ -13,6 +13,9 @@ jkofast joins a process group in one of two ways (:func:`connect`):
 Otherwise the run is a single process and nothing here communicates. Under a group, a device
 given as plain ``"cuda"`` becomes ``cuda:LOCAL_RANK``, one GPU per process.
 
+Tested on CPU with gloo (tests/test_distributed.py); the NCCL path (GPU placement, DDP with
+``device_ids``, reductions on the GPU) uses the same calls but has not yet run on GPUs.
+
 The timeout bounds every collective: a rank that dies or stops answering makes the others fail
 with :class:`DistributedError` instead of waiting forever. gloo notices a dead peer at once (its
 socket closes); a peer that hangs is noticed after the timeout, ``JKOFAST_DIST_TIMEOUT`` seconds

@@ -3,8 +3,9 @@
 The run is a list of phases, each a pass over the blocks: the first pass adds blocks until the
 stopping rule fires, each reparametrization round re-times and retrains every block, each
 refinement round splits every block in two and retrains. Block k always trains on the data
-pushed through blocks 1..k-1, pushed once when block k-1 finishes and carried forward. A
-checkpoint after every block (jko_iflow_state.py) lets a killed run resume exactly.
+pushed through blocks 1..k-1, pushed once when block k-1 finishes and carried forward
+(jko_iflow_pushed.py). A checkpoint after every block (jko_iflow_state.py) lets a killed run
+resume exactly.
 
 Under a process group (distributed.py) every rank trains the same block on its own shard
 (shard.py) with DistributedDataParallel: each takes ``batch / world`` rows per step, so the
@@ -21,7 +22,6 @@ import copy
 import math
 import time
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -30,10 +30,10 @@ from torch import Tensor, nn
 from .distributed import Dist
 from .flow import Flow
 from .jko_iflow_config import JKOIFlowConfig
+from .jko_iflow_pushed import PushedData
 from .jko_iflow_state import restore_state, save_state
 from .jko_loss import block_loss
 from .memory import peak_memory
-from .metrics import push, standard_normal_nll
 from .progress import progress_bar
 from .schedule import reparametrized_step_sizes, split_block, step_sizes
 from .shard import MemoryShard, ShardStore
@@ -43,14 +43,6 @@ __all__ = ["JKOIFlowTrainer", "TrainingDivergedError"]
 
 class TrainingDivergedError(RuntimeError):
     """The loss, the gradients or the weights became NaN or inf; the message names where."""
-
-
-class Pushed(NamedTuple):
-    """This rank's data pushed through blocks 1..k: what block k + 1 trains on, and the
-    validation points with their log-det so far."""
-    k: int
-    train: object          # a shard (shard.py)
-    val: object | None
 
 
 class BlockObjective(nn.Module):
@@ -89,10 +81,10 @@ class JKOIFlowTrainer:
             u_train = MemoryShard(u_train)
         if isinstance(u_val, Tensor):
             u_val = MemoryShard(u_val, u_val.new_zeros(u_val.shape[0]))
-        self.u_train, self.u_val = u_train, u_val
         self.device = flow.loc.device
         self.dist = dist if dist is not None else Dist(device=self.device)
-        self.store = store if store is not None else ShardStore("memory", 0, dtype=flow.loc.dtype, device=self.device)
+        store = store if store is not None else ShardStore("memory", 0, dtype=flow.loc.dtype, device=self.device)
+        self.data = PushedData(flow, u_train, u_val, store=store, dist=self.dist, backend=backend)
         if config.batch % self.dist.world:
             raise ValueError(f"batch={config.batch} is the global batch, split evenly over the {self.dist.world} "
                              f"processes: it must be a multiple of {self.dist.world} (e.g. "
@@ -104,7 +96,6 @@ class JKOIFlowTrainer:
         self.log.setdefault("blocks", [])
         self.phases = ["initial"] + ["reparam"] * config.reparam_rounds + ["refine"] * config.refine_rounds
         self.cursor = {"phase": 0, "block": 0, "started": False, "done": False}
-        self._pushed: Pushed | None = None
 
     def resume(self) -> bool:
         """Continue from ``out/checkpoint.pt`` if present (see :func:`restore_state`)."""
@@ -124,10 +115,6 @@ class JKOIFlowTrainer:
         j = len(self.log["blocks"])
         seed = int(np.random.SeedSequence([self.cfg.seed, j, self.dist.rank]).generate_state(1, np.uint64)[0] >> 1)
         return torch.Generator(device=self.device).manual_seed(seed)
-
-    def _sum(self, values: list, what: str) -> list[float]:
-        """Sums over all ranks of per-rank float64 sums."""
-        return self.dist.sum(torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in values]), what).tolist()
 
     def _diverged(self, what: str, label: str, k: int, it: int) -> TrainingDivergedError:
         where = f"is in {self.out}" if self.out else "was not kept (no output folder)"
@@ -180,63 +167,11 @@ class JKOIFlowTrainer:
                 "peak_rss_bytes_rank0": peak_memory(self.device)["rss_bytes"]}
 
     # ------------------------------------------------------------------ phases
-    def _push(self, shard, blocks: slice, *, logdet: bool = False, measure=None):
-        """A new shard: ``shard`` pushed through ``flow.blocks[blocks]`` (adding to its logdet
-        with ``logdet``). ``measure(before, after, logdet)`` returns per-chunk sums (0-d
-        tensors), added up over the chunks and returned as floats beside the shard."""
-        # Python floats, not tensors: a small tensor kept from each chunk would be carved out of
-        # the chunk's freed temporaries, and the heap would grow by a chunk per chunk.
-        totals: list[float] = []
-
-        def step(u: Tensor, ld: Tensor | None):
-            y, d = push(self.flow, u, blocks=blocks, divergence="exact" if logdet else None, backend=self.backend)
-            ld = ld + d if logdet else ld
-            if measure is not None:
-                sums = [float(v) for v in measure(u, y, ld)]
-                totals[:] = sums if not totals else [a + b for a, b in zip(totals, sums)]
-            return y, ld
-
-        with torch.no_grad():
-            out = self.store.map(shard, step)
-            if measure is not None and not totals:  # an empty shard (more ranks than rows) adds zeros
-                empty = torch.empty(0, shard.dim, dtype=self.flow.loc.dtype, device=self.device)
-                totals = [float(v) for v in measure(empty, empty, empty[:, 0])]
-        return out, totals
-
-    def _drop(self, shard) -> None:
-        """Delete a pushed shard that is no longer needed (never the data itself)."""
-        if shard is not None and shard is not self.u_train and shard is not self.u_val:
-            shard.discard()
-
-    def _replace_pushed(self, pushed: Pushed | None) -> None:
-        if self._pushed is not None:
-            for old, new in ((self._pushed.train, pushed and pushed.train), (self._pushed.val, pushed and pushed.val)):
-                if old is not new:
-                    self._drop(old)
-        self._pushed = pushed
-
-    def _push_through(self, k: int) -> Pushed:
-        """This rank's train data (and val data with its log-det) pushed through the first k blocks."""
-        first = slice(0, k)
-        x = self._push(self.u_train, first)[0] if k else self.u_train
-        if self.u_val is None:
-            return Pushed(k, x, None)
-        v = self._push(self.u_val, first, logdet=True)[0] if k else self.u_val
-        return Pushed(k, x, v)
-
     def _start_phase(self, phase: str) -> None:
         """Re-time (reparam) or split (refine) the blocks at the start of a retraining round."""
         flow = self.flow
         if phase == "reparam":
-            x, movement = self.u_train, []
-            moved = lambda u, y, ld: ((y - u).square().sum(), torch.tensor(float(u.shape[0])))  # noqa: E731
-            for k in range(flow.num_blocks):
-                y, sums = self._push(x, slice(k, k + 1), measure=moved)
-                total, count = self._sum(sums, "measuring the block movements")
-                movement.append(math.sqrt(total / count))
-                self._drop(x)
-                x = y
-            self._drop(x)
+            movement = self.data.movements()
             flow.h = reparametrized_step_sizes(flow.h, movement, self.cfg.reparam_eta)
             self.log.setdefault("events", []).append({"reparam": {"movement": movement, "h": list(flow.h)}})
         elif phase == "refine":
@@ -246,7 +181,7 @@ class JKOIFlowTrainer:
                 for child in split_block(block):
                     flow.add_block(child, hk / 2)
             self.log.setdefault("events", []).append({"refine": {"blocks": flow.num_blocks}})
-        self._replace_pushed(None)  # the blocks changed: what was pushed through them is stale
+        self.data.invalidate()  # the blocks changed: what was pushed through them is stale
 
     def _label(self, phase_index: int) -> str:
         """"initial", or the round's name and number within its kind: "reparam1", "refine2"."""
@@ -264,9 +199,7 @@ class JKOIFlowTrainer:
                 self._start_phase(phase)
                 self.cursor["started"] = True
                 save_state(self)
-            if self._pushed is None or self._pushed.k != k:
-                self._replace_pushed(self._push_through(k))
-            x, v = self._pushed.train, self._pushed.val
+            x = self.data.through(k).train
             if phase == "initial":
                 # Checkpoints fall between blocks, so block k is always the next one to add.
                 if k != flow.num_blocks:
@@ -279,22 +212,11 @@ class JKOIFlowTrainer:
                 iters = cfg.retrain_iters or cfg.iters
             label = self._label(phase_index)
             entry = self.train_block(k, x, iters, label)
-            block = slice(k, k + 1)
-            ter = lambda u, y, ld: ((y - u).square().sum(), y.square().sum())  # noqa: E731
-            y, sums = self._push(x, block, measure=ter)
-            moved, size = self._sum(sums, "computing Ter(k)")
-            entry["ter"] = moved / size
-            if v is not None:
-                nll = lambda u, y, ld: (standard_normal_nll(y, ld).double().sum(),  # noqa: E731
-                                        torch.tensor(float(y.shape[0])))
-                v, sums = self._push(v, block, logdet=True, measure=nll)
-                total, count = self._sum(sums, "the validation NLL")
-                entry["val_nll_standardized"] = total / count
-            self._replace_pushed(Pushed(k + 1, y, v))
+            entry.update(self.data.past(k))
             self.log["blocks"].append(entry)
             self._advance(phase, phase_index, k, entry["ter"])
             save_state(self)
-        self._replace_pushed(None)
+        self.data.invalidate()
         return flow
 
     def _advance(self, phase: str, phase_index: int, k: int, ter: float) -> None:

@@ -33,7 +33,7 @@ _PUSH_ROWS = 8192           # rows per push piece (metrics.CHUNK): bounds the ta
 _WINDOW_BYTES = 1 << 20     # disk batches: contiguous windows of this size ...
 _WINDOWS_MIXED = 8          # ... this many at a time, shuffled together (8 MB resident, twice while shuffled)
 
-Pushed = Callable[[Tensor, Tensor | None], tuple[Tensor, Tensor | None]]
+PushFn = Callable[[Tensor, Tensor | None], tuple[Tensor, Tensor | None]]  # (points, logdet) -> pushed
 
 
 class MemoryShard:
@@ -172,7 +172,7 @@ class ShardStore:
                 yield u, (u.new_zeros(u.shape[0]) if with_logdet else None)
         return self.build(pieces(), rows.dim, with_logdet)
 
-    def map(self, shard, fn: Pushed):
+    def map(self, shard, fn: PushFn):
         """A new shard of ``fn(points, logdet)`` over ``shard``'s chunks (the push through a block)."""
         return self.build((fn(p, ld) for p, ld in shard.chunks()), shard.dim, shard_has_logdet(shard))
 

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .datasets.streaming import Rows, Summary, as_rows, scan
+from .datasets.scan import Summary, scan
+from .datasets.streaming import Rows, as_rows
 from .distributed import Dist
 from .jko_iflow_config import JKOIFlowConfig
 from .shard import ShardStore

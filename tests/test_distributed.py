@@ -202,3 +202,33 @@ def test_global_batch_must_split_evenly():
     flow = jkofast.Flow(2, dict(hidden=4, layers=1))
     with pytest.raises(ValueError, match="multiple of 3"):
         JKOIFlowTrainer(flow, JKOIFlowConfig(batch=256), torch.zeros(10, 2), dist=Dist(world=3))
+
+
+def test_torchrun_variables_must_be_complete(monkeypatch):
+    from jkofast.distributed import TIMEOUT_ENV, DistributedError, connect
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for var in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(DistributedError, match="launch with torchrun"):
+        connect("cpu")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert connect("cpu").world == 1
+    monkeypatch.setenv(TIMEOUT_ENV, "soon")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "1")
+    with pytest.raises(ValueError, match=TIMEOUT_ENV):
+        connect("cpu")
+
+
+def test_ranks_started_differently_are_refused():
+    from jkofast.distributed import DistributedError
+
+    class TwoRanks(Dist):  # what all_gather_object would return from two ranks
+        def gather(self, obj, what=""):
+            return [obj, {**obj, "lr": 0.1}]
+
+    with pytest.raises(DistributedError, match=r"rank\(s\) \[1\] were started with different settings"):
+        TwoRanks(world=2).check_same({"lr": 0.01}, "settings")

@@ -14,7 +14,8 @@ import torch
 import jkofast
 from jkofast import shard as shard_module
 from jkofast.datasets import streaming
-from jkofast.datasets.streaming import Rows, as_rows, open_npy, scan, split_rows
+from jkofast.datasets.scan import scan
+from jkofast.datasets.streaming import Rows, as_rows, open_npy, split_rows
 from jkofast.metrics import nll, sharded_nll
 from jkofast.shard import DiskShard, MemoryShard, ShardStore
 
@@ -166,6 +167,23 @@ def test_training_with_pushed_samples_on_disk(tmp_path, moons):
     val_nll = [f.info["val_nll"]["steps3"] for f in (disk, memory)]
     assert abs(val_nll[0]["mean"] - val_nll[1]["mean"]) < 3 * val_nll[0]["se"], val_nll
     assert disk.info["peak_memory"]["rss_bytes"] > 0
+
+
+def test_cli_trains_on_a_memory_mapped_file(tmp_path, capsys):
+    from jkofast.cli import main
+
+    np.save(tmp_path / "d.npy", jkofast.datasets.toy("8gaussians", 3000, seed=1))
+    args = ["--budget", "quick", "--iters", "15", "--blocks", "1", "--no-progress", "--no-plot", "--samples", "50"]
+    assert main(["train", "--data", str(tmp_path / "d.npy"), "--mmap", "--out", str(tmp_path / "run"), *args]) == 0
+    flow = jkofast.Flow.load(tmp_path / "run")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert flow.info["data"]["mmap"] is True and 200 < metrics["n_test"] < 400   # ~10% of 3000, by seeded draws
+    assert flow.info["n_train"] + metrics["n_test"] < 3000 and metrics["peak_memory"]["rss_bytes"] > 0
+    assert main(["eval", "--model", str(tmp_path / "run")]) == 0                  # the same lazy split again
+    assert f"{metrics['n_test']} points" in capsys.readouterr().out
+    np.save(tmp_path / "ints.npy", np.arange(10).reshape(5, 2))
+    assert main(["train", "--data", str(tmp_path / "ints.npy"), "--mmap", "--out", str(tmp_path / "bad"), *args]) == 2
+    assert "must hold a 2-D float array" in capsys.readouterr().err
 
 
 def test_a_memory_mapped_file_streams_without_loading_it_whole(tmp_path):

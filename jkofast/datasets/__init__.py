@@ -9,6 +9,7 @@ Everything here is plain numpy (float32 by default) and seeded through
     train, val, test = jkofast.datasets.load("wine")            # built-in real set (scikit-learn)
     train, val, test = jkofast.datasets.load_tabular("power", "~/maf-data")   # MAF benchmark
     train, val, test = jkofast.datasets.get("data/power.npy")   # load_array + split
+    x = jkofast.datasets.open_npy("big.npy")                     # memory map, read in chunks (streaming.py)
 
 Real sets come back in the space where the papers report NLL (standardized; ``patches`` and
 BSDS300 in MAF's pixel units), so ``flow.log_prob`` on them gives comparable nats.
@@ -23,11 +24,12 @@ import numpy as np
 from ._checks import check_count
 from .builtin import REAL_NAMES, load, real_name
 from .files import SUFFIXES, load_array, split
+from .streaming import open_npy, split_rows
 from .tabular import TABULAR_NAMES, load_tabular, tabular_name
 from .toy import TOY_NAMES, canonical_name, toy
 
 __all__ = ["toy", "TOY_NAMES", "load", "REAL_NAMES", "load_tabular", "TABULAR_NAMES", "load_array", "split",
-           "get", "builtin_name", "DATA_NAMES"]
+           "get", "builtin_name", "DATA_NAMES", "open_npy", "split_rows"]
 
 DATA_NAMES: tuple[str, ...] = TOY_NAMES + REAL_NAMES + TABULAR_NAMES  # every name get() knows
 

@@ -11,16 +11,13 @@
   groups of w consecutive ones and each group is dealt out to the w ranks in a seeded random
   order, so the shards are disjoint, cover every row, differ in size by at most one row, and
   each spans the whole file (a sorted file still gives every rank a fair sample).
-* :func:`scan` is the one pass over the data before training: finite check, mean and standard
-  deviation, and a fingerprint, split over the ranks by blocks of chunks and merged in block
-  order, so the result is the same for any number of processes.
+
+The one pass over the data before training (checks, statistics, fingerprint) is scan.py.
 """
 from __future__ import annotations
 
-import hashlib
 import mmap
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -28,13 +25,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["open_npy", "Rows", "as_rows", "split_rows", "scan", "Summary", "CHUNK_BYTES"]
+__all__ = ["open_npy", "Rows", "as_rows", "split_rows", "CHUNK_BYTES"]
 
 # Bytes per chunk read: sequential reads large enough for full disk speed, temporaries small
 # enough that glibc's allocator (whose mmap threshold grows to the largest block freed) keeps
 # only ~20 MB resident however large the file.
 CHUNK_BYTES = 1 << 20
-_SCAN_BLOCK = 64            # chunks per scan summary: what the ranks exchange stays ~1 KB per 64 MB
 _SPLIT_BLOCK = 1 << 16      # rows per seeded block of split draws: fixed, so splits never depend on chunking
 _DEAL_CELLS = 1 << 17       # (group, rank) cells per seeded block of shard permutations
 
@@ -110,11 +106,6 @@ class Rows:
             self._len = int(self.data.shape[0]) if self.keep is None else sum(
                 int(self._kept(c).sum()) for c in range(self.num_chunks))
         return self._len
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the kept rows in their stored dtype."""
-        return len(self) * self.dim * self.data.dtype.itemsize
 
     def _kept(self, c: int) -> np.ndarray:
         """Which rows of chunk c are in the table (boolean mask)."""
@@ -256,72 +247,3 @@ def split_rows(data, val_fraction: float = 0.1, test_fraction: float = 0.1, seed
     test, val, train = (Rows(data, name, keep=(seed, lo, hi))
                         for name, lo, hi in zip(("test", "val", "x"), cuts[:-1], cuts[1:]))
     return train, val, test
-
-
-@dataclass
-class Summary:
-    """What :func:`scan` found: row count, per-column mean and standard deviation (float64,
-    ddof 1) and the fingerprint (sha256 hex)."""
-    n: int
-    mean: np.ndarray
-    std: np.ndarray
-    fingerprint: str
-
-
-def _chunk_summary(rows: Tensor) -> tuple:
-    # In place where possible: this runs on every chunk of a file that may not fit in memory,
-    # and each full-size temporary adds to the resident set the allocator keeps.
-    x = rows.to(torch.float64, copy=True)  # a copy even for float64: rows may be the caller's array
-    finite = torch.isfinite(x).all(dim=1)
-    bad = int(x.shape[0] - finite.sum())
-    first_bad = int((~finite).nonzero()[0, 0]) if bad else -1
-    if bad:
-        x = x[finite]
-    mean = x.mean(0) if x.shape[0] else x.new_zeros(x.shape[1])
-    m2 = x.sub_(mean).square_().sum(0)
-    digest = hashlib.sha256(memoryview(np.ascontiguousarray(rows.cpu().numpy())).cast("B")).digest()
-    return x.shape[0], mean.cpu().numpy(), m2.cpu().numpy(), digest, bad, first_bad
-
-
-def _merge(into: list, n: int, mean: np.ndarray, m2: np.ndarray) -> None:
-    """Add a part (n, mean, M2) to the running [n, mean, M2]: Chan et al.'s pairwise update."""
-    if n:
-        delta, total = mean - into[1], into[0] + n
-        into[:] = [total, into[1] + delta * (n / total), into[2] + m2 + delta ** 2 * (into[0] * n / total)]
-
-
-def _block_summary(rows: Rows, b: int) -> tuple:
-    """Chunks b * _SCAN_BLOCK ... merged in order: (b, n, mean, M2, digest, bad rows, first bad row)."""
-    moments, digest, bad, first = [0, np.zeros(rows.dim), np.zeros(rows.dim)], hashlib.sha256(), 0, -1
-    for c in range(b * _SCAN_BLOCK, min((b + 1) * _SCAN_BLOCK, rows.num_chunks)):
-        n, mean, m2, chunk_digest, chunk_bad, chunk_first = _chunk_summary(rows.read_chunk(c))
-        _merge(moments, n, mean, m2)
-        digest.update(chunk_digest)
-        if chunk_bad and first < 0:
-            first = rows.base_index(c, chunk_first)
-        bad += chunk_bad
-    return b, *moments, digest.digest(), bad, first
-
-
-def scan(rows: Rows, dist=None) -> Summary:
-    """One pass over ``rows``: refuse NaN/inf (count and first row), and return their
-    :class:`Summary`. Under a process group each rank reads every world-th block of chunks and
-    the block results are merged in block order on every rank, so every rank, and any number
-    of ranks, gets the same numbers."""
-    rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
-    blocks = -(-rows.num_chunks // _SCAN_BLOCK)
-    mine = [_block_summary(rows, b) for b in range(rank, blocks, world)]
-    parts = sorted((p for part in (dist.gather(mine, f"scanning {rows.name}") if dist else [mine]) for p in part),
-                   key=lambda p: p[0])
-    digest = hashlib.sha256(f"{(len(rows), rows.dim)}{rows.dtype_name}".encode())
-    moments, bad, first = [0, np.zeros(rows.dim), np.zeros(rows.dim)], 0, -1
-    for _, n, mean, m2, block_digest, block_bad, block_first in parts:
-        _merge(moments, n, mean, m2)
-        digest.update(block_digest)
-        bad += block_bad
-        first = block_first if first < 0 else first
-    if bad:
-        raise ValueError(f"{rows.name} has {bad} row(s) with NaN or inf values (first: row {first})")
-    n, mean, m2 = moments
-    std = np.sqrt(m2 / (n - 1)) if n > 1 else np.full(rows.dim, np.nan)
-    return Summary(n, mean, std, digest.hexdigest())
