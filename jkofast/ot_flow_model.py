@@ -8,10 +8,11 @@ negative gradient is the velocity, with its gradient, time derivative and Laplac
 The velocity is v = -grad_x Phi, so div v = -tr(Hess_x Phi). Every activation is elementwise and
 everything else linear, so the Hessian's trace is a sum over the network's units,
 sum_units (dPhi/d out) sigma''(in) |grad_x in|^2, plus tr(A_x^T A_x): one forward pass carrying the
-(B, m, d) Jacobian of each layer and one backward pass for dPhi/du, no second autograd pass. The
+Jacobian of each layer and one backward pass for dPhi/du, no second autograd pass. The
 code is plain differentiable torch, so training backpropagates through it.
 
-Layouts: x (B, d); t a 0-d tensor or (B,); K_0 (m, d + 1); K_i (m, m); A (r, d + 1).
+Layouts: x (B, d); t a 0-d tensor or (B,); K_0 (m, d + 1); K_i (m, m); A (r, d + 1); the
+Jacobian d u_i / dx as d rows per sample, (B, d, m).
 """
 from __future__ import annotations
 
@@ -106,16 +107,17 @@ class OTFlowPotential(Field):
         grad_s = (slopes[0] * grads[0]) @ self.opening.weight + s @ sym + self.b
         if not laplacian:
             return grad_s[:, :d], grad_s[:, d], None
-        # Trace of the x-Hessian: each unit adds (dPhi/d its output) sigma''(z) |grad_x z|^2.
+        # Trace of the x-Hessian: each unit adds (dPhi/d its output) sigma''(z) |grad_x z|^2. The
+        # Jacobians ride as d rows per sample, (B, d, m), so each layer's product is one GEMM.
         k0x = self.opening.weight[:, :d]                       # (m, d)
         curv = [1 - sl.square() for sl in slopes]              # sigma''(z_i)
         lap = (curv[0] * grads[0]) @ k0x.square().sum(1)
-        jac = slopes[0].unsqueeze(2) * k0x                     # du_0/dx, (B, m, d)
+        jac = slopes[0].unsqueeze(1) * k0x.t()                 # du_0/dx, (B, d, m)
         for i, layer in enumerate(self.residual, start=1):
-            kj = torch.matmul(layer.weight, jac)               # dz_i/dx, (B, m, d)
-            lap = lap + h * ((curv[i] * grads[i]) * kj.square().sum(2)).sum(1)
+            kj = jac @ layer.weight.t()                        # dz_i/dx, (B, d, m)
+            lap = lap + h * ((curv[i] * grads[i]).unsqueeze(1) * kj.square()).sum((1, 2))
             if i < len(self.residual):
-                jac = jac + h * slopes[i].unsqueeze(2) * kj
+                jac = jac + h * slopes[i].unsqueeze(1) * kj
         lap = lap + sym[:d, :d].diagonal().sum()
         return grad_s[:, :d], grad_s[:, d], lap
 
