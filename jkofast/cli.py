@@ -39,8 +39,10 @@ _METHOD_OPTIONS = {"rounds": (int, "jko-flow"), "alpha": (float, "jko-flow"), "a
 
 
 def _load_data(spec: dict):
-    """(train, val, test) for a data spec {"name", "seed", "n_train", "n_val", "n_test"}."""
-    return datasets.get(spec["name"], spec["n_train"], spec["n_val"], spec["n_test"], seed=spec["seed"])
+    """(train, val, test) for a data spec {"name", "seed", "n_train", "n_val", "n_test"} (MAF
+    sets also "root", and "allow_pickle" if given)."""
+    return datasets.get(spec["name"], spec["n_train"], spec["n_val"], spec["n_test"], seed=spec["seed"],
+                        root=spec.get("root"), allow_pickle=spec.get("allow_pickle", False))
 
 
 def _as_tensor(a: np.ndarray, flow: Flow) -> torch.Tensor:
@@ -66,14 +68,29 @@ def _print_evaluation(metrics: dict, steps: list[int]) -> None:
 
 
 def _data_spec(args) -> dict:
-    name = args.data
-    if datasets.canonical_name(name) is None:
-        path = Path(name)
+    name = datasets.builtin_name(args.data)
+    if name is None:
+        path = Path(args.data)
         if not path.is_file():
-            raise SystemExit(f"error: --data {name!r} is neither a built-in data set "
-                             f"({', '.join(datasets.TOY_NAMES)}) nor an existing .npy/.csv file")
+            raise SystemExit(f"error: --data {args.data!r} is neither a built-in data set "
+                             f"({', '.join(datasets.DATA_NAMES)}) nor an existing .npy/.csv file")
         name = str(path.resolve())
-    return {"name": name, "seed": args.seed, "n_train": args.n_train, "n_val": args.n_val, "n_test": args.n_test}
+    spec = {"name": name, "seed": args.seed, "n_train": args.n_train, "n_val": args.n_val, "n_test": args.n_test}
+    return _with_root(spec, name, args)
+
+
+def _with_root(spec: dict, name: str, args) -> dict:
+    """Add --data-root (and --allow-pickle) to a MAF set's spec; refuse a MAF set without a root."""
+    root = getattr(args, "data_root", None) or spec.get("root")
+    if datasets.tabular_name(name) is None:
+        return spec
+    if root is None:
+        raise SystemExit(f"error: --data {name} reads your copy of the MAF files: add --data-root DIR, the folder "
+                         f"holding {name}/... (see the README, section 'Data sets')")
+    spec["root"] = str(Path(root).expanduser().resolve())
+    if getattr(args, "allow_pickle", False):
+        spec["allow_pickle"] = True
+    return spec
 
 
 def cmd_train(args) -> int:
@@ -118,6 +135,8 @@ def _flow_and_data(args):
     if getattr(args, "data", None):
         spec = {"name": args.data, "seed": spec.get("seed", 0), "n_train": 1, "n_val": 1,
                 "n_test": spec.get("n_test", 20_000)}
+    if "name" in spec:
+        spec = _with_root(spec, spec["name"], args)
     if getattr(args, "n_test", None):
         spec["n_test"] = args.n_test
     if "name" not in spec:
@@ -157,13 +176,21 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def _add_data_root(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", default=None, help=f"MAF sets ({', '.join(datasets.TABULAR_NAMES)}): the "
+                   "folder holding power/data.npy, gas/..., hepmass/..., miniboone/..., BSDS300/...")
+    p.add_argument("--allow-pickle", action="store_true", help="GAS: read gas/ethylene_CO.pickle (unpickling "
+                   "runs code from the file: only for a file you trust; a .csv next to it needs no pickle)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jkofast", description=__doc__.split("\n\n")[0])
     p.add_argument("--version", action="version", version=f"jkofast {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a flow; writes model, checkpoint, log, metrics, samples, plot")
-    t.add_argument("--data", required=True, help=f"built-in set ({', '.join(datasets.TOY_NAMES)}) or a .npy/.csv file")
+    t.add_argument("--data", required=True, help=f"built-in set ({', '.join(datasets.DATA_NAMES)}) or a .npy/.csv file")
+    _add_data_root(t)
     t.add_argument("--out", required=True, help="output folder (a rerun with the same folder resumes)")
     t.add_argument("--method", default="jko-iflow", choices=METHODS)
     t.add_argument("--budget", default="default", choices=sorted(BUDGETS))
@@ -197,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
         c.set_defaults(func=fn)
         if name in ("eval", "plot"):
             c.add_argument("--data", default=None, help="data set (default: the one the model was trained on)")
+            _add_data_root(c)
             c.add_argument("--n-test", type=int, default=None)
     sub.choices["eval"].add_argument("--steps", type=int, nargs="+", default=None, help="RK4 steps per block")
     sub.choices["eval"].add_argument("--json", default=None, help="also write the numbers to this file")
@@ -213,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CheckpointError, FileNotFoundError, FloatingPointError, ValueError, TypeError) as exc:
+    except (CheckpointError, FileNotFoundError, FloatingPointError, ImportError, ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

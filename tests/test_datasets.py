@@ -11,14 +11,15 @@ ALIASES = {
     "two_moons": "moons", "twomoons": "moons", "eight_gaussians": "8gaussians",
     "8_gaussians": "8gaussians", "swiss_roll": "swissroll", "two_spirals": "2spirals",
     "spirals": "2spirals", "MOONS": "moons", "Two-Moons": "moons",
+    "fractal-tree": "fractal_tree", "fractal tree": "fractal_tree", "tree": "fractal_tree", "Rose": "rose",
 }
 
 
 # ----------------------------------------------------------------------------- toy: generic
 
-def test_toy_names_are_the_eight_ffjord_sets():
+def test_toy_names_are_the_eight_ffjord_sets_and_the_two_jko_iflow_pictures():
     assert set(datasets.TOY_NAMES) == {"moons", "8gaussians", "checkerboard", "pinwheel",
-                                       "swissroll", "2spirals", "rings", "circles"}
+                                       "swissroll", "2spirals", "rings", "circles", "rose", "fractal_tree"}
 
 
 @pytest.mark.parametrize("name", datasets.TOY_NAMES)
@@ -146,6 +147,46 @@ def test_pinwheel_five_arms():
     phi = np.arctan2(x[:, 1], x[:, 0])
     untwisted = abs(np.exp(5j * (phi + 0.25 * np.exp(r / 2))).mean())
     assert untwisted > 0.8  # about 0.85; uniform angles would give ~0
+
+
+def test_picture_sampler_places_pixels_and_jitters_by_half_a_pixel():
+    from jkofast.datasets.drawn import sample_ink
+
+    # One inked pixel at row 3, column 5 of a 10 x 20 picture: its centre on the [-4, 4]^2 grid,
+    # and Gaussian jitter with std (4 / width, 4 / height) = (0.2, 0.4) (shared/METHOD.md 5.3).
+    ink = np.zeros((10, 20), dtype=bool)
+    ink[3, 5] = True
+    x = sample_ink(ink, np.random.default_rng(0), 100_000)
+    np.testing.assert_allclose(x.mean(0), [np.linspace(-4, 4, 20)[5], np.linspace(-4, 4, 10)[3]], atol=0.01)
+    np.testing.assert_allclose(x.std(0), [0.2, 0.4], rtol=0.02)
+    # Two pixels get equal mass (binary ink).
+    ink[8, 15] = True
+    x = sample_ink(ink, np.random.default_rng(1), 20_000)
+    assert abs((x[:, 0] > 0).mean() - 0.5) < 0.02
+
+
+def test_rose_lies_on_the_rose_curve_with_eight_equal_petals():
+    x = datasets.toy("rose", 4000, seed=0).astype(np.float64)
+    theta = np.linspace(0.0, 2 * math.pi, 8000)  # curve length ~70: points ~0.01 apart
+    curve = 3.6 * np.cos(4 * theta)[:, None] * np.stack([np.cos(theta), np.sin(theta)], axis=1)
+    dist = np.concatenate([np.sqrt(((xs[:, None, :] - curve[None]) ** 2).sum(-1)).min(1)
+                           for xs in np.array_split(x, 20)])
+    # Stroke half-width 0.08, plus half a pixel diagonal (0.022) and 3 jitter sigmas (3 * 4/256).
+    assert (dist < 0.15).mean() > 0.995
+    petal = np.rint(np.arctan2(x[:, 1], x[:, 0]) / (math.pi / 4)).astype(int) % 8
+    np.testing.assert_allclose(np.bincount(petal, minlength=8) / len(x), 1 / 8, atol=0.02)
+
+
+def test_fractal_tree_shape():
+    x = datasets.toy("fractal_tree", 20_000, seed=0).astype(np.float64)
+    assert np.abs(x).max() < 4.0
+    assert abs(x[:, 0].mean()) < 0.05  # left-right symmetric
+    # The trunk: a thick vertical stroke at x = 0 holding the lowest points.
+    low = x[x[:, 1] < np.quantile(x[:, 1], 0.1)]
+    assert np.abs(low[:, 0]).max() < 0.3
+    # A tree spreads out upwards: the top third is much wider than the bottom third.
+    top, bottom = x[x[:, 1] > 1.0], x[x[:, 1] < -1.5]
+    assert top[:, 0].std() > 5 * bottom[:, 0].std()
 
 
 # ----------------------------------------------------------------------------- load_array

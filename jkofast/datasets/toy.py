@@ -1,4 +1,5 @@
-"""The 2-D toy densities of FFJORD's ``inf_train_gen`` (Grathwohl et al., 2019), in numpy.
+"""The 2-D toy densities of FFJORD's ``inf_train_gen`` (Grathwohl et al., 2019), in numpy,
+and the picture-based ``rose`` and ``fractal_tree`` of JKO-iFlow (drawn procedurally: drawn.py).
 
 Each generator ``_name(rng, n)`` returns a float64 (n, 2) array drawn from a
 ``np.random.Generator``; :func:`toy` validates the arguments, dispatches by name and casts.
@@ -18,6 +19,9 @@ import math
 from typing import Callable
 
 import numpy as np
+
+from ._checks import check_count, float_dtype
+from .drawn import fractal_tree_ink, rose_ink, sample_ink
 
 __all__ = ["toy", "TOY_NAMES"]
 
@@ -106,6 +110,16 @@ def _circles(rng: np.random.Generator, n: int) -> np.ndarray:
     return 3.0 * _shuffled(rng, x)  # noise added before the scaling, as in FFJORD
 
 
+def _rose(rng: np.random.Generator, n: int) -> np.ndarray:
+    """The rose curve r = 3.6 cos(4 theta) as a stroke, sampled like JKO-iFlow's pictures."""
+    return sample_ink(rose_ink(), rng, n)
+
+
+def _fractal_tree(rng: np.random.Generator, n: int) -> np.ndarray:
+    """A 10-level fractal tree in [-3.8, 3.8]^2, sampled like JKO-iFlow's pictures."""
+    return sample_ink(fractal_tree_ink(), rng, n)
+
+
 _GENERATORS: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
     "moons": _moons,
     "8gaussians": _eight_gaussians,
@@ -115,6 +129,8 @@ _GENERATORS: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
     "2spirals": _two_spirals,
     "rings": _rings,
     "circles": _circles,
+    "rose": _rose,
+    "fractal_tree": _fractal_tree,
 }
 
 TOY_NAMES: tuple[str, ...] = tuple(_GENERATORS)
@@ -128,6 +144,9 @@ _ALIASES: dict[str, str] = {
     "swiss_roll": "swissroll",
     "two_spirals": "2spirals",
     "spirals": "2spirals",
+    "fractaltree": "fractal_tree",
+    "fractal tree": "fractal_tree",
+    "tree": "fractal_tree",
 }
 
 
@@ -143,8 +162,8 @@ def toy(name: str, n: int, seed=0, dtype=np.float32) -> np.ndarray:
 
     Arguments:
         name: one of :data:`TOY_NAMES` (``"moons"``, ``"8gaussians"``, ``"checkerboard"``,
-            ``"pinwheel"``, ``"swissroll"``, ``"2spirals"``, ``"rings"``, ``"circles"``) or an
-            alias (``"two_moons"``, ``"eight_gaussians"``, ``"swiss_roll"``, ``"spirals"``, ...);
+            ``"pinwheel"``, ``"swissroll"``, ``"2spirals"``, ``"rings"``, ``"circles"``, ``"rose"``,
+            ``"fractal_tree"``) or an alias (``"two_moons"``, ``"eight_gaussians"``, ``"swiss_roll"``, ``"spirals"``, ...);
             case-insensitive.
         n: number of samples, an integer >= 1.
         seed: anything ``np.random.default_rng`` accepts (int, ``SeedSequence``, ``None`` for
@@ -158,13 +177,6 @@ def toy(name: str, n: int, seed=0, dtype=np.float32) -> np.ndarray:
     key = canonical_name(name)
     if key is None:
         raise ValueError(f"unknown toy data set {name!r}; must be one of {list(TOY_NAMES)}")
-    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be an integer >= 1, got {n!r}")
-    try:
-        dt = np.dtype(dtype)
-    except TypeError as e:
-        raise ValueError(f"dtype must be a numpy floating dtype, got {dtype!r}") from e
-    if dt.kind != "f":
-        raise ValueError(f"dtype must be a numpy floating dtype (e.g. np.float32), got {dt}")
-    x = _GENERATORS[key](np.random.default_rng(seed), int(n))
+    n, dt = check_count(n, "n"), float_dtype(dtype)
+    x = _GENERATORS[key](np.random.default_rng(seed), n)
     return np.ascontiguousarray(x, dtype=dt)
