@@ -5,7 +5,8 @@ The public API (see README.md)::
     field = jkofast.VelocityField(dim, hidden=128, layers=3, activation="softplus")
     f, div = jkofast.divergence(field, x, t, method="exact")
     x1, logdet, kinetic = jkofast.rk4(field, x, t0, t1, steps)
-    flow = jkofast.train(x_train, method="jko-iflow", val=x_val)
+    flow = jkofast.train(x_train, method="jko-iflow", val=x_val)   # or "jko-flow", "interpolant"
+    scores = jkofast.evaluate(flow, x_test)                        # NLL +/- s.e., MMD, training cost
     z, logdet = flow.transform(x); x = flow.inverse(z); flow.log_prob(x); flow.sample(n)
     flow.save(path); flow = jkofast.Flow.load(path)
     x = jkofast.datasets.toy("moons", n, seed=0)
@@ -14,9 +15,11 @@ from ._version import __version__
 from . import datasets
 from ._extension import CompiledExtensionWarning
 from .divergence import divergence, velocity
+from .evaluate import evaluate
 from .field import Field, VelocityField
 from .flow import Flow
 from .integrate import rk4
 from .train import train
 
-__all__ = ["__version__", "CompiledExtensionWarning", "datasets", "divergence", "Field", "VelocityField", "Flow", "rk4", "train", "velocity"]
+__all__ = ["__version__", "CompiledExtensionWarning", "datasets", "divergence", "evaluate", "Field", "VelocityField",
+           "Flow", "rk4", "train", "velocity"]

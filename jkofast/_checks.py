@@ -48,3 +48,12 @@ def check_choice(value, name: str, choices) -> str:
     if value not in choices:
         raise ValueError(f"invalid {name} {value!r}; must be one of {sorted(choices)}")
     return value
+
+
+def check_number(value, name: str, *, low: float = 0.0, strict: bool = True) -> float:
+    """A real number > low (>= low with ``strict=False``); bools and strings are refused by type."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    if not (value > low if strict else value >= low) or value != value:
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {low}, got {value!r}")
+    return float(value)

@@ -26,6 +26,7 @@ from ._version import __version__
 from .checkpoint import CheckpointError
 from .datasets.streaming import Rows, open_npy, split_rows
 from .distributed import DistributedError
+from .evaluate import evaluate
 from .flow import Flow
 from .jko_iflow import TrainingDivergedError
 from .jko_iflow_config import BUDGETS, JKOIFlowConfig
@@ -40,6 +41,11 @@ _TRAIN_OPTIONS = {"blocks": int, "hidden": int, "layers": int, "activation": str
                   "reparam_rounds": int, "refine_rounds": int, "retrain_iters": int, "dtype": str,
                   "tableau": str, "transport": str, "time": bool, "free_block": bool, "warm_start": bool,
                   "pushed_storage": str, "scratch_dir": str}
+# CLI flag -> option of the other methods (jkofast.train checks which method has which).
+_METHOD_OPTIONS = {"rounds": (int, "jko-flow"), "alpha": (float, "jko-flow"), "alpha_r": (float, "jko-flow"),
+                   "init": (str, "jko-flow"), "interpolant": (str, "interpolant"),
+                   "time_beta": (float, "interpolant"), "lr_final": (float, "all methods"),
+                   "checkpoint_every": (int, "interpolant")}
 
 
 def _load_data(spec: dict):
@@ -57,13 +63,33 @@ def _as_array(data, n: int | None = None) -> np.ndarray:
     return data.head(n or 20_000) if isinstance(data, Rows) else data[:n]
 
 
-def _evaluate(flow: Flow, test, steps: list[int], dist=None) -> dict:
-    """Test NLL per grid; under a process group each rank evaluates its shard (same numbers)."""
+def _evaluate_sharded(flow: Flow, test, steps: list[int], dist) -> dict:
+    """Test NLL per grid (data space) under a process group or for memory-mapped data: each rank
+    evaluates its shard, the sums are reduced (same numbers on every rank)."""
     out = {"n_test": len(test)}
     for s in steps:
         mean, se = sharded_nll(flow, test, dist, steps=s)
         out[f"nll_steps{s}"] = {"mean": mean, "se": se}
     return out
+
+
+def _print_evaluation(metrics: dict, steps: list[int]) -> None:
+    for s in steps:
+        m, u = metrics[f"nll_steps{s}"], metrics.get(f"nll_standardized_steps{s}")
+        standardized = f"; {u['mean']:.4f} +/- {u['se']:.4f} (standardized)" if u else ""
+        print(f"test NLL ({s} RK4 steps per block, {metrics['n_test']} points): {m['mean']:.4f} +/- {m['se']:.4f} "
+              f"nats (data space){standardized}")
+    if "mmd" in metrics:
+        m = metrics["mmd"]
+        print(f"MMD^2 ({m['n']} samples vs {m['n']} test points, Gaussian kernel, V-statistic): "
+              f"{m['mmd_c']:.3e} at bandwidth 0.1 x median = {0.1 * m['median_distance']:.4g} (MMD-c); "
+              f"{m['mmd_m']:.3e} at the median (MMD-m)")
+    t = metrics.get("training") or {}
+    if t.get("train_batches") is not None:
+        res = t.get("resources") or {}
+        print(f"training ({t['method']}): {t['train_batches']} batches of {t['batch_size']}, {t['train_seconds']:.1f} s "
+              f"training, {res.get('wall_seconds', float('nan')):.1f} s wall, peak memory "
+              f"{res.get('peak_mb', float('nan')):.0f} MB ({res.get('kind', '?')})")
 
 
 def _memory_map(path: Path, choice: bool | None) -> bool:
@@ -119,7 +145,7 @@ def _shape(data) -> tuple:
 def _train_and_report(args, dist) -> int:
     spec = _data_spec(args)
     x_train, x_val, x_test = _load_data(spec)
-    options = {k: getattr(args, k) for k in _TRAIN_OPTIONS if getattr(args, k) is not None}
+    options = {k: getattr(args, k) for k in [*_TRAIN_OPTIONS, *_METHOD_OPTIONS] if getattr(args, k) is not None}
     options["seed"] = args.seed
     out = Path(args.out)
     say = print if dist.main else (lambda *a, **k: None)
@@ -136,8 +162,11 @@ def _train_and_report(args, dist) -> int:
     except CheckpointError as exc:
         print(f"error: {exc}\n(pass --restart to start over, or choose another --out)", file=sys.stderr)
         return 2
-    grids = JKOIFlowConfig.from_dict(flow.info["config"]).eval_grids()
-    metrics = _evaluate(flow, x_test, grids, dist)
+    grids = flow.info["eval_grids"]
+    if dist.world > 1 or isinstance(x_test, Rows):
+        metrics = _evaluate_sharded(flow, x_test, grids, dist)
+    else:
+        metrics = evaluate(flow, x_test, steps=grids, mmd_points=0)
     metrics.update(blocks=flow.num_blocks, train_seconds=flow.info["train_seconds"], world_size=dist.world,
                    total_seconds=round(time.perf_counter() - start, 3), peak_memory=peak_memory_of_run(dist))
     if not dist.main:
@@ -150,9 +179,7 @@ def _train_and_report(args, dist) -> int:
         plot_flow(flow, _as_array(x_test), out / "plot.png", samples=samples,
                   title=f"{spec['name']}: {flow.num_blocks} blocks")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    for s in grids:
-        m = metrics[f"nll_steps{s}"]
-        print(f"test NLL ({s} RK4 steps per block): {m['mean']:.4f} +/- {m['se']:.4f} nats")
+    _print_evaluation(metrics, grids)
     peak = metrics["peak_memory"]["rss_bytes_max"] / 2**20
     print(f"{flow.num_blocks} blocks, training {metrics['train_seconds']:.1f} s, total "
           f"{metrics['total_seconds']:.1f} s, peak memory {peak:.0f} MB per process; wrote "
@@ -179,10 +206,11 @@ def cmd_eval(args) -> int:
     flow, spec = _flow_and_data(args)
     test = _load_data(spec)[2]
     steps = args.steps or [flow.steps]
-    metrics = _evaluate(flow, test, steps)
-    for s in steps:
-        m = metrics[f"nll_steps{s}"]
-        print(f"test NLL ({s} RK4 steps per block, {len(test)} points): {m['mean']:.4f} +/- {m['se']:.4f} nats")
+    if isinstance(test, Rows):  # a memory-mapped data set: NLL streamed in chunks, no MMD
+        metrics = _evaluate_sharded(flow, test, steps, None)
+    else:
+        metrics = evaluate(flow, test, steps=steps, mmd_points=args.mmd_points, seed=args.seed)
+    _print_evaluation(metrics, steps)
     if args.json:
         Path(args.json).write_text(json.dumps(metrics, indent=2))
     return 0
@@ -236,11 +264,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     for flag, kind in _TRAIN_OPTIONS.items():
-        name, preset = "--" + flag.replace("_", "-"), f"(default preset: {getattr(JKOIFlowConfig(), flag)})"
+        name, preset = "--" + flag.replace("_", "-"), f"(jko-iflow's default preset: {getattr(JKOIFlowConfig(), flag)})"
         if kind is bool:
             t.add_argument(name, dest=flag, action=argparse.BooleanOptionalAction, default=None, help=preset)
         else:
             t.add_argument(name, dest=flag, type=kind, default=None, help=preset)
+    for flag, (kind, owner) in _METHOD_OPTIONS.items():
+        t.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, default=None, help=f"({owner})",
+                       **({"nargs": 2, "metavar": ("A", "B")} if flag == "time_beta" else {}))
     t.add_argument("--n-train", type=int, default=50_000, help="built-in sets: training points")
     t.add_argument("--n-val", type=int, default=5_000, help="built-in sets: validation points")
     t.add_argument("--n-test", type=int, default=20_000, help="built-in sets: test points")
@@ -268,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("info", help="version, the torch it was built for, compiled backends, GPU").set_defaults(func=cmd_info)
     sub.choices["eval"].add_argument("--steps", type=int, nargs="+", default=None, help="RK4 steps per block")
     sub.choices["eval"].add_argument("--json", default=None, help="also write the numbers to this file")
+    sub.choices["eval"].add_argument("--mmd-points", type=int, default=10_000,
+                                     help="samples and test points for the MMD (0: skip it)")
     sub.choices["plot"].add_argument("--out", required=True, help="PNG file")
     sub.choices["sample"].add_argument("--n", type=int, default=10_000)
     sub.choices["sample"].add_argument("--steps", type=int, default=None)

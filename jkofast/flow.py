@@ -12,12 +12,16 @@ from .checkpoint import CheckpointError, load_payload, require, save_payload
 from .field import VelocityField
 from .integrate import rk4
 from .metrics import standard_normal_nll
+from .ot_flow_model import OTFlowPotential
 from .reference import TABLEAUS
 
 __all__ = ["Flow", "MODEL_FILE"]
 
 MODEL_FILE = "model.pt"  # what Flow.save writes into a folder, and Flow.load reads from one
 _KIND = "jkofast.flow"
+# What a block can be: the MLP velocity field (jko-iflow, interpolant) or OT-Flow's potential,
+# whose velocity is -grad Phi (jko-flow). Both are Fields, so rk4 integrates either.
+BLOCK_KINDS = {"velocity": VelocityField, "ot-potential": OTFlowPotential}
 
 
 def _model_path(path: str | os.PathLike) -> Path:
@@ -28,16 +32,19 @@ def _model_path(path: str | os.PathLike) -> Path:
 class Flow(nn.Module):
     """A continuous normalizing flow F = T_L o ... o T_1 o standardize, from data to N(0, I).
 
-    Block k integrates its :class:`~jkofast.VelocityField` over unit time with RK4; ``h[k]`` is
-    the JKO step size it was trained with. The standardization (``loc``, ``scale``) is part of
+    Block k integrates its field over unit time with RK4: a :class:`~jkofast.VelocityField`
+    (``block="velocity"``) or an OT-Flow potential whose velocity is -grad Phi
+    (``block="ot-potential"``, :class:`~jkofast.ot_flow_model.OTFlowPotential`). ``h[k]`` is the
+    JKO step size it was trained with (``inf``: none). The standardization (``loc``, ``scale``) is part of
     the model, so :meth:`log_prob` is the density in the user's data space.
 
     Arguments:
         dim: data dimension d.
-        field: keyword arguments of each block's :class:`~jkofast.VelocityField`.
+        field: keyword arguments of each block's field (its class is given by ``block``).
         steps: RK4 steps per block (the training grid); methods take ``steps=`` to use a finer one.
         tableau: ``"rk4"`` or ``"rk4-3/8"``.
         loc, scale: standardization, ``u = (x - loc) / scale``; (d,) each. Default: identity.
+        block: ``"velocity"`` or ``"ot-potential"``: the class of every block.
 
     Examples:
         >>> flow = Flow(2, dict(hidden=8, layers=1))
@@ -49,12 +56,13 @@ class Flow(nn.Module):
     """
 
     def __init__(self, dim: int, field: dict | None = None, *, steps: int = 3, tableau: str = "rk4",
-                 loc: Tensor | None = None, scale: Tensor | None = None) -> None:
+                 loc: Tensor | None = None, scale: Tensor | None = None, block: str = "velocity") -> None:
         super().__init__()
         self.dim = check_positive_int(dim, "dim")
         self.field_config = dict(field or {})
         self.steps = check_positive_int(steps, "steps")
         self.tableau = check_choice(tableau, "tableau", TABLEAUS)
+        self.block_kind = check_choice(block, "block", BLOCK_KINDS)
         self.blocks = nn.ModuleList()
         self.h: list[float] = []  # JKO step size of each block (a list: .to(dtype) must not round it)
         loc = torch.zeros(dim) if loc is None else torch.as_tensor(loc).reshape(-1)
@@ -70,12 +78,16 @@ class Flow(nn.Module):
         self.info: dict = {}  # how the flow was trained (method, data, settings); saved with it
 
     # ------------------------------------------------------------------ building
-    def new_field(self) -> VelocityField:
-        """A freshly initialised block field with this flow's field configuration, dtype and device."""
-        return VelocityField(self.dim, **self.field_config).to(self.loc.device, self._dtype)
+    def new_field(self) -> VelocityField | OTFlowPotential:
+        """A freshly initialised block field with this flow's block kind, field configuration,
+        dtype and device."""
+        return BLOCK_KINDS[self.block_kind](self.dim, **self.field_config).to(self.loc.device, self._dtype)
 
-    def add_block(self, field: VelocityField, h: float) -> None:
+    def add_block(self, field: VelocityField | OTFlowPotential, h: float) -> None:
         """Append a block (its field and its JKO step size h; ``inf`` for a free block)."""
+        if not isinstance(field, BLOCK_KINDS[self.block_kind]):
+            raise TypeError(f"this flow's blocks are {BLOCK_KINDS[self.block_kind].__name__} "
+                            f"(block={self.block_kind!r}), got a {type(field).__name__}")
         if field.dim != self.dim:
             raise ValueError(f"block field has dim {field.dim}, the flow has dim {self.dim}")
         self.blocks.append(field)
@@ -164,7 +176,8 @@ class Flow(nn.Module):
     # ------------------------------------------------------------------ persistence
     def config(self) -> dict:
         """The constructor arguments (weights aside): enough to rebuild an empty flow."""
-        return {"dim": self.dim, "field": dict(self.field_config), "steps": self.steps, "tableau": self.tableau}
+        return {"dim": self.dim, "field": dict(self.field_config), "steps": self.steps, "tableau": self.tableau,
+                "block": self.block_kind}
 
     def payload(self) -> dict:
         """Everything :meth:`load` needs, as plain tensors and primitives."""
@@ -186,7 +199,9 @@ class Flow(nn.Module):
             # Build on the meta device (no random initialisation, no global RNG use) and then
             # take the stored tensors as they are, already on map_location.
             with torch.device("meta"):
-                flow = cls(cfg["dim"], cfg["field"], steps=cfg["steps"], tableau=cfg["tableau"])
+                # Files from before OT-Flow blocks existed have no "block": they hold velocity fields.
+                flow = cls(cfg["dim"], cfg["field"], steps=cfg["steps"], tableau=cfg["tableau"],
+                           block=cfg.get("block", "velocity"))
                 for h in record["h"]:
                     flow.add_block(flow.new_field(), h)
             flow.to(getattr(torch, record["dtype"]))
@@ -206,5 +221,6 @@ class Flow(nn.Module):
 
     def extra_repr(self) -> str:
         h = ", ".join(f"{v:.3g}" for v in self.h)
-        return f"dim={self.dim}, blocks={self.num_blocks}, steps={self.steps}, tableau={self.tableau!r}, h=[{h}]"
+        return (f"dim={self.dim}, blocks={self.num_blocks}, block={self.block_kind!r}, steps={self.steps}, "
+                f"tableau={self.tableau!r}, h=[{h}]")
 

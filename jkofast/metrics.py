@@ -8,11 +8,19 @@ from torch import Tensor
 
 from .reference import LOG_2PI
 
-__all__ = ["push", "standard_normal_nll", "nll", "sharded_nll", "mmd", "energy_distance"]
+__all__ = ["push", "rows_per_chunk", "standard_normal_nll", "nll", "sharded_nll", "mmd", "median_distance",
+           "energy_distance"]
 
 # Rows per chunk when pushing whole data sets: bounds the memory of the d tangent rows
 # (chunk x (d + 1) x width floats per layer) while keeping the matrix products large.
 CHUNK = 8192
+
+
+def rows_per_chunk(flow) -> int:
+    """A chunk size for ``flow``: the exact divergence carries a (chunk, d, width) tangent (or
+    Jacobian) array per layer, so keep that near 2^24 floats (64 MB in float32) at any d."""
+    per_row = max(1, int(flow.field_config.get("hidden", 128)) * flow.dim)
+    return int(min(CHUNK, max(256, 2**24 // per_row)))
 
 
 @torch.no_grad()
@@ -91,16 +99,33 @@ def _sq_dists(a: Tensor, b: Tensor) -> Tensor:
     return (a.square().sum(1)[:, None] + b.square().sum(1)[None, :] - 2 * a @ b.t()).clamp_min_(0)
 
 
+def _kernel_mean(a: Tensor, b: Tensor, gamma: float, chunk: int = 2048) -> float:
+    """Mean of exp(-|a_i - b_j|^2 / (2 gamma^2)) over all pairs, a row block at a time (so
+    10,000 x 10,000 pairs never need the whole matrix in memory at once)."""
+    total = sum(float(torch.exp(-_sq_dists(block, b) / (2 * gamma ** 2)).sum()) for block in a.split(chunk))
+    return total / (a.shape[0] * b.shape[0])
+
+
+@torch.no_grad()
+def median_distance(x: Tensor) -> float:
+    """Median of the n^2 pairwise distances among the rows of x, the n zeros on the diagonal
+    included (as the JKO-iFlow code computes it)."""
+    x = x.double()
+    return float(_sq_dists(x, x).flatten().median().sqrt())
+
+
 @torch.no_grad()
 def mmd(x: Tensor, y: Tensor, bandwidth: float | None = None) -> float:
     """Squared MMD with a Gaussian kernel, biased V-statistic, as the JKO-iFlow code computes it:
     k(a, b) = exp(-|a - b|^2 / (2 gamma^2)), gamma = 0.1 x the median pairwise distance among
-    the ``x`` points (diagonal zeros included) unless ``bandwidth`` is given."""
+    the ``x`` points (diagonal zeros included) unless ``bandwidth`` is given.
+
+    In high dimension gamma = 0.1 x median makes every off-diagonal kernel value vanish and the
+    value tends to 1/n + 1/m whatever the samples; pass a larger ``bandwidth`` there
+    (e.g. :func:`median_distance` itself)."""
     x, y = x.double(), y.double()
-    dxx, dyy, dxy = _sq_dists(x, x), _sq_dists(y, y), _sq_dists(x, y)
-    gamma = bandwidth if bandwidth is not None else 0.1 * float(dxx.sqrt().median())
-    k = lambda d: torch.exp(-d / (2 * gamma ** 2)).mean()  # noqa: E731
-    return float(k(dxx) + k(dyy) - 2 * k(dxy))
+    gamma = bandwidth if bandwidth is not None else 0.1 * median_distance(x)
+    return _kernel_mean(x, x, gamma) + _kernel_mean(y, y, gamma) - 2 * _kernel_mean(x, y, gamma)
 
 
 @torch.no_grad()

@@ -1,8 +1,8 @@
 """``train``: fit a flow to data with one of jkofast's methods."""
 from __future__ import annotations
 
+import dataclasses
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,16 +14,47 @@ from ._checks import check_finite, check_points
 from ._version import __version__
 from .checkpoint import write_json
 from .flow import Flow
+from .interpolant import InterpolantTrainer
+from .interpolant_config import InterpolantConfig
+from .jko_flow import JKOFlowTrainer
+from .jko_flow_config import JKOFlowConfig
 from .jko_iflow import JKOIFlowTrainer
 from .jko_iflow_config import JKOIFlowConfig
-from .jko_iflow_state import CHECKPOINT_FILE, LOG_FILE
+from .jko_iflow_state import CHECKPOINT_FILE, LOG_FILE, data_fingerprint
 from .memory import peak_memory_of_run
-from .metrics import sharded_nll
+from .metrics import nll, sharded_nll
+from .resources import ResourceMeter
 
 __all__ = ["train", "METHODS"]
 
-METHODS = ("jko-iflow",)
+# method name -> (its settings dataclass, its trainer). Every trainer takes (flow, config, u_train,
+# u_val, out=, data_id=, progress=, backend=, log=), has resume() and run(), and logs entries with
+# "iters" and "seconds" under "blocks" (one per trained block) or "segments" (interpolant).
+_METHODS = {
+    "jko-iflow": (JKOIFlowConfig, JKOIFlowTrainer),
+    "jko-flow": (JKOFlowConfig, JKOFlowTrainer),
+    "interpolant": (InterpolantConfig, InterpolantTrainer),
+}
+METHODS = tuple(_METHODS)
 DISTRIBUTED_METHODS = ("jko-iflow",)  # the methods that train data-parallel under torchrun (distributed.py)
+
+
+def option_names(method: str) -> set[str]:
+    """The keyword options ``train`` accepts for ``method``."""
+    return {f.name for f in dataclasses.fields(_METHODS[method][0])}
+
+
+def _settings(method: str, budget: str, options: dict):
+    """The method's settings from the budget preset and the options; errors list what is valid."""
+    if method not in _METHODS:
+        raise ValueError(f"unknown method {method!r}; must be one of {list(METHODS)}")
+    unknown = sorted(set(options) - option_names(method))
+    if unknown:
+        owners = {name: [m for m in METHODS if name in option_names(m)] for name in unknown}
+        hint = "; ".join(f"{name!r} is an option of {', '.join(ms)}" for name, ms in owners.items() if ms)
+        raise TypeError(f"unknown {method} option(s) {unknown}; valid options are {sorted(option_names(method))}"
+                        + (f" ({hint})" if hint else ""))
+    return _METHODS[method][0].from_options(budget, **options)
 
 
 def _as_data(x, name: str, *, dtype: torch.dtype, device, dim: int | None = None) -> Tensor:
@@ -53,6 +84,11 @@ def _standardization(x: Tensor) -> tuple[Tensor, Tensor]:
     return loc, scale
 
 
+def _block_kind(cfg) -> str:
+    """The kind of Flow block a method's settings train (JKOIFlowConfig has no ``block``)."""
+    return getattr(cfg, "block", "velocity")
+
+
 def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | None = None,
           resume: bool = True, device: str | torch.device | None = None, budget: str = "default",
           progress: bool = True, backend: str = "auto", info: dict | None = None, **options) -> Flow:
@@ -62,24 +98,32 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
         x: training data, (N, d), finite, N >= 2: a numpy array or tensor, or, for data larger
             than memory, a memory map (``np.load(path, mmap_mode="r")``), the path of a ``.npy``
             file or a :class:`~jkofast.datasets.streaming.Rows` (read in chunks, never whole).
-        method: ``"jko-iflow"`` (block-wise JKO steps, Xu et al. 2023).
+        method: ``"jko-iflow"`` (block-wise JKO steps, Xu et al. 2023), ``"jko-flow"`` (the
+            OT-Flow objective with a fixed alpha, solved in rounds, Vidal et al. 2023) or
+            ``"interpolant"`` (stochastic interpolants, Albergo & Vanden-Eijnden 2023).
         val: optional validation data (M, d): its NLL after each block goes into the log, and
             at the end on the training grid and on the ``eval_steps`` grid (``flow.info``).
-        out: folder for ``checkpoint.pt`` and ``log.json`` (after every block) and ``model.pt``.
-            A killed run started again with the same ``out`` resumes from its last finished block.
+        out: folder for ``checkpoint.pt`` and ``log.json`` (after every block, round, or
+            ``checkpoint_every`` interpolant steps) and ``model.pt``. A killed run started again
+            with the same ``out`` resumes from its last checkpoint.
         resume: continue from ``out/checkpoint.pt`` if present (``False`` starts over).
         device: where to train; default: the device of ``x`` if it is a tensor, else the CPU.
             Under a process group, ``"cuda"`` means this process's GPU, ``cuda:LOCAL_RANK``.
         budget: preset, ``"quick"`` (seconds), ``"default"`` or ``"paper"``; options override it.
-        progress: show a progress bar per block.
+        progress: show progress bars (per block or round).
         backend: engine, ``"auto"``, ``"torch"`` or ``"compiled"``.
         info: extra entries for ``flow.info`` (saved with the model), e.g. where the data came from.
-        **options: fields of :class:`~jkofast.jko_iflow_config.JKOIFlowConfig` (``blocks``,
-            ``hidden``, ``layers``, ``iters``, ``batch``, ``lr``, ``steps``, ``divergence``, ...).
+        **options: the method's settings: fields of
+            :class:`~jkofast.jko_iflow_config.JKOIFlowConfig` (``blocks``, ``hidden``, ``iters``,
+            ``lr``, ``steps``, ``divergence``, ...), :class:`~jkofast.jko_flow_config.JKOFlowConfig`
+            (``alpha``, ``alpha_r``, ``rounds``, ...) or
+            :class:`~jkofast.interpolant_config.InterpolantConfig` (``interpolant``,
+            ``time_beta``, ...). An option the method does not have is an error listing its options.
 
     Returns:
         The trained :class:`~jkofast.Flow`, on ``device``; ``flow.info`` holds the settings,
-        timings, validation NLLs and the peak memory.
+        validation NLLs, the number of training batches (``train_batches`` of ``batch_size``),
+        training seconds, this process's wall time and peak memory (``resources``).
 
     Distributed: launched by torchrun (``WORLD_SIZE`` > 1 in the environment), or with a
     process group the caller initialized, every process calls ``train`` with the same
@@ -97,11 +141,16 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
     References:
         C. Xu, X. Cheng, Y. Xie. Normalizing flow neural networks by JKO scheme. NeurIPS 2023,
         arXiv:2212.14424.
+        A. Vidal, S. Wu Fung, L. Tenorio, S. Osher, L. Nurbekyan. Taming hyperparameter tuning in
+        continuous normalizing flows using the JKO scheme. Sci. Rep. 13, 4501 (2023), arXiv:2211.16757.
+        M. S. Albergo, E. Vanden-Eijnden. Building normalizing flows with stochastic interpolants.
+        ICLR 2023, arXiv:2209.15571.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; must be one of {list(METHODS)}")
+    cfg = _settings(method, budget, options)
     _backend.check_backend(backend)
-    cfg = JKOIFlowConfig.from_options(budget, **options)
+    if backend == "compiled" and _block_kind(cfg) != "velocity":
+        raise ValueError(f"backend='compiled' runs MLP velocity fields only; {method}'s OT-Flow potential runs "
+                         "on the torch engine: use backend='auto' or 'torch'")
     if device is None:
         device = x.device if isinstance(x, Tensor) else "cpu"
     dist = distributed.connect(device)  # a process group from torchrun or the caller, or one process
@@ -109,36 +158,65 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
         raise ValueError(f"method {method!r} trains in one process; distributed training supports "
                          f"{list(DISTRIBUTED_METHODS)}")
     device, dtype = dist.device, getattr(torch, cfg.dtype)
-    data = training_data.prepare(x, val, cfg, dist)
-    flow = Flow(data.dim, cfg.field_config(), steps=cfg.steps, tableau=cfg.tableau, loc=data.loc, scale=data.scale)
-    flow.to(device=device, dtype=dtype)
     out = Path(out) if out is not None else None
     if out is not None and not resume and dist.main and (out / CHECKPOINT_FILE).exists():
         (out / CHECKPOINT_FILE).unlink()
     log = {"jkofast_version": __version__, "method": method, "config": cfg.to_dict(), "device": str(device),
-           "n_train": data.n_train, "n_val": data.n_val, "dim": data.dim, "world_size": dist.world,
-           "pushed_storage": data.store.where}
-    try:
-        trainer = JKOIFlowTrainer(flow, cfg, data.train, data.val, out=out, data_id=data.data_id,
-                                  progress=progress, backend=backend, log=log, dist=dist, store=data.store)
+           "world_size": dist.world}
+    if method in DISTRIBUTED_METHODS:
+        # Sharded, possibly memory-mapped data (training_data.py); one process is a world of 1.
+        data = training_data.prepare(x, val, cfg, dist)
+        flow = Flow(data.dim, cfg.field_config(), steps=cfg.steps, tableau=cfg.tableau, loc=data.loc,
+                    scale=data.scale, block=_block_kind(cfg))
+        flow.to(device=device, dtype=dtype)
+        n_train = data.n_train
+        log.update(n_train=n_train, n_val=data.n_val, dim=data.dim, pushed_storage=data.store.where)
+        try:
+            trainer = JKOIFlowTrainer(flow, cfg, data.train, data.val, out=out, data_id=data.data_id,
+                                      progress=progress, backend=backend, log=log, dist=dist, store=data.store)
+            resumed = trainer.resume()
+            with ResourceMeter(device) as meter:
+                trainer.run()
+        finally:
+            data.close()
+
+        def val_nll(steps):
+            return sharded_nll(flow, data.val_rows, dist, steps=steps, backend=backend, seed=cfg.seed)
+    else:
+        x = _as_data(x, "x", dtype=dtype, device=device)
+        val = None if val is None else _as_data(val, "val", dtype=dtype, device=device, dim=x.shape[1])
+        loc, scale = _standardization(x) if cfg.standardize else (None, None)
+        flow = Flow(x.shape[1], cfg.field_config(), steps=cfg.steps, tableau=cfg.tableau, loc=loc, scale=scale,
+                    block=_block_kind(cfg))
+        flow.to(device=device, dtype=dtype)
+        n_train = x.shape[0]
+        log.update(n_train=n_train, n_val=0 if val is None else val.shape[0], dim=x.shape[1])
+        trainer = _METHODS[method][1](flow, cfg, flow.standardize(x), None if val is None else flow.standardize(val),
+                                      out=out, data_id=data_fingerprint(x, val), progress=progress, backend=backend,
+                                      log=log)
         resumed = trainer.resume()
-        start = time.perf_counter()
-        trainer.run()
-    finally:
-        data.close()
+        with ResourceMeter(device) as meter:
+            trainer.run()
+
+        def val_nll(steps):
+            return nll(flow, val, steps=steps, backend=backend)
     log = trainer.log
-    log.update(resumed=resumed, world_size=dist.world, pushed_storage=data.store.where)
-    # Block times add up across resumed processes; wall time is this process's alone.
-    log["train_seconds"] = round(sum(entry["seconds"] for entry in log["blocks"]), 3)
-    log["wall_seconds_this_process"] = round(time.perf_counter() - start, 3)
+    log.update(resumed=resumed, world_size=dist.world)
+    # Training seconds and batches add up across resumed processes; wall time and peak memory
+    # are this process's alone.
+    entries = log.get("blocks", []) + log.get("segments", [])
+    log["train_seconds"] = round(sum(entry["seconds"] for entry in entries), 3)
+    log["train_batches"] = sum(entry.get("iters", 0) for entry in entries)
+    log["resources"] = meter.result()
+    log["wall_seconds_this_process"] = log["resources"]["wall_seconds"]
     if val is not None:
-        log["val_nll"] = {f"steps{s}": dict(zip(("mean", "se"), sharded_nll(flow, data.val_rows, dist, steps=s,
-                                                                            backend=backend, seed=cfg.seed)))
-                          for s in cfg.eval_grids()}
+        log["val_nll"] = {f"steps{s}": dict(zip(("mean", "se"), val_nll(s))) for s in cfg.eval_grids()}
     log["peak_memory"] = peak_memory_of_run(dist)
-    flow.info = {"method": method, "config": cfg.to_dict(), "n_train": data.n_train,
-                 "train_seconds": log["train_seconds"], "val_nll": log.get("val_nll"), "world_size": dist.world,
-                 "pushed_storage": data.store.where, "peak_memory": log["peak_memory"],
+    flow.info = {"method": method, "config": cfg.to_dict(), "n_train": n_train,
+                 "train_seconds": log["train_seconds"], "train_batches": log["train_batches"],
+                 "batch_size": min(cfg.batch, n_train), "resources": log["resources"],
+                 "eval_grids": cfg.eval_grids(), "val_nll": log.get("val_nll"), "world_size": dist.world,
+                 "pushed_storage": log.get("pushed_storage"), "peak_memory": log["peak_memory"],
                  "jkofast_version": __version__, **(info or {})}
     if out is not None and dist.main:
         flow.save(out)
