@@ -2,6 +2,7 @@
 
 #include <c10/util/Exception.h>
 
+#include <cmath>
 #include <string>
 
 namespace jkofast {
@@ -76,6 +77,24 @@ int64_t check_probes(std::string_view op, const at::Tensor& x, const at::Tensor&
   }
   check_same(op, "probes", x, probes);
   return probes.size(lead + 1);
+}
+
+Rk4Options check_rk4_options(std::string_view op, double t0, double t1, int64_t steps, std::string_view tableau,
+                             std::string_view divergence, bool has_probes) {
+  // The same checks and messages as the CPU glue's (csrc/cpu/rk4_block_cpu.cpp).
+  Rk4Options options;
+  options.tableau = butcher_tableau(parse_tableau(op, tableau));
+  TORCH_CHECK_VALUE(steps >= 1, op, ": steps must be >= 1, got ", steps);
+  TORCH_CHECK_VALUE(std::isfinite(t0) && std::isfinite(t1), op, ": t0 and t1 must be finite, got t0=", t0,
+                    ", t1=", t1);
+  TORCH_CHECK_VALUE(divergence == "exact" || divergence == "hutchinson" || divergence == "none", op,
+                    ": divergence must be 'exact', 'hutchinson' or 'none', got '", std::string(divergence), "'");
+  options.with_divergence = divergence != "none";
+  options.exact = divergence == "exact";
+  TORCH_CHECK_VALUE(has_probes == (divergence == "hutchinson"), op,
+                    ": probes are required with divergence='hutchinson' and only then");
+  options.dt = (t1 - t0) / double(steps);
+  return options;
 }
 
 void check_like(std::string_view op, std::string_view name, const at::Tensor& x, const at::Tensor& g,

@@ -35,6 +35,16 @@ void check_time(std::string_view op, const at::Tensor& x, const at::Tensor& t);
 // probes: (B, k, d) with k >= 1; with_steps: (S, B, k, d).
 int64_t check_probes(std::string_view op, const at::Tensor& x, const at::Tensor& probes, int64_t steps);
 
+// The scalar options of rk4_block and its backward, checked: steps >= 1, finite t0 and t1, a known
+// tableau and divergence, probes given exactly when divergence == "hutchinson".
+struct Rk4Options {
+  ButcherTableau tableau;
+  bool with_divergence, exact;
+  double dt;  // (t1 - t0) / steps
+};
+Rk4Options check_rk4_options(std::string_view op, double t0, double t1, int64_t steps, std::string_view tableau,
+                             std::string_view divergence, bool has_probes);
+
 // A gradient tensor of the given shape on x's dtype and device.
 void check_like(std::string_view op, std::string_view name, const at::Tensor& x, const at::Tensor& g,
                 c10::IntArrayRef shape);

@@ -1,0 +1,166 @@
+#include "cuda/cuda_glue.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Context.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdlib>
+#include <mutex>
+#include <string>
+
+namespace jkofast::cuda {
+namespace {
+
+struct DeviceInfo {
+  int multiprocessors = 0;
+  int64_t smem_per_block = 0;  // opt-in maximum of dynamic shared memory per block
+  int64_t smem_per_sm = 0;
+};
+
+DeviceInfo device_info(int device) {  // by value: the cache may grow under another thread
+  static std::mutex mutex;
+  static std::vector<DeviceInfo> cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (int(cache.size()) <= device) cache.resize(device + 1);
+  DeviceInfo& info = cache[device];
+  if (info.multiprocessors == 0) {
+    int value = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&value, cudaDevAttrMultiProcessorCount, device));
+    info.multiprocessors = value;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&value, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    info.smem_per_block = value;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&value, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device));
+    info.smem_per_sm = value;
+  }
+  return info;
+}
+
+}  // namespace
+
+void check_fits(std::string_view op, const MlpSizes& sizes) {
+  const int64_t weights = sizes.hidden_layers + 1;
+  TORCH_CHECK_VALUE(tile::within_limits(sizes.dim, sizes.hidden, weights), op,
+                    ": the CUDA kernels take d <= ", tile::kMaxDim, ", width <= ", tile::kMaxHidden, " and at most ",
+                    tile::kMaxWeights, " weight matrices; got d = ", sizes.dim, ", width ", sizes.hidden, ", ",
+                    weights, " weight matrices. Use backend='torch' (backend='auto' does so by itself)");
+}
+
+template <typename T>
+MlpView<T> make_view(const MlpSizes& sizes, at::TensorList weights, at::TensorList biases, Activation activation,
+                     double beta, std::vector<at::Tensor>& keep_alive) {
+  MlpView<T> view{};
+  view.layers = int(weights.size());
+  view.dim = int(sizes.dim);
+  view.input_dim = int(sizes.input_dim);
+  view.hidden = int(sizes.hidden);
+  view.activation = activation;
+  view.beta = T(beta);
+  for (size_t l = 0; l < weights.size(); ++l) {
+    keep_alive.push_back(weights[l].contiguous());  // no copy when already contiguous
+    view.weights[l] = keep_alive.back().const_data_ptr<T>();
+    keep_alive.push_back(biases[l].contiguous());
+    view.biases[l] = keep_alive.back().const_data_ptr<T>();
+  }
+  return view;
+}
+
+template MlpView<float> make_view<float>(const MlpSizes&, at::TensorList, at::TensorList, Activation, double,
+                                         std::vector<at::Tensor>&);
+template MlpView<double> make_view<double>(const MlpSizes&, at::TensorList, at::TensorList, Activation, double,
+                                           std::vector<at::Tensor>&);
+
+tile::TilePlan choose_plan(std::string_view op, const MlpSizes& sizes, int64_t tangent_rows, at::ScalarType dtype) {
+  const int itemsize = dtype == at::kDouble ? 8 : 4;
+  const DeviceInfo info = device_info(c10::cuda::current_device());
+  int rows = 0;
+  if (const char* forced = std::getenv("JKOFAST_CUDA_ROWS"); forced != nullptr && *forced != '\0') {
+    rows = std::atoi(forced);
+    TORCH_CHECK_VALUE(rows >= tile::min_rows(itemsize) && rows <= tile::kMaxRows && (rows & (rows - 1)) == 0, op,
+                      ": JKOFAST_CUDA_ROWS must be a power of two in [", tile::min_rows(itemsize), ", ",
+                      tile::kMaxRows, "], got '", forced, "'");
+  } else {
+    // Two blocks per multiprocessor when they fit (each block also holds 1 KB of the system's).
+    const int64_t half = info.smem_per_sm / 2 - 1024;
+    rows = tile::choose_rows(sizes.dim, sizes.input_dim, sizes.hidden, tangent_rows, itemsize,
+                             half < info.smem_per_block ? half : info.smem_per_block);
+    if (rows == 0) {
+      rows = tile::choose_rows(sizes.dim, sizes.input_dim, sizes.hidden, tangent_rows, itemsize, info.smem_per_block);
+    }
+  }
+  const tile::TilePlan plan = tile::make_plan(sizes.dim, sizes.input_dim, sizes.hidden, tangent_rows, itemsize, rows);
+  TORCH_CHECK(rows > 0 && plan.smem_bytes <= info.smem_per_block, op, ": a tile of this field needs ",
+              plan.smem_bytes, " bytes of shared memory per block, this GPU gives ", info.smem_per_block,
+              " (compute capability 8.0 or newer gives at least ", tile::kMinSmemBudget, ")");
+  return plan;
+}
+
+int grid_size(std::string_view op, int64_t tiles, int blocks_per_sm) {
+  TORCH_CHECK(blocks_per_sm > 0, op, ": the kernel does not fit on this GPU (no resident block)");
+  const int64_t resident = int64_t(blocks_per_sm) * device_info(c10::cuda::current_device()).multiprocessors;
+  return int(tiles < resident ? tiles : resident);
+}
+
+GradLayout grad_layout(const MlpSizes& sizes) {
+  GradLayout layout{};
+  const int64_t layers = sizes.hidden_layers + 1;
+  int64_t offset = 0;
+  for (int64_t l = 0; l < layers; ++l) {
+    const int64_t out = l == layers - 1 ? sizes.dim : sizes.hidden;
+    const int64_t in = l == 0 ? sizes.input_dim : sizes.hidden;
+    layout.rows16[l] = int(tile::round_up(out, 16));
+    layout.cols16[l] = int(tile::round_up(in, 16));
+    layout.weight_offset[l] = offset;  // a multiple of 256 values: 16 x 16 tiles stay aligned
+    offset += int64_t(layout.rows16[l]) * layout.cols16[l];
+  }
+  for (int64_t l = 0; l < layers; ++l) {
+    layout.bias_offset[l] = offset;
+    offset += layout.rows16[l];
+  }
+  layout.per_block = tile::round_up(offset, 64);
+  return layout;
+}
+
+bool use_tf32(at::ScalarType dtype) {
+  return dtype == at::kFloat && at::globalContext().allowTF32CuBLAS();
+}
+
+std::pair<std::vector<at::Tensor>, std::vector<at::Tensor>> reduce_grads(const at::Tensor& partials, int blocks,
+                                                                         const GradLayout& layout,
+                                                                         at::TensorList weights,
+                                                                         at::TensorList biases) {
+  std::vector<at::Tensor> grad_w, grad_b;
+  for (size_t l = 0; l < weights.size(); ++l) {
+    grad_w.push_back(at::empty(weights[l].sizes(), partials.options()));
+    grad_b.push_back(at::empty(biases[l].sizes(), partials.options()));
+  }
+  AT_DISPATCH_FLOATING_TYPES(partials.scalar_type(), "jkofast::reduce_grads", [&] {
+    ReduceParams<scalar_t> p{};
+    p.partials = partials.const_data_ptr<scalar_t>();
+    p.blocks = blocks;
+    p.layout = layout;
+    p.layers = int(weights.size());
+    for (size_t l = 0; l < weights.size(); ++l) {
+      p.out_rows[l] = int(weights[l].size(0));
+      p.out_cols[l] = int(weights[l].size(1));
+      p.grad_weights[l] = grad_w[l].mutable_data_ptr<scalar_t>();
+      p.grad_biases[l] = grad_b[l].mutable_data_ptr<scalar_t>();
+    }
+    launch_grad_reduce<scalar_t>(p, c10::cuda::getCurrentCUDAStream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {grad_w, grad_b};
+}
+
+std::pair<std::vector<at::Tensor>, std::vector<at::Tensor>> zero_grads(at::TensorList weights, at::TensorList biases) {
+  std::vector<at::Tensor> grad_w, grad_b;
+  for (size_t l = 0; l < weights.size(); ++l) {
+    grad_w.push_back(at::zeros(weights[l].sizes(), weights[l].options()));
+    grad_b.push_back(at::zeros(biases[l].sizes(), biases[l].options()));
+  }
+  return {grad_w, grad_b};
+}
+
+}  // namespace jkofast::cuda
