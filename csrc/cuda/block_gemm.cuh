@@ -6,14 +6,35 @@
 // Weights come from global memory (they are small and shared by all blocks, so L2 serves them)
 // through a double-buffered stage: each thread loads the next chunk into registers while the
 // block multiplies with the current one, so one barrier per chunk suffices.
+//
+// JKOFAST_EMULATE_CUDA: tests/cuda_emulation/ compiles these headers with a host compiler, its
+// cuda_shim.h standing in for the CUDA built-ins, to run the kernels on the CPU.
 #pragma once
 
+#if !defined(JKOFAST_EMULATE_CUDA)
 #include <cuda_runtime.h>
 #include <mma.h>
+#endif
 
 #include "ops/tile_plan.h"
 
 namespace jkofast::cuda {
+
+#if !defined(JKOFAST_EMULATE_CUDA)
+// The block's dynamic shared memory (plan.smem_bytes, set at launch).
+__device__ __forceinline__ unsigned char* dynamic_smem() {
+  extern __shared__ __align__(128) unsigned char smem[];
+  return smem;
+}
+#endif
+
+// Blocks per multiprocessor that the kernels' __launch_bounds__ promise: 1 lets a thread use up
+// to 255 registers, which the register tiles of the products take without spilling (ptxas:
+// 160 to 245 registers); 2 caps them at 128, which spilled 136 to 492 bytes when tried. Shared
+// memory allows 1 or 2 blocks anyway. A tuning knob: -DJKOFAST_CUDA_MIN_BLOCKS=2.
+#ifndef JKOFAST_CUDA_MIN_BLOCKS
+#define JKOFAST_CUDA_MIN_BLOCKS 1
+#endif
 
 using tile::kSkew;
 using tile::kThreads;

@@ -104,23 +104,7 @@ int grid_size(std::string_view op, int64_t tiles, int blocks_per_sm) {
 }
 
 GradLayout grad_layout(const MlpSizes& sizes) {
-  GradLayout layout{};
-  const int64_t layers = sizes.hidden_layers + 1;
-  int64_t offset = 0;
-  for (int64_t l = 0; l < layers; ++l) {
-    const int64_t out = l == layers - 1 ? sizes.dim : sizes.hidden;
-    const int64_t in = l == 0 ? sizes.input_dim : sizes.hidden;
-    layout.rows16[l] = int(tile::round_up(out, 16));
-    layout.cols16[l] = int(tile::round_up(in, 16));
-    layout.weight_offset[l] = offset;  // a multiple of 256 values: 16 x 16 tiles stay aligned
-    offset += int64_t(layout.rows16[l]) * layout.cols16[l];
-  }
-  for (int64_t l = 0; l < layers; ++l) {
-    layout.bias_offset[l] = offset;
-    offset += layout.rows16[l];
-  }
-  layout.per_block = tile::round_up(offset, 64);
-  return layout;
+  return make_grad_layout(sizes.dim, sizes.input_dim, sizes.hidden, sizes.hidden_layers + 1);
 }
 
 bool use_tf32(at::ScalarType dtype) {

@@ -31,10 +31,9 @@ __device__ __forceinline__ T divergence_scale(Divergence divergence, int tangent
 }
 
 template <typename T, bool kTF32>
-__global__ void __launch_bounds__(kThreads, 1) mlp_field_forward_kernel(const __grid_constant__ FieldParams<T> p) {
-  extern __shared__ __align__(128) unsigned char smem[];
+__global__ void __launch_bounds__(kThreads, JKOFAST_CUDA_MIN_BLOCKS) mlp_field_forward_kernel(const __grid_constant__ FieldParams<T> p) {
   const tile::TilePlan& plan = p.plan;
-  Tile<T, kTF32> tile(p.net, plan, smem);
+  Tile<T, kTF32> tile(p.net, plan, dynamic_smem());
   tile.zero_stacks();
   const int n = plan.samples, C = plan.tangents, d = p.net.dim;
   const bool exact = p.divergence == Divergence::Exact;
@@ -64,10 +63,9 @@ __global__ void __launch_bounds__(kThreads, 1) mlp_field_forward_kernel(const __
 }
 
 template <typename T, bool kTF32>
-__global__ void __launch_bounds__(kThreads, 1) mlp_field_backward_kernel(const __grid_constant__ FieldParams<T> p) {
-  extern __shared__ __align__(128) unsigned char smem[];
+__global__ void __launch_bounds__(kThreads, JKOFAST_CUDA_MIN_BLOCKS) mlp_field_backward_kernel(const __grid_constant__ FieldParams<T> p) {
   const tile::TilePlan& plan = p.plan;
-  Tile<T, kTF32> tile(p.net, plan, smem);
+  Tile<T, kTF32> tile(p.net, plan, dynamic_smem());
   T* part = p.partials + blockIdx.x * p.layout.per_block;
   for (int64_t e = thread_index(); e < p.layout.per_block; e += kThreads) part[e] = T(0);
   T* save = p.scratch + int64_t(blockIdx.x) * (p.net.layers - 1) * plan.rows * p.net.hidden;
@@ -105,30 +103,6 @@ __global__ void __launch_bounds__(kThreads, 1) mlp_field_backward_kernel(const _
       }
       __syncthreads();
     }
-  }
-}
-
-template <typename T, bool kTF32>
-const void* mlp_field_kernel(bool backward) {
-  return backward ? reinterpret_cast<const void*>(&mlp_field_backward_kernel<T, kTF32>)
-                  : reinterpret_cast<const void*>(&mlp_field_forward_kernel<T, kTF32>);
-}
-
-// Sets the kernel's shared-memory limit and reports its blocks per multiprocessor.
-template <typename T, bool kTF32>
-cudaError_t mlp_field_occupancy_impl(bool backward, int64_t smem_bytes, int* blocks_per_sm) {
-  const void* kernel = mlp_field_kernel<T, kTF32>(backward);
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_bytes));
-  if (err != cudaSuccess) return err;
-  return cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks_per_sm, kernel, kThreads, size_t(smem_bytes));
-}
-
-template <typename T, bool kTF32>
-void mlp_field_launch_impl(const FieldParams<T>& p, bool backward, int grid, cudaStream_t stream) {
-  if (backward) {
-    mlp_field_backward_kernel<T, kTF32><<<grid, kThreads, size_t(p.plan.smem_bytes), stream>>>(p);
-  } else {
-    mlp_field_forward_kernel<T, kTF32><<<grid, kThreads, size_t(p.plan.smem_bytes), stream>>>(p);
   }
 }
 

@@ -7,7 +7,12 @@
 //   weights[l] (out, in) as nn.Linear, contiguous; biases[l] (out,).
 #pragma once
 
+#if defined(JKOFAST_EMULATE_CUDA)  // the CPU emulation of tests/cuda_emulation/
+using cudaStream_t = void*;
+using cudaError_t = int;
+#else
 #include <cuda_runtime_api.h>
+#endif
 
 #include <cstdint>
 
@@ -41,6 +46,26 @@ struct GradLayout {
   int cols16[kMaxWeights];
   int64_t per_block;  // a multiple of 64 values, so every block's part is 256-byte aligned
 };
+
+// The layout of one block's part for a field with `layers` weight matrices.
+inline GradLayout make_grad_layout(int64_t dim, int64_t input_dim, int64_t hidden, int64_t layers) {
+  GradLayout layout{};
+  int64_t offset = 0;
+  for (int64_t l = 0; l < layers; ++l) {
+    const int64_t out = l == layers - 1 ? dim : hidden;
+    const int64_t in = l == 0 ? input_dim : hidden;
+    layout.rows16[l] = int(tile::round_up(out, 16));
+    layout.cols16[l] = int(tile::round_up(in, 16));
+    layout.weight_offset[l] = offset;  // a multiple of 256 values: 16 x 16 tiles stay aligned
+    offset += int64_t(layout.rows16[l]) * layout.cols16[l];
+  }
+  for (int64_t l = 0; l < layers; ++l) {
+    layout.bias_offset[l] = offset;
+    offset += layout.rows16[l];
+  }
+  layout.per_block = tile::round_up(offset, 64);
+  return layout;
+}
 
 enum class Divergence : int { None = 0, Exact = 1, Hutchinson = 2 };
 

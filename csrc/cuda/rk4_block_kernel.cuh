@@ -74,10 +74,9 @@ __device__ void stage_field(const Tile<T, kTF32>& tile, const Rk4Inputs<T>& in, 
 }
 
 template <typename T, bool kTF32>
-__global__ void __launch_bounds__(kThreads, 1) rk4_block_forward_kernel(const __grid_constant__ Rk4Params<T> p) {
-  extern __shared__ __align__(128) unsigned char smem[];
+__global__ void __launch_bounds__(kThreads, JKOFAST_CUDA_MIN_BLOCKS) rk4_block_forward_kernel(const __grid_constant__ Rk4Params<T> p) {
   const tile::TilePlan& plan = p.plan;
-  Tile<T, kTF32> tile(p.net, plan, smem);
+  Tile<T, kTF32> tile(p.net, plan, dynamic_smem());
   tile.zero_stacks();
   const int n = plan.samples, d = p.net.dim;
   const bool with_div = p.divergence != Divergence::None;
@@ -133,10 +132,9 @@ __global__ void __launch_bounds__(kThreads, 1) rk4_block_forward_kernel(const __
 }
 
 template <typename T, bool kTF32>
-__global__ void __launch_bounds__(kThreads, 1) rk4_block_backward_kernel(const __grid_constant__ Rk4Params<T> p) {
-  extern __shared__ __align__(128) unsigned char smem[];
+__global__ void __launch_bounds__(kThreads, JKOFAST_CUDA_MIN_BLOCKS) rk4_block_backward_kernel(const __grid_constant__ Rk4Params<T> p) {
   const tile::TilePlan& plan = p.plan;
-  Tile<T, kTF32> tile(p.net, plan, smem);
+  Tile<T, kTF32> tile(p.net, plan, dynamic_smem());
   T* part = p.partials + blockIdx.x * p.layout.per_block;
   for (int64_t e = thread_index(); e < p.layout.per_block; e += kThreads) part[e] = T(0);
   T* save = p.scratch + int64_t(blockIdx.x) * (p.net.layers - 1) * plan.rows * p.net.hidden;
@@ -200,29 +198,6 @@ __global__ void __launch_bounds__(kThreads, 1) rk4_block_backward_kernel(const _
       }
       __syncthreads();
     }
-  }
-}
-
-template <typename T, bool kTF32>
-const void* rk4_block_kernel(bool backward) {
-  return backward ? reinterpret_cast<const void*>(&rk4_block_backward_kernel<T, kTF32>)
-                  : reinterpret_cast<const void*>(&rk4_block_forward_kernel<T, kTF32>);
-}
-
-template <typename T, bool kTF32>
-cudaError_t rk4_block_occupancy_impl(bool backward, int64_t smem_bytes, int* blocks_per_sm) {
-  const void* kernel = rk4_block_kernel<T, kTF32>(backward);
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem_bytes));
-  if (err != cudaSuccess) return err;
-  return cudaOccupancyMaxActiveBlocksPerMultiprocessor(blocks_per_sm, kernel, kThreads, size_t(smem_bytes));
-}
-
-template <typename T, bool kTF32>
-void rk4_block_launch_impl(const Rk4Params<T>& p, bool backward, int grid, cudaStream_t stream) {
-  if (backward) {
-    rk4_block_backward_kernel<T, kTF32><<<grid, kThreads, size_t(p.plan.smem_bytes), stream>>>(p);
-  } else {
-    rk4_block_forward_kernel<T, kTF32><<<grid, kThreads, size_t(p.plan.smem_bytes), stream>>>(p);
   }
 }
 
