@@ -72,35 +72,41 @@ template MlpView<float> make_view<float>(const MlpSizes&, at::TensorList, at::Te
 template MlpView<double> make_view<double>(const MlpSizes&, at::TensorList, at::TensorList, Activation, double,
                                            std::vector<at::Tensor>&);
 
-tile::TilePlan choose_plan(std::string_view op, const MlpSizes& sizes, int64_t tangent_rows, at::ScalarType dtype) {
+Launch plan_launch(std::string_view op, const MlpSizes& sizes, int64_t tangent_rows, at::ScalarType dtype,
+                   int64_t batch, const std::function<int(int64_t)>& occupancy) {
   const int itemsize = dtype == at::kDouble ? 8 : 4;
   const DeviceInfo info = device_info(c10::cuda::current_device());
-  int rows = 0;
+  auto make = [&](int rows) {
+    return tile::make_plan(sizes.dim, sizes.input_dim, sizes.hidden, tangent_rows, itemsize, rows);
+  };
+  tile::TilePlan chosen{};
+  bool found = false;
   if (const char* forced = std::getenv("JKOFAST_CUDA_ROWS"); forced != nullptr && *forced != '\0') {
-    rows = std::atoi(forced);
+    const int rows = std::atoi(forced);
     TORCH_CHECK_VALUE(rows >= tile::min_rows(itemsize) && rows <= tile::kMaxRows && (rows & (rows - 1)) == 0, op,
                       ": JKOFAST_CUDA_ROWS must be a power of two in [", tile::min_rows(itemsize), ", ",
                       tile::kMaxRows, "], got '", forced, "'");
+    chosen = make(rows);
+    found = chosen.smem_bytes <= info.smem_per_block;
   } else {
-    // Two blocks per multiprocessor when they fit (each block also holds 1 KB of the system's).
-    const int64_t half = info.smem_per_sm / 2 - 1024;
-    rows = tile::choose_rows(sizes.dim, sizes.input_dim, sizes.hidden, tangent_rows, itemsize,
-                             half < info.smem_per_block ? half : info.smem_per_block);
-    if (rows == 0) {
-      rows = tile::choose_rows(sizes.dim, sizes.input_dim, sizes.hidden, tangent_rows, itemsize, info.smem_per_block);
+    for (int rows = tile::kMaxRows; rows >= tile::min_rows(itemsize); rows /= 2) {
+      const tile::TilePlan plan = make(rows);
+      if (plan.smem_bytes > info.smem_per_block) continue;
+      const int per_sm = occupancy(plan.smem_bytes);
+      if (per_sm == 0) continue;
+      chosen = plan;
+      found = true;
+      if (tile::ceil_div(batch, plan.samples) >= 2 * int64_t(per_sm) * info.multiprocessors) break;
     }
   }
-  const tile::TilePlan plan = tile::make_plan(sizes.dim, sizes.input_dim, sizes.hidden, tangent_rows, itemsize, rows);
-  TORCH_CHECK(rows > 0 && plan.smem_bytes <= info.smem_per_block, op, ": a tile of this field needs ",
-              plan.smem_bytes, " bytes of shared memory per block, this GPU gives ", info.smem_per_block,
+  TORCH_CHECK(found, op, ": a tile of this field needs ", chosen.smem_bytes > 0 ? chosen.smem_bytes : make(tile::min_rows(itemsize)).smem_bytes,
+              " bytes of shared memory per block, this GPU gives ", info.smem_per_block,
               " (compute capability 8.0 or newer gives at least ", tile::kMinSmemBudget, ")");
-  return plan;
-}
-
-int grid_size(std::string_view op, int64_t tiles, int blocks_per_sm) {
-  TORCH_CHECK(blocks_per_sm > 0, op, ": the kernel does not fit on this GPU (no resident block)");
-  const int64_t resident = int64_t(blocks_per_sm) * device_info(c10::cuda::current_device()).multiprocessors;
-  return int(tiles < resident ? tiles : resident);
+  const int per_sm = occupancy(chosen.smem_bytes);  // also leaves the kernel's limit at this plan's
+  TORCH_CHECK(per_sm > 0, op, ": the kernel does not fit on this GPU (no resident block)");
+  const int64_t tiles = tile::ceil_div(batch, chosen.samples);
+  const int64_t resident = int64_t(per_sm) * info.multiprocessors;
+  return {chosen, int(tiles < resident ? tiles : resident)};
 }
 
 GradLayout grad_layout(const MlpSizes& sizes) {

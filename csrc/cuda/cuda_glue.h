@@ -6,6 +6,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/ArrayRef.h>
 
+#include <functional>
 #include <string_view>
 #include <utility>
 #include <vector>
@@ -24,14 +25,18 @@ template <typename T>
 MlpView<T> make_view(const MlpSizes& sizes, at::TensorList weights, at::TensorList biases, Activation activation,
                      double beta, std::vector<at::Tensor>& keep_alive);
 
-// The tile plan on the current device for `tangent_rows` tangent rows per sample: the most stack
-// rows whose block leaves room for two blocks per multiprocessor, else the most that fit one.
+// The tile plan and grid for a batch on the current device. occupancy(smem_bytes) sets the
+// kernel's shared-memory limit and returns its resident blocks per multiprocessor. Rule: the most
+// stack rows (fewest weight passes per sample) whose tiles still fill the GPU twice over (so the
+// last wave of a persistent grid stays short), else the fewest rows that fit (the most tiles).
+// The grid: every tile a block, up to the resident blocks (the kernels loop over their tiles).
 // JKOFAST_CUDA_ROWS=<8|16|32|64|128> forces the stack rows (for tuning; it must fit the device).
-tile::TilePlan choose_plan(std::string_view op, const MlpSizes& sizes, int64_t tangent_rows, at::ScalarType dtype);
-
-// Blocks to launch: every tile gets a block, up to as many as are resident at once (the kernels
-// loop over their tiles), so the backward's gradient parts stay few.
-int grid_size(std::string_view op, int64_t tiles, int blocks_per_sm);
+struct Launch {
+  tile::TilePlan plan;
+  int grid;
+};
+Launch plan_launch(std::string_view op, const MlpSizes& sizes, int64_t tangent_rows, at::ScalarType dtype,
+                   int64_t batch, const std::function<int(int64_t)>& occupancy);
 
 GradLayout grad_layout(const MlpSizes& sizes);
 

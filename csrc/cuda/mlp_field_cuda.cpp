@@ -54,7 +54,6 @@ FieldParams<T> make_params(const char* op, const FieldCall& call, at::TensorList
                            double beta, std::vector<at::Tensor>& keep_alive) {
   FieldParams<T> p{};
   p.net = make_view<T>(call.sizes, weights, biases, call.activation, beta, keep_alive);
-  p.plan = choose_plan(op, call.sizes, call.tangent_rows, call.x.scalar_type());
   p.batch = call.x.size(0);
   p.x = call.x.const_data_ptr<T>();
   p.t = data_or_null<T>(call.t);
@@ -74,9 +73,14 @@ void forward(const char* op, const FieldCall& call, at::TensorList weights, at::
   p.f = f.mutable_data_ptr<T>();
   p.div = div != nullptr ? div->mutable_data_ptr<T>() : nullptr;
   const bool tf32 = use_tf32(call.x.scalar_type());
-  int per_sm = 0;
-  C10_CUDA_CHECK(mlp_field_occupancy<T>(/*backward=*/false, tf32, p.plan.smem_bytes, &per_sm));
-  const int grid = grid_size(op, tile::ceil_div(p.batch, p.plan.samples), per_sm);
+  const Launch launch = plan_launch(op, call.sizes, call.tangent_rows, call.x.scalar_type(), p.batch,
+                                    [&](int64_t smem) {
+                                      int per_sm = 0;
+                                      C10_CUDA_CHECK(mlp_field_occupancy<T>(/*backward=*/false, tf32, smem, &per_sm));
+                                      return per_sm;
+                                    });
+  p.plan = launch.plan;
+  const int grid = launch.grid;
   launch_mlp_field<T>(p, /*backward=*/false, tf32, grid, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -99,9 +103,14 @@ GradTuple backward(const char* op, const FieldCall& call, const at::Tensor& grad
   p.grad_t = call.t.defined() ? grad_t.mutable_data_ptr<T>() : nullptr;
   p.layout = grad_layout(call.sizes);
   const bool tf32 = use_tf32(call.x.scalar_type());
-  int per_sm = 0;
-  C10_CUDA_CHECK(mlp_field_occupancy<T>(/*backward=*/true, tf32, p.plan.smem_bytes, &per_sm));
-  const int grid = grid_size(op, tile::ceil_div(batch, p.plan.samples), per_sm);
+  const Launch launch = plan_launch(op, call.sizes, call.tangent_rows, call.x.scalar_type(), batch,
+                                    [&](int64_t smem) {
+                                      int per_sm = 0;
+                                      C10_CUDA_CHECK(mlp_field_occupancy<T>(/*backward=*/true, tf32, smem, &per_sm));
+                                      return per_sm;
+                                    });
+  p.plan = launch.plan;
+  const int grid = launch.grid;
   // Per block: its gradient part (zeroed by the kernel) and the pre-activations of one pass.
   at::Tensor partials = at::empty({grid * p.layout.per_block}, call.x.options());
   at::Tensor scratch = at::empty({int64_t(grid) * call.sizes.hidden_layers * p.plan.rows * call.sizes.hidden},

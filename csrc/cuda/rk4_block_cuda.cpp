@@ -50,7 +50,6 @@ Rk4Params<T> make_params(const char* op, const Rk4Call& call, at::TensorList wei
                          double beta, std::vector<at::Tensor>& keep_alive) {
   Rk4Params<T> p{};
   p.net = make_view<T>(call.sizes, weights, biases, call.activation, beta, keep_alive);
-  p.plan = choose_plan(op, call.sizes, call.tangent_rows, call.x.scalar_type());
   p.batch = call.x.size(0);
   p.steps = int(call.steps);
   p.time = call.sizes.time;
@@ -87,9 +86,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rk4_block(
     p.states = states.mutable_data_ptr<scalar_t>();
     p.stage_velocities = stage_velocities.mutable_data_ptr<scalar_t>();
     const bool tf32 = use_tf32(x.scalar_type());
-    int per_sm = 0;
-    C10_CUDA_CHECK(rk4_block_occupancy<scalar_t>(/*backward=*/false, tf32, p.plan.smem_bytes, &per_sm));
-    const int grid = grid_size(op, tile::ceil_div(batch, p.plan.samples), per_sm);
+    const Launch launch = plan_launch(op, call.sizes, call.tangent_rows, call.x.scalar_type(), batch,
+                                      [&](int64_t smem) {
+                                        int per_sm = 0;
+                                        C10_CUDA_CHECK(rk4_block_occupancy<scalar_t>(/*backward=*/false, tf32, smem, &per_sm));
+                                        return per_sm;
+                                      });
+    p.plan = launch.plan;
+    const int grid = launch.grid;
     launch_rk4_block<scalar_t>(p, /*backward=*/false, tf32, grid, c10::cuda::getCurrentCUDAStream());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -133,9 +137,14 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> rk4_blo
     p.stage_grads = stage_grads.mutable_data_ptr<scalar_t>();
     p.layout = grad_layout(call.sizes);
     const bool tf32 = use_tf32(x.scalar_type());
-    int per_sm = 0;
-    C10_CUDA_CHECK(rk4_block_occupancy<scalar_t>(/*backward=*/true, tf32, p.plan.smem_bytes, &per_sm));
-    const int grid = grid_size(op, tile::ceil_div(batch, p.plan.samples), per_sm);
+    const Launch launch = plan_launch(op, call.sizes, call.tangent_rows, call.x.scalar_type(), batch,
+                                      [&](int64_t smem) {
+                                        int per_sm = 0;
+                                        C10_CUDA_CHECK(rk4_block_occupancy<scalar_t>(/*backward=*/true, tf32, smem, &per_sm));
+                                        return per_sm;
+                                      });
+    p.plan = launch.plan;
+    const int grid = launch.grid;
     at::Tensor partials = at::empty({grid * p.layout.per_block}, call.x.options());
     at::Tensor scratch = at::empty({int64_t(grid) * call.sizes.hidden_layers * p.plan.rows * call.sizes.hidden},
                                    call.x.options());
