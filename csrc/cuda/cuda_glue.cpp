@@ -102,7 +102,7 @@ Launch plan_launch(std::string_view op, const MlpSizes& sizes, int64_t tangent_r
   TORCH_CHECK(found, op, ": a tile of this field needs ", chosen.smem_bytes > 0 ? chosen.smem_bytes : make(tile::min_rows(itemsize)).smem_bytes,
               " bytes of shared memory per block, this GPU gives ", info.smem_per_block,
               " (compute capability 8.0 or newer gives at least ", tile::kMinSmemBudget, ")");
-  const int per_sm = occupancy(chosen.smem_bytes);  // also leaves the kernel's limit at this plan's
+  const int per_sm = occupancy(chosen.smem_bytes);
   TORCH_CHECK(per_sm > 0, op, ": the kernel does not fit on this GPU (no resident block)");
   const int64_t tiles = tile::ceil_div(batch, chosen.samples);
   const int64_t resident = int64_t(per_sm) * info.multiprocessors;
@@ -111,6 +111,12 @@ Launch plan_launch(std::string_view op, const MlpSizes& sizes, int64_t tangent_r
 
 GradLayout grad_layout(const MlpSizes& sizes) {
   return make_grad_layout(sizes.dim, sizes.input_dim, sizes.hidden, sizes.hidden_layers + 1);
+}
+
+BackwardBuffers backward_buffers(const MlpSizes& sizes, const tile::TilePlan& plan, const GradLayout& layout,
+                                 int grid, const at::TensorOptions& options) {
+  return {at::empty({grid * layout.per_block}, options),
+          at::empty({int64_t(grid) * sizes.hidden_layers * plan.rows * sizes.hidden}, options)};
 }
 
 bool use_tf32(at::ScalarType dtype) {

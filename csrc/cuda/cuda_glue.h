@@ -25,8 +25,8 @@ template <typename T>
 MlpView<T> make_view(const MlpSizes& sizes, at::TensorList weights, at::TensorList biases, Activation activation,
                      double beta, std::vector<at::Tensor>& keep_alive);
 
-// The tile plan and grid for a batch on the current device. occupancy(smem_bytes) sets the
-// kernel's shared-memory limit and returns its resident blocks per multiprocessor. Rule: the most
+// The tile plan and grid for a batch on the current device. occupancy(smem_bytes) returns the
+// kernel's resident blocks per multiprocessor (launch.cuh). Rule: the most
 // stack rows (fewest weight passes per sample) whose tiles still fill the GPU twice over (so the
 // last wave of a persistent grid stays short), else the fewest rows that fit (the most tiles).
 // The grid: every tile a block, up to the resident blocks (the kernels loop over their tiles).
@@ -39,6 +39,14 @@ Launch plan_launch(std::string_view op, const MlpSizes& sizes, int64_t tangent_r
                    int64_t batch, const std::function<int(int64_t)>& occupancy);
 
 GradLayout grad_layout(const MlpSizes& sizes);
+
+// The per-block buffers of a backward launch: the gradient parts (the kernel zeroes each block's)
+// and the scratch for one pass's pre-activations, (layers - 1) x rows x hidden values per block.
+struct BackwardBuffers {
+  at::Tensor partials, scratch;
+};
+BackwardBuffers backward_buffers(const MlpSizes& sizes, const tile::TilePlan& plan, const GradLayout& layout,
+                                 int grid, const at::TensorOptions& options);
 
 // float32 products on TF32 tensor cores when torch allows TF32 for float32 matmuls
 // (torch.backends.cuda.matmul.allow_tf32, or torch.set_float32_matmul_precision("high")), exactly

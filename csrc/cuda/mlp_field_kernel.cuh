@@ -66,9 +66,7 @@ template <typename T, bool kTF32>
 __global__ void __launch_bounds__(kThreads, JKOFAST_CUDA_MIN_BLOCKS) mlp_field_backward_kernel(const __grid_constant__ FieldParams<T> p) {
   const tile::TilePlan& plan = p.plan;
   Tile<T, kTF32> tile(p.net, plan, dynamic_smem());
-  T* part = p.partials + blockIdx.x * p.layout.per_block;
-  for (int64_t e = thread_index(); e < p.layout.per_block; e += kThreads) part[e] = T(0);
-  T* save = p.scratch + int64_t(blockIdx.x) * (p.net.layers - 1) * plan.rows * p.net.hidden;
+  const BlockBackward<T> block(p.partials, p.scratch, p.layout, p.net, plan);
   tile.zero_stacks();  // its barrier also publishes the zeroed part
   const int n = plan.samples, C = plan.tangents, R = 1 + C, d = p.net.dim, ld = plan.ld;
   const T scale = divergence_scale<T>(p.divergence, p.tangent_rows);
@@ -85,9 +83,9 @@ __global__ void __launch_bounds__(kThreads, JKOFAST_CUDA_MIN_BLOCKS) mlp_field_b
       auto rebuild = [&](T* u) { tile.build_input(u, valid, C, first, p.tangent_rows, primal, seed); };
       T* u = tile.stack(0);
       rebuild(u);
-      T* a = tile.hidden_layers(u, C, save);
+      T* a = tile.hidden_layers(u, C, block.save);
       tile.build_output_grads(tile.other(a), valid, C, first, p.tangent_rows, c == 0, grad_f, grad_div, seed);
-      const T* grad_u = tile.backward_layers(a, C, save, part, p.layout, rebuild);
+      const T* grad_u = tile.backward_layers(a, C, block.save, block.part, p.layout, rebuild);
       for (int e = thread_index(); e < valid * d; e += kThreads) {
         const int b = e / d, j = e - b * d;
         T* dst = p.grad_x + (in.b0 + b) * d + j;

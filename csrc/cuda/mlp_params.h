@@ -140,8 +140,8 @@ struct ReduceParams {
 };
 
 // Each kernel family (mlp_field_kernel_fp*.cu, rk4_block_kernel_fp*.cu) provides, per element
-// type: *_occupancy, which raises the kernel's dynamic shared-memory limit to smem_bytes and
-// reports how many of its blocks fit on one multiprocessor (0: none), and launch_*, which launches
+// type: *_occupancy, which reports how many of its blocks with smem_bytes of dynamic shared memory
+// fit on one multiprocessor of the current device (0: none; launch.cuh), and launch_*, which launches
 // `grid` blocks on `stream` (every kernel loops over its tiles; the caller checks the launch with
 // C10_CUDA_KERNEL_LAUNCH_CHECK). tf32 selects the tensor-core products (float only).
 template <typename T>

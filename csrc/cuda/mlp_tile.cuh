@@ -37,6 +37,21 @@ __device__ __forceinline__ ActivationValues<T> activate(Activation kind, T z, T 
   }
 }
 
+// This block's share of a backward launch's buffers (mlp_params.h): its gradient part, zeroed here,
+// and its scratch for one pass's pre-activations. Construct it before Tile::zero_stacks(), whose
+// barrier publishes the zeroed part to the block.
+template <typename T>
+struct BlockBackward {
+  T* part;
+  T* save;
+  __device__ BlockBackward(T* partials, T* scratch, const GradLayout& layout, const MlpView<T>& net,
+                           const tile::TilePlan& plan)
+      : part(partials + blockIdx.x * layout.per_block),
+        save(scratch + int64_t(blockIdx.x) * (net.layers - 1) * plan.rows * net.hidden) {
+    for (int64_t e = thread_index(); e < layout.per_block; e += kThreads) part[e] = T(0);
+  }
+};
+
 template <typename T, bool kTF32>
 class Tile {
  public:

@@ -135,9 +135,7 @@ template <typename T, bool kTF32>
 __global__ void __launch_bounds__(kThreads, JKOFAST_CUDA_MIN_BLOCKS) rk4_block_backward_kernel(const __grid_constant__ Rk4Params<T> p) {
   const tile::TilePlan& plan = p.plan;
   Tile<T, kTF32> tile(p.net, plan, dynamic_smem());
-  T* part = p.partials + blockIdx.x * p.layout.per_block;
-  for (int64_t e = thread_index(); e < p.layout.per_block; e += kThreads) part[e] = T(0);
-  T* save = p.scratch + int64_t(blockIdx.x) * (p.net.layers - 1) * plan.rows * p.net.hidden;
+  const BlockBackward<T> block(p.partials, p.scratch, p.layout, p.net, plan);
   tile.zero_stacks();  // its barrier also publishes the zeroed part
   const int n = plan.samples, d = p.net.dim, ld = plan.ld;
   const bool with_div = p.divergence != Divergence::None;
@@ -182,9 +180,9 @@ __global__ void __launch_bounds__(kThreads, JKOFAST_CUDA_MIN_BLOCKS) rk4_block_b
           auto rebuild = [&](T* u) { tile.build_input(u, valid, C, first_tangent, r, primal, seed); };
           T* u = tile.stack(0);
           rebuild(u);
-          T* a = tile.hidden_layers(u, C, save);
+          T* a = tile.hidden_layers(u, C, block.save);
           tile.build_output_grads(tile.other(a), valid, C, first_tangent, r, c == 0, grad_f, grad_d, seed);
-          const T* grad_u = tile.backward_layers(a, C, save, part, p.layout, rebuild);
+          const T* grad_u = tile.backward_layers(a, C, block.save, block.part, p.layout, rebuild);
           for (int64_t e = thread_index(); e < count; e += kThreads) {
             const int b = int(e / d), j = int(e - int64_t(b) * d);
             const T v = grad_u[b * R * ld + j];
