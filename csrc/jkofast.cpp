@@ -9,12 +9,31 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "ops/tile_plan.h"
+
+// The GPU architectures the CUDA kernels were built for ("8.0 9.0"; empty without CUDA), from
+// CMakeLists.txt, so that jkofast/_backend.py falls back on a GPU they cannot run on.
+#ifndef JKOFAST_CUDA_ARCH_LIST
+#define JKOFAST_CUDA_ARCH_LIST ""
+#endif
+
 extern "C" {
 // `import jkofast._C` only needs to load this library, which runs the registrations below. An
-// empty module (no pybind11, no libtorch_python) keeps the build small and ABI-stable.
+// empty module (no pybind11, no libtorch_python) keeps the build small and ABI-stable. Its only
+// attributes are the CUDA kernels' limits (ops/tile_plan.h) and architectures, which
+// jkofast/_backend.py reads so that its fit rule and the CUDA glue's check are one rule.
 PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
+  PyObject* module = PyModule_Create(&module_def);
+  if (module != nullptr &&
+      (PyModule_AddIntConstant(module, "CUDA_MAX_DIM", long(jkofast::tile::kMaxDim)) < 0 ||
+       PyModule_AddIntConstant(module, "CUDA_MAX_HIDDEN", long(jkofast::tile::kMaxHidden)) < 0 ||
+       PyModule_AddIntConstant(module, "CUDA_MAX_WEIGHTS", long(jkofast::tile::kMaxWeights)) < 0 ||
+       PyModule_AddStringConstant(module, "CUDA_ARCH_LIST", JKOFAST_CUDA_ARCH_LIST) < 0)) {
+    Py_DECREF(module);
+    return nullptr;
+  }
+  return module;
 }
 }
 

@@ -2,6 +2,7 @@
 
 #include <c10/util/Exception.h>
 
+#include <cmath>
 #include <string>
 
 namespace jkofast {
@@ -76,6 +77,57 @@ int64_t check_probes(std::string_view op, const at::Tensor& x, const at::Tensor&
   }
   check_same(op, "probes", x, probes);
   return probes.size(lead + 1);
+}
+
+FieldArgs check_field_args(std::string_view op, const at::Tensor& x, const std::optional<at::Tensor>& t,
+                           const std::optional<at::Tensor>& probes, at::TensorList weights, at::TensorList biases,
+                           std::string_view activation, bool with_divergence) {
+  FieldArgs args;
+  args.sizes = check_mlp(op, x, weights, biases, t.has_value());
+  args.activation = parse_activation(op, activation);
+  args.x = x.contiguous();
+  if (t.has_value()) {
+    check_time(op, x, *t);
+    args.t = *t;
+  }
+  args.tangent_rows = 0;
+  if (with_divergence) {
+    if (probes.has_value()) {
+      args.tangent_rows = check_probes(op, x, *probes, 0);
+      args.probes = probes->contiguous();
+    } else {
+      args.tangent_rows = args.sizes.dim;
+    }
+  }
+  return args;
+}
+
+Rk4Args check_rk4_args(std::string_view op, const at::Tensor& x, const std::optional<at::Tensor>& probes,
+                       at::TensorList weights, at::TensorList biases, double t0, double t1, int64_t steps,
+                       std::string_view tableau, std::string_view divergence, bool time, std::string_view activation) {
+  Rk4Args args;
+  args.sizes = check_mlp(op, x, weights, biases, time);
+  args.activation = parse_activation(op, activation);
+  args.tableau = butcher_tableau(parse_tableau(op, tableau));
+  TORCH_CHECK_VALUE(steps >= 1, op, ": steps must be >= 1, got ", steps);
+  TORCH_CHECK_VALUE(std::isfinite(t0) && std::isfinite(t1), op, ": t0 and t1 must be finite, got t0=", t0,
+                    ", t1=", t1);
+  TORCH_CHECK_VALUE(divergence == "exact" || divergence == "hutchinson" || divergence == "none", op,
+                    ": divergence must be 'exact', 'hutchinson' or 'none', got '", std::string(divergence), "'");
+  args.with_divergence = divergence != "none";
+  args.exact = divergence == "exact";
+  TORCH_CHECK_VALUE(probes.has_value() == (divergence == "hutchinson"), op,
+                    ": probes are required with divergence='hutchinson' and only then");
+  args.x = x.contiguous();
+  args.tangent_rows = args.exact ? args.sizes.dim : 0;
+  if (probes.has_value()) {
+    args.tangent_rows = check_probes(op, x, *probes, steps);
+    args.probes = probes->contiguous();
+  }
+  args.steps = steps;
+  args.t0 = t0;
+  args.dt = (t1 - t0) / double(steps);
+  return args;
 }
 
 void check_like(std::string_view op, std::string_view name, const at::Tensor& x, const at::Tensor& g,

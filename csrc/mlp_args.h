@@ -5,6 +5,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/ArrayRef.h>
 
+#include <optional>
 #include <string_view>
 
 #include "ops/activation_math.h"
@@ -34,6 +35,35 @@ void check_time(std::string_view op, const at::Tensor& x, const at::Tensor& t);
 
 // probes: (B, k, d) with k >= 1; with_steps: (S, B, k, d).
 int64_t check_probes(std::string_view op, const at::Tensor& x, const at::Tensor& probes, int64_t steps);
+
+// The inputs of one field evaluation (mlp_field, mlp_field_div and their backward), checked and
+// made contiguous: t and probes undefined for an autonomous field and the exact trace; t is read
+// through its stride (an expanded scalar costs no copy). tangent_rows: 0 for the field alone, d
+// for the exact trace, k for Hutchinson probes (B, k, d).
+struct FieldArgs {
+  at::Tensor x, t, probes;
+  MlpSizes sizes;
+  int64_t tangent_rows;
+  Activation activation;
+};
+FieldArgs check_field_args(std::string_view op, const at::Tensor& x, const std::optional<at::Tensor>& t,
+                           const std::optional<at::Tensor>& probes, at::TensorList weights, at::TensorList biases,
+                           std::string_view activation, bool with_divergence);
+
+// The inputs of rk4_block and its backward, checked: steps >= 1, finite t0 and t1, a known
+// tableau and divergence, probes (steps, B, k, d) given exactly when divergence == "hutchinson".
+struct Rk4Args {
+  at::Tensor x, probes;  // contiguous; probes undefined unless Hutchinson
+  MlpSizes sizes;
+  Activation activation;
+  ButcherTableau tableau;
+  bool with_divergence, exact;
+  int64_t tangent_rows, steps;  // tangent rows: d (exact), k (Hutchinson) or 0
+  double t0, dt;                // dt = (t1 - t0) / steps
+};
+Rk4Args check_rk4_args(std::string_view op, const at::Tensor& x, const std::optional<at::Tensor>& probes,
+                       at::TensorList weights, at::TensorList biases, double t0, double t1, int64_t steps,
+                       std::string_view tableau, std::string_view divergence, bool time, std::string_view activation);
 
 // A gradient tensor of the given shape on x's dtype and device.
 void check_like(std::string_view op, std::string_view name, const at::Tensor& x, const at::Tensor& g,

@@ -1,12 +1,19 @@
 """The one place that chooses between the compiled ops and the pure-torch reference.
 
 ``backend="auto"`` runs the compiled op when the extension is built and the call fits it (an
-MLP :class:`~jkofast.VelocityField`, float32 or float64, a device the ops were built for) and the
-reference otherwise; ``"torch"`` always runs the reference; ``"compiled"`` runs the op or raises,
-so a test or a benchmark that asks for the kernels can never measure the wrong thing.
+MLP :class:`~jkofast.VelocityField`, float32 or float64, a device the ops were built for, and on
+CUDA the kernels' size limits) and the reference otherwise; ``"torch"`` always runs the reference;
+``"compiled"`` runs the op or raises, so a test or a benchmark that asks for the kernels can never
+measure the wrong thing.
+
+The CUDA fit rule: d <= 128, width <= 512 and at most 16 weight matrices (any batch, any number of
+probes), on a GPU of compute capability 8.x or 9.x (the architectures the kernels are built for).
+The numbers come from the compiled extension (csrc/ops/tile_plan.h), whose CUDA glue refuses
+anything else with the same rule.
 """
 from __future__ import annotations
 
+import re
 import warnings
 
 import torch
@@ -22,6 +29,40 @@ EXTENSION = load()
 compiled_ops = EXTENSION.ops  # wrappers, fakes, autograd formulas; None without the extension
 COMPILED_ERROR: str | None = EXTENSION.error
 _warned_fallback = False
+
+
+def cuda_limits() -> dict[str, int]:
+    """The CUDA kernels' size limits: ``{"dim": ..., "hidden": ..., "weights": ...}``."""
+    from . import _C
+
+    return {"dim": _C.CUDA_MAX_DIM, "hidden": _C.CUDA_MAX_HIDDEN, "weights": _C.CUDA_MAX_WEIGHTS}
+
+
+def cuda_misfit(dim: int, hidden: int, weights: int) -> str | None:
+    """Why the CUDA kernels cannot run a field of these sizes (``weights`` weight matrices), or None."""
+    limits = cuda_limits()
+    if 1 <= dim <= limits["dim"] and 1 <= hidden <= limits["hidden"] and 2 <= weights <= limits["weights"]:
+        return None
+    return (f"d={dim}, width {hidden}, {weights} weight matrices (the CUDA kernels take d <= {limits['dim']}, "
+            f"width <= {limits['hidden']}, at most {limits['weights']} weight matrices)")
+
+
+def _cuda_arch_misfit(device: torch.device) -> str | None:
+    """Whether the build has machine code for this GPU: code for x.y runs on x.z with z >= y, and
+    PTX (an entry like "9.0+PTX") on anything newer. Without it, a launch would fail rather than
+    fall back."""
+    from . import _C
+
+    major, minor = torch.cuda.get_device_capability(device)
+    built = getattr(_C, "CUDA_ARCH_LIST", "")
+    for entry in built.replace(";", " ").split():
+        found = re.match(r"(\d+)\.(\d+)", entry)
+        if found is None:
+            continue
+        arch = (int(found[1]), int(found[2]))
+        if (arch[0] == major and arch[1] <= minor) or ("PTX" in entry and arch <= (major, minor)):
+            return None
+    return f"a GPU of compute capability {major}.{minor} (the CUDA kernels were built for {built!r})"
 
 
 def compiled_available() -> bool:
@@ -72,6 +113,8 @@ def _misfit(field, x: torch.Tensor) -> str | None:
         return f"dtype {x.dtype} (the ops take float32 and float64)"
     if x.device.type not in compiled_devices():
         return f"device {x.device.type!r} (this build has kernels for {list(compiled_devices())})"
+    if x.device.type == "cuda":
+        return cuda_misfit(field.dim, field.hidden, len(field.weights)) or _cuda_arch_misfit(x.device)
     return None
 
 

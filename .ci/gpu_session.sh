@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# What a session with a lent GPU runs: build jkofast with its CUDA kernels, run the GPU tests, run
+# compute-sanitizer on small cases, run the benchmark; logs and results into $OUT.
+#
+# The lent machine (H100): a bare copy of this tree, no network, Python 3.12 with torch 2.11+cu130,
+# nvcc, cmake, ninja, pytest, compute-sanitizer, ncu. One device call may run 10 minutes and a
+# machine stays warm (keeping the build) only ~30 s between calls, so run the stages in three calls,
+# back to back (a cold machine rebuilds first, ~2 minutes):
+#
+#   bash .ci/gpu_session.sh build test        # ~5 min: build, tests/test_cuda_ops.py
+#   bash .ci/gpu_session.sh build sanitize    # ~5 min: memcheck, racecheck, synccheck, initcheck
+#   bash .ci/gpu_session.sh build bench       # ~7 min: bench/bench_gpu.py (JSON into $OUT)
+#
+# Optional stage: profile (ncu on the fused d=6/width 128 training step at batch 16k).
+# With no arguments: env build test sanitize bench (no per-call limit, e.g. on a workstation).
+#
+# Robust by design: no `set -e`; every stage runs under its own timeout with its output in its own
+# log; a failing stage does not stop the next; summary.txt lists each stage's exit status and time.
+# $OUT receives at most 6 files: summary.txt, logs.tar.gz (every log), and where produced
+# bench-gpu.json, tf32-errors.json, resources.txt, stage-tails.txt.
+set -u -o pipefail
+set -x
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+OUT=${OUT:-$REPO/gpu-session-out}
+mkdir -p "$OUT"
+LOGS=$(mktemp -d /tmp/jkofast-gpu-XXXX)
+PY=${PYTHON:-python3}
+STAGES=("$@")
+if [ ${#STAGES[@]} -eq 0 ]; then STAGES=(env build test sanitize bench); fi
+export PYTHONUNBUFFERED=1
+
+summary() { echo "$*" | tee -a "$LOGS/summary.txt"; }
+
+# run_stage NAME LIMIT_SECONDS COMMAND...: output to LOGS/NAME.log, status and time to the summary.
+run_stage() {
+  local name=$1 limit=$2
+  shift 2
+  local start=$SECONDS
+  # timeout runs programs, not shell functions: the stages run in a child bash (exported below).
+  timeout --kill-after=15 "$limit" bash -c '"$0" "$@"' "$@" > "$LOGS/$name.log" 2>&1
+  local rc=$?
+  summary "stage $name: exit $rc$([ $rc = 124 ] && echo ' (timed out)'), $((SECONDS - start)) s of $limit s"
+  { echo "===== $name (exit $rc)"; tail -n 60 "$LOGS/$name.log"; } >> "$LOGS/stage-tails.txt"
+  tail -n 30 "$LOGS/$name.log"
+  return 0
+}
+
+finish() {
+  set +x
+  cp "$LOGS/summary.txt" "$OUT/summary.txt" 2>/dev/null
+  cp "$LOGS/stage-tails.txt" "$OUT/stage-tails.txt" 2>/dev/null
+  for f in tf32-errors.json resources.txt bench-gpu.json; do
+    [ -f "$LOGS/$f" ] && cp "$LOGS/$f" "$OUT/$f"
+  done
+  tar czf "$OUT/logs.tar.gz" -C "$LOGS" . 2>/dev/null
+  echo "gpu_session: results in $OUT"; cat "$LOGS/summary.txt"
+}
+trap finish EXIT
+
+summary "gpu_session $(date -Is): stages ${STAGES[*]} in $REPO"
+
+stage_env() {
+  nvidia-smi
+  nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,power.limit,temperature.gpu --format=csv
+  $PY -c "import torch, sys; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0))"
+  command -v nvcc && nvcc --version
+  command -v compute-sanitizer && compute-sanitizer --version
+  command -v ncu && ncu --version
+  cmake --version; ninja --version; nproc; free -g; df -h /tmp
+}
+
+# The build: pip into the machine's Python (no index, no dependencies: all present there), for
+# sm_90 only (the H100; 8.0 adds a minute), into build/gpu-session so a warm machine rebuilds only
+# what changed. Skipped when the installed library was built from these very sources.
+stage_build() {
+  local stamp
+  stamp=$(cat "$REPO/CMakeLists.txt" "$REPO"/csrc/*.* "$REPO"/csrc/*/*.* | sha256sum | cut -c1-16)
+  if [ -f "$REPO/build/gpu-session/stamp" ] && [ "$(cat "$REPO/build/gpu-session/stamp")" = "$stamp" ] &&
+     (cd /tmp && $PY -c "import jkofast._C, torch, sys; sys.exit(not torch._C._dispatch_has_kernel_for_dispatch_key('jkofast::rk4_block', 'CUDA'))"); then
+    echo "build: up to date ($stamp)"
+    return 0
+  fi
+  export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
+  export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
+  export CUDA_PATH="${CUDA_PATH:-/usr/local/cuda}"
+  (cd "$REPO" && $PY -m pip install -v --no-build-isolation --no-deps --no-index . -Cbuild-dir=build/gpu-session) || return 1
+  echo "$stamp" > "$REPO/build/gpu-session/stamp"
+  local so
+  so=$(cd /tmp && $PY -c "import jkofast._C as C; print(C.__file__)")
+  local cuobjdump
+  cuobjdump=$(command -v cuobjdump || ls /usr/local/cuda/bin/cuobjdump \
+    "$($PY -c 'import triton, os; print(os.path.dirname(triton.__file__))' 2>/dev/null)"/backends/nvidia/bin/cuobjdump 2>/dev/null | head -1)
+  [ -n "$cuobjdump" ] && "$cuobjdump" --dump-resource-usage "$so" > "$LOGS/resources.txt"
+  (cd /tmp && $PY -c "import jkofast, jkofast._C as C; from jkofast import _backend; print('jkofast', jkofast.__version__, 'arch', C.CUDA_ARCH_LIST, 'devices', _backend.compiled_devices())")
+}
+
+# The GPU tests (they import the installed package: run from /tmp, not the checkout).
+stage_test() {
+  cd /tmp && JKOFAST_TF32_REPORT="$LOGS/tf32-errors.json" $PY -m pytest "$REPO/tests" -m cuda -q -rA \
+    -p no:cacheprovider --junitxml="$LOGS/junit-cuda.xml" --durations=15
+}
+
+# compute-sanitizer on the small cases. Without torch's caching allocator every tensor is its own
+# allocation, so memcheck sees an access past a tensor's end.
+stage_sanitize_tool() {
+  local tool=$1
+  local cs
+  cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+  cd /tmp && PYTORCH_NO_CUDA_MEMORY_CACHING=1 "$cs" --tool "$tool" --error-exitcode 9 --print-limit 40 \
+    $PY "$REPO/.ci/gpu_small_cases.py"
+}
+
+stage_bench() {
+  cd "$REPO" && $PY bench/bench_gpu.py --budget "${BENCH_BUDGET:-400}"
+  local json
+  json=$(ls -t "$REPO"/bench/results/gpu-cuda-*.json 2>/dev/null | head -1)
+  [ -n "$json" ] && cp "$json" "$LOGS/bench-gpu.json"
+}
+
+# ncu on the fused training step (d=6, width 128, batch 16k, TF32): speed of light, occupancy,
+# memory and compute workload of the rk4_block kernels.
+stage_profile() {
+  cd /tmp && ncu --target-processes all -k regex:rk4_block --launch-count 2 \
+    --section SpeedOfLight --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
+    --section ComputeWorkloadAnalysis --section WarpStateStats \
+    $PY -c "
+import torch, jkofast
+from jkofast.jko_loss import block_loss
+torch.backends.cuda.matmul.allow_tf32 = True
+f = jkofast.VelocityField(6, 128, 3).cuda(); x = torch.randn(16384, 6, device='cuda')
+for _ in range(2):
+    f.zero_grad(); block_loss(f, x, 1.0, 3, backend='compiled')[0].backward()
+torch.cuda.synchronize()"
+}
+
+export REPO LOGS PY
+export -f stage_env stage_build stage_test stage_sanitize_tool stage_bench stage_profile
+
+for stage in "${STAGES[@]}"; do
+  case "$stage" in
+    env) run_stage env 60 stage_env ;;
+    build) run_stage build 420 stage_build ;;
+    test) run_stage test 420 stage_test ;;
+    sanitize)
+      run_stage memcheck 150 stage_sanitize_tool memcheck
+      run_stage racecheck 200 stage_sanitize_tool racecheck
+      run_stage synccheck 100 stage_sanitize_tool synccheck
+      run_stage initcheck 100 stage_sanitize_tool initcheck ;;
+    bench) run_stage bench 540 stage_bench ;;
+    profile) run_stage profile 300 stage_profile ;;
+    *) summary "unknown stage '$stage' (env, build, test, sanitize, bench, profile)" ;;
+  esac
+done

@@ -1,0 +1,315 @@
+// Block-wide matrix products on the shared-memory stacks of csrc/ops/tile_plan.h, the only
+// arithmetic-heavy code of the kernels. Two implementations of the same contract:
+//   SIMT:  every thread accumulates a kRows x kCols register tile with FMAs (float and double);
+//   TF32:  every warp accumulates four 16 x 16 tensor-core fragments (wmma m16n16k8, float
+//          inputs rounded to TF32, float accumulators), for float when the caller allows TF32.
+// Weights come from global memory (they are small and shared by all blocks, so L2 serves them)
+// through a double-buffered stage: each thread loads the next chunk into registers while the
+// block multiplies with the current one, so one barrier per chunk suffices.
+//
+// JKOFAST_EMULATE_CUDA: tests/cuda_emulation/ compiles these headers with a host compiler, its
+// cuda_shim.h standing in for the CUDA built-ins, to run the kernels on the CPU.
+#pragma once
+
+#if !defined(JKOFAST_EMULATE_CUDA)
+#include <cuda_runtime.h>
+#include <mma.h>
+#endif
+
+#include "ops/tile_plan.h"
+
+namespace jkofast::cuda {
+
+#if !defined(JKOFAST_EMULATE_CUDA)
+// The block's dynamic shared memory (plan.smem_bytes, set at launch).
+__device__ __forceinline__ unsigned char* dynamic_smem() {
+  extern __shared__ __align__(128) unsigned char smem[];
+  return smem;
+}
+#endif
+
+// Blocks per multiprocessor that the kernels' __launch_bounds__ promise: 1 lets a thread use up
+// to 255 registers, which the register tiles of the products take without spilling (ptxas:
+// 160 to 245 registers); 2 caps them at 128, which spilled 136 to 492 bytes when tried. Shared
+// memory allows 1 or 2 blocks anyway. A tuning knob: -DJKOFAST_CUDA_MIN_BLOCKS=2.
+#ifndef JKOFAST_CUDA_MIN_BLOCKS
+#define JKOFAST_CUDA_MIN_BLOCKS 1
+#endif
+
+using tile::kSkew;
+using tile::kThreads;
+constexpr int kWarps = kThreads / 32;
+
+template <typename T>
+struct RegisterTile;
+template <>
+struct RegisterTile<float> {
+  static constexpr int kRows = 4, kCols = 8;
+};
+template <>
+struct RegisterTile<double> {
+  static constexpr int kRows = 4, kCols = 4;
+};
+static_assert(kThreads * RegisterTile<float>::kRows * RegisterTile<float>::kCols == tile::out_area(4));
+static_assert(kThreads * RegisterTile<double>::kRows * RegisterTile<double>::kCols == tile::out_area(8));
+// TF32: 8 warps x 4 fragments x 256 values cover one pass as well.
+static_assert(kWarps * 4 * 256 == tile::out_area(4));
+
+// The product's right operand B(q, p), read from a weight matrix W of shape (out, in), row-major:
+//   Transposed: B(q, p) = W[p][q]: the forward pass, Out = In W^T (q runs over in, p over out);
+//   Direct:     B(q, p) = W[q][p]: the backward pass, Out = G W (q runs over out, p over in).
+enum class Operand { Transposed, Direct };
+
+__device__ __forceinline__ int thread_index() { return int(threadIdx.x); }
+
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// One chunk of B (stage_rows x chunk_cols values, zero outside q < Q, p < P) on its way from
+// global memory to a stage: kPer values per thread. TF32 rounds them once, when stored.
+template <typename T, bool kTF32>
+struct StageChunk {
+  static constexpr int kPer = tile::stage_elems(sizeof(T)) / kThreads;
+  static_assert(kPer * kThreads == tile::stage_elems(sizeof(T)));
+  T v[kPer];
+
+  // Element e of the chunk sits at (q, p); Transposed walks q fastest (W's rows are contiguous
+  // in q), Direct walks p fastest, so both read W coalesced.
+  __device__ __forceinline__ static void position(int e, Operand mode, const tile::TilePlan& plan, int& q, int& p) {
+    if (mode == Operand::Transposed) {
+      q = e & (plan.stage_rows - 1);
+      p = e >> plan.stage_rows_log2;
+    } else {
+      p = e & (plan.chunk_cols - 1);
+      q = e >> plan.chunk_cols_log2;
+    }
+  }
+
+  __device__ __forceinline__ void load(const T* __restrict__ w, Operand mode, int Q, int P, int q0, int p0,
+                                       const tile::TilePlan& plan) {
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) {
+      int q, p;
+      position(thread_index() + j * kThreads, mode, plan, q, p);
+      const int gq = q0 + q, gp = p0 + p;
+      T value = T(0);
+      if (gq < Q && gp < P) {
+        value = __ldg(w + (mode == Operand::Transposed ? int64_t(gp) * Q + gq : int64_t(gq) * P + gp));
+      }
+      v[j] = value;
+    }
+  }
+
+  __device__ __forceinline__ void store(T* stage, Operand mode, const tile::TilePlan& plan) const {
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) {
+      int q, p;
+      position(thread_index() + j * kThreads, mode, plan, q, p);
+      T value = v[j];
+      if constexpr (kTF32) value = nvcuda::wmma::__float_to_tf32(value);
+      stage[q * plan.stage_ld + p] = value;
+    }
+  }
+};
+
+// Runs compute(stage, q0, qn) for consecutive chunks of the reduction [0, round_up(Q, 8)) of the
+// output columns [p0, p0 + chunk_cols): qn <= stage_rows rows of B, staged at stage[0..qn) with
+// row stride stage_ld, B's column p0 + c at stage column c. Every call ends with a barrier, and
+// none reads a stage before the barrier that published it.
+template <typename T, bool kTF32, typename Compute>
+__device__ __forceinline__ void staged_reduction(const T* __restrict__ w, Operand mode, int Q, int P, int p0,
+                                                 T* const stage[2], const tile::TilePlan& plan, Compute&& compute) {
+  const int q_end = int(tile::round_up(Q, 8));
+  const int chunks = int(tile::ceil_div(q_end, plan.stage_rows));
+  StageChunk<T, kTF32> next;
+  next.load(w, mode, Q, P, 0, p0, plan);
+  next.store(stage[0], mode, plan);
+  __syncthreads();
+  for (int c = 0; c < chunks; ++c) {
+    const bool more = c + 1 < chunks;
+    if (more) next.load(w, mode, Q, P, (c + 1) * plan.stage_rows, p0, plan);  // in flight meanwhile
+    const int q0 = c * plan.stage_rows;
+    compute(stage[c & 1], q0, min(plan.stage_rows, q_end - q0));
+    // The other stage was last read in iteration c - 1, which ended with a barrier.
+    if (more) next.store(stage[(c + 1) & 1], mode, plan);
+    __syncthreads();
+  }
+}
+
+// Out[m][p] = sum_{q < Q} In[m][q] B(q, p) for the stack rows m (all of them on the SIMT path;
+// the 16-row tiles below rows_active on the TF32 path) and p < round_up(P, 16). In and Out are
+// distinct stacks (row stride plan.ld). In's columns [Q, round_up(Q, 8)) must be finite: they
+// meet B's zeros. Columns [P, round_up(P, 16)) of Out come out zero. Ends with a barrier.
+template <typename T, bool kTF32>
+__device__ void block_product(const T* __restrict__ in, T* __restrict__ out, const T* __restrict__ w, Operand mode,
+                              int Q, int P, int rows_active, T* const stage[2], const tile::TilePlan& plan) {
+  const int p_end = int(tile::round_up(P, 16));
+  const int ld = plan.ld;
+  if constexpr (kTF32) {
+    static_assert(sizeof(T) == 4, "TF32 products are for float");
+    using namespace nvcuda;
+    const int warp = thread_index() / 32;
+    const int row_tiles = plan.rows / 16;  // row_tiles * (chunk_cols / 64) == kWarps
+    const int row0 = (warp % row_tiles) * 16, col0 = (warp / row_tiles) * 64;
+    const bool rows_on = row0 < rows_active;
+    for (int p0 = 0; p0 < p_end; p0 += plan.chunk_cols) {
+      wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc[4];
+#pragma unroll
+      for (int f = 0; f < 4; ++f) wmma::fill_fragment(acc[f], 0.0f);
+      staged_reduction<T, kTF32>(w, mode, Q, P, p0, stage, plan, [&](const T* bs, int q0, int qn) {
+        if (!rows_on || p0 + col0 >= p_end) return;  // warp-uniform
+        for (int k = 0; k < qn; k += 8) {
+          wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> a;
+          wmma::load_matrix_sync(a, in + row0 * ld + q0 + k, ld);
+#pragma unroll
+          for (int e = 0; e < a.num_elements; ++e) a.x[e] = wmma::__float_to_tf32(a.x[e]);
+#pragma unroll
+          for (int f = 0; f < 4; ++f) {
+            if (p0 + col0 + 16 * f < p_end) {
+              wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> b;
+              wmma::load_matrix_sync(b, bs + k * plan.stage_ld + col0 + 16 * f, plan.stage_ld);
+              wmma::mma_sync(acc[f], a, b, acc[f]);
+            }
+          }
+        }
+      });
+      if (rows_on) {
+#pragma unroll
+        for (int f = 0; f < 4; ++f) {
+          const int p = p0 + col0 + 16 * f;
+          if (p < p_end) wmma::store_matrix_sync(out + row0 * ld + p, acc[f], ld, wmma::mem_row_major);
+        }
+      }
+    }
+  } else {
+    constexpr int TM = RegisterTile<T>::kRows, TN = RegisterTile<T>::kCols;
+    // Thread (ty, tx) owns rows ty + i * Ty and columns tx + j * Tx of a pass: a warp reads one
+    // or a few rows of In (broadcast) and consecutive columns of the stage.
+    const int Ty = plan.rows / TM, Tx = kThreads / Ty;
+    const int ty = thread_index() / Tx, tx = thread_index() % Tx;
+    for (int p0 = 0; p0 < p_end; p0 += plan.chunk_cols) {
+      T acc[TM][TN];
+#pragma unroll
+      for (int i = 0; i < TM; ++i) {
+#pragma unroll
+        for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
+      }
+      staged_reduction<T, kTF32>(w, mode, Q, P, p0, stage, plan, [&](const T* bs, int q0, int qn) {
+        const T* a_rows = in + ty * ld + q0;
+        const T* b_cols = bs + tx;
+#pragma unroll 4
+        for (int q = 0; q < qn; ++q) {
+          T a[TM], b[TN];
+#pragma unroll
+          for (int i = 0; i < TM; ++i) a[i] = a_rows[i * Ty * ld + q];
+#pragma unroll
+          for (int j = 0; j < TN; ++j) b[j] = b_cols[q * plan.stage_ld + j * Tx];
+#pragma unroll
+          for (int i = 0; i < TM; ++i) {
+#pragma unroll
+            for (int j = 0; j < TN; ++j) acc[i][j] = fma(a[i], b[j], acc[i][j]);
+          }
+        }
+      });
+#pragma unroll
+      for (int i = 0; i < TM; ++i) {
+#pragma unroll
+        for (int j = 0; j < TN; ++j) {
+          const int p = p0 + tx + j * Tx;
+          if (p < p_end) out[(ty + i * Ty) * ld + p] = acc[i][j];
+        }
+      }
+    }
+  }
+  __syncthreads();
+}
+
+// Weight gradient of one layer, added to this block's part (global memory, nobody else's):
+//   part[o][c] += sum_{m < rows} G[m][o] A[m][c]   for o < rows16, c < cols16,
+// part row stride cols16 (see GradLayout). G (output-side gradients) and A (the layer's inputs)
+// are stacks; `rows` is a multiple of 16, and G's rows from the last valid one up to `rows` are
+// zero. Columns of G and A beyond the layer's true sizes only reach the part's padding. Ends with
+// a barrier (the caller overwrites A next).
+template <typename T, bool kTF32>
+__device__ void block_weight_grad(const T* __restrict__ g, const T* __restrict__ a, int rows, T* __restrict__ part,
+                                  int rows16, int cols16, const tile::TilePlan& plan) {
+  const int ld = plan.ld;
+  if constexpr (kTF32) {
+    using namespace nvcuda;
+    const int warp = thread_index() / 32;
+    const int col_tiles = cols16 / 16, tiles = (rows16 / 16) * col_tiles;
+    for (int t = warp; t < tiles; t += kWarps) {
+      const int o0 = (t / col_tiles) * 16, c0 = (t % col_tiles) * 16;
+      T* dst = part + int64_t(o0) * cols16 + c0;
+      wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc;
+      wmma::load_matrix_sync(acc, dst, cols16, wmma::mem_row_major);
+      for (int m = 0; m < rows; m += 8) {
+        // G^T as matrix_a: element (o, m) at g[m * ld + o], i.e. column-major with stride ld.
+        wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::col_major> fg;
+        wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> fa;
+        wmma::load_matrix_sync(fg, g + m * ld + o0, ld);
+        wmma::load_matrix_sync(fa, a + m * ld + c0, ld);
+#pragma unroll
+        for (int e = 0; e < fg.num_elements; ++e) fg.x[e] = wmma::__float_to_tf32(fg.x[e]);
+#pragma unroll
+        for (int e = 0; e < fa.num_elements; ++e) fa.x[e] = wmma::__float_to_tf32(fa.x[e]);
+        wmma::mma_sync(acc, fg, fa, acc);
+      }
+      wmma::store_matrix_sync(dst, acc, cols16, wmma::mem_row_major);
+    }
+  } else {
+    constexpr int TM = RegisterTile<T>::kRows, TN = RegisterTile<T>::kCols;
+    int Tx = 32;  // as few column threads as cover cols16, so that narrow layers keep all busy
+    while (Tx > 1 && (Tx / 2) * TN >= cols16) Tx /= 2;
+    const int Ty = kThreads / Tx;
+    const int ty = thread_index() / Tx, tx = thread_index() % Tx;
+    for (int o0 = 0; o0 < rows16; o0 += Ty * TM) {
+      for (int c0 = 0; c0 < cols16; c0 += Tx * TN) {
+        int o[TM], c[TN];
+        bool o_ok[TM], c_ok[TN];
+#pragma unroll
+        for (int i = 0; i < TM; ++i) {
+          o[i] = o0 + ty + i * Ty;
+          o_ok[i] = o[i] < rows16;
+        }
+#pragma unroll
+        for (int j = 0; j < TN; ++j) {
+          c[j] = c0 + tx + j * Tx;
+          c_ok[j] = c[j] < cols16;
+        }
+        T acc[TM][TN];
+#pragma unroll
+        for (int i = 0; i < TM; ++i) {
+#pragma unroll
+          for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
+        }
+        for (int m = 0; m < rows; ++m) {
+          T gv[TM], av[TN];
+#pragma unroll
+          for (int i = 0; i < TM; ++i) gv[i] = o_ok[i] ? g[m * ld + o[i]] : T(0);
+#pragma unroll
+          for (int j = 0; j < TN; ++j) av[j] = c_ok[j] ? a[m * ld + c[j]] : T(0);
+#pragma unroll
+          for (int i = 0; i < TM; ++i) {
+#pragma unroll
+            for (int j = 0; j < TN; ++j) acc[i][j] = fma(gv[i], av[j], acc[i][j]);
+          }
+        }
+#pragma unroll
+        for (int i = 0; i < TM; ++i) {
+#pragma unroll
+          for (int j = 0; j < TN; ++j) {
+            if (o_ok[i] && c_ok[j]) part[int64_t(o[i]) * cols16 + c[j]] += acc[i][j];
+          }
+        }
+      }
+    }
+  }
+  __syncthreads();
+}
+
+}  // namespace jkofast::cuda

@@ -1,0 +1,70 @@
+// Torch-side helpers shared by the CUDA glue of every op (mlp_field_cuda.cpp, rk4_block_cuda.cpp):
+// the fit check, the kernels' view of the weights, the tile plan for the current device, the
+// persistent grid, the gradient-part layout and its reduction, and the TF32 switch.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/ArrayRef.h>
+
+#include <functional>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "cuda/mlp_params.h"
+#include "mlp_args.h"
+
+namespace jkofast::cuda {
+
+// ValueError naming the limit when the field is beyond what the kernels tile (ops/tile_plan.h).
+void check_fits(std::string_view op, const MlpSizes& sizes);
+
+// The weights and biases as the kernels read them: pointers into the caller's tensors, or into
+// contiguous copies appended to keep_alive when a tensor is not contiguous.
+template <typename T>
+MlpView<T> make_view(const MlpSizes& sizes, at::TensorList weights, at::TensorList biases, Activation activation,
+                     double beta, std::vector<at::Tensor>& keep_alive);
+
+// The tile plan and grid for a batch on the current device. occupancy(smem_bytes) returns the
+// kernel's resident blocks per multiprocessor (launch.cuh). Rule: the most
+// stack rows (fewest weight passes per sample) whose tiles still fill the GPU twice over (so the
+// last wave of a persistent grid stays short), else the fewest rows that fit (the most tiles).
+// The grid: every tile a block, up to the resident blocks (the kernels loop over their tiles).
+// JKOFAST_CUDA_ROWS=<8|16|32|64|128> forces the stack rows (for tuning; it must fit the device).
+struct Launch {
+  tile::TilePlan plan;
+  int grid;
+};
+Launch plan_launch(std::string_view op, const MlpSizes& sizes, int64_t tangent_rows, at::ScalarType dtype,
+                   int64_t batch, const std::function<int(int64_t)>& occupancy);
+
+GradLayout grad_layout(const MlpSizes& sizes);
+
+// The per-block buffers of a backward launch: the gradient parts (the kernel zeroes each block's)
+// and the scratch for one pass's pre-activations, (layers - 1) x rows x hidden values per block.
+struct BackwardBuffers {
+  at::Tensor partials, scratch;
+};
+BackwardBuffers backward_buffers(const MlpSizes& sizes, const tile::TilePlan& plan, const GradLayout& layout,
+                                 int grid, const at::TensorOptions& options);
+
+// float32 products on TF32 tensor cores when torch allows TF32 for float32 matmuls
+// (torch.backends.cuda.matmul.allow_tf32, or torch.set_float32_matmul_precision("high")), exactly
+// as torch.mm decides; never for float64.
+bool use_tf32(at::ScalarType dtype);
+
+// Fresh gradients shaped like weights and biases: the sums of the `blocks` parts in `partials`.
+std::pair<std::vector<at::Tensor>, std::vector<at::Tensor>> reduce_grads(const at::Tensor& partials, int blocks,
+                                                                         const GradLayout& layout,
+                                                                         at::TensorList weights,
+                                                                         at::TensorList biases);
+
+// Zero gradients shaped like weights and biases (an empty batch).
+std::pair<std::vector<at::Tensor>, std::vector<at::Tensor>> zero_grads(at::TensorList weights, at::TensorList biases);
+
+template <typename T>
+const T* data_or_null(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr<T>() : nullptr;
+}
+
+}  // namespace jkofast::cuda

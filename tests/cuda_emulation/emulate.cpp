@@ -1,0 +1,237 @@
+// Runs the CUDA kernels of csrc/cuda/ on the CPU through cuda_shim.h, for tests/test_cuda_emulation.py
+// (loaded with ctypes). The entry points fill the same parameter structs as the torch glue
+// (csrc/cuda/*_cuda.cpp), with a chosen stack height and grid so that tests can force chunked
+// tangent rows, several tiles per block and several gradient parts; workspaces start as NaN.
+#define JKOFAST_EMULATE_CUDA 1
+#include "cuda_shim.h"
+
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <vector>
+
+#include "cuda/grad_reduce_kernel.cuh"
+#include "cuda/mlp_field_kernel.cuh"
+#include "cuda/rk4_block_kernel.cuh"
+
+namespace {
+
+using namespace jkofast;
+using namespace jkofast::cuda;
+
+int g_schedule = 0;  // emu_set_schedule
+
+// One launch: `grid` blocks of 256 threads, one block at a time.
+template <typename Params>
+void run(void (*kernel)(Params), const Params& p, int grid, int64_t smem_bytes) {
+  for (int g = 0; g < grid; ++g) {
+    emu::Block block;
+    block.barrier.size = tile::kThreads;
+    for (auto& warp : block.warps) warp.size = 32;
+    std::unique_ptr<unsigned char[]> smem(new unsigned char[smem_bytes > 0 ? smem_bytes : 1]);
+    std::memset(smem.get(), 0xFF, size_t(smem_bytes > 0 ? smem_bytes : 1));  // NaN in float and double
+    block.smem = smem.get();
+    emu::block = &block;
+    emu::block_idx = {unsigned(g), 0, 0};
+    emu::grid_dim = {unsigned(grid), 0, 0};
+    emu::Scheduler scheduler(block, tile::kThreads, g_schedule, [&] { kernel(p); });
+    block.scheduler = &scheduler;
+    scheduler.run();
+  }
+}
+
+template <typename T>
+std::vector<T> nan_buffer(int64_t count) {
+  return std::vector<T>(size_t(count > 0 ? count : 1), std::numeric_limits<T>::quiet_NaN());
+}
+
+// ints: itemsize, tf32, backward, rows, grid, batch, dim, hidden, layers, time, activation,
+//       divergence, tangent_rows, [t_stride | steps], [- | tableau]
+struct Common {
+  int tf32, backward, rows, grid;
+  int64_t batch;
+  int dim, hidden, layers, time, activation, divergence, tangent_rows;
+};
+
+Common read_common(const int64_t* ints) {
+  return {int(ints[1]), int(ints[2]), int(ints[3]), int(ints[4]), ints[5], int(ints[6]), int(ints[7]),
+          int(ints[8]), int(ints[9]), int(ints[10]), int(ints[11]), int(ints[12])};
+}
+
+template <typename T>
+MlpView<T> read_net(const Common& c, double beta, void* const* weights, void* const* biases) {
+  MlpView<T> net{};
+  net.layers = c.layers;
+  net.dim = c.dim;
+  net.input_dim = c.dim + c.time;
+  net.hidden = c.hidden;
+  net.activation = Activation(c.activation);
+  net.beta = T(beta);
+  for (int l = 0; l < c.layers; ++l) {
+    net.weights[l] = static_cast<const T*>(weights[l]);
+    net.biases[l] = static_cast<const T*>(biases[l]);
+  }
+  return net;
+}
+
+template <typename T>
+void reduce(const std::vector<T>& partials, int grid, const GradLayout& layout, const MlpView<T>& net,
+            void* const* grad_w, void* const* grad_b) {
+  ReduceParams<T> r{};
+  r.partials = partials.data();
+  r.blocks = grid;
+  r.layout = layout;
+  r.layers = net.layers;
+  for (int l = 0; l < net.layers; ++l) {
+    r.out_rows[l] = l == net.layers - 1 ? net.dim : net.hidden;
+    r.out_cols[l] = l == 0 ? net.input_dim : net.hidden;
+    r.grad_weights[l] = static_cast<T*>(grad_w[l]);
+    r.grad_biases[l] = static_cast<T*>(grad_b[l]);
+  }
+  run(grad_reduce_kernel<T>, r, 2, 0);  // 2 blocks: the kernel's grid-stride loop runs too
+}
+
+// ptrs: x, t, probes, f, div, grad_f, grad_div, grad_x, grad_t, weights[16], biases[16],
+//       grad_weights[16], grad_biases[16]
+template <typename T>
+int field(const int64_t* ints, const double* reals, void* const* ptrs) {
+  const Common c = read_common(ints);
+  FieldParams<T> p{};
+  p.net = read_net<T>(c, reals[0], ptrs + 9, ptrs + 25);
+  p.plan = tile::make_plan(c.dim, c.dim + c.time, c.hidden, c.tangent_rows, sizeof(T), c.rows);
+  p.batch = c.batch;
+  p.x = static_cast<const T*>(ptrs[0]);
+  p.t = static_cast<const T*>(ptrs[1]);
+  p.t_stride = ints[13];
+  p.divergence = Divergence(c.divergence);
+  p.probes = static_cast<const T*>(ptrs[2]);
+  p.tangent_rows = c.tangent_rows;
+  const bool tf32 = c.tf32 != 0;
+  if (!c.backward) {
+    p.f = static_cast<T*>(ptrs[3]);
+    p.div = static_cast<T*>(ptrs[4]);
+    if constexpr (sizeof(T) == 4) {
+      run(tf32 ? mlp_field_forward_kernel<float, true> : mlp_field_forward_kernel<float, false>, p, c.grid,
+          p.plan.smem_bytes);
+    } else {
+      run(mlp_field_forward_kernel<double, false>, p, c.grid, p.plan.smem_bytes);
+    }
+    return 0;
+  }
+  p.grad_f = static_cast<const T*>(ptrs[5]);
+  p.grad_div = static_cast<const T*>(ptrs[6]);
+  p.grad_x = static_cast<T*>(ptrs[7]);
+  p.grad_t = static_cast<T*>(ptrs[8]);
+  p.layout = make_grad_layout(c.dim, c.dim + c.time, c.hidden, c.layers);
+  auto partials = nan_buffer<T>(c.grid * p.layout.per_block);
+  auto scratch = nan_buffer<T>(int64_t(c.grid) * (c.layers - 1) * p.plan.rows * c.hidden);
+  p.partials = partials.data();
+  p.scratch = scratch.data();
+  if constexpr (sizeof(T) == 4) {
+    run(tf32 ? mlp_field_backward_kernel<float, true> : mlp_field_backward_kernel<float, false>, p, c.grid,
+        p.plan.smem_bytes);
+  } else {
+    run(mlp_field_backward_kernel<double, false>, p, c.grid, p.plan.smem_bytes);
+  }
+  reduce(partials, c.grid, p.layout, p.net, ptrs + 41, ptrs + 57);
+  return 0;
+}
+
+// reals: beta, t0, dt
+// ptrs: x0, probes, x1, logdet, kinetic, states, grad_x1, grad_logdet, grad_kinetic, saved_states,
+//       grad_x, weights[16], biases[16], grad_weights[16], grad_biases[16]
+template <typename T>
+int rk4(const int64_t* ints, const double* reals, void* const* ptrs) {
+  const Common c = read_common(ints);
+  Rk4Params<T> p{};
+  p.net = read_net<T>(c, reals[0], ptrs + 11, ptrs + 27);
+  p.plan = tile::make_plan(c.dim, c.dim + c.time, c.hidden, c.tangent_rows, sizeof(T), c.rows);
+  p.batch = c.batch;
+  p.steps = int(ints[13]);
+  p.time = c.time != 0;
+  p.tableau = butcher_tableau(Tableau(ints[14]));
+  p.t0 = reals[1];
+  p.dt = reals[2];
+  p.divergence = Divergence(c.divergence);
+  p.probes = static_cast<const T*>(ptrs[1]);
+  p.tangent_rows = c.tangent_rows;
+  p.x0 = static_cast<const T*>(ptrs[0]);
+  const int64_t plane = c.batch * c.dim;
+  auto stage_velocities = nan_buffer<T>(4 * plane);
+  p.stage_velocities = stage_velocities.data();
+  const bool tf32 = c.tf32 != 0;
+  if (!c.backward) {
+    p.x1 = static_cast<T*>(ptrs[2]);
+    p.logdet = static_cast<T*>(ptrs[3]);
+    p.kinetic = static_cast<T*>(ptrs[4]);
+    p.states = static_cast<T*>(ptrs[5]);
+    if constexpr (sizeof(T) == 4) {
+      run(tf32 ? rk4_block_forward_kernel<float, true> : rk4_block_forward_kernel<float, false>, p, c.grid,
+          p.plan.smem_bytes);
+    } else {
+      run(rk4_block_forward_kernel<double, false>, p, c.grid, p.plan.smem_bytes);
+    }
+    return 0;
+  }
+  p.grad_x1 = static_cast<const T*>(ptrs[6]);
+  p.grad_logdet = static_cast<const T*>(ptrs[7]);
+  p.grad_kinetic = static_cast<const T*>(ptrs[8]);
+  p.saved_states = static_cast<const T*>(ptrs[9]);
+  p.grad_x = static_cast<T*>(ptrs[10]);
+  auto stage_input_grads = nan_buffer<T>(4 * plane);
+  auto stage_grads = nan_buffer<T>(plane);
+  p.stage_input_grads = stage_input_grads.data();
+  p.stage_grads = stage_grads.data();
+  p.layout = make_grad_layout(c.dim, c.dim + c.time, c.hidden, c.layers);
+  auto partials = nan_buffer<T>(c.grid * p.layout.per_block);
+  auto scratch = nan_buffer<T>(int64_t(c.grid) * (c.layers - 1) * p.plan.rows * c.hidden);
+  p.partials = partials.data();
+  p.scratch = scratch.data();
+  if constexpr (sizeof(T) == 4) {
+    run(tf32 ? rk4_block_backward_kernel<float, true> : rk4_block_backward_kernel<float, false>, p, c.grid,
+        p.plan.smem_bytes);
+  } else {
+    run(rk4_block_backward_kernel<double, false>, p, c.grid, p.plan.smem_bytes);
+  }
+  reduce(partials, c.grid, p.layout, p.net, ptrs + 43, ptrs + 59);
+  return 0;
+}
+
+}  // namespace
+
+extern "C" {
+
+// 0: released threads run in ascending index order, 1: descending, >= 2: shuffled (seed).
+void emu_set_schedule(int schedule) { g_schedule = schedule; }
+
+// The plan the kernels would use: (rows, samples, tangents, chunks, smem_bytes) into out.
+int emu_plan(int64_t dim, int64_t input_dim, int64_t hidden, int64_t tangent_rows, int itemsize, int rows,
+             int64_t* out) {
+  const tile::TilePlan plan = tile::make_plan(dim, input_dim, hidden, tangent_rows, itemsize, rows);
+  out[0] = plan.rows;
+  out[1] = plan.samples;
+  out[2] = plan.tangents;
+  out[3] = plan.chunks;
+  out[4] = plan.smem_bytes;
+  return 0;
+}
+
+// The CUDA glue's fit check (csrc/cuda/cuda_glue.cpp: check_fits).
+int emu_within_limits(int64_t dim, int64_t hidden, int64_t weights) {
+  return tile::within_limits(dim, hidden, weights) ? 1 : 0;
+}
+
+int emu_choose_rows(int64_t dim, int64_t input_dim, int64_t hidden, int64_t tangent_rows, int itemsize,
+                    int64_t budget) {
+  return tile::choose_rows(dim, input_dim, hidden, tangent_rows, itemsize, budget);
+}
+
+int emu_field(const int64_t* ints, const double* reals, void* const* ptrs) {
+  return ints[0] == 8 ? field<double>(ints, reals, ptrs) : field<float>(ints, reals, ptrs);
+}
+
+int emu_rk4(const int64_t* ints, const double* reals, void* const* ptrs) {
+  return ints[0] == 8 ? rk4<double>(ints, reals, ptrs) : rk4<float>(ints, reals, ptrs);
+}
+
+}  // extern "C"

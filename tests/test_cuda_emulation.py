@@ -1,0 +1,250 @@
+"""The CUDA kernels of csrc/cuda/, run on the CPU by tests/cuda_emulation/ (no GPU needed), against
+the float64 reference; and the CUDA fit rule of jkofast/_backend.py against the C++ one.
+
+The emulation runs the kernels' own code: every thread of a block is a fiber, barriers and warp
+shuffles are emulated, TF32 fragments are whole tiles with the hardware's rounding. Every output
+and every workspace starts as NaN, so an element a kernel forgets to write fails the comparison;
+each case runs under two thread schedules (threads released by a barrier in ascending and in
+descending order), so a missing barrier changes the result. Stack heights (``rows``) and grids are
+chosen to force what small problems would not reach on a GPU: tangent rows in several passes,
+several tiles per block, blocks without a tile, several column passes of a product.
+It does not replace the GPU run (tests/test_cuda_ops.py): fragment layouts, the memory model and
+timing are the hardware's.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import jkofast
+from jkofast import _backend
+from jkofast import reference as R
+from jkofast.divergence import draw_probes
+from conftest import random_field
+from _op_cases import assert_within_float32_rule
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "cuda_emulation"))
+from driver import Emulator, build  # noqa: E402
+
+F64 = dict(rtol=1e-10, atol=1e-12)
+# TF32 products (10 mantissa bits, float accumulation): |error| / max|truth| far below this on these
+# O(1) fields (measured about 1e-3); a wrong index or a lost term gives O(1).
+TF32_REL = 1e-2
+
+
+@pytest.fixture(scope="module")
+def emu(tmp_path_factory):
+    return Emulator(build())
+
+
+def mlp(dim, hidden, layers, time=True, dtype=torch.float64, scale=0.7):
+    """Random weights and biases of a field with `layers` weight matrices."""
+    sizes = [dim + int(time)] + [hidden] * (layers - 1) + [dim]
+    ws = [torch.randn(o, i, dtype=dtype) * scale for i, o in zip(sizes[:-1], sizes[1:])]
+    bs = [torch.randn(o, dtype=dtype) * scale for o in sizes[1:]]
+    return ws, bs
+
+
+def reference_field(x, t, ws, bs, activation, beta, divergence, probes, grad_f, grad_div):
+    """(f, div, grad_x, grad_t, grad_w, grad_b) by the reference and autograd."""
+    leaves = [a.detach().clone().requires_grad_(True) for a in [x, *ws, *bs]]
+    xs, W, B = leaves[0], leaves[1:1 + len(ws)], leaves[1 + len(ws):]
+    ts = None if t is None else t.detach().clone().requires_grad_(True)
+    if divergence is None:
+        f, div = R.mlp_velocity(xs, ts, W, B, activation, beta), None
+        loss = (f * grad_f).sum()
+    else:
+        f, div = R.mlp_velocity_and_divergence(xs, ts, W, B, activation, beta, probes)
+        loss = (f * grad_f).sum() + (div * grad_div).sum()
+    grads = torch.autograd.grad(loss, leaves + ([ts] if ts is not None else []))
+    gx, gw, gb = grads[0], grads[1:1 + len(ws)], grads[1 + len(ws):1 + 2 * len(ws)]
+    gt = grads[-1] if ts is not None else None
+    return f.detach(), None if div is None else div.detach(), gx, gt, list(gw), list(gb)
+
+
+def emulated_field(emu, x, t, ws, bs, activation, beta, divergence, probes, grad_f, grad_div, **kw):
+    f, div = emu.field(x, t, ws, bs, activation, beta, divergence, probes, **kw)
+    gx, gt, gw, gb = emu.field(x, t, ws, bs, activation, beta, divergence, probes, grad_f=grad_f,
+                               grad_div=grad_div, **kw)
+    return f, div, gx, gt, gw, gb
+
+
+def flat(outputs):
+    return [o for o in outputs if o is not None and not isinstance(o, list)] + \
+        [t for o in outputs if isinstance(o, list) for t in o]
+
+
+FIELD_CASES = [  # dim, hidden, layers, activation, time, batch, divergence, probes, rows, grid
+    (3, 16, 3, "softplus", True, 37, "exact", None, 16, 2),      # several tiles per block
+    (3, 16, 3, "tanh", False, 37, "hutchinson", 2, 32, 3),
+    (4, 24, 2, "silu", True, 29, None, None, 16, 2),             # the field alone
+    (12, 20, 2, "silu", True, 9, "exact", None, 8, 3),           # 12 tangent rows in 2 passes of 7 rows
+    (5, 8, 4, "softplus", False, 11, "hutchinson", 19, 16, 2),   # 19 probes in 2 passes
+    (1, 1, 3, "softplus", True, 6, "exact", None, 16, 1),        # d = 1, width 1
+    (2, 5, 2, "tanh", True, 1, "exact", None, 32, 3),            # batch 1; blocks without a tile
+    (16, 37, 3, "softplus", True, 23, "exact", None, 64, 2),     # d + 1 = 17 and width 37: padded columns
+    (6, 80, 3, "silu", True, 10, "hutchinson", 3, 64, 2),        # width 80 > 64 columns per pass (double)
+]
+
+
+@pytest.mark.parametrize("case", FIELD_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_field_kernels_match_reference_float64(emu, case):
+    dim, hidden, layers, activation, time, batch, divergence, k, rows, grid = case
+    ws, bs = mlp(dim, hidden, layers, time)
+    x = torch.randn(batch, dim, dtype=torch.float64)
+    t = torch.rand(batch, dtype=torch.float64) if time else None
+    probes = torch.randn(batch, k, dim, dtype=torch.float64) if k else None
+    grad_f, grad_div = torch.randn(batch, dim, dtype=torch.float64), torch.randn(batch, dtype=torch.float64)
+    want = flat(reference_field(x, t, ws, bs, activation, 1.7, divergence, probes, grad_f, grad_div))
+    for schedule in (0, 1):
+        emu.set_schedule(schedule)
+        got = flat(emulated_field(emu, x, t, ws, bs, activation, 1.7, divergence, probes, grad_f, grad_div,
+                                  rows=rows, grid=grid))
+        assert len(got) == len(want)
+        for i, (g, w) in enumerate(zip(got, want)):
+            torch.testing.assert_close(g, w, **F64, msg=lambda m: f"schedule {schedule}, output {i}: {m}")
+
+
+def test_scalar_time_is_read_through_stride_zero(emu):
+    ws, bs = mlp(3, 16, 3)
+    x = torch.randn(20, 3, dtype=torch.float64)
+    t = torch.tensor(0.3, dtype=torch.float64).reshape(1).expand(20)  # stride 0, as the op wrapper passes it
+    f, div = emu.field(x, t, ws, bs, "softplus", 1.0, "exact", None, rows=32, grid=2)
+    want = R.mlp_velocity_and_divergence(x, t.contiguous(), ws, bs)
+    torch.testing.assert_close(f, want[0], **F64)
+    torch.testing.assert_close(div, want[1], **F64)
+
+
+@pytest.mark.parametrize("divergence", ["exact", "hutchinson"])
+def test_field_float32_and_tf32(emu, divergence):
+    dim, hidden, batch = 6, 80, 21  # 80 columns: two column passes at 128 rows (TF32: 64 per pass)
+    ws, bs = mlp(dim, hidden, 3, scale=0.3)
+    x, t = torch.randn(batch, dim, dtype=torch.float64), torch.rand(batch, dtype=torch.float64)
+    probes = torch.randn(batch, 2, dim, dtype=torch.float64) if divergence == "hutchinson" else None
+    grad_f, grad_div = torch.randn(batch, dim, dtype=torch.float64), torch.randn(batch, dtype=torch.float64)
+    truth = flat(reference_field(x, t, ws, bs, "softplus", 1.0, divergence, probes, grad_f, grad_div))
+    f32 = lambda v: None if v is None else (v.float() if not isinstance(v, list) else [a.float() for a in v])  # noqa: E731
+    args = [f32(a) for a in (x, t, ws, bs)] + ["softplus", 1.0, divergence, f32(probes), f32(grad_f), f32(grad_div)]
+    torch32 = flat(reference_field(*args))
+    emu.set_schedule(2)
+    simt = flat(emulated_field(emu, *args, rows=128, grid=2))
+    tf32 = flat(emulated_field(emu, *args, rows=128, grid=2, tf32=True))
+    for i, (s, tt, t32, ref) in enumerate(zip(simt, tf32, torch32, truth)):
+        assert_within_float32_rule(s, t32, ref, f"float32 output {i}")
+        scale = ref.abs().max().item()
+        err_tf32 = (tt.double() - ref).abs().max().item()
+        err_simt = (s.double() - ref).abs().max().item()
+        assert err_tf32 <= TF32_REL * scale, f"TF32 output {i}: error {err_tf32:.3g} of {scale:.3g}"
+        # The TF32 path really rounds: its error is well above float32's.
+        assert err_tf32 > err_simt or err_tf32 < 1e-6 * scale, f"output {i}: TF32 {err_tf32:.3g}, fp32 {err_simt:.3g}"
+
+
+# ----------------------------------------------------------------------------- rk4_block
+def reference_rk4(field, x, t0, t1, steps, divergence, k, tableau, grads):
+    xs = x.clone().requires_grad_(True)
+    x1, logdet, kinetic = jkofast.rk4(field, xs, t0, t1, steps, divergence=divergence, probes=k, tableau=tableau,
+                                      generator=torch.Generator().manual_seed(5), backend="torch")
+    loss = (x1 * grads[0]).sum() + (kinetic * grads[2]).sum()
+    if logdet is not None:
+        loss = loss + (logdet * grads[1]).sum()
+    g = torch.autograd.grad(loss, [xs, *field.weights, *field.biases])
+    logdet = torch.zeros_like(kinetic) if logdet is None else logdet
+    return [x1.detach(), logdet.detach(), kinetic.detach(), *g]
+
+
+def emulated_rk4(emu, field, x, t0, t1, steps, divergence, k, tableau, grads, **kw):
+    gen = torch.Generator().manual_seed(5)  # the same probes, in the same order, as jkofast.rk4 draws
+    probes = torch.stack([draw_probes(x, k, "rademacher", gen) for _ in range(steps)]) \
+        if divergence == "hutchinson" else None
+    common = dict(time=field.time, activation=field.activation, beta=field.beta, tableau=tableau,
+                  divergence=divergence, probes=probes, **kw)
+    x1, logdet, kinetic, states = emu.rk4(x, field.weights, field.biases, t0, t1, steps, **common)
+    torch.testing.assert_close(states[0], x, rtol=0, atol=0)
+    gx, gw, gb = emu.rk4(x, field.weights, field.biases, t0, t1, steps, grad=grads, states=states, **common)
+    return [x1, logdet, kinetic, gx, *gw, *gb]
+
+
+RK4_CASES = [  # dim, hidden, layers, activation, time, batch, divergence, k, tableau, t0, t1, rows, grid
+    (3, 16, 3, "softplus", True, 37, "exact", 1, "rk4", 0.0, 1.0, 32, 2),
+    (2, 8, 2, "tanh", True, 20, "hutchinson", 2, "rk4-3/8", 0.2, 0.9, 16, 3),
+    (2, 8, 3, "tanh", False, 13, None, 1, "rk4", 1.0, 0.0, 16, 2),             # sampling: backwards, no div
+    (9, 12, 2, "silu", True, 5, "exact", 1, "rk4", 0.0, 1.0, 8, 2),            # tangent rows in 2 passes
+]
+
+
+@pytest.mark.parametrize("case", RK4_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_rk4_block_kernels_match_reference_float64(emu, case):
+    dim, hidden, layers, activation, time, batch, divergence, k, tableau, t0, t1, rows, grid = case
+    field = random_field(dim, hidden, layers - 1, activation, time=time, beta=1.3)
+    with torch.no_grad():
+        for p in field.parameters():
+            p.mul_(0.6)  # a moderate Lipschitz constant: 3 RK4 steps stay accurate
+    x = torch.randn(batch, dim, dtype=torch.float64)
+    grads = [torch.randn(batch, dim, dtype=torch.float64), torch.randn(batch, dtype=torch.float64),
+             torch.randn(batch, dtype=torch.float64)]
+    want = reference_rk4(field, x, t0, t1, 3, divergence, k, tableau, grads)
+    for schedule in (0, 1):
+        emu.set_schedule(schedule)
+        got = emulated_rk4(emu, field, x, t0, t1, 3, divergence, k, tableau, grads, rows=rows, grid=grid)
+        for i, (g, w) in enumerate(zip(got, want)):
+            torch.testing.assert_close(g, w, **F64, msg=lambda m: f"schedule {schedule}, output {i}: {m}")
+
+
+def test_rk4_block_float32_and_tf32(emu):
+    field64 = random_field(3, 40, 2, "softplus", time=True)
+    with torch.no_grad():
+        for p in field64.parameters():
+            p.mul_(0.5)
+    field32 = random_field(3, 40, 2, "softplus", time=True, dtype=torch.float32)
+    field32.load_state_dict({k: v.float() for k, v in field64.state_dict().items()})
+    x = torch.randn(30, 3, dtype=torch.float64)
+    grads = [torch.randn(30, 3, dtype=torch.float64), torch.randn(30, dtype=torch.float64),
+             torch.randn(30, dtype=torch.float64)]
+    truth = reference_rk4(field64, x, 0.0, 1.0, 3, "exact", 1, "rk4", grads)
+    g32 = [g.float() for g in grads]
+    torch32 = reference_rk4(field32, x.float(), 0.0, 1.0, 3, "exact", 1, "rk4", g32)
+    emu.set_schedule(3)
+    simt = emulated_rk4(emu, field32, x.float(), 0.0, 1.0, 3, "exact", 1, "rk4", g32, rows=64, grid=2)
+    tf32 = emulated_rk4(emu, field32, x.float(), 0.0, 1.0, 3, "exact", 1, "rk4", g32, rows=64, grid=2, tf32=True)
+    for i, (s, tt, t32, ref) in enumerate(zip(simt, tf32, torch32, truth)):
+        assert_within_float32_rule(s, t32, ref, f"float32 output {i}")
+        scale = ref.abs().max().item()
+        assert (tt.double() - ref).abs().max().item() <= TF32_REL * scale, f"TF32 output {i}"
+
+
+# ----------------------------------------------------------------------------- fit rule and plan
+def test_backend_fit_rule_matches_the_cpp_rule(emu):
+    # _backend's rule (constants exported by jkofast._C from ops/tile_plan.h) against the C++
+    # within_limits() the CUDA glue calls, on both sides of every limit.
+    lib = emu.lib
+    lib.emu_within_limits.restype = int
+    limits = _backend.cuda_limits()
+    assert limits == {"dim": 128, "hidden": 512, "weights": 16}  # as documented (README, csrc/cuda/README.md)
+    for dim in (1, 2, 127, 128, 129, 500):
+        for hidden in (1, 64, 511, 512, 513):
+            for weights in (2, 4, 16, 17):
+                cpp = bool(lib.emu_within_limits(dim, hidden, weights))
+                py = _backend.cuda_misfit(dim, hidden, weights) is None
+                assert cpp == py, (dim, hidden, weights)
+
+
+@pytest.mark.parametrize("itemsize", [4, 8])
+def test_every_size_within_the_limits_has_a_plan_on_every_gpu(emu, itemsize):
+    # The limits promise a plan within 99 KB of shared memory (the smallest per-block opt-in limit of
+    # the GPUs our sm_80 code runs on), for every width, dimension and tangent-row count.
+    dtype = torch.float32 if itemsize == 4 else torch.float64
+    budget = 99 * 1024
+    for dim in (1, 2, 6, 31, 32, 63, 64, 100, 127, 128):
+        for hidden in (1, 7, 64, 100, 128, 255, 256, 300, 511, 512):
+            for tangent_rows in {0, 1, dim, 2 * dim + 1}:
+                for time in (False, True):
+                    rows = emu.choose_rows(dim, time, hidden, tangent_rows, dtype, budget)
+                    assert rows >= (16 if itemsize == 4 else 8), (dim, hidden, tangent_rows, time)
+                    plan = emu.plan(dim, time, hidden, tangent_rows, dtype, rows)
+                    assert plan["smem_bytes"] <= budget
+                    assert plan["samples"] * (1 + plan["tangents"]) <= plan["rows"]
+                    assert plan["tangents"] * plan["chunks"] >= tangent_rows
+                    assert plan["samples"] >= 1
