@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import jkofast
-from jkofast import jko_iflow
+from jkofast import _backend, jko_iflow
 from jkofast.cli import main
 from jkofast.distributed import Dist
 from jkofast.jko_iflow import JKOIFlowTrainer
@@ -88,8 +88,12 @@ def cli_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("dist_cli")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "jkofast", "train", "--out", str(root / "two"), *CLI_FLAGS]
-    two = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
+    # cwd: not the checkout, whose jkofast/ (no compiled _C) `-m jkofast` would import ahead of
+    # the installed package, training on the pure-torch engine where the workers and this
+    # process run the compiled ops: the runs would then agree to rounding only, not bit for bit.
+    two = subprocess.run(cmd, env=_env(), cwd=root, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
     assert two.returncode == 0, two.stderr[-3000:]
+    assert ("pure-torch engine" in two.stderr) == (not _backend.compiled_available()), two.stderr[-3000:]
     assert main(["train", "--out", str(root / "one"), *CLI_FLAGS]) == 0
     return root / "one", root / "two", two
 
