@@ -109,7 +109,7 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
         raise ValueError(f"method {method!r} trains in one process; distributed training supports "
                          f"{list(DISTRIBUTED_METHODS)}")
     device, dtype = dist.device, getattr(torch, cfg.dtype)
-    data = training_data.prepare(x, val, cfg, dist)
+    data = training_data.prepare(x, val, cfg, dist, progress=progress)
     flow = Flow(data.dim, cfg.field_config(), steps=cfg.steps, tableau=cfg.tableau, loc=data.loc, scale=data.scale)
     flow.to(device=device, dtype=dtype)
     out = Path(out) if out is not None else None
