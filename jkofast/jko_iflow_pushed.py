@@ -58,7 +58,7 @@ class PushedData:
             return y, ld
 
         with torch.no_grad():
-            out = self.store.map(shard, step)
+            out = self.store.map(shard, step, desc=f"pushing through blocks {blocks.start + 1}-{blocks.stop}")
             if measure is not None and not totals:  # an empty shard (more ranks than rows) adds zeros
                 empty = torch.empty(0, shard.dim, dtype=self.flow.loc.dtype, device=self.flow.loc.device)
                 totals = [float(v) for v in measure(empty, empty, empty[:, 0])]

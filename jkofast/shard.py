@@ -25,6 +25,7 @@ from torch import Tensor
 
 from .datasets.streaming import CHUNK_BYTES, Rows, _release
 from .memory import available_bytes
+from .progress import progress_bar
 
 __all__ = ["MemoryShard", "DiskShard", "ShardStore", "STORAGES"]
 
@@ -32,6 +33,7 @@ STORAGES = ("auto", "memory", "disk")
 _PUSH_ROWS = 8192           # rows per push piece (metrics.CHUNK): bounds the tangent rows' memory
 _WINDOW_BYTES = 1 << 20     # disk batches: contiguous windows of this size ...
 _WINDOWS_MIXED = 8          # ... this many at a time, shuffled together (8 MB resident, twice while shuffled)
+_BAR_CHUNKS = 64            # passes over at least this many chunks (64 MB from disk) show a progress bar
 
 PushFn = Callable[[Tensor, Tensor | None], tuple[Tensor, Tensor | None]]  # (points, logdet) -> pushed
 
@@ -44,6 +46,10 @@ class MemoryShard:
     def __init__(self, points: Tensor, logdet: Tensor | None = None) -> None:
         self.points, self.logdet = points, logdet
         self.n, self.dim = points.shape
+
+    @property
+    def num_chunks(self) -> int:
+        return -(-self.n // _PUSH_ROWS)
 
     def chunks(self) -> Iterator[tuple[Tensor, Tensor | None]]:
         for a in range(0, self.n, _PUSH_ROWS):
@@ -89,6 +95,10 @@ class DiskShard:
             return block, None
         return block[:, :self.dim].contiguous(), block[:, self.dim].contiguous()
 
+    @property
+    def num_chunks(self) -> int:
+        return -(-self.n // max(1, CHUNK_BYTES // self.row_bytes))
+
     def chunks(self) -> Iterator[tuple[Tensor, Tensor | None]]:
         step = max(1, CHUNK_BYTES // self.row_bytes)
         for a in range(0, self.n, step):
@@ -127,13 +137,14 @@ class ShardStore:
     divided among the processes of the host, disk otherwise."""
 
     def __init__(self, storage: str, shard_bytes: int, *, dtype: torch.dtype, device: torch.device,
-                 rank: int = 0, local_world: int = 1, scratch: str | os.PathLike | None = None) -> None:
+                 rank: int = 0, local_world: int = 1, scratch: str | os.PathLike | None = None,
+                 progress: bool = False) -> None:
         if storage not in STORAGES:
             raise ValueError(f"invalid pushed_storage {storage!r}; must be one of {list(STORAGES)}")
         if storage == "auto":
             fits = 3 * shard_bytes <= available_bytes(device) // (2 * max(1, local_world))
             storage = "memory" if fits else "disk"
-        self.where, self.dtype, self.device = storage, dtype, device
+        self.where, self.dtype, self.device, self.progress = storage, dtype, device, progress
         self._scratch_parent, self._rank, self._folder = scratch, rank, None
         self._names = itertools.count()
 
@@ -144,8 +155,17 @@ class ShardStore:
             self._folder = Path(tempfile.mkdtemp(prefix=f"jkofast-rank{self._rank}-", dir=self._scratch_parent))
         return self._folder / f"shard{next(self._names)}.bin"
 
-    def build(self, pieces: Iterator[tuple[Tensor, Tensor | None]], dim: int, has_logdet: bool):
-        """A shard of the (points, logdet) pieces, written as they come."""
+    def build(self, pieces: Iterator[tuple[Tensor, Tensor | None]], dim: int, has_logdet: bool, *,
+              total: int = 0, desc: str = ""):
+        """A shard of the (points, logdet) pieces, written as they come; a progress bar over
+        ``total`` pieces when there are many (a pass over data that does not fit in memory)."""
+        bar = progress_bar(total, desc, enabled=self.progress and total >= _BAR_CHUNKS)
+        try:
+            return self._build(_counted(pieces, bar), dim, has_logdet)
+        finally:
+            bar.close()
+
+    def _build(self, pieces: Iterator[tuple[Tensor, Tensor | None]], dim: int, has_logdet: bool):
         if self.where == "memory":
             points, logdets = [], []
             for p, ld in pieces:
@@ -170,17 +190,25 @@ class ShardStore:
             for _, x in rows.chunks(rank=rank, world=world, seed=seed):
                 u = (x.to(self.device, self.dtype) - loc).div_(scale)
                 yield u, (u.new_zeros(u.shape[0]) if with_logdet else None)
-        return self.build(pieces(), rows.dim, with_logdet)
+        return self.build(pieces(), rows.dim, with_logdet, total=rows.num_chunks,
+                          desc=f"rank {rank}: sharding {rows.name}")
 
-    def map(self, shard, fn: PushFn):
+    def map(self, shard, fn: PushFn, desc: str = "pushing"):
         """A new shard of ``fn(points, logdet)`` over ``shard``'s chunks (the push through a block)."""
-        return self.build((fn(p, ld) for p, ld in shard.chunks()), shard.dim, shard_has_logdet(shard))
+        return self.build((fn(p, ld) for p, ld in shard.chunks()), shard.dim, shard_has_logdet(shard),
+                          total=shard.num_chunks, desc=desc)
 
     def close(self) -> None:
         """Delete the scratch folder and every shard file in it."""
         if self._folder is not None:
             shutil.rmtree(self._folder, ignore_errors=True)
             self._folder = None
+
+
+def _counted(pieces, bar):
+    for piece in pieces:
+        yield piece
+        bar.update(1)
 
 
 def shard_has_logdet(shard) -> bool:

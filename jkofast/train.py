@@ -165,7 +165,7 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
            "world_size": dist.world}
     if method in DISTRIBUTED_METHODS:
         # Sharded, possibly memory-mapped data (training_data.py); one process is a world of 1.
-        data = training_data.prepare(x, val, cfg, dist)
+        data = training_data.prepare(x, val, cfg, dist, progress=progress)
         flow = Flow(data.dim, cfg.field_config(), steps=cfg.steps, tableau=cfg.tableau, loc=data.loc,
                     scale=data.scale, block=_block_kind(cfg))
         flow.to(device=device, dtype=dtype)

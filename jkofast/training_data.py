@@ -57,10 +57,11 @@ def _standardization(summary: Summary) -> tuple[np.ndarray, np.ndarray]:
     return summary.mean, summary.std
 
 
-def prepare(x, val, cfg: JKOIFlowConfig, dist: Dist) -> TrainingData:
+def prepare(x, val, cfg: JKOIFlowConfig, dist: Dist, *, progress: bool = False) -> TrainingData:
     """Check ``x`` (and ``val``): arrays, tensors, memory maps or ``.npy`` paths, (N, d),
     finite, non-empty; standardize by the training data's mean and std (``cfg.standardize``);
-    and build this rank's shards with the storage ``cfg.pushed_storage`` picks.
+    and build this rank's shards with the storage ``cfg.pushed_storage`` picks. ``progress``:
+    bars for the passes over large data (rank 0 only).
 
     Raises:
         TypeError, ValueError: bad data (the message names it and says what is wrong).
@@ -70,8 +71,9 @@ def prepare(x, val, cfg: JKOIFlowConfig, dist: Dist) -> TrainingData:
     val_rows = None if val is None else as_rows(val, "val", dim=rows.dim)
     shapes = [(len(r), r.dim, r.dtype_name) for r in (rows, val_rows) if r is not None]
     dist.check_same((shapes, cfg.to_dict()), "data shapes and settings")
-    summary = scan(rows, dist)
-    val_summary = None if val_rows is None else scan(val_rows, dist)
+    progress = progress and dist.main
+    summary = scan(rows, dist, progress=progress)
+    val_summary = None if val_rows is None else scan(val_rows, dist, progress=progress)
     if summary.n < dist.world:
         raise ValueError(f"x has {summary.n} rows, fewer than the {dist.world} processes: every process needs a shard")
     dtype, device = getattr(torch, cfg.dtype), dist.device
@@ -86,7 +88,7 @@ def prepare(x, val, cfg: JKOIFlowConfig, dist: Dist) -> TrainingData:
     shard_bytes = itemsize * (math.ceil(summary.n / dist.world) * rows.dim
                               + math.ceil(n_val / dist.world) * (rows.dim + 1))
     store = ShardStore(cfg.pushed_storage, shard_bytes, dtype=dtype, device=device, rank=dist.rank,
-                       local_world=dist.local_world, scratch=cfg.scratch_dir)
+                       local_world=dist.local_world, scratch=cfg.scratch_dir, progress=progress)
     zero, one = torch.zeros((), dtype=dtype, device=device), torch.ones((), dtype=dtype, device=device)
     shift, div = (loc, scale) if cfg.standardize else (zero, one)
     shard = dict(rank=dist.rank, world=dist.world, seed=cfg.seed)

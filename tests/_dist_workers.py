@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -54,7 +55,7 @@ def killed(args: dict) -> None:
 
     def dies_at_block_2(self, k, *a, **kw):
         if k == 1 and self.dist.rank == 1:
-            sys.stderr.write("rank 1: dying on purpose\n")
+            sys.stderr.write(f"rank 1: dying on purpose at {time.time()}\n")
             sys.stderr.flush()
             os._exit(17)
         return real(self, k, *a, **kw)
@@ -79,5 +80,5 @@ if __name__ == "__main__":
         for name in scenario.split("+"):
             globals()[name](payload)
     except distributed.DistributedError as exc:
-        sys.stderr.write(f"DistributedError: {exc}\n")
+        sys.stderr.write(f"DistributedError at {time.time()}: {exc}\n")
         sys.exit(3)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..progress import progress_bar
 from .streaming import Rows
 
 __all__ = ["scan", "Summary"]
@@ -67,9 +68,10 @@ def _block_summary(rows: Rows, b: int) -> tuple:
     return b, *moments, digest.digest(), bad, first
 
 
-def scan(rows: Rows, dist=None) -> Summary:
+def scan(rows: Rows, dist=None, *, progress: bool = False) -> Summary:
     """One pass over ``rows`` (split over the ranks of ``dist``, a distributed.Dist): raise on
-    NaN/inf, else return their :class:`Summary`.
+    NaN/inf, else return their :class:`Summary`. ``progress``: a bar over this rank's blocks
+    when the data spans more than one.
 
     Examples:
         >>> s = scan(Rows(np.array([[1.0, 2.0], [3.0, 6.0]])))
@@ -78,7 +80,13 @@ def scan(rows: Rows, dist=None) -> Summary:
     """
     rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
     blocks = -(-rows.num_chunks // _SCAN_BLOCK)
-    mine = [_block_summary(rows, b) for b in range(rank, blocks, world)]
+    mine_blocks = range(rank, blocks, world)
+    bar = progress_bar(len(mine_blocks), f"rank {rank}: checking {rows.name}", enabled=progress and blocks > 1)
+    mine = []
+    for b in mine_blocks:
+        mine.append(_block_summary(rows, b))
+        bar.update(1)
+    bar.close()
     parts = sorted((p for part in (dist.gather(mine, f"scanning {rows.name}") if dist else [mine]) for p in part),
                    key=lambda p: p[0])
     digest = hashlib.sha256(f"{(len(rows), rows.dim)}{rows.dtype_name}".encode())
