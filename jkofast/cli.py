@@ -45,10 +45,6 @@ def _load_data(spec: dict):
                         root=spec.get("root"), allow_pickle=spec.get("allow_pickle", False))
 
 
-def _as_tensor(a: np.ndarray, flow: Flow) -> torch.Tensor:
-    return torch.as_tensor(a, dtype=flow.loc.dtype, device=flow.loc.device)
-
-
 def _print_evaluation(metrics: dict, steps: list[int]) -> None:
     for s in steps:
         m, u = metrics[f"nll_steps{s}"], metrics[f"nll_standardized_steps{s}"]
