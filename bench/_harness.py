@@ -27,7 +27,10 @@ REPO = RESULTS.parent.parent
 def import_jkofast_submodules() -> None:
     """Import ``jkofast.<submodule>``: the installed package when it has the compiled ops (the
     checkout's jkofast/ has no built ``_C``), else the checkout's, even while its
-    ``jkofast/__init__.py`` fails (a bare package with its ``__path__`` skips __init__)."""
+    ``jkofast/__init__.py`` fails (a bare package with its ``__path__`` skips __init__).
+    Idempotent: a bench that imports another bench script calls it twice."""
+    if "jkofast" in sys.modules:
+        return
     try:
         import jkofast._C  # noqa: F401
         import jkofast

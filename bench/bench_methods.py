@@ -134,6 +134,24 @@ COLUMNS = [("method", "method", "s"), ("NLL (nats)", "nll", ".4f"), ("+/- s.e.",
            ("peak MB", "peak_mb", ".0f")]
 
 
+def markdown(paths: list[str]) -> str:
+    """One markdown table of stored results (the README's comparison table), a data set per group."""
+    lines = ["| data (d) | method | test NLL +/- s.e. | NLL std. | MMD-c | batches x size | train s | peak MB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for path in paths:
+        rec = json.loads(H.Path(path).read_text())
+        data = f"{rec['data']['name']} ({rec['data']['dim']})"
+        for row in rec["rows"]:
+            mmd_c = "–" if row.get("mmd_c") is None else f"{row['mmd_c']:.2e}"
+            size = f"{row['batches']} x {row['batch_size']}" if row.get("batches") else "–"
+            train = f"{row['train_s']:.0f}" if row.get("train_s") is not None else "–"
+            peak = f"{row['peak_mb']:.0f}" if row.get("peak_mb") is not None else "–"
+            lines.append(f"| {data} | {row['method']} | {row['nll']:.3f} +/- {row['se']:.3f} | "
+                         f"{row['nll_std']:.3f} | {mmd_c} | {size} | {train} | {peak} |")
+            data = ""
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="moons", help="any name jkofast.datasets.get knows, or a .npy/.csv file")
@@ -156,7 +174,12 @@ def main(argv=None) -> int:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-save", action="store_true")
     p.add_argument("--json", default=None, help="write the results here instead of bench/results/")
+    p.add_argument("--markdown", nargs="+", metavar="JSON", help="print stored results as one markdown table "
+                   "and exit (e.g. bench/results/methods-*-cpu-*.json)")
     args = p.parse_args(argv)
+    if args.markdown:
+        print(markdown(args.markdown))
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     args.batches = args.batches or (240 if args.quick else 1800)

@@ -41,6 +41,12 @@ else()
   _jko_py_str(JKO_PY_CPU_TARGET "${JKOFAST_CPU_BASELINE}")
 endif()
 
+if(JKOFAST_OPENMP)
+  set(JKO_PY_OPENMP True)
+else()
+  set(JKO_PY_OPENMP False)
+endif()
+
 file(CONFIGURE OUTPUT "${CMAKE_CURRENT_BINARY_DIR}/_build_info.py" @ONLY CONTENT [=[
 """Written by cmake/build_info.cmake when jkofast._C was built: what it was built against."""
 BUILD_INFO = {
@@ -53,6 +59,8 @@ BUILD_INFO = {
     # level such as "x86-64-v3" (checked before loading), or None (the compiler's default)
     "cpu_target": @JKO_PY_CPU_TARGET@,
     "compiler": "@CMAKE_CXX_COMPILER_ID@ @CMAKE_CXX_COMPILER_VERSION@",
+    # the CPU ops split a batch over torch's intra-op threads (at::parallel_for built with OpenMP)
+    "cpu_threads": @JKO_PY_OPENMP@,
 }
 ]=])
 install(FILES "${CMAKE_CURRENT_BINARY_DIR}/_build_info.py" DESTINATION jkofast)
