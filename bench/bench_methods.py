@@ -136,19 +136,26 @@ COLUMNS = [("method", "method", "s"), ("NLL (nats)", "nll", ".4f"), ("+/- s.e.",
 
 def markdown(paths: list[str]) -> str:
     """One markdown table of stored results (the README's comparison table), a data set per group."""
-    lines = ["| data (d) | method | test NLL +/- s.e. | NLL std. | MMD-c | batches x size | train s | peak MB |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| data (d) | method | test NLL +/- s.e. | NLL std. | MMD-c | MMD-m | batches x size | train s | peak MB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    seen = set()
     for path in paths:
         rec = json.loads(H.Path(path).read_text())
-        data = f"{rec['data']['name']} ({rec['data']['dim']})"
+        name = rec["data"]["name"]
+        data = "" if name in seen else f"{name} ({rec['data']['dim']})"
+        override = rec["budget"].get("override") or {}
         for row in rec["rows"]:
-            mmd_c = "–" if row.get("mmd_c") is None else f"{row['mmd_c']:.2e}"
+            if row["method"].startswith("gaussian") and name in seen:
+                continue  # the same baseline again (a second file on the same data)
+            method = row["method"] + "".join(f", {k}={v}" for k, v in override.get(row["method"], {}).items())
+            mmd_c, mmd_m = ("–" if row.get(k) is None else f"{row[k]:.2e}" for k in ("mmd_c", "mmd_m"))
             size = f"{row['batches']} x {row['batch_size']}" if row.get("batches") else "–"
             train = f"{row['train_s']:.0f}" if row.get("train_s") is not None else "–"
             peak = f"{row['peak_mb']:.0f}" if row.get("peak_mb") is not None else "–"
-            lines.append(f"| {data} | {row['method']} | {row['nll']:.3f} +/- {row['se']:.3f} | "
-                         f"{row['nll_std']:.3f} | {mmd_c} | {size} | {train} | {peak} |")
+            lines.append(f"| {data} | {method} | {row['nll']:.3f} +/- {row['se']:.3f} | "
+                         f"{row['nll_std']:.3f} | {mmd_c} | {mmd_m} | {size} | {train} | {peak} |")
             data = ""
+        seen.add(name)
     return "\n".join(lines)
 
 

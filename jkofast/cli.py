@@ -40,7 +40,7 @@ _TRAIN_OPTIONS = {"blocks": int, "hidden": int, "layers": int, "activation": str
                   "h_growth": float, "stop_tol": float, "divergence": str, "probes": int,
                   "reparam_rounds": int, "refine_rounds": int, "retrain_iters": int, "dtype": str,
                   "tableau": str, "transport": str, "time": bool, "free_block": bool, "warm_start": bool,
-                  "pushed_storage": str, "scratch_dir": str}
+                  "pushed_storage": str, "scratch_dir": str, "select_blocks": str}
 # CLI flag -> option of the other methods (jkofast.train checks which method has which).
 _METHOD_OPTIONS = {"rounds": (int, "jko-flow"), "alpha": (float, "jko-flow"), "alpha_r": (float, "jko-flow"),
                    "init": (str, "jko-flow"), "interpolant": (str, "interpolant"),

@@ -84,6 +84,8 @@ class JKOIFlowTrainer:
         self.device = flow.loc.device
         self.dist = dist if dist is not None else Dist(device=self.device)
         store = store if store is not None else ShardStore("memory", 0, dtype=flow.loc.dtype, device=self.device)
+        if config.select_blocks == "val" and u_val is None:
+            raise ValueError('select_blocks="val" picks the blocks by their validation NLL: pass validation data (val=...)')
         self.data = PushedData(flow, u_train, u_val, store=store, dist=self.dist, backend=backend)
         if config.batch % self.dist.world:
             raise ValueError(f"batch={config.batch} is the global batch, split evenly over the {self.dist.world} "
@@ -216,8 +218,28 @@ class JKOIFlowTrainer:
             self.log["blocks"].append(entry)
             self._advance(phase, phase_index, k, entry["ter"])
             save_state(self)
+        if self._select_blocks():
+            save_state(self)
         self.data.invalidate()
         return flow
+
+    def _select_blocks(self) -> bool:
+        """With ``select_blocks="val"``, cut the flow to the shortest prefix of blocks with the
+        lowest validation NLL. The final round logged each prefix's NLL as it trained it (the
+        same number on every rank), so this needs no extra pass, and it is idempotent (a resumed
+        finished run cuts to the same prefix). Returns whether the flow changed."""
+        if self.cfg.select_blocks != "val":
+            return False
+        final = self._label(len(self.phases) - 1)
+        nll = [e["val_nll_standardized"] for e in self.log["blocks"] if e["phase"] == final]
+        keep = 1 + min(range(len(nll)), key=nll.__getitem__)
+        if keep >= self.flow.num_blocks:
+            return False
+        self.log.setdefault("events", []).append(
+            {"select_blocks": {"kept": keep, "of": self.flow.num_blocks, "val_nll_standardized": nll}})
+        self.flow.blocks = torch.nn.ModuleList(list(self.flow.blocks)[:keep])
+        self.flow.h = self.flow.h[:keep]
+        return True
 
     def _advance(self, phase: str, phase_index: int, k: int, ter: float) -> None:
         """Move the cursor past block k. The first pass ends when the stopping rule fires or

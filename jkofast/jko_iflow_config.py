@@ -12,6 +12,8 @@ from .jko_loss import TRANSPORT_COSTS
 from .reference import ACTIVATIONS, TABLEAUS
 from .shard import STORAGES
 
+SELECT_BLOCKS = ("all", "val")  # keep every block, or the prefix with the lowest validation NLL
+
 __all__ = ["JKOIFlowConfig", "BUDGETS"]
 
 
@@ -35,6 +37,11 @@ class JKOIFlowConfig:
     Refinement: ``reparam_rounds`` rounds of the adaptive time reparametrization (damping
     ``reparam_eta``), then ``refine_rounds`` rounds that split every block in two; each retrains
     every block for ``retrain_iters`` (default ``iters``).
+    Model selection: ``select_blocks="val"`` keeps, at the end, the shortest prefix of the
+    trained blocks with the lowest validation NLL (each prefix is a flow of its own, and the
+    validation NLL of every prefix is logged anyway); it needs validation data. On small data
+    the last blocks can over-fit (digits, 1,439 training rows: validation NLL 62.7 after block
+    4 of 8, 136 after block 8). ``"all"`` (default) keeps every block, as the paper does.
     ``seed`` seeds the initialisation, batches and probes; ``dtype`` is ``"float32"`` or
     ``"float64"``; ``standardize`` stores the data's mean and std in the model.
     Scale (shard.py): ``batch`` is the global batch, split evenly over the processes of a
@@ -70,6 +77,7 @@ class JKOIFlowConfig:
     reparam_eta: float = 0.5
     refine_rounds: int = 0
     retrain_iters: int | None = None
+    select_blocks: str = "all"
     seed: int = 0
     dtype: str = "float32"
     standardize: bool = True
@@ -90,6 +98,7 @@ class JKOIFlowConfig:
         check_choice(self.transport, "transport", TRANSPORT_COSTS)
         check_choice(self.dtype, "dtype", ("float32", "float64"))
         check_choice(self.pushed_storage, "pushed_storage", STORAGES)
+        check_choice(self.select_blocks, "select_blocks", SELECT_BLOCKS)
         if self.scratch_dir is not None:
             self.scratch_dir = os.fspath(self.scratch_dir)  # a Path would not survive to_dict's JSON
         for name in ("beta", "h0", "h_growth", "h_max", "lr", "clip"):

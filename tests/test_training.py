@@ -169,6 +169,39 @@ def test_reparametrization_and_refinement_rounds(tmp_path, moons):
     assert torch.isfinite(flow.log_prob(moons[2][:100])).all()
 
 
+def test_select_blocks_keeps_the_prefix_with_the_lowest_validation_nll(tmp_path, moons):
+    """select_blocks="val" on a training set small enough to over-fit: the kept flow is the
+    prefix of the full flow whose validation NLL (computed here independently) is lowest."""
+    import copy
+    import json
+
+    x, val = moons[0][:80], moons[1][:400]
+    opts = QUICK | {"blocks": 4, "hidden": 64, "iters": 120, "batch": 80, "lr": 1e-2, "stop_tol": 0.0,
+                    "refine_rounds": 1, "retrain_iters": 60}
+    full = jkofast.train(x, val=val, progress=False, **opts)
+    chosen = jkofast.train(x, val=val, out=tmp_path, progress=False, select_blocks="val", **opts)
+    prefix_nll = []
+    for n in range(1, full.num_blocks + 1):
+        prefix = copy.deepcopy(full)
+        prefix.blocks, prefix.h = torch.nn.ModuleList(list(prefix.blocks)[:n]), prefix.h[:n]
+        prefix_nll.append(nll(prefix, val, steps=QUICK.get("steps", 3))[0])
+    best = 1 + int(np.argmin(prefix_nll))
+    assert best < full.num_blocks, f"the set-up should over-fit: prefix NLLs {prefix_nll}"
+    assert chosen.num_blocks == best and chosen.h == full.h[:best]
+    for name, value in chosen.state_dict().items():
+        assert torch.equal(value, full.state_dict()[name]), name
+    event = json.loads((tmp_path / "log.json").read_text())["events"][-1]["select_blocks"]
+    assert event["kept"] == best and event["of"] == full.num_blocks
+    # the logged (standardized) NLLs differ from the data-space ones by one constant
+    shift = np.array(prefix_nll) - np.array(event["val_nll_standardized"])
+    assert np.ptp(shift) < 1e-4 * max(1.0, np.abs(prefix_nll).max())
+    # a finished run that is resumed keeps the same prefix
+    again = jkofast.train(x, val=val, out=tmp_path, progress=False, select_blocks="val", **opts)
+    assert again.num_blocks == best
+    with pytest.raises(ValueError, match="validation"):
+        jkofast.train(x, progress=False, select_blocks="val", **opts)
+
+
 def test_hutchinson_and_path_transport_train(moons):
     flow = jkofast.train(moons[0][:500], progress=False,
                          **(QUICK | {"divergence": "hutchinson", "probes": 2, "transport": "path"}))
