@@ -34,7 +34,7 @@ def import_jkofast_submodules() -> None:
     try:
         import jkofast._C  # noqa: F401
         import jkofast
-        print(f"benchmarking the installed jkofast at {Path(jkofast.__file__).parent}")
+        print(f"benchmarking the installed jkofast at {Path(jkofast.__file__).parent}", file=sys.stderr)
         return
     except Exception:
         for key in [k for k in sys.modules if k.split(".")[0] == "jkofast"]:

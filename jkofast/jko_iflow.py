@@ -218,21 +218,25 @@ class JKOIFlowTrainer:
             self.log["blocks"].append(entry)
             self._advance(phase, phase_index, k, entry["ter"])
             save_state(self)
-        if self._select_blocks():
-            save_state(self)
+        # After the last checkpoint: the checkpoint keeps every block, so a finished run can be
+        # resumed with the other select_blocks (a resumable change) and cut again the same way.
+        self._select_blocks()
         self.data.invalidate()
         return flow
 
     def _select_blocks(self) -> bool:
         """With ``select_blocks="val"``, cut the flow to the shortest prefix of blocks with the
         lowest validation NLL. The final round logged each prefix's NLL as it trained it (the
-        same number on every rank), so this needs no extra pass, and it is idempotent (a resumed
-        finished run cuts to the same prefix). Returns whether the flow changed."""
+        same number on every rank), so this needs no extra pass, and a resumed finished run cuts
+        to the same prefix. Non-finite NLLs never win. Returns whether the flow changed."""
         if self.cfg.select_blocks != "val":
             return False
         final = self._label(len(self.phases) - 1)
         nll = [e["val_nll_standardized"] for e in self.log["blocks"] if e["phase"] == final]
-        keep = 1 + min(range(len(nll)), key=nll.__getitem__)
+        finite = [i for i, v in enumerate(nll) if math.isfinite(v)]
+        if not finite:
+            return False
+        keep = 1 + min(finite, key=nll.__getitem__)
         if keep >= self.flow.num_blocks:
             return False
         self.log.setdefault("events", []).append(

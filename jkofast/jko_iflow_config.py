@@ -41,7 +41,10 @@ class JKOIFlowConfig:
     trained blocks with the lowest validation NLL (each prefix is a flow of its own, and the
     validation NLL of every prefix is logged anyway); it needs validation data. On small data
     the last blocks can over-fit (digits, 1,439 training rows: validation NLL 62.7 after block
-    4 of 8, 136 after block 8). ``"all"`` (default) keeps every block, as the paper does.
+    4 of 8, 136 after block 8). ``"all"`` (default) keeps every block, as the paper does. The
+    checkpoint keeps every block (a finished run resumes with either choice), and the validation
+    NLL reported afterwards is of the set that chose the blocks, so it is optimistic: judge the
+    result on a test set.
     ``seed`` seeds the initialisation, batches and probes; ``dtype`` is ``"float32"`` or
     ``"float64"``; ``standardize`` stores the data's mean and std in the model.
     Scale (shard.py): ``batch`` is the global batch, split evenly over the processes of a

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from .checkpoint import CheckpointError, load_payload, require, save_payload, write_json
 from .flow import Flow
+from .jko_iflow_config import JKOIFlowConfig
 
 __all__ = ["CHECKPOINT_FILE", "LOG_FILE", "data_fingerprint", "save_state", "restore_state"]
 
@@ -26,7 +27,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "log.json"
 _KIND = "jkofast.jko-iflow-state"
 # Settings that do not change what is trained: a resumed run may change them.
-RESUMABLE_CHANGES = {"eval_steps", "pushed_storage", "scratch_dir"}
+RESUMABLE_CHANGES = {"eval_steps", "pushed_storage", "scratch_dir", "select_blocks"}
 _CURSOR_KEYS = ("phase", "block", "started", "done")
 
 
@@ -44,7 +45,9 @@ def data_fingerprint(*arrays: Tensor | None) -> str:
 
 
 def _comparable(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k not in RESUMABLE_CHANGES}
+    # A setting that an older checkpoint lacks did not exist then: the run had its default.
+    defaults = JKOIFlowConfig().to_dict()
+    return {k: v for k, v in {**defaults, **config}.items() if k not in RESUMABLE_CHANGES}
 
 
 def save_state(trainer) -> None:

@@ -163,6 +163,8 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
         (out / CHECKPOINT_FILE).unlink()
     log = {"jkofast_version": __version__, "method": method, "config": cfg.to_dict(), "device": str(device),
            "world_size": dist.world}
+    if getattr(cfg, "select_blocks", "all") == "val" and val is None:
+        raise ValueError('select_blocks="val" picks the blocks by their validation NLL: pass validation data (val=...)')
     if method in DISTRIBUTED_METHODS:
         # Sharded, possibly memory-mapped data (training_data.py); one process is a world of 1.
         data = training_data.prepare(x, val, cfg, dist, progress=progress)
@@ -218,6 +220,9 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
                  "eval_grids": cfg.eval_grids(), "val_nll": log.get("val_nll"), "world_size": dist.world,
                  "pushed_storage": log.get("pushed_storage"), "peak_memory": log["peak_memory"],
                  "jkofast_version": __version__, **(info or {})}
+    selected = [e["select_blocks"] for e in log.get("events", []) if "select_blocks" in e]
+    if selected:  # config["blocks"] was the budget; this says how many were kept and why
+        flow.info["select_blocks"] = selected[-1]
     if out is not None and dist.main:
         flow.save(out)
         write_json(out / LOG_FILE, log)

@@ -89,6 +89,29 @@ def test_resume_refuses_other_settings(tmp_path, moons):
     jkofast.train(x, out=tmp_path, progress=False, resume=False, **(QUICK | {"lr": 0.1}))
 
 
+def test_checkpoint_from_before_a_new_setting_resumes(tmp_path, moons, monkeypatch):
+    """A checkpoint written before a setting existed lacks its key: the run had the default."""
+    x = moons[0][:500]
+    real = jko_iflow.JKOIFlowTrainer.train_block
+
+    def dies_in_block_2(self, k, *a, **kw):
+        if k == 1:
+            raise KeyboardInterrupt
+        return real(self, k, *a, **kw)
+
+    monkeypatch.setattr(jko_iflow.JKOIFlowTrainer, "train_block", dies_in_block_2)
+    with pytest.raises(KeyboardInterrupt):
+        jkofast.train(x, out=tmp_path, progress=False, **QUICK)
+    monkeypatch.setattr(jko_iflow.JKOIFlowTrainer, "train_block", real)
+    path = tmp_path / "checkpoint.pt"
+    record = torch.load(path, weights_only=True)
+    del record["config"]["select_blocks"]
+    torch.save(record, path)
+    flow = jkofast.train(x, out=tmp_path, progress=False, **QUICK)
+    log = __import__("json").loads((tmp_path / "log.json").read_text())
+    assert log["resumed"] and flow.num_blocks == 2
+
+
 def test_nan_loss_stops_with_block_and_iteration(tmp_path, moons, monkeypatch):
     real = jko_iflow.block_loss
     calls = {"n": 0}
@@ -195,9 +218,12 @@ def test_select_blocks_keeps_the_prefix_with_the_lowest_validation_nll(tmp_path,
     # the logged (standardized) NLLs differ from the data-space ones by one constant
     shift = np.array(prefix_nll) - np.array(event["val_nll_standardized"])
     assert np.ptp(shift) < 1e-4 * max(1.0, np.abs(prefix_nll).max())
-    # a finished run that is resumed keeps the same prefix
+    assert chosen.info["select_blocks"]["kept"] == best
+    # the checkpoint keeps every block: a finished run resumes with either choice
     again = jkofast.train(x, val=val, out=tmp_path, progress=False, select_blocks="val", **opts)
     assert again.num_blocks == best
+    every = jkofast.train(x, val=val, out=tmp_path, progress=False, **opts)
+    assert every.num_blocks == full.num_blocks and "select_blocks" not in every.info
     with pytest.raises(ValueError, match="validation"):
         jkofast.train(x, progress=False, select_blocks="val", **opts)
 

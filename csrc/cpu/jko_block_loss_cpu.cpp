@@ -30,13 +30,14 @@ void loss_and_grads(const Rk4Call& call, at::TensorList weights, at::TensorList 
   const int64_t tile = tile_samples(batch, 1 + call.tangent_rows, net.hidden, net.hidden_layers, /*keep=*/true);
   // d(mean over the batch)/d(per-sample term)
   const T inv_b = T(1) / T(batch), ew = T(endpoint_weight), pw = T(path_weight);
-  std::vector<MlpGrads<T>> shares;
-  for (int i = 0; i < at::get_num_threads(); ++i) shares.emplace_back(net);
+  const int64_t parts = tile_parts(batch, tile);
+  std::vector<MlpGrads<T>> shares;  // one per part of the batch (tiles_cpu.h)
+  for (int64_t i = 0; i < parts; ++i) shares.emplace_back(net);
   const T* x0 = call.x.const_data_ptr<T>();
   T* terms_out = terms.mutable_data_ptr<T>();
   T* gx0_out = grad_x0.mutable_data_ptr<T>();
   dispatch_activation(call.activation, [&](auto act) {
-    for_each_tile_range(batch, tile, [&](int64_t first, int64_t end, int thread) {
+    for_each_tile_range(batch, tile, parts, [&](int64_t first, int64_t end, int64_t part) {
       Rk4Tile<decltype(act)::value, T> work(call, net, tile, /*forward_rows=*/0, /*backward=*/true);
       const int64_t plane = tile * d;
       std::vector<T> states(S * plane), ks(S * kStages * plane), x1(plane), gx1(plane), gx0(plane);
@@ -48,7 +49,7 @@ void loss_and_grads(const Rk4Call& call, at::TensorList weights, at::TensorList 
           const T xe = x1[e], we = x0[b * d + e];
           gx1[e] = inv_b * (xe + T(2) * ew * (xe - we));
         }
-        work.backward(b, n, gx1.data(), gld.data(), gkin.data(), saved, ks.data(), gx0.data(), shares[thread],
+        work.backward(b, n, gx1.data(), gld.data(), gkin.data(), saved, ks.data(), gx0.data(), shares[part],
                       logdet.data());
         for (int64_t i = 0; i < n; ++i) {
           T potential = T(0), endpoint = T(0);

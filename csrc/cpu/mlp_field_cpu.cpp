@@ -64,7 +64,7 @@ void forward(const FieldCall& call, at::TensorList weights, at::TensorList biase
   T* f_out = f.mutable_data_ptr<T>();
   T* div_out = div != nullptr ? div->mutable_data_ptr<T>() : nullptr;
   dispatch_activation(call.activation, [&](auto act) {
-    for_each_tile_range(batch, tile, [&](int64_t first, int64_t end, int) {
+    for_each_tile_range(batch, tile, tile_parts(batch, tile), [&](int64_t first, int64_t end, int64_t) {
       MlpTile<decltype(act)::value, T> eval(net, tile, r, probes == nullptr, /*keep=*/false);
       each_tile(first, end, tile, [&](int64_t b, int64_t n) {
         eval.forward(n, x + b * d, t ? t + b * t_stride : nullptr, t_stride, probes ? probes + b * r * d : nullptr,
@@ -83,8 +83,9 @@ GradTuple backward(const FieldCall& call, const at::Tensor& grad_f, const at::Te
   const int64_t tile = tile_samples(batch, 1 + r, net.hidden, net.hidden_layers, /*keep=*/true);
   at::Tensor grad_x = at::empty_like(call.x);
   at::Tensor grad_t = at::empty({call.t.defined() ? batch : 0}, call.x.options());
-  std::vector<MlpGrads<T>> shares;
-  for (int i = 0; i < at::get_num_threads(); ++i) shares.emplace_back(net);
+  const int64_t parts = tile_parts(batch, tile);
+  std::vector<MlpGrads<T>> shares;  // one per part of the batch (tiles_cpu.h)
+  for (int64_t i = 0; i < parts; ++i) shares.emplace_back(net);
   const T* x = call.x.const_data_ptr<T>();
   const T* t = data_or_null<T>(call.t);
   const int64_t t_stride = call.t.defined() ? call.t.stride(0) : 0;
@@ -94,12 +95,12 @@ GradTuple backward(const FieldCall& call, const at::Tensor& grad_f, const at::Te
   T* gx = grad_x.mutable_data_ptr<T>();
   T* gt = call.t.defined() ? grad_t.mutable_data_ptr<T>() : nullptr;
   dispatch_activation(call.activation, [&](auto act) {
-    for_each_tile_range(batch, tile, [&](int64_t first, int64_t end, int thread) {
+    for_each_tile_range(batch, tile, parts, [&](int64_t first, int64_t end, int64_t part) {
       MlpTile<decltype(act)::value, T> eval(net, tile, r, probes == nullptr, /*keep=*/true);
       each_tile(first, end, tile, [&](int64_t b, int64_t n) {
         eval.forward(n, x + b * d, t ? t + b * t_stride : nullptr, t_stride, probes ? probes + b * r * d : nullptr,
                      nullptr, nullptr);
-        eval.backward(gf + b * d, gdiv ? gdiv + b : nullptr, gx + b * d, gt ? gt + b : nullptr, shares[thread]);
+        eval.backward(gf + b * d, gdiv ? gdiv + b : nullptr, gx + b * d, gt ? gt + b : nullptr, shares[part]);
       });
     });
   });

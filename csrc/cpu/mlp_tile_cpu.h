@@ -45,7 +45,7 @@ struct MlpNet {
   }
 };
 
-// One thread's share of the parameter gradients, summed over its tiles.
+// One part's share of the parameter gradients (tiles_cpu.h), summed over its tiles.
 template <typename T>
 struct MlpGrads {
   std::vector<at::Tensor> weights;  // layer 0 unused: see w0_t
@@ -61,7 +61,7 @@ struct MlpGrads {
   }
 };
 
-// Sum the threads' shares into the gradients the op returns (layer 0 transposed back).
+// Sum the parts' shares, in part order, into the gradients the op returns (layer 0 transposed back).
 template <typename T>
 void reduce_grads(std::vector<MlpGrads<T>>& shares, std::vector<at::Tensor>& grad_w, std::vector<at::Tensor>& grad_b) {
   MlpGrads<T>& total = shares[0];

@@ -21,7 +21,7 @@ void forward(const Rk4Call& call, at::TensorList weights, at::TensorList biases,
   T *x_out = x1.mutable_data_ptr<T>(), *ld_out = logdet.mutable_data_ptr<T>();
   T *kin_out = kinetic.mutable_data_ptr<T>(), *saved = states.mutable_data_ptr<T>();
   dispatch_activation(call.activation, [&](auto act) {
-    for_each_tile_range(batch, tile, [&](int64_t first, int64_t end, int) {
+    for_each_tile_range(batch, tile, tile_parts(batch, tile), [&](int64_t first, int64_t end, int64_t) {
       Rk4Tile<decltype(act)::value, T> work(call, net, tile, r, /*backward=*/false);
       each_tile(first, end, tile, [&](int64_t b, int64_t n) {
         work.forward(b, n, x0 + b * d, StepStates<T>{saved, batch, b, d}, x_out + b * d,
@@ -40,18 +40,19 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> backwar
   const int64_t d = net.dim, batch = call.x.size(0);
   const int64_t tile = tile_samples(batch, 1 + call.tangent_rows, net.hidden, net.hidden_layers, /*keep=*/true);
   at::Tensor grad_x = at::empty_like(call.x);
-  std::vector<MlpGrads<T>> shares;
-  for (int i = 0; i < at::get_num_threads(); ++i) shares.emplace_back(net);
+  const int64_t parts = tile_parts(batch, tile);
+  std::vector<MlpGrads<T>> shares;  // one per part of the batch (tiles_cpu.h)
+  for (int64_t i = 0; i < parts; ++i) shares.emplace_back(net);
   const T *gx1 = grad_x1.const_data_ptr<T>(), *gld = grad_logdet.const_data_ptr<T>();
   const T* gkin = grad_kinetic.const_data_ptr<T>();
   T* saved = const_cast<T*>(states.const_data_ptr<T>());  // read only: StepStates serves both passes
   T* gx_out = grad_x.mutable_data_ptr<T>();
   dispatch_activation(call.activation, [&](auto act) {
-    for_each_tile_range(batch, tile, [&](int64_t first, int64_t end, int thread) {
+    for_each_tile_range(batch, tile, parts, [&](int64_t first, int64_t end, int64_t part) {
       Rk4Tile<decltype(act)::value, T> work(call, net, tile, 0, /*backward=*/true);
       each_tile(first, end, tile, [&](int64_t b, int64_t n) {
         work.backward(b, n, gx1 + b * d, gld + b, gkin + b, StepStates<T>{saved, batch, b, d}, nullptr,
-                      gx_out + b * d, shares[thread]);
+                      gx_out + b * d, shares[part]);
       });
     });
   });
