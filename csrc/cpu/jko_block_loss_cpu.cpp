@@ -21,7 +21,7 @@ namespace {
 enum Term : int64_t { kPotential = 0, kLogdet = 1, kEndpoint = 2, kKinetic = 3, kTerms = 4 };
 
 template <typename T>
-void loss_and_grads(const Rk4Call& call, at::TensorList weights, at::TensorList biases, double beta,
+void loss_and_grads(const Rk4Args& call, at::TensorList weights, at::TensorList biases, double beta,
                     double endpoint_weight, double path_weight, at::Tensor& terms, at::Tensor& grad_x0,
                     std::vector<at::Tensor>& grad_w, std::vector<at::Tensor>& grad_b) {
   std::vector<at::Tensor> keep_alive;
@@ -78,8 +78,8 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tens
     double t0, double t1, int64_t steps, c10::string_view tableau, c10::string_view divergence, bool time,
     c10::string_view activation, double beta, double endpoint_weight, double path_weight) {
   const char* op = "jkofast::jko_block_loss";
-  const Rk4Call call =
-      prepare_rk4(op, x0, probes, weights, biases, t0, t1, steps, tableau, divergence, time, activation);
+  const Rk4Args call =
+      check_rk4_args(op, x0, probes, weights, biases, t0, t1, steps, tableau, divergence, time, activation);
   TORCH_CHECK_VALUE(std::isfinite(endpoint_weight) && std::isfinite(path_weight), op,
                     ": endpoint_weight and path_weight must be finite, got ", endpoint_weight, " and ", path_weight);
   TORCH_CHECK_VALUE(x0.size(0) >= 1, op, ": the loss is a mean over the batch, which is empty");

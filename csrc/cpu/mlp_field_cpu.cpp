@@ -14,44 +14,13 @@ namespace {
 
 using GradTuple = std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>;
 
-// The inputs of one field evaluation, checked and made contiguous.
-struct FieldCall {
-  at::Tensor x, t, probes;  // t, probes may be undefined (autonomous field, exact trace)
-  MlpSizes sizes;
-  int64_t tangent_rows;     // 0: the field alone; d: exact trace; k: Hutchinson probes
-  Activation activation;
-};
-
-FieldCall prepare(const char* op, const at::Tensor& x, const std::optional<at::Tensor>& t,
-                  const std::optional<at::Tensor>& probes, at::TensorList weights, at::TensorList biases,
-                  c10::string_view activation, bool with_divergence) {
-  FieldCall call;
-  call.sizes = check_mlp(op, x, weights, biases, t.has_value());
-  call.activation = parse_activation(op, activation);
-  call.x = x.contiguous();
-  if (t.has_value()) {
-    check_time(op, x, *t);
-    call.t = *t;  // read through its stride: an expanded scalar t costs no copy
-  }
-  call.tangent_rows = 0;
-  if (with_divergence) {
-    if (probes.has_value()) {
-      call.tangent_rows = check_probes(op, x, *probes, 0);
-      call.probes = probes->contiguous();
-    } else {
-      call.tangent_rows = call.sizes.dim;
-    }
-  }
-  return call;
-}
-
 template <typename T>
 const T* data_or_null(const at::Tensor& t) {
   return t.defined() ? t.const_data_ptr<T>() : nullptr;
 }
 
 template <typename T>
-void forward(const FieldCall& call, at::TensorList weights, at::TensorList biases, double beta, at::Tensor& f,
+void forward(const FieldArgs& call, at::TensorList weights, at::TensorList biases, double beta, at::Tensor& f,
              at::Tensor* div) {
   std::vector<at::Tensor> keep_alive;
   const MlpNet<T> net(weights, biases, keep_alive, call.sizes.dim, call.sizes.time, beta);
@@ -75,7 +44,7 @@ void forward(const FieldCall& call, at::TensorList weights, at::TensorList biase
 }
 
 template <typename T>
-GradTuple backward(const FieldCall& call, const at::Tensor& grad_f, const at::Tensor& grad_div,
+GradTuple backward(const FieldArgs& call, const at::Tensor& grad_f, const at::Tensor& grad_div,
                    at::TensorList weights, at::TensorList biases, double beta) {
   std::vector<at::Tensor> keep_alive;
   const MlpNet<T> net(weights, biases, keep_alive, call.sizes.dim, call.sizes.time, beta);
@@ -111,7 +80,7 @@ GradTuple backward(const FieldCall& call, const at::Tensor& grad_f, const at::Te
 
 at::Tensor mlp_field(const at::Tensor& x, const std::optional<at::Tensor>& t, at::TensorList weights,
                      at::TensorList biases, c10::string_view activation, double beta) {
-  const FieldCall call = prepare("jkofast::mlp_field", x, t, std::nullopt, weights, biases, activation, false);
+  const FieldArgs call = check_field_args("jkofast::mlp_field", x, t, std::nullopt, weights, biases, activation, false);
   at::Tensor f = at::empty_like(call.x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "jkofast::mlp_field",
                              [&] { forward<scalar_t>(call, weights, biases, beta, f, nullptr); });
@@ -122,7 +91,7 @@ GradTuple mlp_field_backward(const at::Tensor& grad_f, const at::Tensor& x, cons
                              at::TensorList weights, at::TensorList biases, c10::string_view activation,
                              double beta) {
   const char* op = "jkofast::mlp_field_backward";
-  const FieldCall call = prepare(op, x, t, std::nullopt, weights, biases, activation, false);
+  const FieldArgs call = check_field_args(op, x, t, std::nullopt, weights, biases, activation, false);
   check_like(op, "grad_f", x, grad_f, x.sizes());
   const at::Tensor gf = grad_f.contiguous();
   GradTuple out;
@@ -134,7 +103,7 @@ GradTuple mlp_field_backward(const at::Tensor& grad_f, const at::Tensor& x, cons
 std::tuple<at::Tensor, at::Tensor> mlp_field_div(const at::Tensor& x, const std::optional<at::Tensor>& t,
                                                  const std::optional<at::Tensor>& probes, at::TensorList weights,
                                                  at::TensorList biases, c10::string_view activation, double beta) {
-  const FieldCall call = prepare("jkofast::mlp_field_div", x, t, probes, weights, biases, activation, true);
+  const FieldArgs call = check_field_args("jkofast::mlp_field_div", x, t, probes, weights, biases, activation, true);
   at::Tensor f = at::empty_like(call.x);
   at::Tensor div = at::empty({x.size(0)}, call.x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "jkofast::mlp_field_div",
@@ -147,7 +116,7 @@ GradTuple mlp_field_div_backward(const at::Tensor& grad_f, const at::Tensor& gra
                                  at::TensorList weights, at::TensorList biases, c10::string_view activation,
                                  double beta) {
   const char* op = "jkofast::mlp_field_div_backward";
-  const FieldCall call = prepare(op, x, t, probes, weights, biases, activation, true);
+  const FieldArgs call = check_field_args(op, x, t, probes, weights, biases, activation, true);
   check_like(op, "grad_f", x, grad_f, x.sizes());
   check_like(op, "grad_div", x, grad_div, {x.size(0)});
   const at::Tensor gf = grad_f.contiguous(), gdiv = grad_div.contiguous();

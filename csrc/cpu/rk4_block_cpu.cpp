@@ -11,7 +11,7 @@ namespace jkofast::cpu {
 namespace {
 
 template <typename T>
-void forward(const Rk4Call& call, at::TensorList weights, at::TensorList biases, double beta, at::Tensor& x1,
+void forward(const Rk4Args& call, at::TensorList weights, at::TensorList biases, double beta, at::Tensor& x1,
              at::Tensor& logdet, at::Tensor& kinetic, at::Tensor& states) {
   std::vector<at::Tensor> keep_alive;
   const MlpNet<T> net(weights, biases, keep_alive, call.sizes.dim, call.sizes.time, beta);
@@ -33,7 +33,7 @@ void forward(const Rk4Call& call, at::TensorList weights, at::TensorList biases,
 
 template <typename T>
 std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> backward(
-    const Rk4Call& call, const at::Tensor& grad_x1, const at::Tensor& grad_logdet, const at::Tensor& grad_kinetic,
+    const Rk4Args& call, const at::Tensor& grad_x1, const at::Tensor& grad_logdet, const at::Tensor& grad_kinetic,
     const at::Tensor& states, at::TensorList weights, at::TensorList biases, double beta) {
   std::vector<at::Tensor> keep_alive;
   const MlpNet<T> net(weights, biases, keep_alive, call.sizes.dim, call.sizes.time, beta);
@@ -66,7 +66,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rk4_block(
     double t0, double t1, int64_t steps, c10::string_view tableau, c10::string_view divergence, bool time,
     c10::string_view activation, double beta) {
   const char* op = "jkofast::rk4_block";
-  const Rk4Call call = prepare_rk4(op, x, probes, weights, biases, t0, t1, steps, tableau, divergence, time, activation);
+  const Rk4Args call =
+      check_rk4_args(op, x, probes, weights, biases, t0, t1, steps, tableau, divergence, time, activation);
   at::Tensor x1 = at::empty_like(call.x);
   at::Tensor logdet = at::zeros({x.size(0)}, call.x.options());
   at::Tensor kinetic = at::empty({x.size(0)}, call.x.options());
@@ -82,7 +83,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> rk4_blo
     double t0, double t1, int64_t steps, c10::string_view tableau, c10::string_view divergence, bool time,
     c10::string_view activation, double beta) {
   const char* op = "jkofast::rk4_block_backward";
-  const Rk4Call call = prepare_rk4(op, x, probes, weights, biases, t0, t1, steps, tableau, divergence, time, activation);
+  const Rk4Args call =
+      check_rk4_args(op, x, probes, weights, biases, t0, t1, steps, tableau, divergence, time, activation);
   check_like(op, "grad_x1", x, grad_x1, x.sizes());
   check_like(op, "grad_logdet", x, grad_logdet, {x.size(0)});
   check_like(op, "grad_kinetic", x, grad_kinetic, {x.size(0)});

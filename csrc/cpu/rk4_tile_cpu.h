@@ -12,7 +12,6 @@
 
 #include <cmath>
 #include <optional>
-#include <string_view>
 #include <vector>
 
 #include "cpu/mlp_tile_cpu.h"
@@ -20,46 +19,6 @@
 #include "ops/rk4_math.h"
 
 namespace jkofast::cpu {
-
-// The checked arguments of an RK4 block op.
-struct Rk4Call {
-  at::Tensor x, probes;  // probes (S, B, k, d) or undefined
-  MlpSizes sizes;
-  Activation activation;
-  ButcherTableau tableau;
-  bool with_divergence, exact;
-  int64_t tangent_rows, steps;
-  double t0, dt;
-};
-
-inline Rk4Call prepare_rk4(std::string_view op, const at::Tensor& x, const std::optional<at::Tensor>& probes,
-                           at::TensorList weights, at::TensorList biases, double t0, double t1, int64_t steps,
-                           std::string_view tableau, std::string_view divergence, bool time,
-                           std::string_view activation) {
-  Rk4Call call;
-  call.sizes = check_mlp(op, x, weights, biases, time);
-  call.activation = parse_activation(op, activation);
-  call.tableau = butcher_tableau(parse_tableau(op, tableau));
-  TORCH_CHECK_VALUE(steps >= 1, op, ": steps must be >= 1, got ", steps);
-  TORCH_CHECK_VALUE(std::isfinite(t0) && std::isfinite(t1), op, ": t0 and t1 must be finite, got t0=", t0,
-                    ", t1=", t1);
-  TORCH_CHECK_VALUE(divergence == "exact" || divergence == "hutchinson" || divergence == "none", op,
-                    ": divergence must be 'exact', 'hutchinson' or 'none', got '", std::string(divergence), "'");
-  call.with_divergence = divergence != "none";
-  call.exact = divergence == "exact";
-  TORCH_CHECK_VALUE(probes.has_value() == (divergence == "hutchinson"), op,
-                    ": probes are required with divergence='hutchinson' and only then");
-  call.x = x.contiguous();
-  call.tangent_rows = call.exact ? call.sizes.dim : 0;
-  if (probes.has_value()) {
-    call.tangent_rows = check_probes(op, x, *probes, steps);
-    call.probes = probes->contiguous();
-  }
-  call.steps = steps;
-  call.t0 = t0;
-  call.dt = (t1 - t0) / double(steps);
-  return call;
-}
 
 // x at the start of each step for a range of samples: (steps, batch, d) rows, of which this view
 // addresses the ones from sample `first` on (a slice of the op's states, or a tile's own buffer).
@@ -76,7 +35,7 @@ class Rk4Tile {
   // One thread's workspace for tiles of up to `tile` samples. forward_rows: tangent rows of the
   // forward's field evaluations (r, or 0 when the forward needs no divergence); backward: also
   // make the evaluators backward() needs.
-  Rk4Tile(const Rk4Call& call, const MlpNet<T>& net, int64_t tile, int64_t forward_rows, bool backward)
+  Rk4Tile(const Rk4Args& call, const MlpNet<T>& net, int64_t tile, int64_t forward_rows, bool backward)
       : call_(call), net_(net), tile_(tile), plane_(tile * net.dim),
         stage_eval_(net, tile, forward_rows, call.exact, /*keep=*/false),
         x_(plane_), y_(plane_), ks_(kStages * plane_), divs_(kStages * tile) {
@@ -206,7 +165,7 @@ class Rk4Tile {
     return call_.probes.const_data_ptr<T>() + ((step * batch + sample) * call_.tangent_rows) * net_.dim;
   }
 
-  const Rk4Call& call_;
+  const Rk4Args& call_;
   const MlpNet<T>& net_;
   const int64_t tile_, plane_;
   MlpTile<kAct, T> stage_eval_;

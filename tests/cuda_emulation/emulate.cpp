@@ -91,6 +91,21 @@ void reduce(const std::vector<T>& partials, int grid, const GradLayout& layout, 
   run(grad_reduce_kernel<T>, r, 2, 0);  // 2 blocks: the kernel's grid-stride loop runs too
 }
 
+// A backward kernel's gradient layout, per-block partials and hidden-layer scratch (NaN-filled),
+// wired into its params: what the glue's grad buffers are on the GPU.
+template <typename T>
+struct GradBuffers {
+  std::vector<T> partials, scratch;
+  template <typename Params>
+  GradBuffers(const Common& c, Params& p) {
+    p.layout = make_grad_layout(c.dim, c.dim + c.time, c.hidden, c.layers);
+    partials = nan_buffer<T>(c.grid * p.layout.per_block);
+    scratch = nan_buffer<T>(int64_t(c.grid) * (c.layers - 1) * p.plan.rows * c.hidden);
+    p.partials = partials.data();
+    p.scratch = scratch.data();
+  }
+};
+
 // ptrs: x, t, probes, f, div, grad_f, grad_div, grad_x, grad_t, weights[16], biases[16],
 //       grad_weights[16], grad_biases[16]
 template <typename T>
@@ -122,18 +137,14 @@ int field(const int64_t* ints, const double* reals, void* const* ptrs) {
   p.grad_div = static_cast<const T*>(ptrs[6]);
   p.grad_x = static_cast<T*>(ptrs[7]);
   p.grad_t = static_cast<T*>(ptrs[8]);
-  p.layout = make_grad_layout(c.dim, c.dim + c.time, c.hidden, c.layers);
-  auto partials = nan_buffer<T>(c.grid * p.layout.per_block);
-  auto scratch = nan_buffer<T>(int64_t(c.grid) * (c.layers - 1) * p.plan.rows * c.hidden);
-  p.partials = partials.data();
-  p.scratch = scratch.data();
+  const GradBuffers<T> buffers(c, p);
   if constexpr (sizeof(T) == 4) {
     run(tf32 ? mlp_field_backward_kernel<float, true> : mlp_field_backward_kernel<float, false>, p, c.grid,
         p.plan.smem_bytes);
   } else {
     run(mlp_field_backward_kernel<double, false>, p, c.grid, p.plan.smem_bytes);
   }
-  reduce(partials, c.grid, p.layout, p.net, ptrs + 41, ptrs + 57);
+  reduce(buffers.partials, c.grid, p.layout, p.net, ptrs + 41, ptrs + 57);
   return 0;
 }
 
@@ -182,18 +193,14 @@ int rk4(const int64_t* ints, const double* reals, void* const* ptrs) {
   auto stage_grads = nan_buffer<T>(plane);
   p.stage_input_grads = stage_input_grads.data();
   p.stage_grads = stage_grads.data();
-  p.layout = make_grad_layout(c.dim, c.dim + c.time, c.hidden, c.layers);
-  auto partials = nan_buffer<T>(c.grid * p.layout.per_block);
-  auto scratch = nan_buffer<T>(int64_t(c.grid) * (c.layers - 1) * p.plan.rows * c.hidden);
-  p.partials = partials.data();
-  p.scratch = scratch.data();
+  const GradBuffers<T> buffers(c, p);
   if constexpr (sizeof(T) == 4) {
     run(tf32 ? rk4_block_backward_kernel<float, true> : rk4_block_backward_kernel<float, false>, p, c.grid,
         p.plan.smem_bytes);
   } else {
     run(rk4_block_backward_kernel<double, false>, p, c.grid, p.plan.smem_bytes);
   }
-  reduce(partials, c.grid, p.layout, p.net, ptrs + 43, ptrs + 59);
+  reduce(buffers.partials, c.grid, p.layout, p.net, ptrs + 43, ptrs + 59);
   return 0;
 }
 
