@@ -140,7 +140,8 @@ COLUMNS = [("method", "method", "s"), ("NLL (nats)", "nll", ".4f"), ("+/- s.e.",
 
 def markdown(paths: list[str]) -> str:
     """One markdown table of stored results (the README's comparison table), a data set per group."""
-    lines = ["| data (d) | method | test NLL +/- s.e. | NLL std. | MMD-c | MMD-m | batches x size | train s | peak MB |",
+    lines = ["| data (d) | method | test NLL +/- s.e. | NLL std. | MMD-c | MMD-m | batches x size | train s "
+             "| peak MB |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     seen = set()
     for path in paths:

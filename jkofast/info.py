@@ -51,9 +51,12 @@ def report() -> str:
     else:
         lines.append(f"built for:       torch {_torch_name(build['torch_version'], build['torch_cuda'], build['torch_hip'])}, "
                      f"{build['compiler']}, CPU code {_cpu_code(build.get('cpu_target'))}")
-        threads = build.get("cpu_threads")
-        if threads is not None:
-            lines.append(f"CPU threads:     {'the ops split each batch over torch.get_num_threads() = ' + str(torch.get_num_threads()) if threads else 'one per op call (built without OpenMP)'}")
+        threads = build.get("cpu_threads")  # absent in builds that predate the field
+        if threads:
+            lines.append(f"CPU threads:     the ops split each batch over torch.get_num_threads() = "
+                         f"{torch.get_num_threads()}")
+        elif threads is not None:
+            lines.append("CPU threads:     one per op call (built without OpenMP)")
     lines.append(f"running torch:   {_torch_name(torch.__version__, torch.version.cuda, torch.version.hip)} "
                  f"at {Path(torch.__file__).resolve().parent}")
     if _backend.compiled_available():

@@ -84,8 +84,7 @@ class JKOIFlowTrainer:
         self.device = flow.loc.device
         self.dist = dist if dist is not None else Dist(device=self.device)
         store = store if store is not None else ShardStore("memory", 0, dtype=flow.loc.dtype, device=self.device)
-        if config.select_blocks == "val" and u_val is None:
-            raise ValueError('select_blocks="val" picks the blocks by their validation NLL: pass validation data (val=...)')
+        config.check_validation(u_val is not None)
         self.data = PushedData(flow, u_train, u_val, store=store, dist=self.dist, backend=backend)
         if config.batch % self.dist.world:
             raise ValueError(f"batch={config.batch} is the global batch, split evenly over the {self.dist.world} "

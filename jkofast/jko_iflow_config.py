@@ -121,6 +121,13 @@ class JKOIFlowConfig:
             raise TypeError(f"unknown jko-iflow option(s) {unknown}; valid options are {sorted(valid)}")
         return cls(**{**BUDGETS[budget], **options})
 
+    def check_validation(self, has_val: bool) -> None:
+        """Refuse ``select_blocks="val"`` without validation data (train() asks before it
+        prepares the data, the trainer again for direct use)."""
+        if self.select_blocks == "val" and not has_val:
+            raise ValueError('select_blocks="val" picks the blocks by their validation NLL: '
+                             'pass validation data (val=...)')
+
     def to_dict(self) -> dict:
         """The settings as a JSON- and checkpoint-safe dict."""
         # inf is not JSON; the checkpoint and the log store it as a string.

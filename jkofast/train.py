@@ -163,8 +163,8 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
         (out / CHECKPOINT_FILE).unlink()
     log = {"jkofast_version": __version__, "method": method, "config": cfg.to_dict(), "device": str(device),
            "world_size": dist.world}
-    if getattr(cfg, "select_blocks", "all") == "val" and val is None:
-        raise ValueError('select_blocks="val" picks the blocks by their validation NLL: pass validation data (val=...)')
+    if isinstance(cfg, JKOIFlowConfig):
+        cfg.check_validation(val is not None)
     if method in DISTRIBUTED_METHODS:
         # Sharded, possibly memory-mapped data (training_data.py); one process is a world of 1.
         data = training_data.prepare(x, val, cfg, dist, progress=progress)

@@ -1,4 +1,5 @@
-"""Shared inputs and tolerance rules for the compiled-op tests (test_mlp_field, test_rk4_block).
+"""Shared inputs, outputs and tolerance rules for the compiled-op tests (test_mlp_field,
+test_rk4_block, test_cuda_ops, ...).
 
 Tolerances (shared/STYLE.md, section 5):
 
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from jkofast import reference as R
+from jkofast._backend import compiled_ops as O
 from conftest import random_field
 
 F64 = dict(rtol=1e-10, atol=1e-12)
@@ -38,3 +41,25 @@ def assert_within_float32_rule(kernel32, torch32, ref64, name=""):
     torch_err = (torch32.double() - ref64).abs().max().item()
     floor = 1e-6 * max(ref64.abs().max().item(), 1.0)
     assert kernel_err <= 2 * torch_err + floor, f"{name}: kernel error {kernel_err:.3g}, torch float32 {torch_err:.3g}"
+
+
+def field_outputs(field, x, t, probes, with_div, engine, seed=1):
+    """[f, (div), grad x, (grad t), grads of weights and biases] of a random linear functional."""
+    xs, ts = leaf_copies([x, t])
+    ws, bs = leaf_copies(field.weights), leaf_copies(field.biases)
+    tt = ts if field.time else None
+    if with_div:
+        fn = O.mlp_field_div if engine == "compiled" else R.mlp_velocity_and_divergence
+        f, div = fn(xs, tt, ws, bs, field.activation, field.beta, probes)
+    else:
+        fn = O.mlp_field if engine == "compiled" else R.mlp_velocity
+        f, div = fn(xs, tt, ws, bs, field.activation, field.beta), None
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    loss = (f * torch.randn(f.shape, generator=gen, device=x.device, dtype=f.dtype)).sum()
+    if div is not None:
+        loss = loss + (div * torch.randn(div.shape, generator=gen, device=x.device, dtype=div.dtype)).sum()
+    wrt = [xs, *ws, *bs] + ([ts] if field.time else [])
+    grads = torch.autograd.grad(loss, wrt, allow_unused=True, materialize_grads=True)
+    if x.is_cuda:
+        torch.cuda.synchronize()  # a kernel's asynchronous error surfaces here, not in a later test
+    return [f.detach()] + ([div.detach()] if div is not None else []) + list(grads)

@@ -94,3 +94,26 @@ class LinearField(Field):
 
     def forward(self, x, t):
         return x @ self.a.t()
+
+
+def train_killed(monkeypatch, kill_at_call: int, *args, **kwargs) -> None:
+    """jkofast.train(*args, **kwargs) killed (KeyboardInterrupt) on the kill_at_call-th block it
+    trains, counting from 1 over every round: what a process killed there leaves behind."""
+    import jkofast
+    from jkofast import jko_iflow
+
+    real = jko_iflow.JKOIFlowTrainer.train_block
+    calls = {"n": 0}
+
+    def dies(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == kill_at_call:
+            raise KeyboardInterrupt("killed")
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(jko_iflow.JKOIFlowTrainer, "train_block", dies)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            jkofast.train(*args, **kwargs)
+    finally:
+        monkeypatch.setattr(jko_iflow.JKOIFlowTrainer, "train_block", real)

@@ -32,7 +32,7 @@ from jkofast import reference as R
 from jkofast._backend import compiled_ops as O
 from jkofast.divergence import draw_probes
 from conftest import random_field
-from _op_cases import leaf_copies
+from _op_cases import field_outputs, leaf_copies
 
 DEVICE = os.environ.get("JKOFAST_TEST_DEVICE", "cuda")
 pytestmark = pytest.mark.cuda if DEVICE == "cuda" else []
@@ -82,28 +82,6 @@ def cuda_field(dim, hidden, layers, activation="softplus", time=True, beta=1.0, 
         for lin in field.linears:
             lin.weight.mul_(min(1.0, 4.0 / lin.in_features ** 0.5))
     return field
-
-
-def field_outputs(field, x, t, probes, with_div, engine, seed=1):
-    """[f, (div), grad x, (grad t), grads of weights and biases] of a random linear functional."""
-    xs, ts = leaf_copies([x, t])
-    ws, bs = leaf_copies(field.weights), leaf_copies(field.biases)
-    tt = ts if field.time else None
-    if with_div:
-        fn = O.mlp_field_div if engine == "compiled" else R.mlp_velocity_and_divergence
-        f, div = fn(xs, tt, ws, bs, field.activation, field.beta, probes)
-    else:
-        fn = O.mlp_field if engine == "compiled" else R.mlp_velocity
-        f, div = fn(xs, tt, ws, bs, field.activation, field.beta), None
-    gen = torch.Generator(device=x.device).manual_seed(seed)
-    loss = (f * torch.randn(f.shape, generator=gen, device=x.device, dtype=f.dtype)).sum()
-    if div is not None:
-        loss = loss + (div * torch.randn(div.shape, generator=gen, device=x.device, dtype=div.dtype)).sum()
-    wrt = [xs, *ws, *bs] + ([ts] if field.time else [])
-    grads = torch.autograd.grad(loss, wrt, allow_unused=True, materialize_grads=True)
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
-    return [f.detach()] + ([div.detach()] if div is not None else []) + list(grads)
 
 
 def rk4_outputs(field, x, t0, t1, steps, backend, **kw):

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import jkofast
-from jkofast import _backend, jko_iflow
+from jkofast import _backend
 from jkofast.cli import main
 from jkofast.distributed import Dist
 from jkofast.jko_iflow import JKOIFlowTrainer
@@ -29,6 +29,7 @@ from jkofast.jko_iflow_config import JKOIFlowConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _dist_workers import DATA, RUN, moons  # noqa: E402
+from conftest import train_killed  # noqa: E402
 
 WORKERS = Path(__file__).parent / "_dist_workers.py"
 # Seconds: a safety net against a hang. A launch takes ~10 s, but minutes on an overloaded
@@ -162,17 +163,7 @@ def test_resume_with_the_same_and_other_world_sizes(killed_run, cli_runs, tmp_pa
         shutil.copytree(root / "run", tmp_path / name)
     # A one-process run killed after block 1, to be resumed by two processes.
     x, val, _ = moons()
-    real = jko_iflow.JKOIFlowTrainer.train_block
-
-    def dies_in_block_2(self, k, *a, **kw):
-        if k == 1:
-            raise KeyboardInterrupt
-        return real(self, k, *a, **kw)
-
-    monkeypatch.setattr(jko_iflow.JKOIFlowTrainer, "train_block", dies_in_block_2)
-    with pytest.raises(KeyboardInterrupt):
-        jkofast.train(x, val=val, out=tmp_path / "one_to_two", progress=False, **RUN)
-    monkeypatch.setattr(jko_iflow.JKOIFlowTrainer, "train_block", real)
+    train_killed(monkeypatch, 2, x, val=val, out=tmp_path / "one_to_two", progress=False, **RUN)
     block1_of_one = torch.load(tmp_path / "one_to_two" / "checkpoint.pt", weights_only=True)["flow"]["state_dict"]
 
     _ok(launch("resume", 2, outs=[str(tmp_path / "two_to_two"), str(tmp_path / "one_to_two")]))

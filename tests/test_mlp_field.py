@@ -6,7 +6,7 @@ import torch
 
 from jkofast import reference as R
 from jkofast._backend import compiled_ops as O
-from _op_cases import F64, assert_within_float32_rule, field_case, leaf_copies
+from _op_cases import F64, assert_within_float32_rule, field_case, field_outputs, leaf_copies
 
 CASES = [  # (dim, hidden, layers, activation, time, batch, probes)
     (3, 16, 2, "softplus", True, 37, None),
@@ -21,25 +21,7 @@ CASES = [  # (dim, hidden, layers, activation, time, batch, probes)
 
 def run_both(field, x, t, v, with_div):
     """(compiled outputs, reference outputs) with gradients of a random linear functional."""
-    outs = []
-    for impl in ("compiled", "reference"):
-        xs, ts = leaf_copies([x, t])
-        ws, bs = leaf_copies(field.weights), leaf_copies(field.biases)
-        tt = ts if field.time else None
-        if with_div:
-            fn = O.mlp_field_div if impl == "compiled" else R.mlp_velocity_and_divergence
-            f, div = fn(xs, tt, ws, bs, field.activation, field.beta, v)
-        else:
-            fn = O.mlp_field if impl == "compiled" else R.mlp_velocity
-            f, div = fn(xs, tt, ws, bs, field.activation, field.beta), None
-        gen = torch.Generator().manual_seed(1)
-        loss = (f * torch.randn(f.shape, generator=gen, dtype=f.dtype)).sum()
-        if div is not None:
-            loss = loss + (div * torch.randn(div.shape, generator=gen, dtype=div.dtype)).sum()
-        wrt = [xs, *ws, *bs] + ([ts] if field.time else [])
-        grads = torch.autograd.grad(loss, wrt, allow_unused=True, materialize_grads=True)
-        outs.append([f.detach()] + ([div.detach()] if div is not None else []) + list(grads))
-    return outs
+    return [field_outputs(field, x, t, v, with_div, impl) for impl in ("compiled", "reference")]
 
 
 @pytest.mark.parametrize("case", CASES)

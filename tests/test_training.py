@@ -10,7 +10,7 @@ import jkofast
 from jkofast import jko_iflow
 from jkofast.jko_iflow import TrainingDivergedError
 from jkofast.metrics import energy_distance, nll
-from conftest import SHORT_RUN
+from conftest import SHORT_RUN, train_killed
 
 QUICK = dict(blocks=2, hidden=16, layers=2, iters=15, batch=200, eval_steps=None, seed=3)
 
@@ -53,19 +53,7 @@ def test_samples_match_data_better_than_a_gaussian(trained_moons, moons):
 def test_resume_after_kill_equals_uninterrupted_run(tmp_path, moons, monkeypatch):
     x = moons[0][:1000]
     full = jkofast.train(x, out=tmp_path / "full", progress=False, **QUICK)
-    real = jko_iflow.JKOIFlowTrainer.train_block
-    calls = {"n": 0}
-
-    def dies_in_second_block(self, k, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt("killed")
-        return real(self, k, *args, **kwargs)
-
-    monkeypatch.setattr(jko_iflow.JKOIFlowTrainer, "train_block", dies_in_second_block)
-    with pytest.raises(KeyboardInterrupt):
-        jkofast.train(x, out=tmp_path / "killed", progress=False, **QUICK)
-    monkeypatch.setattr(jko_iflow.JKOIFlowTrainer, "train_block", real)
+    train_killed(monkeypatch, 2, x, out=tmp_path / "killed", progress=False, **QUICK)
     resumed = jkofast.train(x, out=tmp_path / "killed", progress=False, **QUICK)
     log = __import__("json").loads((tmp_path / "killed" / "log.json").read_text())
     assert log["resumed"] and len(log["blocks"]) == 2
@@ -92,17 +80,7 @@ def test_resume_refuses_other_settings(tmp_path, moons):
 def test_checkpoint_from_before_a_new_setting_resumes(tmp_path, moons, monkeypatch):
     """A checkpoint written before a setting existed lacks its key: the run had the default."""
     x = moons[0][:500]
-    real = jko_iflow.JKOIFlowTrainer.train_block
-
-    def dies_in_block_2(self, k, *a, **kw):
-        if k == 1:
-            raise KeyboardInterrupt
-        return real(self, k, *a, **kw)
-
-    monkeypatch.setattr(jko_iflow.JKOIFlowTrainer, "train_block", dies_in_block_2)
-    with pytest.raises(KeyboardInterrupt):
-        jkofast.train(x, out=tmp_path, progress=False, **QUICK)
-    monkeypatch.setattr(jko_iflow.JKOIFlowTrainer, "train_block", real)
+    train_killed(monkeypatch, 2, x, out=tmp_path, progress=False, **QUICK)
     path = tmp_path / "checkpoint.pt"
     record = torch.load(path, weights_only=True)
     del record["config"]["select_blocks"]
@@ -152,20 +130,8 @@ def test_resume_across_rounds_and_free_block(tmp_path, moons, monkeypatch):
     x = moons[0][:500]
     opts = QUICK | {"free_block": True, "reparam_rounds": 1, "refine_rounds": 1, "retrain_iters": 4}
     full = jkofast.train(x, out=tmp_path / "full", progress=False, **opts)
-    real = jko_iflow.JKOIFlowTrainer.train_block
     for kill_at in (3, 4, 7):   # the free block, the first reparam block, the first refine block
-        calls = {"n": 0}
-
-        def dies(self, *args, **kwargs):
-            calls["n"] += 1
-            if calls["n"] == kill_at:
-                raise KeyboardInterrupt
-            return real(self, *args, **kwargs)
-
-        monkeypatch.setattr(jko_iflow.JKOIFlowTrainer, "train_block", dies)
-        with pytest.raises(KeyboardInterrupt):
-            jkofast.train(x, out=tmp_path / f"k{kill_at}", progress=False, **opts)
-        monkeypatch.setattr(jko_iflow.JKOIFlowTrainer, "train_block", real)
+        train_killed(monkeypatch, kill_at, x, out=tmp_path / f"k{kill_at}", progress=False, **opts)
         resumed = jkofast.train(x, out=tmp_path / f"k{kill_at}", progress=False, **opts)
         assert resumed.h == full.h
         for key, p in full.state_dict().items():
