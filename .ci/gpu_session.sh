@@ -119,9 +119,10 @@ stage_bench() {
 }
 
 # ncu on the fused training step (d=6, width 128, batch 16k, TF32): speed of light, occupancy,
-# memory and compute workload of the rk4_block kernels.
+# memory and compute workload of the jko_block_loss kernel (and of the rk4_block kernels that
+# fused=False runs).
 stage_profile() {
-  cd /tmp && ncu --target-processes all -k regex:rk4_block --launch-count 2 \
+  cd /tmp && ncu --target-processes all -k regex:"jko_block_loss|rk4_block" --launch-count 4 \
     --section SpeedOfLight --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
     --section ComputeWorkloadAnalysis --section WarpStateStats \
     $PY -c "
@@ -129,8 +130,8 @@ import torch, jkofast
 from jkofast.jko_loss import block_loss
 torch.backends.cuda.matmul.allow_tf32 = True
 f = jkofast.VelocityField(6, 128, 3).cuda(); x = torch.randn(16384, 6, device='cuda')
-for _ in range(2):
-    f.zero_grad(); block_loss(f, x, 1.0, 3, backend='compiled')[0].backward()
+for fused in (True, True, False, False):
+    f.zero_grad(); block_loss(f, x, 1.0, 3, backend='compiled', fused=fused)[0].backward()
 torch.cuda.synchronize()"
 }
 

@@ -7,8 +7,10 @@ optimizer, the same for every row).
 
 Implementations, on identical weights and inputs:
 
-* ``fused``: jkofast's CUDA ops (backend="compiled": one rk4_block launch forward, one backward
-  plus the gradient reduction), float32 with TF32 off and on;
+* ``fused``: jkofast's CUDA ops (backend="compiled": the jko_block_loss kernel, loss and gradients
+  in one launch, plus the gradient reduction), float32 with TF32 off and on;
+* ``ops``: jkofast's CUDA ops without the fused loss (block_loss(fused=False): one rk4_block launch
+  forward, one backward plus the reduction), on the (d=6, width 128) case: what the fusion gains;
 * ``eager``: the pure-torch reference (backend="torch"), TF32 matmuls off and on;
 * ``compile``: the reference under torch.compile(mode="max-autotune"), TF32 on (the stronger
   baseline), on the (d=6, width 128) case only unless --compile-all (minutes of autotuning each);
@@ -89,12 +91,12 @@ def peak_memory(fn) -> int:
     return torch.cuda.max_memory_allocated() - base
 
 
-def loss_fn(field, backend):
-    return lambda x0: block_loss(field, x0, STEP_H, STEPS, backend=backend)[0]
+def loss_fn(field, backend, fused=True):
+    return lambda x0: block_loss(field, x0, STEP_H, STEPS, backend=backend, fused=fused)[0]
 
 
-def eager_step(field, x0, backend):
-    loss = loss_fn(field, backend)
+def eager_step(field, x0, backend, fused=True):
+    loss = loss_fn(field, backend, fused)
 
     def step():
         field.zero_grad(set_to_none=True)
@@ -228,6 +230,8 @@ def main() -> None:
             x0 = torch.randn(batch, dim, device="cuda")
             impls = [("fused", "fp32"), ("fused", "tf32"), ("eager", "fp32"), ("eager", "tf32"),
                      ("graph", "fp32"), ("graph", "tf32")]
+            if (dim, width) == GOAL:
+                impls += [("ops", "fp32"), ("ops", "tf32")]
             if args.compile_all or (dim, width) == GOAL:
                 impls.append(("compile", "tf32"))
             for impl, precision in impls:
@@ -235,7 +239,7 @@ def main() -> None:
                        "implementation": impl, "precision": precision, "d": dim, "width": width, "layers": LAYERS,
                        "batch": batch, "steps": STEPS}
                 rows.append(row)
-                if impl != "fused" and ref_bytes_per_sample * batch > 0.8 * free_bytes:
+                if impl not in ("fused", "ops") and ref_bytes_per_sample * batch > 0.8 * free_bytes:
                     row["skipped"] = f"the reference needs ~{ref_bytes_per_sample * batch / 2 ** 30:.0f} GiB"
                     continue
                 if impl == "compile" and time.perf_counter() - start > args.budget:
@@ -245,8 +249,8 @@ def main() -> None:
                 set_tf32(precision == "tf32")
                 fn = None
                 try:
-                    if impl in ("fused", "eager"):
-                        fn = eager_step(field, x0, "compiled" if impl == "fused" else "torch")
+                    if impl in ("fused", "ops", "eager"):
+                        fn = eager_step(field, x0, "torch" if impl == "eager" else "compiled", fused=impl == "fused")
                         row["peak_mb"] = peak_memory(fn) / 2 ** 20
                     elif impl == "graph":
                         torch.cuda.reset_peak_memory_stats()

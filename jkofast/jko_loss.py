@@ -19,7 +19,8 @@ TRANSPORT_COSTS = ("endpoint", "path")
 
 def block_loss(field: Field, x0: Tensor, h: float, steps: int, *, divergence: str = "exact",
                probes: int = 1, tableau: str = "rk4", transport: str = "endpoint",
-               generator: torch.Generator | None = None, backend: str = "auto") -> tuple[Tensor, dict]:
+               generator: torch.Generator | None = None, backend: str = "auto",
+               fused: bool = True) -> tuple[Tensor, dict]:
     """One JKO step's loss for a block run over unit time from x0 ~ p_{k-1}:
 
         E[ |x(1)|^2 / 2 - int_0^1 div f ds + W / (2 h) ],
@@ -29,6 +30,10 @@ def block_loss(field: Field, x0: Tensor, h: float, steps: int, *, divergence: st
     It equals KL(T#p_{k-1} || N(0, I)) + W2-proxy / (2h) up to a constant independent of the
     block. ``h = inf`` drops the transport term (a free block).
 
+    With the compiled engine and a gradient wanted, the loss and its gradients come from one fused
+    op (``jko_block_loss``: no tangent rows in the forward, no recomputation in the backward);
+    ``fused=False`` takes rk4_block and its backward instead (the same values; for comparisons).
+
     Returns:
         ``(loss, parts)``: the scalar loss and its detached terms ``{"V", "div", "W2"}`` (tensors, so
         that logging decides when to synchronise).
@@ -36,7 +41,7 @@ def block_loss(field: Field, x0: Tensor, h: float, steps: int, *, divergence: st
     if transport not in TRANSPORT_COSTS:
         raise ValueError(f"invalid transport {transport!r}; must be one of {list(TRANSPORT_COSTS)}")
     weight = 1 / (2 * h) if math.isfinite(h) else 0.0
-    if _fused_fits(field, x0, backend):
+    if fused and _fused_fits(field, x0, backend):
         return _fused_block_loss(field, x0, steps, weight, transport, divergence, probes, tableau, generator)
     x1, logdet, kinetic = rk4(field, x0, 0.0, 1.0, steps, divergence=divergence, probes=probes,
                               tableau=tableau, generator=generator, backend=backend)

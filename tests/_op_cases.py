@@ -16,6 +16,7 @@ import torch
 
 from jkofast import reference as R
 from jkofast._backend import compiled_ops as O
+from jkofast.jko_loss import block_loss
 from conftest import random_field
 
 F64 = dict(rtol=1e-10, atol=1e-12)
@@ -63,3 +64,15 @@ def field_outputs(field, x, t, probes, with_div, engine, seed=1):
     if x.is_cuda:
         torch.cuda.synchronize()  # a kernel's asynchronous error surfaces here, not in a later test
     return [f.detach()] + ([div.detach()] if div is not None else []) + list(grads)
+
+
+def block_loss_outputs(field, x, h, steps, backend, fused=True, **kw):
+    """[loss, V, div, W2, grad x, grads of the parameters] of block_loss (on the fused op where
+    backend="compiled" and fused; Hutchinson probes from a fixed seed)."""
+    xs = leaf_copies([x])[0]
+    gen = torch.Generator(device=x.device).manual_seed(5)
+    loss, parts = block_loss(field, xs, h, steps, generator=gen, backend=backend, fused=fused, **kw)
+    grads = torch.autograd.grad(loss, [xs, *field.parameters()])
+    if x.is_cuda:
+        torch.cuda.synchronize()
+    return [loss.detach(), parts["V"], parts["div"], parts["W2"], *grads]

@@ -215,6 +215,79 @@ def test_rk4_block_float32_and_tf32(emu):
         assert (tt.double() - ref).abs().max().item() <= TF32_REL * scale, f"TF32 output {i}"
 
 
+# ----------------------------------------------------------------------------- jko_block_loss
+def reference_jko_loss(field, x, steps, ew, pw, divergence, k, tableau):
+    """[per-sample terms (B, 4), grad x0, grads of the weights and biases] of the JKO block loss
+    mean(|x1|^2/2 - logdet + ew |x1 - x0|^2 + pw kinetic), by the reference and autograd."""
+    xs = x.clone().requires_grad_(True)
+    x1, logdet, kinetic = jkofast.rk4(field, xs, 0.0, 1.0, steps, divergence=divergence, probes=k, tableau=tableau,
+                                      generator=torch.Generator().manual_seed(5), backend="torch")
+    logdet = torch.zeros_like(kinetic) if logdet is None else logdet
+    terms = torch.stack([0.5 * x1.square().sum(1), logdet, (x1 - xs).square().sum(1), kinetic], 1)
+    loss = (terms[:, 0] - terms[:, 1] + ew * terms[:, 2] + pw * terms[:, 3]).mean()
+    g = torch.autograd.grad(loss, [xs, *field.weights, *field.biases])
+    return [terms.detach(), *g]
+
+
+def emulated_jko_loss(emu, field, x, steps, ew, pw, divergence, k, tableau, **kw):
+    gen = torch.Generator().manual_seed(5)  # the same probes, in the same order, as jkofast.rk4 draws
+    probes = torch.stack([draw_probes(x, k, "rademacher", gen) for _ in range(steps)]) \
+        if divergence == "hutchinson" else None
+    terms, gx, gw, gb = emu.jko_loss(x, field.weights, field.biases, steps, endpoint_weight=ew, path_weight=pw,
+                                     time=field.time, activation=field.activation, beta=field.beta, tableau=tableau,
+                                     divergence=divergence, probes=probes, **kw)
+    return [terms, gx, *gw, *gb]
+
+
+JKO_LOSS_CASES = [  # dim, hidden, layers, activation, time, batch, divergence, k, tableau, ew, pw, rows, grid
+    (3, 16, 3, "softplus", True, 37, "exact", 1, "rk4", 0.7, 0.0, 32, 2),       # several tiles per block
+    (2, 8, 2, "tanh", True, 20, "hutchinson", 2, "rk4-3/8", 0.0, 0.4, 16, 3),   # path cost, probes
+    (9, 12, 2, "silu", False, 5, "exact", 1, "rk4", 0.3, 0.2, 8, 2),            # tangent rows in 2 passes
+    (2, 8, 3, "softplus", True, 13, None, 1, "rk4", 0.5, 0.0, 16, 2),           # no divergence: logdet 0
+    (4, 20, 2, "softplus", True, 1, "exact", 1, "rk4", 0.0, 0.0, 16, 3),        # batch 1, a free block
+    # 43 rows per sample in 128: the tangent passes' products cover 96 rows (3 of a SIMT thread's 4
+    # row groups), the velocity passes' 16 (1 group for half the threads, none for the others)
+    (42, 12, 2, "softplus", True, 5, "exact", 1, "rk4", 0.3, 0.1, 128, 2),
+]
+
+
+@pytest.mark.parametrize("case", JKO_LOSS_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_jko_block_loss_kernel_matches_reference_float64(emu, case):
+    dim, hidden, layers, activation, time, batch, divergence, k, tableau, ew, pw, rows, grid = case
+    field = random_field(dim, hidden, layers - 1, activation, time=time, beta=1.3)
+    with torch.no_grad():
+        for p in field.parameters():
+            p.mul_(0.6)
+    x = torch.randn(batch, dim, dtype=torch.float64)
+    want = reference_jko_loss(field, x, 3, ew, pw, divergence, k, tableau)
+    for schedule in (0, 1):
+        emu.set_schedule(schedule)
+        got = emulated_jko_loss(emu, field, x, 3, ew, pw, divergence, k, tableau, rows=rows, grid=grid)
+        for i, (g, w) in enumerate(zip(got, want)):
+            torch.testing.assert_close(g, w, **F64, msg=lambda m: f"schedule {schedule}, output {i}: {m}")
+
+
+@pytest.mark.parametrize("dim,hidden,batch,rows", [(3, 40, 30, 64), (20, 24, 7, 16)])  # 2nd: 2 tangent passes
+def test_jko_block_loss_kernel_float32_and_tf32(emu, dim, hidden, batch, rows):
+    field64 = random_field(dim, hidden, 2, "softplus", time=True)
+    with torch.no_grad():
+        for p in field64.parameters():
+            p.mul_(0.5)
+    field32 = random_field(dim, hidden, 2, "softplus", time=True, dtype=torch.float32)
+    field32.load_state_dict({k: v.float() for k, v in field64.state_dict().items()})
+    x = torch.randn(batch, dim, dtype=torch.float64)
+    truth = reference_jko_loss(field64, x, 3, 0.5, 0.1, "exact", 1, "rk4")
+    torch32 = reference_jko_loss(field32, x.float(), 3, 0.5, 0.1, "exact", 1, "rk4")
+    emu.set_schedule(3)
+    simt = emulated_jko_loss(emu, field32, x.float(), 3, 0.5, 0.1, "exact", 1, "rk4", rows=rows, grid=2)
+    tf32 = emulated_jko_loss(emu, field32, x.float(), 3, 0.5, 0.1, "exact", 1, "rk4", rows=rows, grid=2,
+                             tf32=True)
+    for i, (s, tt, t32, ref) in enumerate(zip(simt, tf32, torch32, truth)):
+        assert_within_float32_rule(s, t32, ref, f"float32 output {i}")
+        scale = ref.abs().max().item()
+        assert (tt.double() - ref).abs().max().item() <= TF32_REL * scale, f"TF32 output {i}"
+
+
 # ----------------------------------------------------------------------------- fit rule and plan
 def test_backend_fit_rule_matches_the_cpp_rule(emu):
     # _backend's rule (constants exported by jkofast._C from ops/tile_plan.h) against the C++

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 
 import pytest
@@ -32,7 +33,7 @@ from jkofast import reference as R
 from jkofast._backend import compiled_ops as O
 from jkofast.divergence import draw_probes
 from conftest import random_field
-from _op_cases import field_outputs, leaf_copies
+from _op_cases import block_loss_outputs, field_outputs, leaf_copies
 
 DEVICE = os.environ.get("JKOFAST_TEST_DEVICE", "cuda")
 pytestmark = pytest.mark.cuda if DEVICE == "cuda" else []
@@ -336,6 +337,76 @@ def test_rk4_probes_held_per_step_match_reference():
     want = rk4_outputs(field, x, 0.0, 1.0, 4, "torch", divergence="hutchinson", probes=5, noise="gaussian")
     got = rk4_outputs(field, x, 0.0, 1.0, 4, "compiled", divergence="hutchinson", probes=5, noise="gaussian")
     assert_all_close(got, want, F64, "rk4 gaussian probes")
+
+
+# ----------------------------------------------------------------------------- jko_block_loss
+def moderate_field(dim, hidden, layers, activation="softplus", time=True, dtype=torch.float64):
+    field = cuda_field(dim, hidden, layers, activation, time, dtype=dtype)
+    with torch.no_grad():
+        for p in field.parameters():
+            p.mul_(0.5)  # a moderate Lipschitz constant keeps 3 RK4 steps well conditioned
+    return field
+
+
+@pytest.mark.parametrize("transport,divergence,tableau,h", [
+    ("endpoint", "exact", "rk4", 0.7),
+    ("path", "hutchinson", "rk4-3/8", 0.4),
+    ("endpoint", "exact", "rk4", math.inf),  # a free block
+])
+@pytest.mark.parametrize("shape", [(3, 16, 2, "softplus", True, 37), (2, 8, 3, "tanh", False, 70),
+                                   (1, 4, 1, "silu", True, 1), (6, 128, 3, "softplus", True, 2001),
+                                   (40, 96, 2, "softplus", True, 50)])
+def test_jko_block_loss_matches_reference_float64(transport, divergence, tableau, h, shape):
+    dim, hidden, layers, activation, time, batch = shape
+    field = moderate_field(dim, hidden, layers, activation, time)
+    x = torch.randn(batch, dim, dtype=torch.float64, device=DEVICE)
+    kw = dict(transport=transport, divergence=divergence, tableau=tableau, probes=3)
+    want = block_loss_outputs(field, x, h, 3, "torch", **kw)
+    with poisoned():
+        got = block_loss_outputs(field, x, h, 3, "compiled", **kw)
+    assert_all_close(got, want, F64, f"jko_block_loss {shape} {transport} {divergence} {tableau}")
+
+
+def test_jko_block_loss_float32_and_tf32():
+    field64 = moderate_field(6, 128, 3)
+    field32 = moderate_field(6, 128, 3, dtype=torch.float32)
+    field32.load_state_dict({n: p.float() for n, p in field64.state_dict().items()})
+    x = torch.randn(2000, 6, dtype=torch.float64, device=DEVICE)
+    truth = block_loss_outputs(field64, x, 0.5, 3, "torch")
+    with tf32(False):
+        torch32 = block_loss_outputs(field32, x.float(), 0.5, 3, "torch")
+        with poisoned():
+            kernel32 = block_loss_outputs(field32, x.float(), 0.5, 3, "compiled")
+    assert_within_twice(kernel32, torch32, truth, "jko_block_loss float32")
+    with tf32(True):
+        torch_tf32 = block_loss_outputs(field32, x.float(), 0.5, 3, "torch")
+        with poisoned():
+            kernel_tf32 = block_loss_outputs(field32, x.float(), 0.5, 3, "compiled")
+    report("jko-block-loss-d6-h128-l3-b2000",
+           assert_within_twice(kernel_tf32, torch_tf32, truth, "jko_block_loss TF32", floor=TF32_ROUNDOFF))
+
+
+def test_jko_block_loss_gradcheck_opcheck_and_determinism():
+    field = cuda_field(2, 5, 2, "softplus")
+    x = torch.randn(3, 2, dtype=torch.float64, device=DEVICE)
+    n = len(field.weights)
+    probes = torch.randn(2, 3, 2, 2, dtype=torch.float64, device=DEVICE)
+    for divergence, v, ew, pw in (("exact", None, 0.4, 0.0), ("hutchinson", probes, 0.0, 0.8)):
+        def fn(x, *wb):
+            return O.jko_block_loss(x, wb[:n], wb[n:], 2, endpoint_weight=ew, path_weight=pw,
+                                    divergence=divergence, probes=v)[0]
+
+        assert torch.autograd.gradcheck(fn, leaf_copies([x, *field.weights, *field.biases])), divergence
+        torch.library.opcheck(torch.ops.jkofast.jko_block_loss.default,
+                              (x, v, list(field.weights), list(field.biases), 0.0, 1.0, 2, "rk4", divergence, True,
+                               "softplus", 1.0, ew, pw), test_utils=("test_schema", "test_faketensor"))
+    # No atomics: per-block gradient parts summed in a fixed order.
+    field32 = cuda_field(6, 128, 3, dtype=torch.float32)
+    x32 = torch.randn(5000, 6, device=DEVICE)
+    first = block_loss_outputs(field32, x32, 1.0, 3, "compiled")
+    again = block_loss_outputs(field32, x32, 1.0, 3, "compiled")
+    for a, b in zip(first, again):
+        assert torch.equal(a, b)
 
 
 # ----------------------------------------------------------------------------- limits and fallback

@@ -8,20 +8,12 @@ import torch
 
 from jkofast._backend import compiled_ops as O
 from jkofast.jko_loss import block_loss
-from _op_cases import F64, assert_within_float32_rule, field_case, leaf_copies
+from _op_cases import F64, assert_within_float32_rule, block_loss_outputs, field_case, leaf_copies
 
 
 def loss_both(field, x, h, steps, **kw):
-    """[loss, V, div, W2, grad x, grads of the parameters] from the fused op and the reference."""
-    outs = []
-    for backend in ("compiled", "torch"):
-        xs = leaf_copies([x])[0]
-        params = list(field.parameters())
-        loss, parts = block_loss(field, xs, h, steps, generator=torch.Generator().manual_seed(5), backend=backend,
-                                 **kw)
-        grads = torch.autograd.grad(loss, [xs, *params])
-        outs.append([loss.detach(), parts["V"], parts["div"], parts["W2"], *grads])
-    return outs
+    """block_loss_outputs from the fused op and from the reference."""
+    return [block_loss_outputs(field, x, h, steps, backend, **kw) for backend in ("compiled", "torch")]
 
 
 @pytest.mark.parametrize("transport,divergence,tableau,h", [
@@ -42,6 +34,16 @@ def test_matches_reference_float64(transport, divergence, tableau, h, shape):
         torch.testing.assert_close(c, r, **F64, msg=lambda m: f"output/grad {i}: {m}")
 
 
+def test_unfused_compiled_path_gives_the_same_values():
+    # fused=False: rk4_block and its backward (what CUDA ran before it had the fused kernel).
+    field, x, _, _ = field_case(3, 16, 2, "tanh", True, 40)
+    for divergence in ("exact", "hutchinson"):
+        fused = block_loss_outputs(field, x, 0.6, 3, "compiled", divergence=divergence, probes=2)
+        unfused = block_loss_outputs(field, x, 0.6, 3, "compiled", fused=False, divergence=divergence, probes=2)
+        for i, (a, b) in enumerate(zip(fused, unfused)):
+            torch.testing.assert_close(a, b, **F64, msg=lambda m: f"{divergence}, output/grad {i}: {m}")
+
+
 def test_float32_within_twice_torch_float32_error():
     field64, x, _, _ = field_case(3, 16, 2, "softplus", True, 150)
     field32 = field_case(3, 16, 2, "softplus", True, 150, dtype=torch.float32)[0]
@@ -49,6 +51,25 @@ def test_float32_within_twice_torch_float32_error():
     truth = loss_both(field64, x, 0.5, 3)[1]
     fused32, torch32 = loss_both(field32, x.float(), 0.5, 3)
     for i, (k, tr, ref) in enumerate(zip(fused32, torch32, truth)):
+        assert_within_float32_rule(k, tr, ref, f"output/grad {i}")
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_float32_at_training_size_within_twice_torch_float32_error(fused):
+    # A training step's size (d = 6, width 128, 3 hidden layers, batch 2000), where the gradients
+    # are sums over 2000 samples x 12 stages of same-signed terms: summed along the batch in one
+    # float buffer they were 5-10x torch's error; per tile, then in double (GradShare), they are not.
+    field64, x, _, _ = field_case(6, 128, 3, "softplus", True, 2000)
+    with torch.no_grad():
+        for lin in field64.linears:
+            lin.weight.mul_(0.5 * min(1.0, 4.0 / lin.in_features ** 0.5))
+            lin.bias.mul_(0.5)
+    field32 = field_case(6, 128, 3, "softplus", True, 2000, dtype=torch.float32)[0]
+    field32.load_state_dict({k: p.float() for k, p in field64.state_dict().items()})
+    truth = block_loss_outputs(field64, x, 0.5, 3, "torch")
+    torch32 = block_loss_outputs(field32, x.float(), 0.5, 3, "torch")
+    kernel32 = block_loss_outputs(field32, x.float(), 0.5, 3, "compiled", fused=fused)
+    for i, (k, tr, ref) in enumerate(zip(kernel32, torch32, truth)):
         assert_within_float32_rule(k, tr, ref, f"output/grad {i}")
 
 

@@ -31,7 +31,7 @@ void loss_and_grads(const Rk4Args& call, at::TensorList weights, at::TensorList 
   // d(mean over the batch)/d(per-sample term)
   const T inv_b = T(1) / T(batch), ew = T(endpoint_weight), pw = T(path_weight);
   const int64_t parts = tile_parts(batch, tile);
-  std::vector<MlpGrads<T>> shares;  // one per part of the batch (tiles_cpu.h)
+  std::vector<GradShare<T>> shares;  // one per part of the batch (tiles_cpu.h)
   for (int64_t i = 0; i < parts; ++i) shares.emplace_back(net);
   const T* x0 = call.x.const_data_ptr<T>();
   T* terms_out = terms.mutable_data_ptr<T>();
@@ -49,8 +49,10 @@ void loss_and_grads(const Rk4Args& call, at::TensorList weights, at::TensorList 
           const T xe = x1[e], we = x0[b * d + e];
           gx1[e] = inv_b * (xe + T(2) * ew * (xe - we));
         }
-        work.backward(b, n, gx1.data(), gld.data(), gkin.data(), saved, ks.data(), gx0.data(), shares[part],
+        shares[part].begin_tile();
+        work.backward(b, n, gx1.data(), gld.data(), gkin.data(), saved, ks.data(), gx0.data(), shares[part].tile,
                       logdet.data());
+        shares[part].end_tile();
         for (int64_t i = 0; i < n; ++i) {
           T potential = T(0), endpoint = T(0);
           for (int64_t j = 0; j < d; ++j) {

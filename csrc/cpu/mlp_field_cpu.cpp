@@ -53,7 +53,7 @@ GradTuple backward(const FieldArgs& call, const at::Tensor& grad_f, const at::Te
   at::Tensor grad_x = at::empty_like(call.x);
   at::Tensor grad_t = at::empty({call.t.defined() ? batch : 0}, call.x.options());
   const int64_t parts = tile_parts(batch, tile);
-  std::vector<MlpGrads<T>> shares;  // one per part of the batch (tiles_cpu.h)
+  std::vector<GradShare<T>> shares;  // one per part of the batch (tiles_cpu.h)
   for (int64_t i = 0; i < parts; ++i) shares.emplace_back(net);
   const T* x = call.x.const_data_ptr<T>();
   const T* t = data_or_null<T>(call.t);
@@ -69,7 +69,9 @@ GradTuple backward(const FieldArgs& call, const at::Tensor& grad_f, const at::Te
       each_tile(first, end, tile, [&](int64_t b, int64_t n) {
         eval.forward(n, x + b * d, t ? t + b * t_stride : nullptr, t_stride, probes ? probes + b * r * d : nullptr,
                      nullptr, nullptr);
-        eval.backward(gf + b * d, gdiv ? gdiv + b : nullptr, gx + b * d, gt ? gt + b : nullptr, shares[part]);
+        shares[part].begin_tile();
+        eval.backward(gf + b * d, gdiv ? gdiv + b : nullptr, gx + b * d, gt ? gt + b : nullptr, shares[part].tile);
+        shares[part].end_tile();
       });
     });
   });

@@ -41,7 +41,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> backwar
   const int64_t tile = tile_samples(batch, 1 + call.tangent_rows, net.hidden, net.hidden_layers, /*keep=*/true);
   at::Tensor grad_x = at::empty_like(call.x);
   const int64_t parts = tile_parts(batch, tile);
-  std::vector<MlpGrads<T>> shares;  // one per part of the batch (tiles_cpu.h)
+  std::vector<GradShare<T>> shares;  // one per part of the batch (tiles_cpu.h)
   for (int64_t i = 0; i < parts; ++i) shares.emplace_back(net);
   const T *gx1 = grad_x1.const_data_ptr<T>(), *gld = grad_logdet.const_data_ptr<T>();
   const T* gkin = grad_kinetic.const_data_ptr<T>();
@@ -51,8 +51,10 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> backwar
     for_each_tile_range(batch, tile, parts, [&](int64_t first, int64_t end, int64_t part) {
       Rk4Tile<decltype(act)::value, T> work(call, net, tile, 0, /*backward=*/true);
       each_tile(first, end, tile, [&](int64_t b, int64_t n) {
+        shares[part].begin_tile();
         work.backward(b, n, gx1 + b * d, gld + b, gkin + b, StepStates<T>{saved, batch, b, d}, nullptr,
-                      gx_out + b * d, shares[part]);
+                      gx_out + b * d, shares[part].tile);
+        shares[part].end_tile();
       });
     });
   });

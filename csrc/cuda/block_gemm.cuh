@@ -16,6 +16,8 @@
 #include <mma.h>
 #endif
 
+#include <type_traits>
+
 #include "ops/tile_plan.h"
 
 namespace jkofast::cuda {
@@ -29,9 +31,9 @@ __device__ __forceinline__ unsigned char* dynamic_smem() {
 #endif
 
 // Blocks per multiprocessor that the kernels' __launch_bounds__ promise: 1 lets a thread use up
-// to 255 registers, which the register tiles of the products take without spilling (ptxas:
-// 160 to 245 registers); 2 caps them at 128, which spilled 136 to 492 bytes when tried. Shared
-// memory allows 1 or 2 blocks anyway. A tuning knob: -DJKOFAST_CUDA_MIN_BLOCKS=2.
+// to 255 registers, which the register tiles of the products take (ptxas: 162 to 255 registers;
+// only the float SIMT jko_block_loss kernel spills, 24 bytes on sm_90); 2 caps them at 128, which
+// spilled 136 to 492 bytes when tried. Shared memory allows 1 or 2 blocks anyway. A tuning knob: -DJKOFAST_CUDA_MIN_BLOCKS=2.
 #ifndef JKOFAST_CUDA_MIN_BLOCKS
 #define JKOFAST_CUDA_MIN_BLOCKS 1
 #endif
@@ -140,8 +142,9 @@ __device__ __forceinline__ void staged_reduction(const T* __restrict__ w, Operan
   }
 }
 
-// Out[m][p] = sum_{q < Q} In[m][q] B(q, p) for the stack rows m (all of them on the SIMT path;
-// the 16-row tiles below rows_active on the TF32 path) and p < round_up(P, 16). In and Out are
+// Out[m][p] = sum_{q < Q} In[m][q] B(q, p) for the stack rows m below rows_active (whole 16-row
+// tiles; the SIMT path writes zeros to the other rows, the TF32 path leaves them) and
+// p < round_up(P, 16). In and Out are
 // distinct stacks (row stride plan.ld). In's columns [Q, round_up(Q, 8)) must be finite: they
 // meet B's zeros. Columns [P, round_up(P, 16)) of Out come out zero. Ends with a barrier.
 template <typename T, bool kTF32>
@@ -191,6 +194,11 @@ __device__ void block_product(const T* __restrict__ in, T* __restrict__ out, con
     // or a few rows of In (broadcast) and consecutive columns of the stage.
     const int Ty = plan.rows / TM, Tx = kThreads / Ty;
     const int ty = thread_index() / Tx, tx = thread_index() % Tx;
+    // Its row groups i below rows_active: a pass with fewer rows than the stack (the field alone
+    // on a plan made for tangent rows: RK4 velocities) costs what its rows need. The count is
+    // uniform across a warp (rows_active is a multiple of 16), and a compile-time bound in the
+    // FMA loop keeps the accumulators in registers.
+    const int live = min(TM, max(0, int(tile::ceil_div(rows_active - ty, Ty))));
     for (int p0 = 0; p0 < p_end; p0 += plan.chunk_cols) {
       T acc[TM][TN];
 #pragma unroll
@@ -201,20 +209,32 @@ __device__ void block_product(const T* __restrict__ in, T* __restrict__ out, con
       staged_reduction<T, kTF32>(w, mode, Q, P, p0, stage, plan, [&](const T* bs, int q0, int qn) {
         const T* a_rows = in + ty * ld + q0;
         const T* b_cols = bs + tx;
+        auto fma_rows = [&](auto live_rows) {
+          constexpr int L = decltype(live_rows)::value;
 #pragma unroll 4
-        for (int q = 0; q < qn; ++q) {
-          T a[TM], b[TN];
+          for (int q = 0; q < qn; ++q) {
+            T a[L], b[TN];
 #pragma unroll
-          for (int i = 0; i < TM; ++i) a[i] = a_rows[i * Ty * ld + q];
+            for (int i = 0; i < L; ++i) a[i] = a_rows[i * Ty * ld + q];
 #pragma unroll
-          for (int j = 0; j < TN; ++j) b[j] = b_cols[q * plan.stage_ld + j * Tx];
+            for (int j = 0; j < TN; ++j) b[j] = b_cols[q * plan.stage_ld + j * Tx];
 #pragma unroll
-          for (int i = 0; i < TM; ++i) {
+            for (int i = 0; i < L; ++i) {
 #pragma unroll
-            for (int j = 0; j < TN; ++j) acc[i][j] = fma(a[i], b[j], acc[i][j]);
+              for (int j = 0; j < TN; ++j) acc[i][j] = fma(a[i], b[j], acc[i][j]);
+            }
           }
+        };
+        static_assert(TM == 4, "the dispatch below covers 1..4 live row groups");
+        switch (live) {
+          case 4: fma_rows(std::integral_constant<int, 4>{}); break;
+          case 3: fma_rows(std::integral_constant<int, 3>{}); break;
+          case 2: fma_rows(std::integral_constant<int, 2>{}); break;
+          case 1: fma_rows(std::integral_constant<int, 1>{}); break;
+          default: break;
         }
       });
+      // Rows past rows_active store their zero accumulators: finite, as the contract asks.
 #pragma unroll
       for (int i = 0; i < TM; ++i) {
 #pragma unroll

@@ -1,5 +1,6 @@
 // Launching the persistent kernels: the shared-memory attribute, occupancy and the launch itself,
-// for the per-element-type .cu files (mlp_field_kernel_fp*.cu, rk4_block_kernel_fp*.cu).
+// for the per-element-type .cu files (mlp_field_kernel_fp*.cu, rk4_block_kernel_fp*.cu,
+// jko_block_loss_kernel_fp*.cu).
 #pragma once
 
 #include <cuda_runtime.h>

@@ -113,7 +113,8 @@ struct Rk4Params {
   T* logdet;
   T* kinetic;
   T* states;           // (S, B, d): x at each step's start
-  T* stage_velocities; // workspace (4, B, d): k_s of the current step
+  T* stage_velocities; // workspace (4, B, d): k_s of the current step; (S, 4, B, d) when kept
+  int64_t velocity_step_stride;  // 0, or 4 B d: every step keeps its own k's (jko_block_loss)
   // backward
   const T* grad_x1;
   const T* grad_logdet;
@@ -125,6 +126,17 @@ struct Rk4Params {
   T* scratch;
   T* partials;
   GradLayout layout;
+};
+
+// jko_block_loss: one JKO-iFlow block's training loss and its gradients in one launch (plus the
+// gradient reduction). rk4 holds the integration and its backward: x1 is a (B, d) workspace,
+// stage_velocities (S, 4, B, d) with velocity_step_stride = 4 B d, grad_x the output d loss/d x0;
+// grad_x1, grad_logdet, grad_kinetic are unused (the loss fixes them).
+template <typename T>
+struct JkoLossParams {
+  Rk4Params<T> rk4;
+  T endpoint_weight, path_weight;  // the loss: mean(|x1|^2/2 - logdet + ew |x1 - x0|^2 + pw kinetic)
+  T* terms;                        // (B, 4): |x1|^2 / 2, logdet, |x1 - x0|^2, kinetic
 };
 
 // The gradient reduction: grad_weights[l] = sum over blocks of their parts, cut to (out, in).
@@ -139,11 +151,12 @@ struct ReduceParams {
   T* grad_biases[kMaxWeights];
 };
 
-// Each kernel family (mlp_field_kernel_fp*.cu, rk4_block_kernel_fp*.cu) provides, per element
-// type: *_occupancy, which reports how many of its blocks with smem_bytes of dynamic shared memory
-// fit on one multiprocessor of the current device (0: none; launch.cuh), and launch_*, which launches
-// `grid` blocks on `stream` (every kernel loops over its tiles; the caller checks the launch with
-// C10_CUDA_KERNEL_LAUNCH_CHECK). tf32 selects the tensor-core products (float only).
+// Each kernel family (mlp_field_kernel_fp*.cu, rk4_block_kernel_fp*.cu,
+// jko_block_loss_kernel_fp*.cu) provides, per element type: *_occupancy, which reports how many
+// of its blocks with smem_bytes of dynamic shared memory fit on one multiprocessor of the current
+// device (0: none; launch.cuh), and launch_*, which launches `grid` blocks on `stream` (every
+// kernel loops over its tiles; the caller checks the launch with C10_CUDA_KERNEL_LAUNCH_CHECK).
+// tf32 selects the tensor-core products (float only).
 template <typename T>
 cudaError_t mlp_field_occupancy(bool backward, bool tf32, int64_t smem_bytes, int* blocks_per_sm);
 template <typename T>
@@ -152,6 +165,10 @@ template <typename T>
 cudaError_t rk4_block_occupancy(bool backward, bool tf32, int64_t smem_bytes, int* blocks_per_sm);
 template <typename T>
 void launch_rk4_block(const Rk4Params<T>& p, bool backward, bool tf32, int grid, cudaStream_t stream);
+template <typename T>
+cudaError_t jko_block_loss_occupancy(bool tf32, int64_t smem_bytes, int* blocks_per_sm);
+template <typename T>
+void launch_jko_block_loss(const JkoLossParams<T>& p, bool tf32, int grid, cudaStream_t stream);
 template <typename T>
 void launch_grad_reduce(const ReduceParams<T>& p, cudaStream_t stream);
 

@@ -7,41 +7,12 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "cuda/cuda_glue.h"
+#include "cuda/rk4_glue.h"
 
 namespace jkofast::cuda {
 namespace {
 
 using GradTuple = std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>;
-
-Rk4Args prepare(const char* op, const at::Tensor& x, const std::optional<at::Tensor>& probes, at::TensorList weights,
-                at::TensorList biases, double t0, double t1, int64_t steps, c10::string_view tableau,
-                c10::string_view divergence, bool time, c10::string_view activation) {
-  Rk4Args args = check_rk4_args(op, x, probes, weights, biases, t0, t1, steps, tableau, divergence, time, activation);
-  check_fits(op, args.sizes);
-  TORCH_CHECK_VALUE(steps < (int64_t(1) << 30), op, ": steps must be < 2^30, got ", steps);
-  return args;
-}
-
-template <typename T>
-Rk4Params<T> make_params(const Rk4Args& args, at::TensorList weights, at::TensorList biases, double beta,
-                         at::Tensor& stage_velocities, std::vector<at::Tensor>& keep_alive) {
-  Rk4Params<T> p{};
-  p.net = make_view<T>(args.sizes, weights, biases, args.activation, beta, keep_alive);
-  p.batch = args.x.size(0);
-  p.steps = int(args.steps);
-  p.time = args.sizes.time;
-  p.tableau = args.tableau;
-  p.t0 = args.t0;
-  p.dt = args.dt;
-  p.divergence = !args.with_divergence ? Divergence::None : args.exact ? Divergence::Exact : Divergence::Hutchinson;
-  p.probes = data_or_null<T>(args.probes);
-  p.tangent_rows = int(args.tangent_rows);
-  p.x0 = args.x.const_data_ptr<T>();
-  stage_velocities = at::empty({4, args.x.size(0), args.x.size(1)}, args.x.options());
-  p.stage_velocities = stage_velocities.mutable_data_ptr<T>();
-  return p;
-}
 
 // The tiles and grid of an rk4_block kernel on the current device.
 template <typename T>
@@ -59,7 +30,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rk4_block(
     c10::string_view activation, double beta) {
   const char* op = "jkofast::rk4_block";
   const c10::cuda::CUDAGuard guard(x.device());
-  const Rk4Args args = prepare(op, x, probes, weights, biases, t0, t1, steps, tableau, divergence, time, activation);
+  const Rk4Args args = prepare_rk4(op, x, probes, weights, biases, t0, t1, steps, tableau, divergence, time, activation);
   const int64_t batch = x.size(0);
   at::Tensor x1 = at::empty_like(args.x);
   at::Tensor logdet = at::empty({batch}, args.x.options());  // the kernel writes zeros without divergence
@@ -69,7 +40,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rk4_block(
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "jkofast", [&] {
     std::vector<at::Tensor> keep_alive;
     at::Tensor stage_velocities;
-    Rk4Params<scalar_t> p = make_params<scalar_t>(args, weights, biases, beta, stage_velocities, keep_alive);
+    Rk4Params<scalar_t> p =
+        make_rk4_params<scalar_t>(args, weights, biases, beta, /*keep_every_step=*/false, stage_velocities, keep_alive);
     p.x1 = x1.mutable_data_ptr<scalar_t>();
     p.logdet = logdet.mutable_data_ptr<scalar_t>();
     p.kinetic = kinetic.mutable_data_ptr<scalar_t>();
@@ -90,7 +62,7 @@ GradTuple rk4_block_backward(const at::Tensor& grad_x1, const at::Tensor& grad_l
                              c10::string_view activation, double beta) {
   const char* op = "jkofast::rk4_block_backward";
   const c10::cuda::CUDAGuard guard(x.device());
-  const Rk4Args args = prepare(op, x, probes, weights, biases, t0, t1, steps, tableau, divergence, time, activation);
+  const Rk4Args args = prepare_rk4(op, x, probes, weights, biases, t0, t1, steps, tableau, divergence, time, activation);
   check_like(op, "grad_x1", x, grad_x1, x.sizes());
   check_like(op, "grad_logdet", x, grad_logdet, {x.size(0)});
   check_like(op, "grad_kinetic", x, grad_kinetic, {x.size(0)});
@@ -107,7 +79,8 @@ GradTuple rk4_block_backward(const at::Tensor& grad_x1, const at::Tensor& grad_l
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "jkofast", [&] {
     std::vector<at::Tensor> keep_alive;
     at::Tensor stage_velocities;
-    Rk4Params<scalar_t> p = make_params<scalar_t>(args, weights, biases, beta, stage_velocities, keep_alive);
+    Rk4Params<scalar_t> p =
+        make_rk4_params<scalar_t>(args, weights, biases, beta, /*keep_every_step=*/false, stage_velocities, keep_alive);
     at::Tensor stage_input_grads = at::empty({4, batch, x.size(1)}, args.x.options());
     at::Tensor stage_grads = at::empty({batch, x.size(1)}, args.x.options());
     p.grad_x1 = gx1.const_data_ptr<scalar_t>();

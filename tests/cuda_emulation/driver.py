@@ -53,7 +53,7 @@ def build(cache_dir: Path | None = None, extra_flags: tuple[str, ...] = ()) -> P
 class Emulator:
     def __init__(self, lib: Path):
         self.lib = ctypes.CDLL(str(lib))
-        for name in ("emu_field", "emu_rk4"):
+        for name in ("emu_field", "emu_rk4", "emu_jko_loss"):
             fn = getattr(self.lib, name)
             fn.argtypes = [ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_double),
                            ctypes.POINTER(ctypes.c_void_p)]
@@ -137,6 +137,28 @@ class Emulator:
         if backward:
             return gx, gw, gb
         return x1, logdet, kinetic, st
+
+    # ------------------------------------------------------------------ jko_block_loss
+    def jko_loss(self, x0, weights, biases, steps, *, endpoint_weight, path_weight, time=True,
+                 activation="softplus", beta=1.0, tableau="rk4", divergence="exact", probes=None, rows, grid,
+                 tf32=False):
+        """The fused training kernel over [0, 1]: (terms (B, 4), grad_x0, grad_weights, grad_biases)."""
+        keep = []
+        x0 = _c(x0, keep)
+        dim, batch = x0.shape[1], x0.shape[0]
+        tangent_rows = 0 if divergence is None else (dim if divergence == "exact" else probes.shape[2])
+        ints = [_itemsize(x0.dtype), int(tf32), 1, rows, grid, batch, dim, weights[0].shape[0], len(weights),
+                int(time), ACTIVATIONS[activation], DIVERGENCES[divergence], tangent_rows, steps, TABLEAUS[tableau]]
+        nan = lambda *shape: torch.full(shape, float("nan"), dtype=x0.dtype)  # noqa: E731
+        terms, gx = nan(batch, 4), nan(batch, dim)
+        gw = [nan(*w.shape) for w in weights]
+        gb = [nan(*b.shape) for b in biases]
+        ptrs = [x0, _c(probes, keep) if probes is not None else None, terms, gx]
+        ptrs += _padded([_c(w, keep) for w in weights]) + _padded([_c(b, keep) for b in biases])
+        ptrs += _padded(gw) + _padded(gb)
+        reals = [beta, 0.0, 1.0 / steps, float(endpoint_weight), float(path_weight)]
+        self._call(self.lib.emu_jko_loss, ints, reals, ptrs)
+        return terms, gx, gw, gb
 
     @staticmethod
     def _call(fn, ints, reals, ptrs):

@@ -12,6 +12,7 @@
 
 #include "cuda/grad_reduce_kernel.cuh"
 #include "cuda/mlp_field_kernel.cuh"
+#include "cuda/jko_block_loss_kernel.cuh"
 #include "cuda/rk4_block_kernel.cuh"
 
 namespace {
@@ -148,14 +149,12 @@ int field(const int64_t* ints, const double* reals, void* const* ptrs) {
   return 0;
 }
 
-// reals: beta, t0, dt
-// ptrs: x0, probes, x1, logdet, kinetic, states, grad_x1, grad_logdet, grad_kinetic, saved_states,
-//       grad_x, weights[16], biases[16], grad_weights[16], grad_biases[16]
+// The integration settings both rk4 entry points read: ints as Common plus steps, tableau;
+// reals: beta, t0, dt; x0, probes and the weights and biases from ptrs at the given places.
 template <typename T>
-int rk4(const int64_t* ints, const double* reals, void* const* ptrs) {
-  const Common c = read_common(ints);
+Rk4Params<T> read_rk4(const Common& c, const int64_t* ints, const double* reals, void* const* ptrs, int weights_at) {
   Rk4Params<T> p{};
-  p.net = read_net<T>(c, reals[0], ptrs + 11, ptrs + 27);
+  p.net = read_net<T>(c, reals[0], ptrs + weights_at, ptrs + weights_at + 16);
   p.plan = tile::make_plan(c.dim, c.dim + c.time, c.hidden, c.tangent_rows, sizeof(T), c.rows);
   p.batch = c.batch;
   p.steps = int(ints[13]);
@@ -167,6 +166,16 @@ int rk4(const int64_t* ints, const double* reals, void* const* ptrs) {
   p.probes = static_cast<const T*>(ptrs[1]);
   p.tangent_rows = c.tangent_rows;
   p.x0 = static_cast<const T*>(ptrs[0]);
+  return p;
+}
+
+// reals: beta, t0, dt
+// ptrs: x0, probes, x1, logdet, kinetic, states, grad_x1, grad_logdet, grad_kinetic, saved_states,
+//       grad_x, weights[16], biases[16], grad_weights[16], grad_biases[16]
+template <typename T>
+int rk4(const int64_t* ints, const double* reals, void* const* ptrs) {
+  const Common c = read_common(ints);
+  Rk4Params<T> p = read_rk4<T>(c, ints, reals, ptrs, 11);
   const int64_t plane = c.batch * c.dim;
   auto stage_velocities = nan_buffer<T>(4 * plane);
   p.stage_velocities = stage_velocities.data();
@@ -201,6 +210,40 @@ int rk4(const int64_t* ints, const double* reals, void* const* ptrs) {
     run(rk4_block_backward_kernel<double, false>, p, c.grid, p.plan.smem_bytes);
   }
   reduce(buffers.partials, c.grid, p.layout, p.net, ptrs + 43, ptrs + 59);
+  return 0;
+}
+
+// ints as rk4; reals: beta, t0, dt, endpoint_weight, path_weight
+// ptrs: x0, probes, terms, grad_x0, weights[16], biases[16], grad_weights[16], grad_biases[16]
+template <typename T>
+int jko_loss(const int64_t* ints, const double* reals, void* const* ptrs) {
+  const Common c = read_common(ints);
+  JkoLossParams<T> lp{};
+  Rk4Params<T>& p = lp.rk4;
+  p = read_rk4<T>(c, ints, reals, ptrs, 4);
+  const int64_t plane = c.batch * c.dim;
+  auto stage_velocities = nan_buffer<T>(p.steps * 4 * plane);
+  auto x1 = nan_buffer<T>(plane), states = nan_buffer<T>(p.steps * plane);
+  auto stage_input_grads = nan_buffer<T>(4 * plane), stage_grads = nan_buffer<T>(plane);
+  p.stage_velocities = stage_velocities.data();
+  p.velocity_step_stride = 4 * plane;
+  p.x1 = x1.data();
+  p.states = states.data();
+  p.saved_states = p.states;
+  p.grad_x = static_cast<T*>(ptrs[3]);
+  p.stage_input_grads = stage_input_grads.data();
+  p.stage_grads = stage_grads.data();
+  lp.endpoint_weight = T(reals[3]);
+  lp.path_weight = T(reals[4]);
+  lp.terms = static_cast<T*>(ptrs[2]);
+  const GradBuffers<T> buffers(c, p);
+  if constexpr (sizeof(T) == 4) {
+    run(c.tf32 ? jko_block_loss_kernel<float, true> : jko_block_loss_kernel<float, false>, lp, c.grid,
+        p.plan.smem_bytes);
+  } else {
+    run(jko_block_loss_kernel<double, false>, lp, c.grid, p.plan.smem_bytes);
+  }
+  reduce(buffers.partials, c.grid, p.layout, p.net, ptrs + 36, ptrs + 52);
   return 0;
 }
 
@@ -239,6 +282,10 @@ int emu_field(const int64_t* ints, const double* reals, void* const* ptrs) {
 
 int emu_rk4(const int64_t* ints, const double* reals, void* const* ptrs) {
   return ints[0] == 8 ? rk4<double>(ints, reals, ptrs) : rk4<float>(ints, reals, ptrs);
+}
+
+int emu_jko_loss(const int64_t* ints, const double* reals, void* const* ptrs) {
+  return ints[0] == 8 ? jko_loss<double>(ints, reals, ptrs) : jko_loss<float>(ints, reals, ptrs);
 }
 
 }  // extern "C"

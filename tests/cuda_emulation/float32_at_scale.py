@@ -1,0 +1,67 @@
+"""The fused training kernel (jko_block_loss) in float32 and TF32 at a training step's size, run on
+the CPU through the emulation: d = 6, width 128, 3 hidden layers, 3 RK4 steps, the plan and grid an
+H100 would take at batch 2000 (32 stack rows, 132 blocks). Not part of the test suite (about 5
+minutes for float32 and 14 for TF32 on one core); run it after changing how the kernels sum.
+
+Prints, per output (terms, grad x0, grads of the weights and biases), the error against the float64
+reference next to torch float32's, and the float32 rule of tests/_op_cases.py (at most twice
+torch's error plus 1e-6 of the output's scale); for TF32 the error in units of TF32's roundoff
+2^-11 of the scale (torch's TF32 error needs a GPU: tests/test_cuda_ops.py compares with it).
+
+    python tests/cuda_emulation/float32_at_scale.py [--batch 2000] [--skip-tf32]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]
+from conftest import random_field  # noqa: E402
+from driver import Emulator, build  # noqa: E402
+from test_cuda_emulation import emulated_jko_loss, reference_jko_loss  # noqa: E402
+
+
+def field(dtype):
+    torch.manual_seed(1)
+    f = random_field(6, 128, 3, "softplus", time=True, dtype=dtype)
+    with torch.no_grad():  # O(1-10) pre-activations, a moderate Lipschitz constant (tests/test_cuda_ops.py)
+        for lin in f.linears:
+            lin.weight.mul_(0.5 * min(1.0, 4.0 / lin.in_features ** 0.5))
+            lin.bias.mul_(0.5)
+    return f
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=2000)
+    parser.add_argument("--skip-tf32", action="store_true")
+    args = parser.parse_args()
+    emu = Emulator(build())
+    emu.set_schedule(0)
+    f64, f32 = field(torch.float64), field(torch.float32)
+    x = torch.randn(args.batch, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    truth = reference_jko_loss(f64, x, 3, 0.5, 0.1, "exact", 1, "rk4")
+    torch32 = reference_jko_loss(f32, x.float(), 3, 0.5, 0.1, "exact", 1, "rk4")
+    for tf32 in (False,) if args.skip_tf32 else (False, True):
+        start = time.perf_counter()
+        got = emulated_jko_loss(emu, f32, x.float(), 3, 0.5, 0.1, "exact", 1, "rk4", rows=32, grid=132, tf32=tf32)
+        print(f"{'TF32' if tf32 else 'float32'} ({time.perf_counter() - start:.0f} s emulated)")
+        for i, (t, p, k) in enumerate(zip(truth, torch32, got)):
+            scale = max(t.abs().max().item(), 1.0)
+            k_err, p_err = ((v.double() - t).abs().max().item() for v in (k, p))
+            if tf32:
+                print(f"  output {i:2d} {str(tuple(t.shape)):11s} scale {scale:7.3g}: error {k_err:.2e} "
+                      f"= {k_err / scale / 2 ** -11:.2f} x 2^-11 of the scale")
+            else:
+                verdict = "ok" if k_err <= 2 * p_err + 1e-6 * scale else "FAILS the float32 rule"
+                print(f"  output {i:2d} {str(tuple(t.shape)):11s} scale {scale:7.3g}: kernel {k_err:.2e}, "
+                      f"torch float32 {p_err:.2e}: {verdict}")
+
+
+if __name__ == "__main__":
+    main()
