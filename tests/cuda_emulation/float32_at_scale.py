@@ -26,14 +26,17 @@ from driver import Emulator, build  # noqa: E402
 from test_cuda_emulation import emulated_jko_loss, reference_jko_loss  # noqa: E402
 
 
-def field(dtype):
+def fields():
+    """The same field in float64 and float32."""
     torch.manual_seed(1)
-    f = random_field(6, 128, 3, "softplus", time=True, dtype=dtype)
+    f64 = random_field(6, 128, 3, "softplus", time=True)
     with torch.no_grad():  # O(1-10) pre-activations, a moderate Lipschitz constant (tests/test_cuda_ops.py)
-        for lin in f.linears:
+        for lin in f64.linears:
             lin.weight.mul_(0.5 * min(1.0, 4.0 / lin.in_features ** 0.5))
             lin.bias.mul_(0.5)
-    return f
+    f32 = random_field(6, 128, 3, "softplus", time=True, dtype=torch.float32)
+    f32.load_state_dict({k: v.float() for k, v in f64.state_dict().items()})
+    return f64, f32
 
 
 def main() -> None:
@@ -43,7 +46,7 @@ def main() -> None:
     args = parser.parse_args()
     emu = Emulator(build())
     emu.set_schedule(0)
-    f64, f32 = field(torch.float64), field(torch.float32)
+    f64, f32 = fields()
     x = torch.randn(args.batch, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     truth = reference_jko_loss(f64, x, 3, 0.5, 0.1, "exact", 1, "rk4")
     torch32 = reference_jko_loss(f32, x.float(), 3, 0.5, 0.1, "exact", 1, "rk4")
