@@ -73,12 +73,34 @@ def rk4_case(dim, hidden, batch, dtype, divergence, allow_tf32):
           outs["compiled"], outs["torch"], tol)
 
 
+def loss_case(dim, hidden, batch, dtype, divergence, allow_tf32):
+    """block_loss with a gradient: the fused jko_block_loss kernel on the compiled side."""
+    from jkofast.jko_loss import block_loss
+
+    torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+    field = jkofast.VelocityField(dim, hidden, 2).to(device=DEVICE, dtype=torch.float64)
+    x = torch.randn(batch, dim, device=DEVICE, dtype=torch.float64)
+    outs = {}
+    for backend, cast in (("compiled", dtype), ("torch", torch.float64)):
+        f = jkofast.VelocityField(dim, hidden, 2).to(device=DEVICE, dtype=cast)
+        f.load_state_dict({k: p.to(cast) for k, p in field.state_dict().items()})
+        xs = x.to(cast).requires_grad_(True)
+        gen = torch.Generator(device=DEVICE).manual_seed(1)
+        loss, parts = block_loss(f, xs, 0.5, 2, divergence=divergence, probes=2, generator=gen, backend=backend)
+        outs[backend] = [loss.detach(), parts["div"], *torch.autograd.grad(loss, [xs, *f.parameters()])]
+    tol = {torch.float64: 1e-10, torch.float32: 1e-4}[dtype] if not allow_tf32 else 2e-2
+    check(f"jko_block_loss d={dim} width {hidden} batch {batch} {dtype} {divergence} tf32={allow_tf32}",
+          outs["compiled"], outs["torch"], tol)
+
+
 for dtype, allow in ((torch.float64, False), (torch.float32, False), (torch.float32, True)):
     field_case(3, 20, 37, dtype, None, allow)      # exact trace
     field_case(12, 37, 21, dtype, 19, allow)       # 19 probes: several passes
     rk4_case(3, 20, 37, dtype, "exact", allow)
     rk4_case(2, 16, 9, dtype, "hutchinson", allow)
     rk4_case(2, 16, 9, dtype, None, allow)
+    loss_case(3, 20, 37, dtype, "exact", allow)
+    loss_case(2, 16, 9, dtype, "hutchinson", allow)
 torch.cuda.synchronize() if DEVICE == "cuda" else None
 print(f"{len(failures)} failures" + (f": {failures}" if failures else ""))
 sys.exit(1 if failures else 0)
