@@ -20,8 +20,9 @@ TFLOP/s divide the reference's FLOPs (FlopCounterMode: matrix products, 2 per mu
 and backward, counted at a small batch and scaled by the batch) by each row's median time;
 ``% mm`` is that over a large torch.mm (8192^3) measured in the same run at the row's precision.
 ``peak MB``: the allocator's peak above what was allocated before the step. Rows the reference
-cannot hold in memory are skipped (its peak is measured at a small batch and scaled). A row whose
-``check``: the fused loss's and gradients' relative error against the float64 reference (batch 512).
+cannot hold in memory are skipped (its peak is measured at a small batch and scaled).
+``check``: the fused loss's and gradients' relative error against the float64 reference (batch 512;
+the goal case also at batch 16k, in the JSON's environment: check_b16384_fp32 / _tf32).
 
 The JSON (bench/results/gpu-cuda-<date>.json) is rewritten after every row, so a run cut short
 keeps what it measured. Runs in about 3-6 minutes on an H100 (compile rows dominate).
@@ -52,6 +53,7 @@ BATCHES = [2048, 16384, 131072]
 GOAL = (6, 128)
 FLOP_BATCH = 256  # the reference's FLOPs are counted here and scaled (they are linear in the batch)
 CHECK_BATCH = 512  # the float64 reference of the accuracy check (d=63: ~10 GB)
+GOAL_CHECK_BATCH = 16384  # the goal case checked again here (float32 sums over many tiles; ~9 GB)
 
 
 def set_tf32(on: bool) -> None:
@@ -223,6 +225,19 @@ def main() -> None:
             except Exception as exc:  # recorded; the rows still run (and fail the same way, visibly)
                 checks[precision] = float("nan")
                 env.setdefault("check_errors", []).append(f"d{dim}-w{width} {precision}: {exc}"[:300])
+        if (dim, width) == GOAL:  # float32 sums over a large batch: the same check at the goal batch
+            for precision in ("fp32", "tf32"):
+                key = f"check_b{GOAL_CHECK_BATCH}_{precision}"
+                try:
+                    env[key] = check(copy.deepcopy(field0), torch.randn(GOAL_CHECK_BATCH, dim, device="cuda"),
+                                     precision)
+                except Exception as exc:
+                    env[key] = float("nan")
+                    env.setdefault("check_errors", []).append(f"{key}: {exc}"[:300])
+                torch.cuda.empty_cache()
+            print(f"d={dim} width {width}: fused vs float64 reference at batch {GOAL_CHECK_BATCH}: rel. error fp32 "
+                  f"{env[f'check_b{GOAL_CHECK_BATCH}_fp32']:.1e}, tf32 {env[f'check_b{GOAL_CHECK_BATCH}_tf32']:.1e}",
+                  flush=True)
         print(f"d={dim} width {width}: {flops_per_sample * 16384 / 1e9:.0f} GFLOP per step at batch 16k; fused vs "
               f"float64 reference: rel. error fp32 {checks['fp32']:.1e}, tf32 {checks['tf32']:.1e} "
               f"[{time.perf_counter() - start:.0f} s]", flush=True)
