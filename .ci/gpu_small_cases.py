@@ -54,7 +54,9 @@ def field_case(dim, hidden, batch, dtype, probes, allow_tf32):
           outs["compiled"], outs["reference"], tol)
 
 
-def rk4_case(dim, hidden, batch, dtype, divergence, allow_tf32):
+def field_pair_case(name, dim, hidden, batch, dtype, allow_tf32, outputs):
+    """outputs(field, x, generator, backend) -> tensors, on one random field and batch: the compiled
+    engine in `dtype` against the reference in float64."""
     torch.backends.cuda.matmul.allow_tf32 = allow_tf32
     field = jkofast.VelocityField(dim, hidden, 2).to(device=DEVICE, dtype=torch.float64)
     x = torch.randn(batch, dim, device=DEVICE, dtype=torch.float64)
@@ -63,34 +65,29 @@ def rk4_case(dim, hidden, batch, dtype, divergence, allow_tf32):
         f = jkofast.VelocityField(dim, hidden, 2).to(device=DEVICE, dtype=cast)
         f.load_state_dict({k: p.to(cast) for k, p in field.state_dict().items()})
         xs = x.to(cast).requires_grad_(True)
-        gen = torch.Generator(device=DEVICE).manual_seed(1)
+        outs[backend] = outputs(f, xs, torch.Generator(device=DEVICE).manual_seed(1), backend)
+    tol = {torch.float64: 1e-10, torch.float32: 1e-4}[dtype] if not allow_tf32 else 2e-2
+    check(f"{name} d={dim} width {hidden} batch {batch} {dtype} tf32={allow_tf32}", outs["compiled"], outs["torch"],
+          tol)
+
+
+def rk4_case(dim, hidden, batch, dtype, divergence, allow_tf32):
+    def outputs(f, xs, gen, backend):
         x1, logdet, kinetic = jkofast.rk4(f, xs, 0.0, 1.0, 2, divergence=divergence, probes=2, generator=gen,
                                           backend=backend)
         loss = x1.square().sum() + kinetic.sum() + (logdet.sum() if logdet is not None else 0)
-        outs[backend] = [x1.detach(), kinetic.detach(), *torch.autograd.grad(loss, [xs, *f.parameters()])]
-    tol = {torch.float64: 1e-10, torch.float32: 1e-4}[dtype] if not allow_tf32 else 2e-2
-    check(f"rk4 d={dim} width {hidden} batch {batch} {dtype} {divergence} tf32={allow_tf32}",
-          outs["compiled"], outs["torch"], tol)
+        return [x1.detach(), kinetic.detach(), *torch.autograd.grad(loss, [xs, *f.parameters()])]
+    field_pair_case(f"rk4 {divergence}", dim, hidden, batch, dtype, allow_tf32, outputs)
 
 
 def loss_case(dim, hidden, batch, dtype, divergence, allow_tf32):
     """block_loss with a gradient: the fused jko_block_loss kernel on the compiled side."""
     from jkofast.jko_loss import block_loss
 
-    torch.backends.cuda.matmul.allow_tf32 = allow_tf32
-    field = jkofast.VelocityField(dim, hidden, 2).to(device=DEVICE, dtype=torch.float64)
-    x = torch.randn(batch, dim, device=DEVICE, dtype=torch.float64)
-    outs = {}
-    for backend, cast in (("compiled", dtype), ("torch", torch.float64)):
-        f = jkofast.VelocityField(dim, hidden, 2).to(device=DEVICE, dtype=cast)
-        f.load_state_dict({k: p.to(cast) for k, p in field.state_dict().items()})
-        xs = x.to(cast).requires_grad_(True)
-        gen = torch.Generator(device=DEVICE).manual_seed(1)
+    def outputs(f, xs, gen, backend):
         loss, parts = block_loss(f, xs, 0.5, 2, divergence=divergence, probes=2, generator=gen, backend=backend)
-        outs[backend] = [loss.detach(), parts["div"], *torch.autograd.grad(loss, [xs, *f.parameters()])]
-    tol = {torch.float64: 1e-10, torch.float32: 1e-4}[dtype] if not allow_tf32 else 2e-2
-    check(f"jko_block_loss d={dim} width {hidden} batch {batch} {dtype} {divergence} tf32={allow_tf32}",
-          outs["compiled"], outs["torch"], tol)
+        return [loss.detach(), parts["div"], *torch.autograd.grad(loss, [xs, *f.parameters()])]
+    field_pair_case(f"jko_block_loss {divergence}", dim, hidden, batch, dtype, allow_tf32, outputs)
 
 
 for dtype, allow in ((torch.float64, False), (torch.float32, False), (torch.float32, True)):

@@ -143,6 +143,25 @@ def test_field_float32_and_tf32(emu, divergence):
 
 
 # ----------------------------------------------------------------------------- rk4_block
+def moderate_field(dim, hidden, layers, activation="softplus", time=True, beta=1.0, scale=0.6,
+                   dtype=torch.float64):
+    """random_field with `layers` weight matrices, scaled to a moderate Lipschitz constant: 3 RK4
+    steps stay accurate."""
+    field = random_field(dim, hidden, layers - 1, activation, time=time, beta=beta, dtype=dtype)
+    with torch.no_grad():
+        for p in field.parameters():
+            p.mul_(scale)
+    return field
+
+
+def float64_and_float32(dim, hidden):
+    """The same moderate 2-matrix softplus field in float64 and in float32."""
+    field64 = moderate_field(dim, hidden, 3, scale=0.5)
+    field32 = random_field(dim, hidden, 2, "softplus", time=True, dtype=torch.float32)
+    field32.load_state_dict({k: v.float() for k, v in field64.state_dict().items()})
+    return field64, field32
+
+
 def reference_rk4(field, x, t0, t1, steps, divergence, k, tableau, grads):
     xs = x.clone().requires_grad_(True)
     x1, logdet, kinetic = jkofast.rk4(field, xs, t0, t1, steps, divergence=divergence, probes=k, tableau=tableau,
@@ -178,10 +197,7 @@ RK4_CASES = [  # dim, hidden, layers, activation, time, batch, divergence, k, ta
 @pytest.mark.parametrize("case", RK4_CASES, ids=lambda c: "-".join(map(str, c)))
 def test_rk4_block_kernels_match_reference_float64(emu, case):
     dim, hidden, layers, activation, time, batch, divergence, k, tableau, t0, t1, rows, grid = case
-    field = random_field(dim, hidden, layers - 1, activation, time=time, beta=1.3)
-    with torch.no_grad():
-        for p in field.parameters():
-            p.mul_(0.6)  # a moderate Lipschitz constant: 3 RK4 steps stay accurate
+    field = moderate_field(dim, hidden, layers, activation, time, beta=1.3)
     x = torch.randn(batch, dim, dtype=torch.float64)
     grads = [torch.randn(batch, dim, dtype=torch.float64), torch.randn(batch, dtype=torch.float64),
              torch.randn(batch, dtype=torch.float64)]
@@ -194,12 +210,7 @@ def test_rk4_block_kernels_match_reference_float64(emu, case):
 
 
 def test_rk4_block_float32_and_tf32(emu):
-    field64 = random_field(3, 40, 2, "softplus", time=True)
-    with torch.no_grad():
-        for p in field64.parameters():
-            p.mul_(0.5)
-    field32 = random_field(3, 40, 2, "softplus", time=True, dtype=torch.float32)
-    field32.load_state_dict({k: v.float() for k, v in field64.state_dict().items()})
+    field64, field32 = float64_and_float32(3, 40)
     x = torch.randn(30, 3, dtype=torch.float64)
     grads = [torch.randn(30, 3, dtype=torch.float64), torch.randn(30, dtype=torch.float64),
              torch.randn(30, dtype=torch.float64)]
@@ -254,10 +265,7 @@ JKO_LOSS_CASES = [  # dim, hidden, layers, activation, time, batch, divergence, 
 @pytest.mark.parametrize("case", JKO_LOSS_CASES, ids=lambda c: "-".join(map(str, c)))
 def test_jko_block_loss_kernel_matches_reference_float64(emu, case):
     dim, hidden, layers, activation, time, batch, divergence, k, tableau, ew, pw, rows, grid = case
-    field = random_field(dim, hidden, layers - 1, activation, time=time, beta=1.3)
-    with torch.no_grad():
-        for p in field.parameters():
-            p.mul_(0.6)
+    field = moderate_field(dim, hidden, layers, activation, time, beta=1.3)
     x = torch.randn(batch, dim, dtype=torch.float64)
     want = reference_jko_loss(field, x, 3, ew, pw, divergence, k, tableau)
     for schedule in (0, 1):
@@ -269,12 +277,7 @@ def test_jko_block_loss_kernel_matches_reference_float64(emu, case):
 
 @pytest.mark.parametrize("dim,hidden,batch,rows", [(3, 40, 30, 64), (20, 24, 7, 16)])  # 2nd: 2 tangent passes
 def test_jko_block_loss_kernel_float32_and_tf32(emu, dim, hidden, batch, rows):
-    field64 = random_field(dim, hidden, 2, "softplus", time=True)
-    with torch.no_grad():
-        for p in field64.parameters():
-            p.mul_(0.5)
-    field32 = random_field(dim, hidden, 2, "softplus", time=True, dtype=torch.float32)
-    field32.load_state_dict({k: v.float() for k, v in field64.state_dict().items()})
+    field64, field32 = float64_and_float32(dim, hidden)
     x = torch.randn(batch, dim, dtype=torch.float64)
     truth = reference_jko_loss(field64, x, 3, 0.5, 0.1, "exact", 1, "rk4")
     torch32 = reference_jko_loss(field32, x.float(), 3, 0.5, 0.1, "exact", 1, "rk4")

@@ -286,6 +286,14 @@ def test_compiles_and_captures_in_a_cuda_graph():
 
 
 # ----------------------------------------------------------------------------- rk4_block
+def moderate_field(dim, hidden, layers, activation="softplus", time=True, dtype=torch.float64):
+    field = cuda_field(dim, hidden, layers, activation, time, dtype=dtype)
+    with torch.no_grad():
+        for p in field.parameters():
+            p.mul_(0.5)  # a moderate Lipschitz constant keeps 3 RK4 steps well conditioned
+    return field
+
+
 @pytest.mark.parametrize("divergence,tableau,t0,t1", [
     ("exact", "rk4", 0.0, 1.0),
     ("exact", "rk4-3/8", 0.2, 0.9),
@@ -297,10 +305,7 @@ def test_compiles_and_captures_in_a_cuda_graph():
                                    (40, 96, 2, "softplus", True, 50)])
 def test_rk4_block_matches_reference_float64(divergence, tableau, t0, t1, shape):
     dim, hidden, layers, activation, time, batch = shape
-    field = cuda_field(dim, hidden, layers, activation, time)
-    with torch.no_grad():
-        for p in field.parameters():
-            p.mul_(0.5)  # a moderate Lipschitz constant keeps 3 RK4 steps well conditioned
+    field = moderate_field(dim, hidden, layers, activation, time)
     x = torch.randn(batch, dim, dtype=torch.float64, device=DEVICE)
     kw = dict(divergence=divergence, tableau=tableau, probes=3)
     want = rk4_outputs(field, x, t0, t1, 3, "torch", **kw)
@@ -310,11 +315,8 @@ def test_rk4_block_matches_reference_float64(divergence, tableau, t0, t1, shape)
 
 
 def test_rk4_block_float32_and_tf32():
-    field64 = cuda_field(6, 128, 3)
-    with torch.no_grad():
-        for p in field64.parameters():
-            p.mul_(0.5)
-    field32 = cuda_field(6, 128, 3, dtype=torch.float32)
+    field64 = moderate_field(6, 128, 3)
+    field32 = moderate_field(6, 128, 3, dtype=torch.float32)
     field32.load_state_dict({n: p.float() for n, p in field64.state_dict().items()})
     x = torch.randn(2000, 6, dtype=torch.float64, device=DEVICE)
     truth = rk4_outputs(field64, x, 0.0, 1.0, 3, "torch")
@@ -340,14 +342,6 @@ def test_rk4_probes_held_per_step_match_reference():
 
 
 # ----------------------------------------------------------------------------- jko_block_loss
-def moderate_field(dim, hidden, layers, activation="softplus", time=True, dtype=torch.float64):
-    field = cuda_field(dim, hidden, layers, activation, time, dtype=dtype)
-    with torch.no_grad():
-        for p in field.parameters():
-            p.mul_(0.5)  # a moderate Lipschitz constant keeps 3 RK4 steps well conditioned
-    return field
-
-
 @pytest.mark.parametrize("transport,divergence,tableau,h", [
     ("endpoint", "exact", "rk4", 0.7),
     ("path", "hutchinson", "rk4-3/8", 0.4),

@@ -49,10 +49,10 @@ void loss_and_grads(const Rk4Args& call, at::TensorList weights, at::TensorList 
           const T xe = x1[e], we = x0[b * d + e];
           gx1[e] = inv_b * (xe + T(2) * ew * (xe - we));
         }
-        shares[part].begin_tile();
-        work.backward(b, n, gx1.data(), gld.data(), gkin.data(), saved, ks.data(), gx0.data(), shares[part].tile,
-                      logdet.data());
-        shares[part].end_tile();
+        shares[part].add_tile([&](MlpGrads<T>& grads) {
+          work.backward(b, n, gx1.data(), gld.data(), gkin.data(), saved, ks.data(), gx0.data(), grads,
+                        logdet.data());
+        });
         for (int64_t i = 0; i < n; ++i) {
           T potential = T(0), endpoint = T(0);
           for (int64_t j = 0; j < d; ++j) {

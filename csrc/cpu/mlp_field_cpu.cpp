@@ -69,9 +69,9 @@ GradTuple backward(const FieldArgs& call, const at::Tensor& grad_f, const at::Te
       each_tile(first, end, tile, [&](int64_t b, int64_t n) {
         eval.forward(n, x + b * d, t ? t + b * t_stride : nullptr, t_stride, probes ? probes + b * r * d : nullptr,
                      nullptr, nullptr);
-        shares[part].begin_tile();
-        eval.backward(gf + b * d, gdiv ? gdiv + b : nullptr, gx + b * d, gt ? gt + b : nullptr, shares[part].tile);
-        shares[part].end_tile();
+        shares[part].add_tile([&](MlpGrads<T>& grads) {
+          eval.backward(gf + b * d, gdiv ? gdiv + b : nullptr, gx + b * d, gt ? gt + b : nullptr, grads);
+        });
       });
     });
   });

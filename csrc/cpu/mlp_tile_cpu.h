@@ -49,13 +49,13 @@ struct MlpNet {
 // The field's parameter gradients as the backward adds to them (layer 0 transposed: w0_t).
 template <typename T>
 struct MlpGrads {
-  std::vector<at::Tensor> weights;  // layer 0 unused: see w0_t
+  std::vector<at::Tensor> weights;  // layer 0 undefined: see w0_t
   std::vector<at::Tensor> biases;
   at::Tensor w0_t;                  // (input_dim, H), transposed like MlpNet::w0_t
 
   explicit MlpGrads(const MlpNet<T>& net) {
     for (const auto& w : net.weights) {
-      weights.push_back(at::zeros_like(w));
+      weights.push_back(weights.empty() ? at::Tensor() : at::zeros_like(w));
       biases.push_back(at::zeros({w.size(0)}, w.options()));
     }
     w0_t = at::zeros_like(net.w0_t);
@@ -87,11 +87,12 @@ struct GradShare {
     for (const auto& t : targets) sums.push_back(at::zeros(t.sizes(), t.options().dtype(at::kDouble)));
   }
 
+  // backward(tile) adds one tile's gradient to `tile`, zeroed first; it then joins the sums.
   // Raw loops: a dispatched op per tensor and tile would cost more than the additions.
-  void begin_tile() {
+  template <typename Backward>
+  void add_tile(Backward&& backward) {
     for (auto& t : targets) std::fill_n(t.mutable_data_ptr<T>(), t.numel(), T(0));
-  }
-  void end_tile() {
+    backward(tile);
     for (size_t i = 0; i < targets.size(); ++i) {
       const T* __restrict__ from = targets[i].const_data_ptr<T>();
       double* __restrict__ to = sums[i].mutable_data_ptr<double>();

@@ -51,10 +51,10 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> backwar
     for_each_tile_range(batch, tile, parts, [&](int64_t first, int64_t end, int64_t part) {
       Rk4Tile<decltype(act)::value, T> work(call, net, tile, 0, /*backward=*/true);
       each_tile(first, end, tile, [&](int64_t b, int64_t n) {
-        shares[part].begin_tile();
-        work.backward(b, n, gx1 + b * d, gld + b, gkin + b, StepStates<T>{saved, batch, b, d}, nullptr,
-                      gx_out + b * d, shares[part].tile);
-        shares[part].end_tile();
+        shares[part].add_tile([&](MlpGrads<T>& grads) {
+          work.backward(b, n, gx1 + b * d, gld + b, gkin + b, StepStates<T>{saved, batch, b, d}, nullptr,
+                        gx_out + b * d, grads);
+        });
       });
     });
   });
