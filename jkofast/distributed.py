@@ -161,6 +161,13 @@ class Dist:
         if self.owns_group and tdist.is_initialized():
             tdist.destroy_process_group()
             self.owns_group = False
+            # Objects in reference cycles (DDP wrappers, finished all_reduce works) can still hold
+            # the gloo process group. Left to the interpreter's final collection, it is destroyed
+            # while its worker threads may need the GIL, which a finalizing Python refuses with
+            # pthread_exit; the unwind through gloo's noexcept frames then aborts the process
+            # ("terminate called without an active exception", seen in torchrun runs). Collect
+            # them now, while the threads can still finish normally.
+            gc.collect()
 
 
 class _PendingMean:
