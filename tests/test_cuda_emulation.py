@@ -291,6 +291,22 @@ def test_jko_block_loss_kernel_float32_and_tf32(emu, dim, hidden, batch, rows):
         assert (tt.double() - ref).abs().max().item() <= TF32_REL * scale, f"TF32 output {i}"
 
 
+def test_tf32_fragments_refuse_misaligned_memory(emu):
+    # The WMMA rule: a fragment's memory 32-byte aligned, its stride a multiple of 16 bytes. The TF32
+    # tests above pass with the check on, so the plans keep every fragment address aligned; shared
+    # memory shifted by 16 bytes (the alignment the hardware does not promise) must be refused.
+    field64, field32 = float64_and_float32(3, 40)
+    x = torch.randn(9, 3)
+    args = (emu, field32, x, 3, 0.5, 0.1, "exact", 1, "rk4")
+    emu.set_smem_offset(16)
+    try:
+        with pytest.raises(RuntimeError, match="32-byte alignment"):
+            emulated_jko_loss(*args, rows=32, grid=1, tf32=True)
+        emulated_jko_loss(*args, rows=32, grid=1, tf32=False)  # the SIMT path has no such rule
+    finally:
+        emu.set_smem_offset(0)
+
+
 # ----------------------------------------------------------------------------- fit rule and plan
 def test_backend_fit_rule_matches_the_cpp_rule(emu):
     # _backend's rule (constants exported by jkofast._C from ops/tile_plan.h) against the C++

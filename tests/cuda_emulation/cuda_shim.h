@@ -7,8 +7,10 @@
 // that nothing wrote shows up as NaN in the results.
 //
 // What it checks: indexing, bounds of the tiles and chunks, barrier placement (a barrier not
-// reached by every thread aborts; a missing one changes results between schedules), and the
-// arithmetic of both product paths (TF32 rounding included). What it cannot check: the hardware's
+// reached by every thread aborts; a missing one changes results between schedules), the
+// arithmetic of both product paths (TF32 rounding included), and the WMMA rule on pointers and
+// strides (a fragment's memory 32-byte aligned, ldm a multiple of 16 bytes; emulated device
+// buffers and shared memory are 256-byte aligned, as cudaMalloc's and at least as smem's base). What it cannot check: the hardware's
 // fragment layouts and memory model, timing, coalescing, occupancy, registers; compute-sanitizer
 // on the GPU stays the real check of memory and races.
 #pragma once
@@ -26,6 +28,7 @@
 #include <functional>
 #include <memory>
 #include <random>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -65,6 +68,7 @@ struct Block {
 };
 
 inline Dim3 thread_idx, block_idx, grid_dim;
+inline std::string fault;  // the first rule a launch broke (empty: none); see check_wmma_memory
 inline Block* block = nullptr;
 
 class Scheduler {
@@ -217,9 +221,24 @@ inline float __float_to_tf32(float v) {
   return std::bit_cast<float>(bits);
 }
 
+// load_matrix_sync / store_matrix_sync: "mptr must be a 256-bit aligned pointer", "ldm must be a
+// multiple of 4 for float" (CUDA C++ Programming Guide, warp matrix functions). The hardware's
+// behaviour otherwise is undefined: the emulation records the first such access in emu::fault
+// (the launch then fails in the driver) and goes on, as a fiber cannot unwind.
+inline void check_wmma_memory(const float* p, unsigned ldm, const char* what) {
+  const size_t misaligned = size_t(reinterpret_cast<std::uintptr_t>(p) % 32);
+  if ((misaligned != 0 || ldm % 4 != 0) && emu::fault.empty()) {
+    char text[160];
+    std::snprintf(text, sizeof(text), "%s: pointer %zu bytes past 32-byte alignment, ldm %u (a multiple of 4 needed)",
+                  what, misaligned, ldm);
+    emu::fault = text;
+  }
+}
+
 template <class Use, int M, int N, int K, class Elem, class Layout>
 void load_matrix_sync(fragment<Use, M, N, K, Elem, Layout>& f, const float* p, unsigned ldm) {
   using F = fragment<Use, M, N, K, Elem, Layout>;
+  check_wmma_memory(p, ldm, "wmma::load_matrix_sync (operand)");
   for (int r = 0; r < F::rows; ++r) {
     for (int c = 0; c < F::cols; ++c) {
       f.x[r * F::cols + c] = std::is_same_v<Layout, col_major> ? p[c * ldm + r] : p[r * ldm + c];
@@ -230,6 +249,7 @@ void load_matrix_sync(fragment<Use, M, N, K, Elem, Layout>& f, const float* p, u
 template <int M, int N, int K>
 void load_matrix_sync(fragment<accumulator, M, N, K, float>& f, const float* p, unsigned ldm, layout_t layout) {
   if (layout != mem_row_major) std::abort();
+  check_wmma_memory(p, ldm, "wmma::load_matrix_sync (accumulator)");
   for (int r = 0; r < M; ++r) {
     for (int c = 0; c < N; ++c) f.x[r * N + c] = p[r * ldm + c];
   }
@@ -238,6 +258,7 @@ void load_matrix_sync(fragment<accumulator, M, N, K, float>& f, const float* p, 
 template <int M, int N, int K>
 void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, float>& f, unsigned ldm, layout_t layout) {
   if (layout != mem_row_major) std::abort();
+  check_wmma_memory(p, ldm, "wmma::store_matrix_sync");
   __syncwarp();  // every lane has read what it needed
   if (emu::thread_idx.x % 32 == 0) {
     for (int r = 0; r < M; ++r) {

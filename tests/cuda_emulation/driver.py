@@ -58,6 +58,7 @@ class Emulator:
             fn.argtypes = [ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_double),
                            ctypes.POINTER(ctypes.c_void_p)]
             fn.restype = ctypes.c_int
+        self.lib.emu_fault.restype = ctypes.c_char_p
         self.lib.emu_plan.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int, ctypes.c_int,
                                                              ctypes.POINTER(ctypes.c_int64)]
         self.lib.emu_choose_rows.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int, ctypes.c_int64]
@@ -69,6 +70,10 @@ class Emulator:
     def set_schedule(self, schedule: int) -> None:
         """Order of the threads a barrier releases: 0 ascending, 1 descending, >= 2 shuffled (seed)."""
         self.lib.emu_set_schedule(schedule)
+
+    def set_smem_offset(self, nbytes: int) -> None:
+        """Shift each block's shared memory nbytes past its alignment (0: aligned, the default)."""
+        self.lib.emu_set_smem_offset(nbytes)
 
     # ------------------------------------------------------------------ plan
     def plan(self, dim, time, hidden, tangent_rows, dtype, rows) -> dict:
@@ -160,12 +165,14 @@ class Emulator:
         self._call(self.lib.emu_jko_loss, ints, reals, ptrs)
         return terms, gx, gw, gb
 
-    @staticmethod
-    def _call(fn, ints, reals, ptrs):
+    def _call(self, fn, ints, reals, ptrs):
         c_ints = (ctypes.c_int64 * len(ints))(*ints)
         c_reals = (ctypes.c_double * len(reals))(*reals)
         c_ptrs = (ctypes.c_void_p * len(ptrs))(*[None if p is None else p.data_ptr() for p in ptrs])
-        if fn(c_ints, c_reals, c_ptrs) != 0:
+        rc = fn(c_ints, c_reals, c_ptrs)
+        if rc == 2:
+            raise RuntimeError(f"emulated kernel broke a rule of the hardware: {self.lib.emu_fault().decode()}")
+        if rc != 0:
             raise RuntimeError("emulated kernel refused its arguments")
 
 

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <limits>
 #include <memory>
+#include <new>
 #include <vector>
 
 #include "cuda/grad_reduce_kernel.cuh"
@@ -20,7 +21,22 @@ namespace {
 using namespace jkofast;
 using namespace jkofast::cuda;
 
-int g_schedule = 0;  // emu_set_schedule
+int g_schedule = 0;     // emu_set_schedule
+int g_smem_offset = 0;  // emu_set_smem_offset
+
+// Device memory as cudaMalloc gives it: 256-byte aligned (the WMMA checks in cuda_shim.h rely on it).
+template <typename T>
+struct DeviceAllocator {
+  using value_type = T;
+  DeviceAllocator() = default;
+  template <typename U>
+  DeviceAllocator(const DeviceAllocator<U>&) {}
+  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(256))); }
+  void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t(256)); }
+  friend bool operator==(const DeviceAllocator&, const DeviceAllocator&) { return true; }
+};
+template <typename T>
+using DeviceBuffer = std::vector<T, DeviceAllocator<T>>;
 
 // One launch: `grid` blocks of 256 threads, one block at a time.
 template <typename Params>
@@ -29,9 +45,8 @@ void run(void (*kernel)(Params), const Params& p, int grid, int64_t smem_bytes) 
     emu::Block block;
     block.barrier.size = tile::kThreads;
     for (auto& warp : block.warps) warp.size = 32;
-    std::unique_ptr<unsigned char[]> smem(new unsigned char[smem_bytes > 0 ? smem_bytes : 1]);
-    std::memset(smem.get(), 0xFF, size_t(smem_bytes > 0 ? smem_bytes : 1));  // NaN in float and double
-    block.smem = smem.get();
+    DeviceBuffer<unsigned char> smem(size_t(g_smem_offset + (smem_bytes > 0 ? smem_bytes : 1)), 0xFF);  // NaN bytes
+    block.smem = smem.data() + g_smem_offset;
     emu::block = &block;
     emu::block_idx = {unsigned(g), 0, 0};
     emu::grid_dim = {unsigned(grid), 0, 0};
@@ -42,8 +57,8 @@ void run(void (*kernel)(Params), const Params& p, int grid, int64_t smem_bytes) 
 }
 
 template <typename T>
-std::vector<T> nan_buffer(int64_t count) {
-  return std::vector<T>(size_t(count > 0 ? count : 1), std::numeric_limits<T>::quiet_NaN());
+DeviceBuffer<T> nan_buffer(int64_t count) {
+  return DeviceBuffer<T>(size_t(count > 0 ? count : 1), std::numeric_limits<T>::quiet_NaN());
 }
 
 // ints: itemsize, tf32, backward, rows, grid, batch, dim, hidden, layers, time, activation,
@@ -76,7 +91,7 @@ MlpView<T> read_net(const Common& c, double beta, void* const* weights, void* co
 }
 
 template <typename T>
-void reduce(const std::vector<T>& partials, int grid, const GradLayout& layout, const MlpView<T>& net,
+void reduce(const DeviceBuffer<T>& partials, int grid, const GradLayout& layout, const MlpView<T>& net,
             void* const* grad_w, void* const* grad_b) {
   ReduceParams<T> r{};
   r.partials = partials.data();
@@ -96,7 +111,7 @@ void reduce(const std::vector<T>& partials, int grid, const GradLayout& layout, 
 // wired into its params: what the glue's grad buffers are on the GPU.
 template <typename T>
 struct GradBuffers {
-  std::vector<T> partials, scratch;
+  DeviceBuffer<T> partials, scratch;
   template <typename Params>
   GradBuffers(const Common& c, Params& p) {
     p.layout = make_grad_layout(c.dim, c.dim + c.time, c.hidden, c.layers);
@@ -249,7 +264,25 @@ int jko_loss(const int64_t* ints, const double* reals, void* const* ptrs) {
 
 }  // namespace
 
+namespace {
+// An entry point's status: 0, its own refusal (1), or 2 if a launch broke a rule of the hardware
+// (emu_fault says which).
+template <class Entry>
+int checked(Entry&& entry) {
+  emu::fault.clear();
+  const int rc = entry();
+  return rc != 0 ? rc : emu::fault.empty() ? 0 : 2;
+}
+}  // namespace
+
 extern "C" {
+
+// Shifts each block's shared memory this many bytes past its 256-byte alignment (0 by default): a
+// test that the WMMA alignment check works.
+void emu_set_smem_offset(int bytes) { g_smem_offset = bytes; }
+
+// What the last launch broke, when an entry point returned 2.
+const char* emu_fault() { return emu::fault.c_str(); }
 
 // 0: released threads run in ascending index order, 1: descending, >= 2: shuffled (seed).
 void emu_set_schedule(int schedule) { g_schedule = schedule; }
@@ -277,15 +310,15 @@ int emu_choose_rows(int64_t dim, int64_t input_dim, int64_t hidden, int64_t tang
 }
 
 int emu_field(const int64_t* ints, const double* reals, void* const* ptrs) {
-  return ints[0] == 8 ? field<double>(ints, reals, ptrs) : field<float>(ints, reals, ptrs);
+  return checked([&] { return ints[0] == 8 ? field<double>(ints, reals, ptrs) : field<float>(ints, reals, ptrs); });
 }
 
 int emu_rk4(const int64_t* ints, const double* reals, void* const* ptrs) {
-  return ints[0] == 8 ? rk4<double>(ints, reals, ptrs) : rk4<float>(ints, reals, ptrs);
+  return checked([&] { return ints[0] == 8 ? rk4<double>(ints, reals, ptrs) : rk4<float>(ints, reals, ptrs); });
 }
 
 int emu_jko_loss(const int64_t* ints, const double* reals, void* const* ptrs) {
-  return ints[0] == 8 ? jko_loss<double>(ints, reals, ptrs) : jko_loss<float>(ints, reals, ptrs);
+  return checked([&] { return ints[0] == 8 ? jko_loss<double>(ints, reals, ptrs) : jko_loss<float>(ints, reals, ptrs); });
 }
 
 }  // extern "C"

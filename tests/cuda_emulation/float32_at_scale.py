@@ -8,7 +8,10 @@ reference next to torch float32's, and the float32 rule of tests/_op_cases.py (a
 torch's error plus 1e-6 of the output's scale); for TF32 the error in units of TF32's roundoff
 2^-11 of the scale (torch's TF32 error needs a GPU: tests/test_cuda_ops.py compares with it).
 
-    python tests/cuda_emulation/float32_at_scale.py [--batch 2000] [--skip-tf32]
+    python tests/cuda_emulation/float32_at_scale.py [--batch 2000] [--dim 6] [--width 128] [--grid 132] [--skip-tf32]
+
+A block's weight-gradient part sums batch / (32 x grid) tiles: at batch 128k an H100 sums ~31 per
+block. `--batch 16384 --grid 4 --width 32` sums 128 per block (4x that) in a few minutes.
 """
 from __future__ import annotations
 
@@ -26,15 +29,15 @@ from driver import Emulator, build  # noqa: E402
 from test_cuda_emulation import emulated_jko_loss, reference_jko_loss  # noqa: E402
 
 
-def fields():
+def fields(dim, width):
     """The same field in float64 and float32."""
     torch.manual_seed(1)
-    f64 = random_field(6, 128, 3, "softplus", time=True)
+    f64 = random_field(dim, width, 3, "softplus", time=True)
     with torch.no_grad():  # O(1-10) pre-activations, a moderate Lipschitz constant (tests/test_cuda_ops.py)
         for lin in f64.linears:
             lin.weight.mul_(0.5 * min(1.0, 4.0 / lin.in_features ** 0.5))
             lin.bias.mul_(0.5)
-    f32 = random_field(6, 128, 3, "softplus", time=True, dtype=torch.float32)
+    f32 = random_field(dim, width, 3, "softplus", time=True, dtype=torch.float32)
     f32.load_state_dict({k: v.float() for k, v in f64.state_dict().items()})
     return f64, f32
 
@@ -42,17 +45,21 @@ def fields():
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=2000)
+    parser.add_argument("--dim", type=int, default=6)
+    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--grid", type=int, default=132,
+                        help="thread blocks: fewer blocks means more tiles summed into each block's float part")
     parser.add_argument("--skip-tf32", action="store_true")
     args = parser.parse_args()
     emu = Emulator(build())
     emu.set_schedule(0)
-    f64, f32 = fields()
-    x = torch.randn(args.batch, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    f64, f32 = fields(args.dim, args.width)
+    x = torch.randn(args.batch, args.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     truth = reference_jko_loss(f64, x, 3, 0.5, 0.1, "exact", 1, "rk4")
     torch32 = reference_jko_loss(f32, x.float(), 3, 0.5, 0.1, "exact", 1, "rk4")
     for tf32 in (False,) if args.skip_tf32 else (False, True):
         start = time.perf_counter()
-        got = emulated_jko_loss(emu, f32, x.float(), 3, 0.5, 0.1, "exact", 1, "rk4", rows=32, grid=132, tf32=tf32)
+        got = emulated_jko_loss(emu, f32, x.float(), 3, 0.5, 0.1, "exact", 1, "rk4", rows=32, grid=args.grid, tf32=tf32)
         print(f"{'TF32' if tf32 else 'float32'} ({time.perf_counter() - start:.0f} s emulated)")
         for i, (t, p, k) in enumerate(zip(truth, torch32, got)):
             scale = max(t.abs().max().item(), 1.0)
