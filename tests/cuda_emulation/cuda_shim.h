@@ -215,9 +215,16 @@ struct fragment {
 };
 
 // cvt.rna.tf32.f32: round to 10 mantissa bits, to nearest, ties away from zero.
+// Built with -DJKOFAST_EMULATE_BF16_OPERANDS (tests/cuda_emulation/float32_at_scale.py --bf16), it
+// rounds to bfloat16 instead (cvt.rn.bf16.f32: 7 mantissa bits, ties to even): what a BF16
+// tensor-core path with float accumulation would compute. A study only; there is no BF16 kernel.
 inline float __float_to_tf32(float v) {
   uint32_t bits = std::bit_cast<uint32_t>(v);
+#ifdef JKOFAST_EMULATE_BF16_OPERANDS
+  bits = (bits + 0x7FFFu + ((bits >> 16) & 1u)) & 0xFFFF0000u;
+#else
   bits = (bits + 0x1000u) & 0xFFFFE000u;
+#endif
   return std::bit_cast<float>(bits);
 }
 

@@ -8,7 +8,8 @@ reference next to torch float32's, and the float32 rule of tests/_op_cases.py (a
 torch's error plus 1e-6 of the output's scale); for TF32 the error in units of TF32's roundoff
 2^-11 of the scale (torch's TF32 error needs a GPU: tests/test_cuda_ops.py compares with it).
 
-    python tests/cuda_emulation/float32_at_scale.py [--batch 2000] [--dim 6] [--width 128] [--grid 132] [--skip-tf32]
+    python tests/cuda_emulation/float32_at_scale.py [--batch 2000] [--dim 6] [--width 128] [--grid 132]
+                                                    [--skip-tf32 | --bf16]
 
 A block's weight-gradient part sums batch / (32 x grid) tiles: at batch 128k an H100 sums ~31 per
 block. `--batch 16384 --grid 4 --width 32` sums 128 per block (4x that) in a few minutes.
@@ -50,23 +51,28 @@ def main() -> None:
     parser.add_argument("--grid", type=int, default=132,
                         help="thread blocks: fewer blocks means more tiles summed into each block's float part")
     parser.add_argument("--skip-tf32", action="store_true")
+    parser.add_argument("--bf16", action="store_true",
+                        help="round the tensor-core operands to bfloat16 instead of TF32 (what a BF16 path would "
+                             "compute; errors in units of 2^-8)")
     args = parser.parse_args()
-    emu = Emulator(build())
+    emu = Emulator(build(extra_flags=("-DJKOFAST_EMULATE_BF16_OPERANDS",) if args.bf16 else ()))
+    name, unit_bits = ("BF16", 8) if args.bf16 else ("TF32", 11)
     emu.set_schedule(0)
     f64, f32 = fields(args.dim, args.width)
     x = torch.randn(args.batch, args.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     truth = reference_jko_loss(f64, x, 3, 0.5, 0.1, "exact", 1, "rk4")
     torch32 = reference_jko_loss(f32, x.float(), 3, 0.5, 0.1, "exact", 1, "rk4")
-    for tf32 in (False,) if args.skip_tf32 else (False, True):
+    modes = (True,) if args.bf16 else (False,) if args.skip_tf32 else (False, True)
+    for tf32 in modes:
         start = time.perf_counter()
         got = emulated_jko_loss(emu, f32, x.float(), 3, 0.5, 0.1, "exact", 1, "rk4", rows=32, grid=args.grid, tf32=tf32)
-        print(f"{'TF32' if tf32 else 'float32'} ({time.perf_counter() - start:.0f} s emulated)")
+        print(f"{name if tf32 else 'float32'} ({time.perf_counter() - start:.0f} s emulated)")
         for i, (t, p, k) in enumerate(zip(truth, torch32, got)):
             scale = max(t.abs().max().item(), 1.0)
             k_err, p_err = ((v.double() - t).abs().max().item() for v in (k, p))
             if tf32:
                 print(f"  output {i:2d} {str(tuple(t.shape)):11s} scale {scale:7.3g}: error {k_err:.2e} "
-                      f"= {k_err / scale / 2 ** -11:.2f} x 2^-11 of the scale")
+                      f"= {k_err / scale / 2 ** -unit_bits:.2f} x 2^-{unit_bits} of the scale")
             else:
                 verdict = "ok" if k_err <= 2 * p_err + 1e-6 * scale else "FAILS the float32 rule"
                 print(f"  output {i:2d} {str(tuple(t.shape)):11s} scale {scale:7.3g}: kernel {k_err:.2e}, "
