@@ -424,6 +424,27 @@ def test_beyond_the_limits_auto_falls_back_and_compiled_refuses():
     assert _backend.choose("auto", at_limit, torch.randn(3, limits["dim"], device=DEVICE)) == "compiled"
 
 
+@cuda_only
+def test_x_on_the_cpu_with_cuda_weights_is_a_value_error():
+    # Any CUDA argument sends the dispatcher to the CUDA kernels; x itself on the CPU must get the
+    # same ValueError as any other argument on the wrong device, not c10's device-guard error.
+    field = cuda_field(3, 8, 2)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    t = torch.zeros(5, dtype=torch.float64, device=DEVICE)
+    w, b = list(field.weights), list(field.biases)
+    ops = torch.ops.jkofast
+    calls = {
+        "mlp_field": lambda: ops.mlp_field(x, t, w, b, "softplus", 1.0),
+        "mlp_field_div": lambda: ops.mlp_field_div(x, t, None, w, b, "softplus", 1.0),
+        "rk4_block": lambda: ops.rk4_block(x, None, w, b, 0.0, 1.0, 2, "rk4", "exact", True, "softplus", 1.0),
+        "jko_block_loss": lambda: ops.jko_block_loss(x, None, w, b, 0.0, 1.0, 2, "rk4", "exact", True, "softplus",
+                                                     1.0, 0.5, 0.0),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match=f"jkofast::{name}: x is on cpu but other arguments are on CUDA"):
+            call()
+
+
 def test_other_device_index_and_non_contiguous_inputs():
     field = cuda_field(4, 16, 2)
     x = torch.randn(4, 20, dtype=torch.float64, device=DEVICE).t()  # transposed view

@@ -32,7 +32,7 @@ __device__ __forceinline__ unsigned char* dynamic_smem() {
 
 // Blocks per multiprocessor that the kernels' __launch_bounds__ promise: 1 lets a thread use up
 // to 255 registers, which the register tiles of the products take (ptxas: 162 to 255 registers;
-// only the float SIMT jko_block_loss kernel spills, 24 bytes on sm_90); 2 caps them at 128, which
+// only the float SIMT jko_block_loss kernel spills, 8 bytes on sm_90); 2 caps them at 128, which
 // spilled 136 to 492 bytes when tried. Shared memory allows 1 or 2 blocks anyway. A tuning knob: -DJKOFAST_CUDA_MIN_BLOCKS=2.
 #ifndef JKOFAST_CUDA_MIN_BLOCKS
 #define JKOFAST_CUDA_MIN_BLOCKS 1

@@ -113,20 +113,25 @@ GradLayout grad_layout(const MlpSizes& sizes) {
   return make_grad_layout(sizes.dim, sizes.input_dim, sizes.hidden, sizes.hidden_layers + 1);
 }
 
-BackwardBuffers backward_buffers(const MlpSizes& sizes, const tile::TilePlan& plan, const GradLayout& layout,
-                                 int grid, const at::TensorOptions& options) {
-  return {at::empty({grid * layout.per_block}, options),
-          at::empty({int64_t(grid) * sizes.hidden_layers * plan.rows * sizes.hidden}, options)};
+BackwardBuffers backward_buffers(const MlpSizes& sizes, const Launch& launch, const GradLayout& layout,
+                                 int64_t batch, const at::TensorOptions& options) {
+  const int64_t part_values = launch.grid * layout.per_block;
+  const bool totals = options.dtype().toScalarType() == at::kFloat &&
+                      tile::ceil_div(batch, launch.plan.samples) > launch.grid;
+  return {at::empty({part_values}, options),
+          totals ? at::empty({part_values}, options.dtype(at::kDouble)) : at::Tensor(),
+          at::empty({int64_t(launch.grid) * sizes.hidden_layers * launch.plan.rows * sizes.hidden}, options)};
 }
 
 bool use_tf32(at::ScalarType dtype) {
   return dtype == at::kFloat && at::globalContext().allowTF32CuBLAS();
 }
 
-std::pair<std::vector<at::Tensor>, std::vector<at::Tensor>> reduce_grads(const at::Tensor& partials, int blocks,
+std::pair<std::vector<at::Tensor>, std::vector<at::Tensor>> reduce_grads(const BackwardBuffers& buffers, int blocks,
                                                                          const GradLayout& layout,
                                                                          at::TensorList weights,
                                                                          at::TensorList biases) {
+  const at::Tensor& partials = buffers.partials;
   std::vector<at::Tensor> grad_w, grad_b;
   for (size_t l = 0; l < weights.size(); ++l) {
     grad_w.push_back(at::empty(weights[l].sizes(), partials.options()));
@@ -135,6 +140,7 @@ std::pair<std::vector<at::Tensor>, std::vector<at::Tensor>> reduce_grads(const a
   AT_DISPATCH_FLOATING_TYPES(partials.scalar_type(), "jkofast::reduce_grads", [&] {
     ReduceParams<scalar_t> p{};
     p.partials = partials.const_data_ptr<scalar_t>();
+    p.totals = buffers.totals_or_null();
     p.blocks = blocks;
     p.layout = layout;
     p.layers = int(weights.size());

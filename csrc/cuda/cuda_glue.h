@@ -4,7 +4,9 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <c10/util/ArrayRef.h>
+#include <c10/util/Exception.h>
 
 #include <functional>
 #include <string_view>
@@ -15,6 +17,14 @@
 #include "mlp_args.h"
 
 namespace jkofast::cuda {
+
+// The op's device guard, on x's device. The dispatcher runs the CUDA kernel when any argument is on
+// CUDA, so x may be on the CPU: that is the caller's mix-up and gets the ValueError that
+// check_same gives any other argument, not c10's "expected a CUDA device" from the guard.
+inline c10::cuda::CUDAGuard device_guard(std::string_view op, const at::Tensor& x) {
+  TORCH_CHECK_VALUE(x.is_cuda(), op, ": x is on ", x.device(), " but other arguments are on CUDA");
+  return c10::cuda::CUDAGuard(x.device());
+}
 
 // ValueError naming the limit when the field is beyond what the kernels tile (ops/tile_plan.h).
 void check_fits(std::string_view op, const MlpSizes& sizes);
@@ -40,21 +50,25 @@ Launch plan_launch(std::string_view op, const MlpSizes& sizes, int64_t tangent_r
 
 GradLayout grad_layout(const MlpSizes& sizes);
 
-// The per-block buffers of a backward launch: the gradient parts (the kernel zeroes each block's)
-// and the scratch for one pass's pre-activations, (layers - 1) x rows x hidden values per block.
+// The per-block buffers of a backward launch over `batch` samples: the gradient parts (the kernel
+// zeroes each block's), their double totals (mlp_tile.cuh: BlockBackward) for float when some block
+// runs more than one tile (undefined otherwise: a one-tile part is already a tile's sum, and the
+// totals would double the parts' memory for nothing), and the scratch for one pass's
+// pre-activations, (layers - 1) x rows x hidden values per block.
 struct BackwardBuffers {
-  at::Tensor partials, scratch;
+  at::Tensor partials, totals, scratch;
+  double* totals_or_null() const { return totals.defined() ? totals.mutable_data_ptr<double>() : nullptr; }
 };
-BackwardBuffers backward_buffers(const MlpSizes& sizes, const tile::TilePlan& plan, const GradLayout& layout,
-                                 int grid, const at::TensorOptions& options);
+BackwardBuffers backward_buffers(const MlpSizes& sizes, const Launch& launch, const GradLayout& layout,
+                                 int64_t batch, const at::TensorOptions& options);
 
 // float32 products on TF32 tensor cores when torch allows TF32 for float32 matmuls
 // (torch.backends.cuda.matmul.allow_tf32, or torch.set_float32_matmul_precision("high")), exactly
 // as torch.mm decides; never for float64.
 bool use_tf32(at::ScalarType dtype);
 
-// Fresh gradients shaped like weights and biases: the sums of the `blocks` parts in `partials`.
-std::pair<std::vector<at::Tensor>, std::vector<at::Tensor>> reduce_grads(const at::Tensor& partials, int blocks,
+// Fresh gradients shaped like weights and biases: the sums of the `blocks` parts (or totals).
+std::pair<std::vector<at::Tensor>, std::vector<at::Tensor>> reduce_grads(const BackwardBuffers& buffers, int blocks,
                                                                          const GradLayout& layout,
                                                                          at::TensorList weights,
                                                                          at::TensorList biases);

@@ -1,5 +1,6 @@
 // The second half of every backward: the weight and bias gradients are the sums of the
-// per-block parts that the backward kernels wrote (mlp_params.h: GradLayout). One thread per
+// per-block parts that the backward kernels wrote (mlp_params.h: GradLayout), or of the blocks'
+// double totals where there are (mlp_tile.cuh: BlockBackward), summed in double. One thread per
 // gradient value sums the parts in block order, so the result is deterministic; consecutive
 // threads read consecutive values of each part.
 #pragma once
@@ -24,9 +25,12 @@ __global__ void __launch_bounds__(kThreads) grad_reduce_kernel(const __grid_cons
       if (b >= 0 && b < p.out_rows[l]) dst = p.grad_biases[l] + b;
     }
     if (dst == nullptr) continue;
-    T sum = T(0);
-    for (int g = 0; g < p.blocks; ++g) sum += p.partials[int64_t(g) * total + j];
-    *dst = sum;
+    double sum = 0.0;  // float parts too: up to a few hundred blocks, added in double for free
+    for (int g = 0; g < p.blocks; ++g) {
+      const int64_t at = int64_t(g) * total + j;
+      sum += p.totals != nullptr ? p.totals[at] : double(p.partials[at]);
+    }
+    *dst = T(sum);
   }
 }
 

@@ -3,7 +3,6 @@
 // csrc/cpu/jko_block_loss_cpu.cpp, plus the fit check (ops/tile_plan.h).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
@@ -21,7 +20,7 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tens
     double t0, double t1, int64_t steps, c10::string_view tableau, c10::string_view divergence, bool time,
     c10::string_view activation, double beta, double endpoint_weight, double path_weight) {
   const char* op = "jkofast::jko_block_loss";
-  const c10::cuda::CUDAGuard guard(x0.device());
+  const auto guard = device_guard(op, x0);
   const Rk4Args args =
       prepare_rk4(op, x0, probes, weights, biases, t0, t1, steps, tableau, divergence, time, activation);
   TORCH_CHECK_VALUE(std::isfinite(endpoint_weight) && std::isfinite(path_weight), op,
@@ -60,12 +59,13 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tens
           return per_sm;
         });
     p.plan = launch.plan;
-    const BackwardBuffers buffers = backward_buffers(args.sizes, launch.plan, p.layout, launch.grid, args.x.options());
+    const BackwardBuffers buffers = backward_buffers(args.sizes, launch, p.layout, args.x.size(0), args.x.options());
     p.partials = buffers.partials.mutable_data_ptr<scalar_t>();
+    p.totals = buffers.totals_or_null();
     p.scratch = buffers.scratch.mutable_data_ptr<scalar_t>();
     launch_jko_block_loss<scalar_t>(lp, tf32, launch.grid, c10::cuda::getCurrentCUDAStream());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    std::tie(grad_w, grad_b) = reduce_grads(buffers.partials, launch.grid, p.layout, weights, biases);
+    std::tie(grad_w, grad_b) = reduce_grads(buffers, launch.grid, p.layout, weights, biases);
   });
   return {terms, grad_x0, grad_w, grad_b};
 }

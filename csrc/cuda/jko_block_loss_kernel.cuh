@@ -25,7 +25,7 @@ __global__ void __launch_bounds__(kThreads, JKOFAST_CUDA_MIN_BLOCKS) jko_block_l
   const Rk4Params<T>& p = lp.rk4;
   const tile::TilePlan& plan = p.plan;
   Tile<T, kTF32> tile(p.net, plan, dynamic_smem());
-  const BlockBackward<T> block(p.partials, p.scratch, p.layout, p.net, plan);
+  const BlockBackward<T> block(p.partials, p.totals, p.scratch, p.layout, p.net, plan);
   tile.zero_stacks();  // its barrier also publishes the zeroed part
   const Rk4Slots<T> slots(tile);
   const int n = plan.samples, d = p.net.dim;
@@ -68,6 +68,7 @@ __global__ void __launch_bounds__(kThreads, JKOFAST_CUDA_MIN_BLOCKS) jko_block_l
       }
     }
     __syncthreads();
+    block.end_tile(p.totals, p.layout);
   }
 }
 

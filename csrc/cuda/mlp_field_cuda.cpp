@@ -3,7 +3,6 @@
 // contract as csrc/cpu/mlp_field_cpu.cpp, plus the fit check (ops/tile_plan.h).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
@@ -84,19 +83,20 @@ GradTuple backward(const char* op, const FieldArgs& args, const at::Tensor& grad
   const bool tf32 = use_tf32(args.x.scalar_type());
   const Launch launch = plan<T>(op, args, /*backward=*/true, tf32);
   p.plan = launch.plan;
-  const BackwardBuffers buffers = backward_buffers(args.sizes, launch.plan, p.layout, launch.grid, args.x.options());
+  const BackwardBuffers buffers = backward_buffers(args.sizes, launch, p.layout, args.x.size(0), args.x.options());
   p.partials = buffers.partials.mutable_data_ptr<T>();
+  p.totals = buffers.totals_or_null();
   p.scratch = buffers.scratch.mutable_data_ptr<T>();
   launch_mlp_field<T>(p, /*backward=*/true, tf32, launch.grid, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  auto [gw, gb] = reduce_grads(buffers.partials, launch.grid, p.layout, weights, biases);
+  auto [gw, gb] = reduce_grads(buffers, launch.grid, p.layout, weights, biases);
   return {grad_x, grad_t, gw, gb};
 }
 
 at::Tensor mlp_field(const at::Tensor& x, const std::optional<at::Tensor>& t, at::TensorList weights,
                      at::TensorList biases, c10::string_view activation, double beta) {
   const char* op = "jkofast::mlp_field";
-  const c10::cuda::CUDAGuard guard(x.device());
+  const auto guard = device_guard(op, x);
   const FieldArgs args = prepare(op, x, t, std::nullopt, weights, biases, activation, false);
   at::Tensor f = at::empty_like(args.x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "jkofast", [&] { forward<scalar_t>(op, args, weights, biases, beta, f, nullptr); });
@@ -107,7 +107,7 @@ GradTuple mlp_field_backward(const at::Tensor& grad_f, const at::Tensor& x, cons
                              at::TensorList weights, at::TensorList biases, c10::string_view activation,
                              double beta) {
   const char* op = "jkofast::mlp_field_backward";
-  const c10::cuda::CUDAGuard guard(x.device());
+  const auto guard = device_guard(op, x);
   const FieldArgs args = prepare(op, x, t, std::nullopt, weights, biases, activation, false);
   check_like(op, "grad_f", x, grad_f, x.sizes());
   const at::Tensor gf = grad_f.contiguous();
@@ -121,7 +121,7 @@ std::tuple<at::Tensor, at::Tensor> mlp_field_div(const at::Tensor& x, const std:
                                                  const std::optional<at::Tensor>& probes, at::TensorList weights,
                                                  at::TensorList biases, c10::string_view activation, double beta) {
   const char* op = "jkofast::mlp_field_div";
-  const c10::cuda::CUDAGuard guard(x.device());
+  const auto guard = device_guard(op, x);
   const FieldArgs args = prepare(op, x, t, probes, weights, biases, activation, true);
   at::Tensor f = at::empty_like(args.x);
   at::Tensor div = at::empty({x.size(0)}, args.x.options());
@@ -134,7 +134,7 @@ GradTuple mlp_field_div_backward(const at::Tensor& grad_f, const at::Tensor& gra
                                  at::TensorList weights, at::TensorList biases, c10::string_view activation,
                                  double beta) {
   const char* op = "jkofast::mlp_field_div_backward";
-  const c10::cuda::CUDAGuard guard(x.device());
+  const auto guard = device_guard(op, x);
   const FieldArgs args = prepare(op, x, t, probes, weights, biases, activation, true);
   check_like(op, "grad_f", x, grad_f, x.sizes());
   check_like(op, "grad_div", x, grad_div, {x.size(0)});

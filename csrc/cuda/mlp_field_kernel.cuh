@@ -66,7 +66,7 @@ template <typename T, bool kTF32>
 __global__ void __launch_bounds__(kThreads, JKOFAST_CUDA_MIN_BLOCKS) mlp_field_backward_kernel(const __grid_constant__ FieldParams<T> p) {
   const tile::TilePlan& plan = p.plan;
   Tile<T, kTF32> tile(p.net, plan, dynamic_smem());
-  const BlockBackward<T> block(p.partials, p.scratch, p.layout, p.net, plan);
+  const BlockBackward<T> block(p.partials, p.totals, p.scratch, p.layout, p.net, plan);
   tile.zero_stacks();  // its barrier also publishes the zeroed part
   const int n = plan.samples, C = plan.tangents, R = 1 + C, d = p.net.dim, ld = plan.ld;
   const T scale = divergence_scale<T>(p.divergence, p.tangent_rows);
@@ -101,6 +101,7 @@ __global__ void __launch_bounds__(kThreads, JKOFAST_CUDA_MIN_BLOCKS) mlp_field_b
       }
       __syncthreads();
     }
+    block.end_tile(p.totals, p.layout);
   }
 }
 

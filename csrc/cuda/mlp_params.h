@@ -90,7 +90,8 @@ struct FieldParams {
   T* grad_x;
   T* grad_t;           // nullptr without a time input
   T* scratch;          // per block: (layers - 1) stacks of rows x hidden pre-activations
-  T* partials;         // per block: GradLayout::per_block values
+  T* partials;         // per block: GradLayout::per_block values, the current tile's gradient
+  double* totals;      // per block, the sum in double of its tiles' parts (float, several tiles per block); or nullptr
   GradLayout layout;
 };
 
@@ -125,6 +126,7 @@ struct Rk4Params {
   T* stage_grads;      // workspace (B, d): d loss / d k_s of the stage being differentiated
   T* scratch;
   T* partials;
+  double* totals;
   GradLayout layout;
 };
 
@@ -139,10 +141,12 @@ struct JkoLossParams {
   T* terms;                        // (B, 4): |x1|^2 / 2, logdet, |x1 - x0|^2, kinetic
 };
 
-// The gradient reduction: grad_weights[l] = sum over blocks of their parts, cut to (out, in).
+// The gradient reduction: grad_weights[l] = sum over blocks of their parts (of their double
+// totals where there are), cut to (out, in).
 template <typename T>
 struct ReduceParams {
   const T* partials;
+  const double* totals;  // nullptr: sum the partials
   int blocks;
   GradLayout layout;
   int layers;

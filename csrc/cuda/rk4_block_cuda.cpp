@@ -3,7 +3,6 @@
 // csrc/cpu/rk4_block_cpu.cpp, plus the fit check (ops/tile_plan.h).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
@@ -29,7 +28,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rk4_block(
     double t0, double t1, int64_t steps, c10::string_view tableau, c10::string_view divergence, bool time,
     c10::string_view activation, double beta) {
   const char* op = "jkofast::rk4_block";
-  const c10::cuda::CUDAGuard guard(x.device());
+  const auto guard = device_guard(op, x);
   const Rk4Args args = prepare_rk4(op, x, probes, weights, biases, t0, t1, steps, tableau, divergence, time, activation);
   const int64_t batch = x.size(0);
   at::Tensor x1 = at::empty_like(args.x);
@@ -61,7 +60,7 @@ GradTuple rk4_block_backward(const at::Tensor& grad_x1, const at::Tensor& grad_l
                              c10::string_view tableau, c10::string_view divergence, bool time,
                              c10::string_view activation, double beta) {
   const char* op = "jkofast::rk4_block_backward";
-  const c10::cuda::CUDAGuard guard(x.device());
+  const auto guard = device_guard(op, x);
   const Rk4Args args = prepare_rk4(op, x, probes, weights, biases, t0, t1, steps, tableau, divergence, time, activation);
   check_like(op, "grad_x1", x, grad_x1, x.sizes());
   check_like(op, "grad_logdet", x, grad_logdet, {x.size(0)});
@@ -94,12 +93,13 @@ GradTuple rk4_block_backward(const at::Tensor& grad_x1, const at::Tensor& grad_l
     const bool tf32 = use_tf32(x.scalar_type());
     const Launch launch = plan<scalar_t>(op, args, /*backward=*/true, tf32);
     p.plan = launch.plan;
-    const BackwardBuffers buffers = backward_buffers(args.sizes, launch.plan, p.layout, launch.grid, args.x.options());
+    const BackwardBuffers buffers = backward_buffers(args.sizes, launch, p.layout, args.x.size(0), args.x.options());
     p.partials = buffers.partials.mutable_data_ptr<scalar_t>();
+    p.totals = buffers.totals_or_null();
     p.scratch = buffers.scratch.mutable_data_ptr<scalar_t>();
     launch_rk4_block<scalar_t>(p, /*backward=*/true, tf32, launch.grid, c10::cuda::getCurrentCUDAStream());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    auto [gw, gb] = reduce_grads(buffers.partials, launch.grid, p.layout, weights, biases);
+    auto [gw, gb] = reduce_grads(buffers, launch.grid, p.layout, weights, biases);
     out = {grad_x, gw, gb};
   });
   return out;

@@ -244,7 +244,7 @@ template <typename T, bool kTF32>
 __global__ void __launch_bounds__(kThreads, JKOFAST_CUDA_MIN_BLOCKS) rk4_block_backward_kernel(const __grid_constant__ Rk4Params<T> p) {
   const tile::TilePlan& plan = p.plan;
   Tile<T, kTF32> tile(p.net, plan, dynamic_smem());
-  const BlockBackward<T> block(p.partials, p.scratch, p.layout, p.net, plan);
+  const BlockBackward<T> block(p.partials, p.totals, p.scratch, p.layout, p.net, plan);
   tile.zero_stacks();  // its barrier also publishes the zeroed part
   const Rk4Slots<T> slots(tile);
   const int n = plan.samples, d = p.net.dim;
@@ -259,6 +259,7 @@ __global__ void __launch_bounds__(kThreads, JKOFAST_CUDA_MIN_BLOCKS) rk4_block_b
     __syncthreads();
     rk4_tile_backward(tile, block, in, valid, /*recompute=*/true, /*with_logdet=*/false, slots, grad_kinetic,
                       grad_logdet);
+    block.end_tile(p.totals, p.layout);
   }
 }
 

@@ -90,11 +90,34 @@ MlpView<T> read_net(const Common& c, double beta, void* const* weights, void* co
   return net;
 }
 
+// A backward kernel's gradient layout, per-block partials (and their double totals for float when a
+// block runs several tiles, the glue's rule) and hidden-layer scratch (NaN-filled), wired into its
+// params: what the glue's BackwardBuffers are on the GPU.
 template <typename T>
-void reduce(const DeviceBuffer<T>& partials, int grid, const GradLayout& layout, const MlpView<T>& net,
+struct GradBuffers {
+  DeviceBuffer<T> partials, scratch;
+  DeviceBuffer<double> totals;
+  template <typename Params>
+  GradBuffers(const Common& c, Params& p) {
+    p.layout = make_grad_layout(c.dim, c.dim + c.time, c.hidden, c.layers);
+    partials = nan_buffer<T>(c.grid * p.layout.per_block);
+    scratch = nan_buffer<T>(int64_t(c.grid) * (c.layers - 1) * p.plan.rows * c.hidden);
+    p.partials = partials.data();
+    p.scratch = scratch.data();
+    if (std::is_same_v<T, float> && tile::ceil_div(c.batch, p.plan.samples) > c.grid) {
+      totals = nan_buffer<double>(c.grid * p.layout.per_block);
+      p.totals = totals.data();
+    }
+  }
+  const double* totals_or_null() const { return totals.empty() ? nullptr : totals.data(); }
+};
+
+template <typename T>
+void reduce(const GradBuffers<T>& buffers, int grid, const GradLayout& layout, const MlpView<T>& net,
             void* const* grad_w, void* const* grad_b) {
   ReduceParams<T> r{};
-  r.partials = partials.data();
+  r.partials = buffers.partials.data();
+  r.totals = buffers.totals_or_null();
   r.blocks = grid;
   r.layout = layout;
   r.layers = net.layers;
@@ -106,21 +129,6 @@ void reduce(const DeviceBuffer<T>& partials, int grid, const GradLayout& layout,
   }
   run(grad_reduce_kernel<T>, r, 2, 0);  // 2 blocks: the kernel's grid-stride loop runs too
 }
-
-// A backward kernel's gradient layout, per-block partials and hidden-layer scratch (NaN-filled),
-// wired into its params: what the glue's grad buffers are on the GPU.
-template <typename T>
-struct GradBuffers {
-  DeviceBuffer<T> partials, scratch;
-  template <typename Params>
-  GradBuffers(const Common& c, Params& p) {
-    p.layout = make_grad_layout(c.dim, c.dim + c.time, c.hidden, c.layers);
-    partials = nan_buffer<T>(c.grid * p.layout.per_block);
-    scratch = nan_buffer<T>(int64_t(c.grid) * (c.layers - 1) * p.plan.rows * c.hidden);
-    p.partials = partials.data();
-    p.scratch = scratch.data();
-  }
-};
 
 // ptrs: x, t, probes, f, div, grad_f, grad_div, grad_x, grad_t, weights[16], biases[16],
 //       grad_weights[16], grad_biases[16]
@@ -160,7 +168,7 @@ int field(const int64_t* ints, const double* reals, void* const* ptrs) {
   } else {
     run(mlp_field_backward_kernel<double, false>, p, c.grid, p.plan.smem_bytes);
   }
-  reduce(buffers.partials, c.grid, p.layout, p.net, ptrs + 41, ptrs + 57);
+  reduce(buffers, c.grid, p.layout, p.net, ptrs + 41, ptrs + 57);
   return 0;
 }
 
@@ -224,7 +232,7 @@ int rk4(const int64_t* ints, const double* reals, void* const* ptrs) {
   } else {
     run(rk4_block_backward_kernel<double, false>, p, c.grid, p.plan.smem_bytes);
   }
-  reduce(buffers.partials, c.grid, p.layout, p.net, ptrs + 43, ptrs + 59);
+  reduce(buffers, c.grid, p.layout, p.net, ptrs + 43, ptrs + 59);
   return 0;
 }
 
@@ -258,7 +266,7 @@ int jko_loss(const int64_t* ints, const double* reals, void* const* ptrs) {
   } else {
     run(jko_block_loss_kernel<double, false>, lp, c.grid, p.plan.smem_bytes);
   }
-  reduce(buffers.partials, c.grid, p.layout, p.net, ptrs + 36, ptrs + 52);
+  reduce(buffers, c.grid, p.layout, p.net, ptrs + 36, ptrs + 52);
   return 0;
 }
 

@@ -11,8 +11,10 @@ torch's error plus 1e-6 of the output's scale); for TF32 the error in units of T
     python tests/cuda_emulation/float32_at_scale.py [--batch 2000] [--dim 6] [--width 128] [--grid 132]
                                                     [--skip-tf32 | --bf16]
 
-A block's weight-gradient part sums batch / (32 x grid) tiles: at batch 128k an H100 sums ~31 per
-block. `--batch 16384 --grid 4 --width 32` sums 128 per block (4x that) in a few minutes.
+A block runs batch / (samples per tile x grid) tiles. At 32 rows and d = 6 a tile holds 4 samples
+(1 + 6 rows each); an H100 takes 128 rows (18 samples) and 132 blocks, so ~55 tiles per block at
+batch 128k. `--batch 16384 --width 32 --grid 74` runs that many per block (~15 minutes),
+`--grid 4` 1024 per block, the stress case for the float sums.
 """
 from __future__ import annotations
 
