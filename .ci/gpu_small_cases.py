@@ -1,8 +1,11 @@
 """Every CUDA kernel once on small inputs, forward and backward, float64, float32 and TF32: the
 workload that .ci/gpu_session.sh runs under compute-sanitizer (memcheck, racecheck, synccheck,
 initcheck), where every kernel launch is slow. Sizes reach the paths that matter for memory and
-races: several tiles per block, a last tile that is not full, tangent rows in several passes
-(JKOFAST_CUDA_ROWS=16 below forces small stacks), widths off the 16-column grid. Each result is
+races: a last tile that is not full, tangent rows in several passes (JKOFAST_CUDA_ROWS=16 below
+forces small stacks), widths off the 16-column grid, and at batch 1000 (200 tiles of 5 samples,
+more than an H100's 132 resident blocks) two tiles in some blocks, where float backwards move each
+tile's gradient part into the block's double total (BlockBackward::end_tile). Those cases run
+last and in float only (double has no totals): they are the slowest under the sanitizer. Each result is
 also compared with the float64 reference (loose tolerance: this is not the accuracy test)."""
 from __future__ import annotations
 
@@ -98,6 +101,10 @@ for dtype, allow in ((torch.float64, False), (torch.float32, False), (torch.floa
     rk4_case(2, 16, 9, dtype, None, allow)
     loss_case(3, 20, 37, dtype, "exact", allow)
     loss_case(2, 16, 9, dtype, "hutchinson", allow)
+for allow in (False, True):  # float32: several tiles per block, and their double totals
+    field_case(2, 16, 1000, torch.float32, None, allow)
+    rk4_case(2, 16, 1000, torch.float32, "exact", allow)
+    loss_case(2, 16, 1000, torch.float32, "exact", allow)
 torch.cuda.synchronize() if DEVICE == "cuda" else None
 print(f"{len(failures)} failures" + (f": {failures}" if failures else ""))
 sys.exit(1 if failures else 0)

@@ -361,11 +361,14 @@ def test_jko_block_loss_matches_reference_float64(transport, divergence, tableau
     assert_all_close(got, want, F64, f"jko_block_loss {shape} {transport} {divergence} {tableau}")
 
 
-def test_jko_block_loss_float32_and_tf32():
+# Batch 16384: ~900 tiles of 18 samples on an H100's 132 blocks, so each block sums ~7 tiles'
+# gradients (float parts moved into double totals between them); 2000 fits one tile per block.
+@pytest.mark.parametrize("batch", [2000, 16384])
+def test_jko_block_loss_float32_and_tf32(batch):
     field64 = moderate_field(6, 128, 3)
     field32 = moderate_field(6, 128, 3, dtype=torch.float32)
     field32.load_state_dict({n: p.float() for n, p in field64.state_dict().items()})
-    x = torch.randn(2000, 6, dtype=torch.float64, device=DEVICE)
+    x = torch.randn(batch, 6, dtype=torch.float64, device=DEVICE)
     truth = block_loss_outputs(field64, x, 0.5, 3, "torch")
     with tf32(False):
         torch32 = block_loss_outputs(field32, x.float(), 0.5, 3, "torch")
@@ -376,7 +379,7 @@ def test_jko_block_loss_float32_and_tf32():
         torch_tf32 = block_loss_outputs(field32, x.float(), 0.5, 3, "torch")
         with poisoned():
             kernel_tf32 = block_loss_outputs(field32, x.float(), 0.5, 3, "compiled")
-    report("jko-block-loss-d6-h128-l3-b2000",
+    report(f"jko-block-loss-d6-h128-l3-b{batch}",
            assert_within_twice(kernel_tf32, torch_tf32, truth, "jko_block_loss TF32", floor=TF32_ROUNDOFF))
 
 
