@@ -310,6 +310,23 @@ def test_tf32_fragments_refuse_misaligned_memory(emu):
         emu.set_smem_offset(0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_weight_staging_stores_are_free_of_bank_conflicts(emu, dtype):
+    # Each chunk of weights is stored to shared memory once per chunk of every product, in the order
+    # it is read from global memory (tile::stage_position). That order must cover the stage exactly
+    # once, and no store may put two words on one bank: the forward's Transposed weights once walked q
+    # alone, 4 ways per store (on the TF32 path a third as many shared-memory cycles as its fragment
+    # loads). Double plans with 2 stage rows (8 stack rows, width >= 512) can do no better than 2.
+    for rows in ([16, 32, 64, 128] if dtype == torch.float32 else [8, 16, 32, 64, 128]):
+        for dim, hidden, tangent_rows in ((2, 64, 2), (6, 128, 6), (63, 256, 0), (100, 512, 100)):
+            for transposed in (False, True):
+                ways = emu.stage_store_ways(dim, True, hidden, tangent_rows, dtype, rows, transposed)
+                stage_rows = (4096 if dtype == torch.float32 else 1024) * rows // (
+                    8192 if dtype == torch.float32 else 4096)
+                bound = 2 if stage_rows < 4 else 1
+                assert 1 <= ways <= bound, (rows, dim, hidden, transposed, ways)
+
+
 # ----------------------------------------------------------------------------- fit rule and plan
 def test_backend_fit_rule_matches_the_cpp_rule(emu):
     # _backend's rule (constants exported by jkofast._C from ops/tile_plan.h) against the C++

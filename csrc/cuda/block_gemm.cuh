@@ -79,16 +79,10 @@ struct StageChunk {
   static_assert(kPer * kThreads == tile::stage_elems(sizeof(T)));
   T v[kPer];
 
-  // Element e of the chunk sits at (q, p); Transposed walks q fastest (W's rows are contiguous
-  // in q), Direct walks p fastest, so both read W coalesced.
+  // Element e of the chunk sits at (q, p): tile::stage_position, which keeps the global reads whole
+  // sectors and the shared-memory stores free of bank conflicts.
   __device__ __forceinline__ static void position(int e, Operand mode, const tile::TilePlan& plan, int& q, int& p) {
-    if (mode == Operand::Transposed) {
-      q = e & (plan.stage_rows - 1);
-      p = e >> plan.stage_rows_log2;
-    } else {
-      p = e & (plan.chunk_cols - 1);
-      q = e >> plan.chunk_cols_log2;
-    }
+    tile::stage_position(e, mode == Operand::Transposed, plan, int(sizeof(T)), q, p);
   }
 
   __device__ __forceinline__ void load(const T* __restrict__ w, Operand mode, int Q, int P, int q0, int p0,

@@ -1,6 +1,6 @@
 // How the CUDA kernels tile a batch: the limits they accept (the fit rule that
 // jkofast/_backend.py mirrors), and the shared-memory plan of one thread block. Torch-free and
-// CUDA-free, so the glue, the kernels and a host unit test (tests/cpp/test_tile_plan.cpp) all
+// CUDA-free, so the glue, the kernels and their CPU emulation (tests/test_cuda_emulation.py) all
 // compute the same plan.
 //
 // A thread block owns a tile of `samples` samples and keeps two "stacks" in shared memory, each
@@ -22,9 +22,9 @@ namespace jkofast::tile {
 // ---------------------------------------------------------------------------------------- limits
 // The CUDA ops take d <= kMaxDim, hidden width <= kMaxHidden and at most kMaxWeights weight
 // matrices (hidden layers + 1), any batch and any number of Hutchinson probes. Within these the
-// smallest plan fits kMinSmemBudget (checked by tests/cpp/test_tile_plan.cpp), so every GPU of
-// compute capability >= 8.0 runs every fitting call; beyond them jkofast falls back to the
-// reference (backend="auto") or refuses (backend="compiled").
+// smallest plan fits kMinSmemBudget (the static_asserts below; tests/test_cuda_emulation.py checks
+// many sizes), so every GPU of compute capability >= 8.0 runs every fitting call; beyond them
+// jkofast falls back to the reference (backend="auto") or refuses (backend="compiled").
 inline constexpr int64_t kMaxDim = 128;
 inline constexpr int64_t kMaxHidden = 512;
 inline constexpr int64_t kMaxWeights = 16;  // the weight pointers travel in the kernel parameters
@@ -100,6 +100,34 @@ JKO_HOST_DEVICE constexpr TilePlan make_plan(int64_t dim, int64_t input_dim, int
   p.slots_bytes = round_up(int64_t(kSampleSlots) * p.samples * itemsize, 128);
   p.smem_bytes = 2 * p.stack_bytes + 2 * p.stage_bytes + p.slots_bytes;
   return p;
+}
+
+// Where element e (0 <= e < stage_elems) of a staged weight chunk lives: stage row q (reduction
+// index) and stage column p (output column), at stage[q * stage_ld + p]. Each thread reads its
+// elements from global memory and stores them to the stage in this order, and consecutive e are
+// the lanes of a warp, so the order decides both the global reads' sectors and the stores' banks.
+//   Direct (B = W[q][p], contiguous in p): p fastest, 32 consecutive values per warp.
+//   Transposed (B = W[p][q], contiguous in q): one 32-byte sector of consecutive q (8 floats or 4
+//   doubles), then 4 consecutive p, then the rest of q, then of p. stage_ld is 4 values past a
+//   multiple of 32 words (float) or of 16 doubles, so the 8 (4) rows of a sector start 4 banks
+//   (8 banks) apart and the 4 columns fill the banks between: every store of a warp (of a half-warp
+//   for double, which the hardware serves separately) hits each bank once. Walking q alone, as
+//   the reads would like, put lanes 0, 8, 16 and 24 on one bank: a 4-way conflict per store.
+// Checked by tests/test_cuda_emulation.py (a bijection, and the banks of every store).
+JKO_HOST_DEVICE constexpr void stage_position(int e, bool transposed, const TilePlan& plan, int itemsize, int& q,
+                                              int& p) {
+  if (!transposed) {
+    p = e & (plan.chunk_cols - 1);
+    q = e >> plan.chunk_cols_log2;
+    return;
+  }
+  const int q_lo_bits = plan.stage_rows_log2 < (itemsize == 8 ? 2 : 3) ? plan.stage_rows_log2 : (itemsize == 8 ? 2 : 3);
+  const int q_hi_bits = plan.stage_rows_log2 - q_lo_bits;
+  const int q_lo = e & ((1 << q_lo_bits) - 1);
+  const int p_lo = (e >> q_lo_bits) & 3;  // chunk_cols >= 32: 4 columns always exist
+  const int rest = e >> (q_lo_bits + 2);
+  q = ((rest & ((1 << q_hi_bits) - 1)) << q_lo_bits) | q_lo;
+  p = ((rest >> q_hi_bits) << 2) | p_lo;
 }
 
 // The most stack rows whose plan fits `budget` bytes of shared memory, or 0 if none does.

@@ -63,6 +63,8 @@ class Emulator:
                                                              ctypes.POINTER(ctypes.c_int64)]
         self.lib.emu_choose_rows.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int, ctypes.c_int64]
         self.lib.emu_choose_rows.restype = ctypes.c_int
+        self.lib.emu_stage_store_ways.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int] * 3
+        self.lib.emu_stage_store_ways.restype = ctypes.c_int
         self.lib.emu_set_schedule.argtypes = [ctypes.c_int]
         self.lib.emu_within_limits.argtypes = [ctypes.c_int64] * 3
         self.lib.emu_within_limits.restype = ctypes.c_int
@@ -83,6 +85,11 @@ class Emulator:
 
     def choose_rows(self, dim, time, hidden, tangent_rows, dtype, budget) -> int:
         return self.lib.emu_choose_rows(dim, dim + int(time), hidden, tangent_rows, _itemsize(dtype), budget)
+
+    def stage_store_ways(self, dim, time, hidden, tangent_rows, dtype, rows, transposed) -> int:
+        """Worst bank conflict (ways) of staging a weight chunk; -1: positions not a bijection."""
+        return self.lib.emu_stage_store_ways(dim, dim + int(time), hidden, tangent_rows, _itemsize(dtype), rows,
+                                             int(transposed))
 
     # ------------------------------------------------------------------ field
     def field(self, x, t, weights, biases, activation="softplus", beta=1.0, divergence=None, probes=None, *,

@@ -5,6 +5,7 @@
 #define JKOFAST_EMULATE_CUDA 1
 #include "cuda_shim.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <memory>
@@ -315,6 +316,36 @@ int emu_within_limits(int64_t dim, int64_t hidden, int64_t weights) {
 int emu_choose_rows(int64_t dim, int64_t input_dim, int64_t hidden, int64_t tangent_rows, int itemsize,
                     int64_t budget) {
   return tile::choose_rows(dim, input_dim, hidden, tangent_rows, itemsize, budget);
+}
+
+// The shared-memory banks of staging a weight chunk (tile::stage_position): the most distinct
+// 4-byte words that one store request puts on one of the 32 banks (1: conflict-free), over every
+// store of the chunk; a request is a warp's 32 lanes, or a half-warp for 8-byte values, as the
+// hardware serves them. -1 if the positions are not a bijection onto the stage's rows x columns.
+int emu_stage_store_ways(int64_t dim, int64_t input_dim, int64_t hidden, int64_t tangent_rows, int itemsize,
+                         int rows, int transposed) {
+  const tile::TilePlan plan = tile::make_plan(dim, input_dim, hidden, tangent_rows, itemsize, rows);
+  const int elems = tile::stage_elems(itemsize);
+  if (plan.stage_rows * plan.chunk_cols != elems) return -1;
+  std::vector<int> hits(size_t(elems), 0);
+  const int lanes = itemsize == 8 ? 16 : 32, words = itemsize / 4;
+  int worst = 0;
+  for (int first = 0; first < elems; first += lanes) {
+    std::vector<std::vector<int64_t>> bank(32);
+    for (int e = first; e < first + lanes; ++e) {
+      int q = -1, p = -1;
+      tile::stage_position(e, transposed != 0, plan, itemsize, q, p);
+      if (q < 0 || q >= plan.stage_rows || p < 0 || p >= plan.chunk_cols || hits[size_t(q) * plan.chunk_cols + p]++)
+        return -1;
+      const int64_t word = (int64_t(q) * plan.stage_ld + p) * words;
+      for (int w = 0; w < words; ++w) bank[size_t((word + w) % 32)].push_back(word + w);
+    }
+    for (auto& b : bank) {
+      std::sort(b.begin(), b.end());
+      worst = std::max(worst, int(std::unique(b.begin(), b.end()) - b.begin()));
+    }
+  }
+  return worst;
 }
 
 int emu_field(const int64_t* ints, const double* reals, void* const* ptrs) {
