@@ -7,17 +7,21 @@
 # machine stays warm (keeping the build) only ~30 s between calls, so run the stages in three calls,
 # back to back (a cold machine rebuilds first, ~2 minutes):
 #
-#   bash .ci/gpu_session.sh build test        # ~5 min: build, tests/test_cuda_ops.py
+#   bash .ci/gpu_session.sh build test sweep  # ~6 min: build, the GPU tests, the stack-height sweep
 #   bash .ci/gpu_session.sh build sanitize    # ~5 min: memcheck, racecheck, synccheck, initcheck
 #   bash .ci/gpu_session.sh build bench       # ~7 min: bench/bench_gpu.py (JSON into $OUT)
 #
 # Optional stage: profile (ncu on the fused d=6/width 128 training step at batch 16k).
-# With no arguments: env build test sanitize bench (no per-call limit, e.g. on a workstation).
+# With no arguments: env build test sweep sanitize bench, with no time limit (a workstation).
 #
 # Robust by design: no `set -e`; every stage runs under its own timeout with its output in its own
 # log; a failing stage does not stop the next; summary.txt lists each stage's exit status and time.
-# $OUT receives at most 6 files: summary.txt, logs.tar.gz (every log), and where produced
-# bench-gpu.json, tf32-errors.json, resources.txt, stage-tails.txt.
+# One call has GPU_SESSION_SECONDS (default 570, inside the device tool's 600; 0: no limit): a
+# stage's timeout is cut to what is left of it, and a stage with under 30 s left is skipped, so
+# the script ends by itself rather than being killed. summary.txt and stage-tails.txt are copied
+# into $OUT after every stage, so even a killed call returns what had finished.
+# $OUT receives at most 7 files: summary.txt, logs.tar.gz (every log), and where produced
+# bench-gpu.json, gpu-rows.json, tf32-errors.json, resources.txt, stage-tails.txt.
 set -u -o pipefail
 set -x
 
@@ -25,23 +29,38 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-$REPO/gpu-session-out}
 mkdir -p "$OUT"
 LOGS=$(mktemp -d /tmp/jkofast-gpu-XXXX)
+touch "$LOGS/started"
 PY=${PYTHON:-python3}
 STAGES=("$@")
-if [ ${#STAGES[@]} -eq 0 ]; then STAGES=(env build test sanitize bench); fi
+CALL_SECONDS=${GPU_SESSION_SECONDS:-570}
+if [ ${#STAGES[@]} -eq 0 ]; then
+  STAGES=(env build test sweep sanitize bench)
+  CALL_SECONDS=${GPU_SESSION_SECONDS:-0}
+fi
 export PYTHONUNBUFFERED=1
 
 summary() { echo "$*" | tee -a "$LOGS/summary.txt"; }
 
-# run_stage NAME LIMIT_SECONDS COMMAND...: output to LOGS/NAME.log, status and time to the summary.
+# run_stage NAME LIMIT_SECONDS COMMAND...: output to LOGS/NAME.log, status and time to the summary
+# (the limit cut to what is left of the call's GPU_SESSION_SECONDS, less 15 s for the finish).
 run_stage() {
   local name=$1 limit=$2
   shift 2
+  if [ "$CALL_SECONDS" -gt 0 ]; then
+    local left=$((CALL_SECONDS - SECONDS - 15))
+    if [ "$left" -lt 30 ]; then
+      summary "stage $name: skipped, ${left} s left of the call's ${CALL_SECONDS} s"
+      return 0
+    fi
+    [ "$left" -lt "$limit" ] && limit=$left
+  fi
   local start=$SECONDS
   # timeout runs programs, not shell functions: the stages run in a child bash (exported below).
   timeout --kill-after=15 "$limit" bash -c '"$0" "$@"' "$@" > "$LOGS/$name.log" 2>&1
   local rc=$?
   summary "stage $name: exit $rc$([ $rc = 124 ] && echo ' (timed out)'), $((SECONDS - start)) s of $limit s"
   { echo "===== $name (exit $rc)"; tail -n 60 "$LOGS/$name.log"; } >> "$LOGS/stage-tails.txt"
+  cp "$LOGS/summary.txt" "$LOGS/stage-tails.txt" "$OUT/" 2>/dev/null
   tail -n 30 "$LOGS/$name.log"
   return 0
 }
@@ -50,9 +69,16 @@ finish() {
   set +x
   cp "$LOGS/summary.txt" "$OUT/summary.txt" 2>/dev/null
   cp "$LOGS/stage-tails.txt" "$OUT/stage-tails.txt" 2>/dev/null
-  for f in tf32-errors.json resources.txt bench-gpu.json; do
+  for f in tf32-errors.json resources.txt; do
     [ -f "$LOGS/$f" ] && cp "$LOGS/$f" "$OUT/$f"
   done
+  # The benchmarks rewrite their JSON after every row: a stage cut short still left one (newer
+  # than this call's start, so a committed result of an earlier session is never taken for it).
+  local json
+  json=$(find "$REPO/bench/results" -name 'gpu-cuda-*.json' -newer "$LOGS/started" 2>/dev/null | head -1)
+  [ -n "$json" ] && cp "$json" "$OUT/bench-gpu.json"
+  json=$(find "$REPO/bench/results" -name 'gpu-rows-cuda-*.json' -newer "$LOGS/started" 2>/dev/null | head -1)
+  [ -n "$json" ] && cp "$json" "$OUT/gpu-rows.json"
   tar czf "$OUT/logs.tar.gz" -C "$LOGS" . 2>/dev/null
   echo "gpu_session: results in $OUT"; cat "$LOGS/summary.txt"
 }
@@ -113,9 +139,11 @@ stage_sanitize_tool() {
 
 stage_bench() {
   cd "$REPO" && $PY bench/bench_gpu.py --budget "${BENCH_BUDGET:-400}"
-  local json
-  json=$(ls -t "$REPO"/bench/results/gpu-cuda-*.json 2>/dev/null | head -1)
-  [ -n "$json" ] && cp "$json" "$LOGS/bench-gpu.json"
+}
+
+# The fused training step at every stack height (JKOFAST_CUDA_ROWS) against the plan rule's choice.
+stage_sweep() {
+  cd "$REPO" && $PY bench/sweep_gpu_rows.py --budget "${SWEEP_BUDGET:-120}"
 }
 
 # ncu on the fused training step (d=6, width 128, batch 16k, TF32): speed of light, occupancy,
@@ -136,7 +164,7 @@ torch.cuda.synchronize()"
 }
 
 export REPO LOGS PY
-export -f stage_env stage_build stage_test stage_sanitize_tool stage_bench stage_profile
+export -f stage_env stage_build stage_test stage_sanitize_tool stage_bench stage_sweep stage_profile
 
 for stage in "${STAGES[@]}"; do
   case "$stage" in
@@ -149,7 +177,8 @@ for stage in "${STAGES[@]}"; do
       run_stage synccheck 100 stage_sanitize_tool synccheck
       run_stage initcheck 100 stage_sanitize_tool initcheck ;;
     bench) run_stage bench 540 stage_bench ;;
+    sweep) run_stage sweep 180 stage_sweep ;;
     profile) run_stage profile 300 stage_profile ;;
-    *) summary "unknown stage '$stage' (env, build, test, sanitize, bench, profile)" ;;
+    *) summary "unknown stage '$stage' (env, build, test, sweep, sanitize, bench, profile)" ;;
   esac
 done
