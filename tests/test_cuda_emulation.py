@@ -120,7 +120,7 @@ def test_scalar_time_is_read_through_stride_zero(emu):
 
 @pytest.mark.parametrize("divergence", ["exact", "hutchinson"])
 def test_field_float32_and_tf32(emu, divergence):
-    dim, hidden, batch = 6, 80, 21  # 80 columns: two column passes at 128 rows (TF32: 64 per pass)
+    dim, hidden, batch = 6, 80, 45  # 80 columns: two column passes at 128 rows (TF32: 64 per pass)
     ws, bs = mlp(dim, hidden, 3, scale=0.3)
     x, t = torch.randn(batch, dim, dtype=torch.float64), torch.rand(batch, dtype=torch.float64)
     probes = torch.randn(batch, 2, dim, dtype=torch.float64) if divergence == "hutchinson" else None
@@ -130,10 +130,17 @@ def test_field_float32_and_tf32(emu, divergence):
     args = [f32(a) for a in (x, t, ws, bs)] + ["softplus", 1.0, divergence, f32(probes), f32(grad_f), f32(grad_div)]
     torch32 = flat(reference_field(*args))
     emu.set_schedule(2)
-    # grid 1: both tiles (18 samples each) in one block, whose float part moves into its double total
-    # between them (BlockBackward::end_tile)
-    simt = flat(emulated_field(emu, *args, rows=128, grid=1))
-    tf32 = flat(emulated_field(emu, *args, rows=128, grid=1, tf32=True))
+    # grid 1, all tiles in one block. 128 rows: 2-3 tiles, one float part (no totals: at most
+    # kFieldTilesPerTotal = 8 tiles per block). 16 rows: 23 tiles of 2 samples (exact) or 9 of 5
+    # (2 probes), so the part moves into the block's double total after every 8th tile and after
+    # the last (BlockBackward::end_tile, moves_part_after).
+    for rows in (128, 16):
+        simt = flat(emulated_field(emu, *args, rows=rows, grid=1))
+        tf32 = flat(emulated_field(emu, *args, rows=rows, grid=1, tf32=True))
+        check_float32_and_tf32(simt, tf32, torch32, truth)
+
+
+def check_float32_and_tf32(simt, tf32, torch32, truth):
     for i, (s, tt, t32, ref) in enumerate(zip(simt, tf32, torch32, truth)):
         assert_within_float32_rule(s, t32, ref, f"float32 output {i}")
         scale = ref.abs().max().item()

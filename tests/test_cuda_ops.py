@@ -361,9 +361,11 @@ def test_jko_block_loss_matches_reference_float64(transport, divergence, tableau
     assert_all_close(got, want, F64, f"jko_block_loss {shape} {transport} {divergence} {tableau}")
 
 
-# Batch 16384: ~900 tiles of 18 samples on an H100's 132 blocks, so each block sums ~7 tiles'
-# gradients (float parts moved into double totals between them); 2000 fits one tile per block.
-@pytest.mark.parametrize("batch", [2000, 16384])
+# The plan rule on an H100's (or H200's) 132 blocks: batch 256 goes down to 16 rows, 128 tiles of 2
+# samples, one per block (each block's float part is its whole sum: no double totals); 2000 takes
+# 32 rows, 500 tiles of 4 samples, ~4 per block; 16384 keeps 128 rows, ~900 tiles of 18, ~7 per
+# block. In the last two each block moves its float part into a double total after every tile.
+@pytest.mark.parametrize("batch", [256, 2000, 16384])
 def test_jko_block_loss_float32_and_tf32(batch):
     field64 = moderate_field(6, 128, 3)
     field32 = moderate_field(6, 128, 3, dtype=torch.float32)

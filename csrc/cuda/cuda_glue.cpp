@@ -114,10 +114,10 @@ GradLayout grad_layout(const MlpSizes& sizes) {
 }
 
 BackwardBuffers backward_buffers(const MlpSizes& sizes, const Launch& launch, const GradLayout& layout,
-                                 int64_t batch, const at::TensorOptions& options) {
+                                 int64_t batch, const at::TensorOptions& options, int tiles_per_total) {
   const int64_t part_values = launch.grid * layout.per_block;
   const bool totals = options.dtype().toScalarType() == at::kFloat &&
-                      tile::ceil_div(batch, launch.plan.samples) > launch.grid;
+                      needs_totals(tile::ceil_div(batch, launch.plan.samples), launch.grid, tiles_per_total);
   return {at::empty({part_values}, options),
           totals ? at::empty({part_values}, options.dtype(at::kDouble)) : at::Tensor(),
           at::empty({int64_t(launch.grid) * sizes.hidden_layers * launch.plan.rows * sizes.hidden}, options)};

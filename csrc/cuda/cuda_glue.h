@@ -52,15 +52,14 @@ GradLayout grad_layout(const MlpSizes& sizes);
 
 // The per-block buffers of a backward launch over `batch` samples: the gradient parts (the kernel
 // zeroes each block's), their double totals (mlp_tile.cuh: BlockBackward) for float when some block
-// runs more than one tile (undefined otherwise: a one-tile part is already a tile's sum, and the
-// totals would double the parts' memory for nothing), and the scratch for one pass's
-// pre-activations, (layers - 1) x rows x hidden values per block.
+// runs more than `tiles_per_total` tiles (mlp_params.h: needs_totals; undefined otherwise), and the
+// scratch for one pass's pre-activations, (layers - 1) x rows x hidden values per block.
 struct BackwardBuffers {
   at::Tensor partials, totals, scratch;
   double* totals_or_null() const { return totals.defined() ? totals.mutable_data_ptr<double>() : nullptr; }
 };
 BackwardBuffers backward_buffers(const MlpSizes& sizes, const Launch& launch, const GradLayout& layout,
-                                 int64_t batch, const at::TensorOptions& options);
+                                 int64_t batch, const at::TensorOptions& options, int tiles_per_total);
 
 // float32 products on TF32 tensor cores when torch allows TF32 for float32 matmuls
 // (torch.backends.cuda.matmul.allow_tf32, or torch.set_float32_matmul_precision("high")), exactly

@@ -59,7 +59,8 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tens
           return per_sm;
         });
     p.plan = launch.plan;
-    const BackwardBuffers buffers = backward_buffers(args.sizes, launch, p.layout, args.x.size(0), args.x.options());
+    const BackwardBuffers buffers =
+        backward_buffers(args.sizes, launch, p.layout, args.x.size(0), args.x.options(), kRk4TilesPerTotal);
     p.partials = buffers.partials.mutable_data_ptr<scalar_t>();
     p.totals = buffers.totals_or_null();
     p.scratch = buffers.scratch.mutable_data_ptr<scalar_t>();

@@ -68,7 +68,7 @@ __global__ void __launch_bounds__(kThreads, JKOFAST_CUDA_MIN_BLOCKS) jko_block_l
       }
     }
     __syncthreads();
-    block.end_tile(p.totals, p.layout);
+    block.end_tile(p.totals, p.layout, moves_part_after(t, tiles, blockIdx.x, gridDim.x, kRk4TilesPerTotal));
   }
 }
 

@@ -83,7 +83,8 @@ GradTuple backward(const char* op, const FieldArgs& args, const at::Tensor& grad
   const bool tf32 = use_tf32(args.x.scalar_type());
   const Launch launch = plan<T>(op, args, /*backward=*/true, tf32);
   p.plan = launch.plan;
-  const BackwardBuffers buffers = backward_buffers(args.sizes, launch, p.layout, args.x.size(0), args.x.options());
+  const BackwardBuffers buffers =
+      backward_buffers(args.sizes, launch, p.layout, args.x.size(0), args.x.options(), kFieldTilesPerTotal);
   p.partials = buffers.partials.mutable_data_ptr<T>();
   p.totals = buffers.totals_or_null();
   p.scratch = buffers.scratch.mutable_data_ptr<T>();

@@ -67,6 +67,27 @@ inline GradLayout make_grad_layout(int64_t dim, int64_t input_dim, int64_t hidde
   return layout;
 }
 
+// How many of its tiles a block's float part sums before BlockBackward::end_tile moves it into the
+// block's double total. A move reads and writes 24 bytes per parameter (in L2, where the parts
+// and totals of all blocks may not fit), against 8 per pass for the products' own updates of the
+// part. The field's backward runs one pass per tile (per tangent chunk), so it moves every 8
+// tiles; rk4_block and jko_block_loss run 4 passes per step per tile (12 or more), so they move
+// after every tile. A part then sums ~100 passes at most; sums of ~660 met the float32 rule only
+// through its floor (tests/cuda_emulation/float32_at_scale.py).
+inline constexpr int kFieldTilesPerTotal = 8;
+inline constexpr int kRk4TilesPerTotal = 1;
+
+// Whether the block `block` of `grid` (its tiles: block, block + grid, ...) moves its part after
+// tile t: after every `every`-th of its tiles, and after its last.
+JKO_HOST_DEVICE bool moves_part_after(int64_t t, int64_t tiles, int64_t block, int64_t grid, int every) {
+  return ((t - block) / grid + 1) % every == 0 || t + grid >= tiles;
+}
+
+// Whether a float launch of `tiles` tiles on `grid` blocks needs totals: some block runs more than
+// `every` tiles (otherwise each part sums at most `every` tiles anyway, and totals would double
+// the parts' memory for nothing).
+inline bool needs_totals(int64_t tiles, int64_t grid, int every) { return tile::ceil_div(tiles, grid) > every; }
+
 enum class Divergence : int { None = 0, Exact = 1, Hutchinson = 2 };
 
 // mlp_field / mlp_field_div and their backward.
@@ -91,7 +112,7 @@ struct FieldParams {
   T* grad_t;           // nullptr without a time input
   T* scratch;          // per block: (layers - 1) stacks of rows x hidden pre-activations
   T* partials;         // per block: GradLayout::per_block values, the current tile's gradient
-  double* totals;      // per block, the sum in double of its tiles' parts (float, several tiles per block); or nullptr
+  double* totals;      // per block, the sum in double of its tiles' parts (needs_totals); or nullptr
   GradLayout layout;
 };
 

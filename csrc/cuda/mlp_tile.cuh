@@ -45,9 +45,10 @@ __device__ __forceinline__ ActivationValues<T> activate(Activation kind, T z, T 
 // Why a total: a block's float part would otherwise sum every tile it runs, pass by pass (at batch
 // 128k on an H100 about 55 tiles x 12 stage evaluations x 3 layers), and float sums that long lose
 // more than torch's blocked reductions (tests/cuda_emulation/float32_at_scale.py measured bias
-// gradients at 20x torch float32's error with 1024 tiles per block). end_tile() moves each tile's
-// part into the double total and zeroes it, so float sums stay a tile long; csrc/cpu/mlp_tile_cpu.h
-// (GradShare) does the same on the CPU.
+// gradients at 20x torch float32's error with 1024 tiles per block). end_tile() moves the part
+// into the double total and zeroes it every few tiles (mlp_params.h: kFieldTilesPerTotal,
+// kRk4TilesPerTotal), so float sums stay short; csrc/cpu/mlp_tile_cpu.h (GradShare) does the same
+// on the CPU.
 // (The totals pointer and the size are read from the kernel's parameters, not kept here: members
 // live in registers through the tile loop, and the float SIMT jko_block_loss kernel has none spare.)
 template <typename T>
@@ -65,12 +66,12 @@ struct BlockBackward {
     }
   }
 
-  // After a tile's backward (which ends with a barrier): its part into the block's total (totals
-  // and layout: the launch's), zeroed for the next tile. Ends with a barrier, as the next tile's
-  // products update the part from other threads. Nothing to do without totals (double, or one
-  // tile per block: cuda_glue.h, backward_buffers).
-  __device__ void end_tile(double* totals, const GradLayout& layout) const {
-    if (totals == nullptr) return;  // uniform across the block
+  // After a tile's backward (which ends with a barrier), when `move` (moves_part_after: uniform
+  // across the block): the part into the block's total (totals and layout: the launch's), zeroed
+  // for the next tiles. Ends with a barrier, as the next tile's products update the part from
+  // other threads. Nothing to do without totals (double, or few tiles per block: needs_totals).
+  __device__ void end_tile(double* totals, const GradLayout& layout, bool move) const {
+    if (totals == nullptr || !move) return;
     double* total = totals + blockIdx.x * layout.per_block;
     for (int64_t e = thread_index(); e < layout.per_block; e += kThreads) {
       total[e] += double(part[e]);

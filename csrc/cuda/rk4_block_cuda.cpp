@@ -93,7 +93,8 @@ GradTuple rk4_block_backward(const at::Tensor& grad_x1, const at::Tensor& grad_l
     const bool tf32 = use_tf32(x.scalar_type());
     const Launch launch = plan<scalar_t>(op, args, /*backward=*/true, tf32);
     p.plan = launch.plan;
-    const BackwardBuffers buffers = backward_buffers(args.sizes, launch, p.layout, args.x.size(0), args.x.options());
+    const BackwardBuffers buffers =
+        backward_buffers(args.sizes, launch, p.layout, args.x.size(0), args.x.options(), kRk4TilesPerTotal);
     p.partials = buffers.partials.mutable_data_ptr<scalar_t>();
     p.totals = buffers.totals_or_null();
     p.scratch = buffers.scratch.mutable_data_ptr<scalar_t>();

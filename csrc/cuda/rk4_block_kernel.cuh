@@ -259,7 +259,7 @@ __global__ void __launch_bounds__(kThreads, JKOFAST_CUDA_MIN_BLOCKS) rk4_block_b
     __syncthreads();
     rk4_tile_backward(tile, block, in, valid, /*recompute=*/true, /*with_logdet=*/false, slots, grad_kinetic,
                       grad_logdet);
-    block.end_tile(p.totals, p.layout);
+    block.end_tile(p.totals, p.layout, moves_part_after(t, tiles, blockIdx.x, gridDim.x, kRk4TilesPerTotal));
   }
 }
 

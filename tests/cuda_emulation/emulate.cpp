@@ -99,13 +99,13 @@ struct GradBuffers {
   DeviceBuffer<T> partials, scratch;
   DeviceBuffer<double> totals;
   template <typename Params>
-  GradBuffers(const Common& c, Params& p) {
+  GradBuffers(const Common& c, Params& p, int tiles_per_total) {
     p.layout = make_grad_layout(c.dim, c.dim + c.time, c.hidden, c.layers);
     partials = nan_buffer<T>(c.grid * p.layout.per_block);
     scratch = nan_buffer<T>(int64_t(c.grid) * (c.layers - 1) * p.plan.rows * c.hidden);
     p.partials = partials.data();
     p.scratch = scratch.data();
-    if (std::is_same_v<T, float> && tile::ceil_div(c.batch, p.plan.samples) > c.grid) {
+    if (std::is_same_v<T, float> && needs_totals(tile::ceil_div(c.batch, p.plan.samples), c.grid, tiles_per_total)) {
       totals = nan_buffer<double>(c.grid * p.layout.per_block);
       p.totals = totals.data();
     }
@@ -162,7 +162,7 @@ int field(const int64_t* ints, const double* reals, void* const* ptrs) {
   p.grad_div = static_cast<const T*>(ptrs[6]);
   p.grad_x = static_cast<T*>(ptrs[7]);
   p.grad_t = static_cast<T*>(ptrs[8]);
-  const GradBuffers<T> buffers(c, p);
+  const GradBuffers<T> buffers(c, p, kFieldTilesPerTotal);
   if constexpr (sizeof(T) == 4) {
     run(tf32 ? mlp_field_backward_kernel<float, true> : mlp_field_backward_kernel<float, false>, p, c.grid,
         p.plan.smem_bytes);
@@ -226,7 +226,7 @@ int rk4(const int64_t* ints, const double* reals, void* const* ptrs) {
   auto stage_grads = nan_buffer<T>(plane);
   p.stage_input_grads = stage_input_grads.data();
   p.stage_grads = stage_grads.data();
-  const GradBuffers<T> buffers(c, p);
+  const GradBuffers<T> buffers(c, p, kRk4TilesPerTotal);
   if constexpr (sizeof(T) == 4) {
     run(tf32 ? rk4_block_backward_kernel<float, true> : rk4_block_backward_kernel<float, false>, p, c.grid,
         p.plan.smem_bytes);
@@ -260,7 +260,7 @@ int jko_loss(const int64_t* ints, const double* reals, void* const* ptrs) {
   lp.endpoint_weight = T(reals[3]);
   lp.path_weight = T(reals[4]);
   lp.terms = static_cast<T*>(ptrs[2]);
-  const GradBuffers<T> buffers(c, p);
+  const GradBuffers<T> buffers(c, p, kRk4TilesPerTotal);
   if constexpr (sizeof(T) == 4) {
     run(c.tf32 ? jko_block_loss_kernel<float, true> : jko_block_loss_kernel<float, false>, lp, c.grid,
         p.plan.smem_bytes);
