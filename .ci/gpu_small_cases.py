@@ -2,11 +2,13 @@
 workload that .ci/gpu_session.sh runs under compute-sanitizer (memcheck, racecheck, synccheck,
 initcheck), where every kernel launch is slow. Sizes reach the paths that matter for memory and
 races: a last tile that is not full, tangent rows in several passes (JKOFAST_CUDA_ROWS=16 below
-forces small stacks), widths off the 16-column grid, and at batch 1000 (200 tiles of 5 samples,
-more than an H100's 132 resident blocks) two tiles in some blocks, where float backwards move each
-tile's gradient part into the block's double total (BlockBackward::end_tile). Those cases run
-last and in float only (double has no totals): they are the slowest under the sanitizer. Each result is
-also compared with the float64 reference (loose tolerance: this is not the accuracy test)."""
+forces small stacks), widths off the 16-column grid, and blocks that run several tiles, where
+float backwards move their gradient part into the block's double total (BlockBackward::end_tile):
+rk4_block and jko_block_loss after every tile, at batch 1000 (200 tiles of 5 samples, more than an
+H100's 132 resident blocks: two in some blocks); mlp_field after every 8th tile and its last, at
+batch 6000 (1200 tiles, 9 or 10 per block). Those cases run last and in float only (double has no
+totals): they are the slowest under the sanitizer. Each result is also compared with the float64
+reference (loose tolerance: this is not the accuracy test)."""
 from __future__ import annotations
 
 import os
@@ -102,7 +104,7 @@ for dtype, allow in ((torch.float64, False), (torch.float32, False), (torch.floa
     loss_case(3, 20, 37, dtype, "exact", allow)
     loss_case(2, 16, 9, dtype, "hutchinson", allow)
 for allow in (False, True):  # float32: several tiles per block, and their double totals
-    field_case(2, 16, 1000, torch.float32, None, allow)
+    field_case(2, 16, 6000, torch.float32, None, allow)
     rk4_case(2, 16, 1000, torch.float32, "exact", allow)
     loss_case(2, 16, 1000, torch.float32, "exact", allow)
 torch.cuda.synchronize() if DEVICE == "cuda" else None
