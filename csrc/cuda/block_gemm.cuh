@@ -1,8 +1,9 @@
 // Block-wide matrix products on the shared-memory stacks of csrc/ops/tile_plan.h, the only
 // arithmetic-heavy code of the kernels. Two implementations of the same contract:
 //   SIMT:  every thread accumulates a kRows x kCols register tile with FMAs (float and double);
-//   TF32:  every warp accumulates four 16 x 16 tensor-core fragments (wmma m16n16k8, float
-//          inputs rounded to TF32, float accumulators), for float when the caller allows TF32.
+//   TF32:  every warp accumulates four 16 x 16 tensor-core fragments, 2 x 2 (1 x 4 on 16-row
+//          stacks) (wmma m16n16k8, float inputs rounded to TF32, float accumulators), for float
+//          when the caller allows TF32.
 // Weights come from global memory (they are small and shared by all blocks, so L2 serves them)
 // through a double-buffered stage: each thread loads the next chunk into registers while the
 // block multiplies with the current one, so one barrier per chunk suffices.
@@ -136,6 +137,70 @@ __device__ __forceinline__ void staged_reduction(const T* __restrict__ w, Operan
   }
 }
 
+// The TF32 path of block_product (below): each warp accumulates FR x (4 / FR) tensor-core
+// fragments of 16 x 16 (wmma m16n16k8, float inputs rounded to TF32, float accumulators) of every
+// pass of chunk_cols output columns. The fragments are what the shared memory must feed: per k
+// step a warp loads FR A fragments and 4 / FR B fragments of 8 x 16 values for 4 products, so
+// 2 x 2 (stacks of 32 rows or more) loads 16 values per lane where 1 x 4 loads 20.
+template <int FR, typename T>
+__device__ __forceinline__ void tf32_block_product(const T* __restrict__ in, T* __restrict__ out,
+                                                   const T* __restrict__ w, Operand mode, int Q, int P,
+                                                   int rows_active, int p_end, T* const stage[2],
+                                                   const tile::TilePlan& plan) {
+  using namespace nvcuda;
+  constexpr int FC = 4 / FR;
+  const int ld = plan.ld;
+  const int warp = thread_index() / 32;
+  const int row_groups = plan.rows / (16 * FR);  // row_groups * (chunk_cols / (16 * FC)) == kWarps
+  const int row0 = (warp % row_groups) * 16 * FR, col0 = (warp / row_groups) * 16 * FC;
+  bool row_on[FR];  // warp-uniform: this warp's fragment rows below rows_active
+#pragma unroll
+  for (int i = 0; i < FR; ++i) row_on[i] = row0 + 16 * i < rows_active;
+  for (int p0 = 0; p0 < p_end; p0 += plan.chunk_cols) {
+    wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc[FR][FC];
+#pragma unroll
+    for (int i = 0; i < FR; ++i) {
+#pragma unroll
+      for (int j = 0; j < FC; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+    }
+    staged_reduction<T, true>(w, mode, Q, P, p0, stage, plan, [&](const T* bs, int q0, int qn) {
+      if (!row_on[0] || p0 + col0 >= p_end) return;  // warp-uniform
+      for (int k = 0; k < qn; k += 8) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> a[FR];
+#pragma unroll
+        for (int i = 0; i < FR; ++i) {
+          if (row_on[i]) {
+            wmma::load_matrix_sync(a[i], in + (row0 + 16 * i) * ld + q0 + k, ld);
+#pragma unroll
+            for (int e = 0; e < a[i].num_elements; ++e) a[i].x[e] = wmma::__float_to_tf32(a[i].x[e]);
+          }
+        }
+#pragma unroll
+        for (int j = 0; j < FC; ++j) {
+          if (p0 + col0 + 16 * j < p_end) {
+            wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> b;
+            wmma::load_matrix_sync(b, bs + k * plan.stage_ld + col0 + 16 * j, plan.stage_ld);
+#pragma unroll
+            for (int i = 0; i < FR; ++i) {
+              if (row_on[i]) wmma::mma_sync(acc[i][j], a[i], b, acc[i][j]);
+            }
+          }
+        }
+      }
+    });
+#pragma unroll
+    for (int i = 0; i < FR; ++i) {
+#pragma unroll
+      for (int j = 0; j < FC; ++j) {
+        const int p = p0 + col0 + 16 * j;
+        if (row_on[i] && p < p_end) {
+          wmma::store_matrix_sync(out + (row0 + 16 * i) * ld + p, acc[i][j], ld, wmma::mem_row_major);
+        }
+      }
+    }
+  }
+}
+
 // Out[m][p] = sum_{q < Q} In[m][q] B(q, p) for the stack rows m below rows_active (whole 16-row
 // tiles; the SIMT path writes zeros to the other rows, the TF32 path leaves them) and
 // p < round_up(P, 16). In and Out are
@@ -148,39 +213,11 @@ __device__ void block_product(const T* __restrict__ in, T* __restrict__ out, con
   const int ld = plan.ld;
   if constexpr (kTF32) {
     static_assert(sizeof(T) == 4, "TF32 products are for float");
-    using namespace nvcuda;
-    const int warp = thread_index() / 32;
-    const int row_tiles = plan.rows / 16;  // row_tiles * (chunk_cols / 64) == kWarps
-    const int row0 = (warp % row_tiles) * 16, col0 = (warp / row_tiles) * 64;
-    const bool rows_on = row0 < rows_active;
-    for (int p0 = 0; p0 < p_end; p0 += plan.chunk_cols) {
-      wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc[4];
-#pragma unroll
-      for (int f = 0; f < 4; ++f) wmma::fill_fragment(acc[f], 0.0f);
-      staged_reduction<T, kTF32>(w, mode, Q, P, p0, stage, plan, [&](const T* bs, int q0, int qn) {
-        if (!rows_on || p0 + col0 >= p_end) return;  // warp-uniform
-        for (int k = 0; k < qn; k += 8) {
-          wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> a;
-          wmma::load_matrix_sync(a, in + row0 * ld + q0 + k, ld);
-#pragma unroll
-          for (int e = 0; e < a.num_elements; ++e) a.x[e] = wmma::__float_to_tf32(a.x[e]);
-#pragma unroll
-          for (int f = 0; f < 4; ++f) {
-            if (p0 + col0 + 16 * f < p_end) {
-              wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> b;
-              wmma::load_matrix_sync(b, bs + k * plan.stage_ld + col0 + 16 * f, plan.stage_ld);
-              wmma::mma_sync(acc[f], a, b, acc[f]);
-            }
-          }
-        }
-      });
-      if (rows_on) {
-#pragma unroll
-        for (int f = 0; f < 4; ++f) {
-          const int p = p0 + col0 + 16 * f;
-          if (p < p_end) wmma::store_matrix_sync(out + row0 * ld + p, acc[f], ld, wmma::mem_row_major);
-        }
-      }
+    // Stacks of 32 rows or more: 2 x 2 fragments per warp, else 1 x 4 (uniform across the block).
+    if (plan.rows >= 32) {
+      tf32_block_product<2>(in, out, w, mode, Q, P, rows_active, p_end, stage, plan);
+    } else {
+      tf32_block_product<1>(in, out, w, mode, Q, P, rows_active, p_end, stage, plan);
     }
   } else {
     constexpr int TM = RegisterTile<T>::kRows, TN = RegisterTile<T>::kCols;
