@@ -334,6 +334,19 @@ def test_weight_staging_stores_are_free_of_bank_conflicts(emu, dtype):
                 assert 1 <= ways <= bound, (rows, dim, hidden, transposed, ways)
 
 
+def test_tf32_fragment_loads_are_free_of_bank_conflicts(emu):
+    # The TF32 products load an A fragment from a stack and B fragments from the weight stage at
+    # every k step: the most frequent shared-memory accesses of the kernels. In mma.m16n8k8's
+    # lane layout (wmma's on sm_90, read off its SASS) A lanes step rows by lane / 4 and B lanes
+    # step rows by lane % 4, so the stack's row stride must be 4 words past a multiple of 32 and
+    # the stage's 8 (tile::stage_skew): the stage's old 4-value skew gave every B load 2 ways.
+    for rows in (16, 32, 64, 128):
+        for dim, hidden, tangent_rows in ((2, 64, 2), (6, 128, 6), (63, 256, 0), (100, 512, 100)):
+            for operand in ("a", "b"):
+                ways = emu.fragment_load_ways(dim, True, hidden, tangent_rows, rows, operand)
+                assert ways == 1, (rows, dim, hidden, operand, ways)
+
+
 # ----------------------------------------------------------------------------- fit rule and plan
 def test_backend_fit_rule_matches_the_cpp_rule(emu):
     # _backend's rule (constants exported by jkofast._C from ops/tile_plan.h) against the C++

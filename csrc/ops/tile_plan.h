@@ -34,7 +34,7 @@ inline constexpr int64_t kMinSmemBudget = 99 * 1024;
 
 // ------------------------------------------------------------------------------- block constants
 inline constexpr int kThreads = 256;   // 8 warps per block, every kernel
-inline constexpr int kSkew = 4;        // padding per smem row: spreads banks, keeps 16-byte rows
+inline constexpr int kSkew = 4;        // padding per stack row: spreads banks, keeps 16-byte rows
 inline constexpr int kWidthAlign = 32; // stack widths: whole 32-column tiles for every product
 inline constexpr int kSampleSlots = 8; // per-sample scalars in smem (divergence sums, logdet, ...)
 inline constexpr int kMaxRows = 128;
@@ -44,6 +44,13 @@ inline constexpr int kMaxRows = 128;
 JKO_HOST_DEVICE constexpr int out_area(int itemsize) { return itemsize == 8 ? 4096 : 8192; }
 // Weight values staged per step: 16 float or 4 double registers per thread in flight.
 JKO_HOST_DEVICE constexpr int stage_elems(int itemsize) { return itemsize == 8 ? 1024 : 4096; }
+// Padding per stage row: 32 bytes (8 floats, 4 doubles), so that stage_ld is 8 words past a
+// multiple of 32 and the 8 x 4 lanes of a TF32 B-fragment load (lane reads row lane % 4, column
+// lane / 4: mma.m16n8k8's layout, and what wmma::load_matrix_sync compiles to on sm_90) hit 32
+// distinct banks; the stack's 4-value skew would put rows k and k + 1 four banks apart, a 2-way
+// conflict on every B load. (The stacks keep kSkew: A fragments read row lane / 4, column
+// lane % 4, which that skew serves.)
+JKO_HOST_DEVICE constexpr int stage_skew(int itemsize) { return 32 / itemsize; }
 // Fewest stack rows: one 16-row tensor-core tile (float); 8 rows for double (SIMT only), which
 // keeps width 512 within kMinSmemBudget.
 JKO_HOST_DEVICE constexpr int min_rows(int itemsize) { return itemsize == 8 ? 8 : 16; }
@@ -62,7 +69,7 @@ struct TilePlan {
   int ld;           // stack row stride, width + kSkew
   int chunk_cols;   // output columns per pass of a product: out_area / rows (a power of two)
   int stage_rows;   // reduction rows staged per step: stage_elems / chunk_cols (a power of two)
-  int stage_ld;     // stage row stride, chunk_cols + kSkew
+  int stage_ld;     // stage row stride, chunk_cols + stage_skew
   int chunk_cols_log2, stage_rows_log2;
   int tangents;     // C: tangent rows per sample per pass (0: the field alone)
   int chunks;       // passes over the tangent rows (1 without tangents)
@@ -83,7 +90,7 @@ JKO_HOST_DEVICE constexpr TilePlan make_plan(int64_t dim, int64_t input_dim, int
   p.ld = p.width + kSkew;
   p.chunk_cols = out_area(itemsize) / rows;
   p.stage_rows = stage_elems(itemsize) / p.chunk_cols;
-  p.stage_ld = p.chunk_cols + kSkew;
+  p.stage_ld = p.chunk_cols + stage_skew(itemsize);
   p.chunk_cols_log2 = log2_exact(p.chunk_cols);
   p.stage_rows_log2 = log2_exact(p.stage_rows);
   if (tangent_rows > 0) {
@@ -107,12 +114,12 @@ JKO_HOST_DEVICE constexpr TilePlan make_plan(int64_t dim, int64_t input_dim, int
 // elements from global memory and stores them to the stage in this order, and consecutive e are
 // the lanes of a warp, so the order decides both the global reads' sectors and the stores' banks.
 //   Direct (B = W[q][p], contiguous in p): p fastest, 32 consecutive values per warp.
-//   Transposed (B = W[p][q], contiguous in q): one 32-byte sector of consecutive q (8 floats or 4
-//   doubles), then 4 consecutive p, then the rest of q, then of p. stage_ld is 4 values past a
-//   multiple of 32 words (float) or of 16 doubles, so the 8 (4) rows of a sector start 4 banks
-//   (8 banks) apart and the 4 columns fill the banks between: every store of a warp (of a half-warp
-//   for double, which the hardware serves separately) hits each bank once. Walking q alone, as
-//   the reads would like, put lanes 0, 8, 16 and 24 on one bank: a 4-way conflict per store.
+//   Transposed (B = W[p][q], contiguous in q): 4 consecutive q, then 32 bytes of consecutive p
+//   (8 floats or 4 doubles), then the rest of q, then of p. stage_ld is 32 bytes past a multiple
+//   of 128 (stage_skew), so the 4 rows start 8 banks apart and the columns fill the banks between:
+//   every store of a warp (of a half-warp for double, which the hardware serves separately) hits
+//   each bank once. The reads take 16-byte (float) or 32-byte (double) runs of a weight row:
+//   the weights come from L2, and shared memory is the resource the products run short of.
 // Checked by tests/test_cuda_emulation.py (a bijection, and the banks of every store).
 JKO_HOST_DEVICE constexpr void stage_position(int e, bool transposed, const TilePlan& plan, int itemsize, int& q,
                                               int& p) {
@@ -121,13 +128,14 @@ JKO_HOST_DEVICE constexpr void stage_position(int e, bool transposed, const Tile
     q = e >> plan.chunk_cols_log2;
     return;
   }
-  const int q_lo_bits = plan.stage_rows_log2 < (itemsize == 8 ? 2 : 3) ? plan.stage_rows_log2 : (itemsize == 8 ? 2 : 3);
+  const int q_lo_bits = plan.stage_rows_log2 < 2 ? plan.stage_rows_log2 : 2;
+  const int p_lo_bits = itemsize == 8 ? 2 : 3;  // chunk_cols >= 32: these columns always exist
   const int q_hi_bits = plan.stage_rows_log2 - q_lo_bits;
   const int q_lo = e & ((1 << q_lo_bits) - 1);
-  const int p_lo = (e >> q_lo_bits) & 3;  // chunk_cols >= 32: 4 columns always exist
-  const int rest = e >> (q_lo_bits + 2);
+  const int p_lo = (e >> q_lo_bits) & ((1 << p_lo_bits) - 1);
+  const int rest = e >> (q_lo_bits + p_lo_bits);
   q = ((rest & ((1 << q_hi_bits) - 1)) << q_lo_bits) | q_lo;
-  p = ((rest >> q_hi_bits) << 2) | p_lo;
+  p = ((rest >> q_hi_bits) << p_lo_bits) | p_lo;
 }
 
 // The most stack rows whose plan fits `budget` bytes of shared memory, or 0 if none does.

@@ -65,6 +65,8 @@ class Emulator:
         self.lib.emu_choose_rows.restype = ctypes.c_int
         self.lib.emu_stage_store_ways.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int] * 3
         self.lib.emu_stage_store_ways.restype = ctypes.c_int
+        self.lib.emu_fragment_load_ways.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int] * 2
+        self.lib.emu_fragment_load_ways.restype = ctypes.c_int
         self.lib.emu_set_schedule.argtypes = [ctypes.c_int]
         self.lib.emu_within_limits.argtypes = [ctypes.c_int64] * 3
         self.lib.emu_within_limits.restype = ctypes.c_int
@@ -90,6 +92,11 @@ class Emulator:
         """Worst bank conflict (ways) of staging a weight chunk; -1: positions not a bijection."""
         return self.lib.emu_stage_store_ways(dim, dim + int(time), hidden, tangent_rows, _itemsize(dtype), rows,
                                              int(transposed))
+
+    def fragment_load_ways(self, dim, time, hidden, tangent_rows, rows, operand) -> int:
+        """Worst bank conflict (ways) of a TF32 fragment load: operand "a" (stack) or "b" (stage)."""
+        return self.lib.emu_fragment_load_ways(dim, dim + int(time), hidden, tangent_rows, rows,
+                                               {"a": 0, "b": 1}[operand])
 
     # ------------------------------------------------------------------ field
     def field(self, x, t, weights, biases, activation="softplus", beta=1.0, divergence=None, probes=None, *,

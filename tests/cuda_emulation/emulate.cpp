@@ -348,6 +348,33 @@ int emu_stage_store_ways(int64_t dim, int64_t input_dim, int64_t hidden, int64_t
   return worst;
 }
 
+// The banks of a TF32 fragment load (float plans): the most distinct words on one bank among the
+// 32 lanes of each of the fragment's 4 loads, in the layout of mma.m16n8k8.tf32 (PTX ISA), which
+// is what wmma::load_matrix_sync compiles to on sm_90 (its SASS: matrix_b row-major reads
+// (lane % 4) * ldm + lane / 4, then + 4 rows and + 8 columns). operand 0: matrix_a row-major from
+// a stack (ld: lane / 4 row, lane % 4 column; + 8 rows, + 4 columns); 1: matrix_b row-major from
+// the weight stage (stage_ld).
+int emu_fragment_load_ways(int64_t dim, int64_t input_dim, int64_t hidden, int64_t tangent_rows, int rows,
+                           int operand) {
+  const tile::TilePlan plan = tile::make_plan(dim, input_dim, hidden, tangent_rows, 4, rows);
+  const int64_t ld = operand == 0 ? plan.ld : plan.stage_ld;
+  int worst = 0;
+  for (int load = 0; load < 4; ++load) {
+    std::vector<std::vector<int64_t>> bank(32);
+    for (int lane = 0; lane < 32; ++lane) {
+      const int g = lane / 4, t = lane % 4;
+      const int64_t word = operand == 0 ? (g + 8 * (load & 1)) * ld + t + 4 * (load >> 1)
+                                        : (t + 4 * (load & 1)) * ld + g + 8 * (load >> 1);
+      bank[size_t(word % 32)].push_back(word);
+    }
+    for (auto& b : bank) {
+      std::sort(b.begin(), b.end());
+      worst = std::max(worst, int(std::unique(b.begin(), b.end()) - b.begin()));
+    }
+  }
+  return worst;
+}
+
 int emu_field(const int64_t* ints, const double* reals, void* const* ptrs) {
   return checked([&] { return ints[0] == 8 ? field<double>(ints, reals, ptrs) : field<float>(ints, reals, ptrs); });
 }
