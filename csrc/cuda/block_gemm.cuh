@@ -291,26 +291,62 @@ __device__ void block_weight_grad(const T* __restrict__ g, const T* __restrict__
   const int ld = plan.ld;
   if constexpr (kTF32) {
     using namespace nvcuda;
+    // Each warp takes 2 x 2 tiles of 16 x 16 of the part at a time (those inside it): per step of
+    // 8 rows it loads 2 G and 2 A fragments for 4 products, where one tile at a time loaded 2 for 1.
+    // (Both operands step the stack's rows by lane % 4, a 2-way bank conflict at the stack's skew,
+    // which the forward's A fragments need: this product is the backward's heaviest user of
+    // shared memory.)
     const int warp = thread_index() / 32;
-    const int col_tiles = cols16 / 16, tiles = (rows16 / 16) * col_tiles;
-    for (int t = warp; t < tiles; t += kWarps) {
-      const int o0 = (t / col_tiles) * 16, c0 = (t % col_tiles) * 16;
-      T* dst = part + int64_t(o0) * cols16 + c0;
-      wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc;
-      wmma::load_matrix_sync(acc, dst, cols16, wmma::mem_row_major);
+    const int col_groups = int(tile::ceil_div(cols16, 32)), groups = int(tile::ceil_div(rows16, 32)) * col_groups;
+    for (int t = warp; t < groups; t += kWarps) {
+      const int o0 = (t / col_groups) * 32, c0 = (t % col_groups) * 32;
+      const bool o_on[2] = {true, o0 + 16 < rows16}, c_on[2] = {true, c0 + 16 < cols16};  // warp-uniform
+      wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc[2][2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          if (o_on[i] && c_on[j]) {
+            wmma::load_matrix_sync(acc[i][j], part + int64_t(o0 + 16 * i) * cols16 + c0 + 16 * j, cols16,
+                                   wmma::mem_row_major);
+          }
+        }
+      }
       for (int m = 0; m < rows; m += 8) {
         // G^T as matrix_a: element (o, m) at g[m * ld + o], i.e. column-major with stride ld.
-        wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::col_major> fg;
-        wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> fa;
-        wmma::load_matrix_sync(fg, g + m * ld + o0, ld);
-        wmma::load_matrix_sync(fa, a + m * ld + c0, ld);
+        wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::col_major> fg[2];
+        wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> fa[2];
 #pragma unroll
-        for (int e = 0; e < fg.num_elements; ++e) fg.x[e] = wmma::__float_to_tf32(fg.x[e]);
+        for (int i = 0; i < 2; ++i) {
+          if (o_on[i]) {
+            wmma::load_matrix_sync(fg[i], g + m * ld + o0 + 16 * i, ld);
 #pragma unroll
-        for (int e = 0; e < fa.num_elements; ++e) fa.x[e] = wmma::__float_to_tf32(fa.x[e]);
-        wmma::mma_sync(acc, fg, fa, acc);
+            for (int e = 0; e < fg[i].num_elements; ++e) fg[i].x[e] = wmma::__float_to_tf32(fg[i].x[e]);
+          }
+          if (c_on[i]) {
+            wmma::load_matrix_sync(fa[i], a + m * ld + c0 + 16 * i, ld);
+#pragma unroll
+            for (int e = 0; e < fa[i].num_elements; ++e) fa[i].x[e] = wmma::__float_to_tf32(fa[i].x[e]);
+          }
+        }
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            if (o_on[i] && c_on[j]) wmma::mma_sync(acc[i][j], fg[i], fa[j], acc[i][j]);
+          }
+        }
       }
-      wmma::store_matrix_sync(dst, acc, cols16, wmma::mem_row_major);
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          if (o_on[i] && c_on[j]) {
+            wmma::store_matrix_sync(part + int64_t(o0 + 16 * i) * cols16 + c0 + 16 * j, acc[i][j], cols16,
+                                    wmma::mem_row_major);
+          }
+        }
+      }
     }
   } else {
     constexpr int TM = RegisterTile<T>::kRows, TN = RegisterTile<T>::kCols;
