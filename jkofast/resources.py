@@ -5,9 +5,14 @@ no such statistic, so the peak is the process's resident-set high-water mark (Li
 reset at the start by writing 5 to /proc/self/clear_refs; it counts everything the process holds
 (the interpreter, torch's libraries, the data), and ``start_mb`` says how much was there before.
 Where the reset is not allowed the peak is the process's lifetime peak, and ``kind`` says so.
+Before the reset, glibc's malloc_trim returns the heap's free pages to the system: otherwise the
+work could reuse memory that earlier work freed but the process still holds, and its peak would
+not show it (a 64 MB tensor measured 1.5 MB after 480 MB of freed tensors).
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import resource
 import sys
 import time
@@ -28,6 +33,14 @@ def _status_mb(field: str) -> float | None:
     except OSError:
         pass
     return None
+
+
+def _release_free_heap() -> None:
+    """glibc's malloc_trim(0), where there is one (Linux with glibc); nothing elsewhere."""
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _reset_peak_rss() -> bool:
@@ -58,6 +71,7 @@ class ResourceMeter:
             self.start_mb = torch.cuda.memory_allocated(self.device) / 2**20
             self.kind = "cuda max_memory_allocated"
         else:
+            _release_free_heap()
             self.start_mb = _status_mb("VmRSS")
             if _reset_peak_rss() and _status_mb("VmHWM") is not None:
                 self.kind = "process peak RSS (VmHWM, reset at the start)"
