@@ -131,7 +131,7 @@ def test_field_float32_and_tf32(emu, divergence):
     torch32 = flat(reference_field(*args))
     emu.set_schedule(2)
     # grid 1, all tiles in one block. 128 rows: 2-3 tiles, one float part (no totals: at most
-    # kFieldTilesPerTotal = 8 tiles per block). 16 rows: 23 tiles of 2 samples (exact) or 9 of 5
+    # field_tiles_per_total = 8 tiles per block). 16 rows: 23 tiles of 2 samples (exact) or 9 of 5
     # (2 probes), so the part moves into the block's double total after every 8th tile and after
     # the last (BlockBackward::end_tile, moves_part_after).
     for rows in (128, 16):
@@ -345,6 +345,28 @@ def test_tf32_fragment_loads_are_free_of_bank_conflicts(emu):
             for operand in ("a", "b"):
                 ways = emu.fragment_load_ways(dim, True, hidden, tangent_rows, rows, operand)
                 assert ways == 1, (rows, dim, hidden, operand, ways)
+
+
+def test_float_parts_move_into_totals_every_few_tiles_and_after_the_last(emu):
+    # The schedule of BlockBackward::end_tile (mlp_params.h), which no result can show (it only
+    # bounds how long float sums run): block b runs tiles b, b + grid, ...; it moves its part after
+    # its every-th, 2 every-th, ... tile and after its last, so a part never sums more than `every`
+    # tiles and nothing stays behind in it; totals exist exactly when some block runs more.
+    lib = emu.lib
+    for tiles in range(1, 41):
+        for grid in range(1, min(tiles, 9) + 1):
+            for every in range(1, 10):
+                runs = [list(range(b, tiles, grid)) for b in range(grid)]
+                assert bool(lib.emu_needs_totals(tiles, grid, every)) == (max(map(len, runs)) > every)
+                for b, mine in enumerate(runs):
+                    moved = [k for k, t in enumerate(mine) if lib.emu_moves_part_after(t, tiles, b, grid, every)]
+                    want = sorted({k for k in range(len(mine)) if (k + 1) % every == 0} | {len(mine) - 1})
+                    assert moved == want, (tiles, grid, every, b)
+    # The field's backward moves once ~8 passes are summed: a tile is `chunks` passes.
+    for dim, hidden, tangent_rows, rows in ((6, 128, 6, 128), (100, 512, 100, 16), (12, 64, 200, 32), (2, 64, 0, 64)):
+        chunks = emu.plan(dim, True, hidden, tangent_rows, torch.float32, rows)["chunks"]
+        every = lib.emu_field_tiles_per_total(dim, dim + 1, hidden, tangent_rows, rows)
+        assert every >= 1 and (every * chunks <= 8 or every == 1) and (every + 1) * chunks > 8, (chunks, every)
 
 
 # ----------------------------------------------------------------------------- fit rule and plan

@@ -2,8 +2,8 @@
 // arithmetic-heavy code of the kernels. Two implementations of the same contract:
 //   SIMT:  every thread accumulates a kRows x kCols register tile with FMAs (float and double);
 //   TF32:  every warp accumulates four 16 x 16 tensor-core fragments, 2 x 2 (1 x 4 on 16-row
-//          stacks) (wmma m16n16k8, float inputs rounded to TF32, float accumulators), for float
-//          when the caller allows TF32.
+//          stacks and narrow products) (wmma m16n16k8, float inputs rounded to TF32, float
+//          accumulators), for float when the caller allows TF32.
 // Weights come from global memory (they are small and shared by all blocks, so L2 serves them)
 // through a double-buffered stage: each thread loads the next chunk into registers while the
 // block multiplies with the current one, so one barrier per chunk suffices.
@@ -213,8 +213,10 @@ __device__ void block_product(const T* __restrict__ in, T* __restrict__ out, con
   const int ld = plan.ld;
   if constexpr (kTF32) {
     static_assert(sizeof(T) == 4, "TF32 products are for float");
-    // Stacks of 32 rows or more: 2 x 2 fragments per warp, else 1 x 4 (uniform across the block).
-    if (plan.rows >= 32) {
+    // 2 x 2 fragments per warp where the stack has 32 rows or more and the product more than 32
+    // columns; else 1 x 4, which keeps all warps busy on narrow products (the output layer, the
+    // first layer's backward). Uniform across the block.
+    if (plan.rows >= 32 && p_end > 32) {
       tf32_block_product<2>(in, out, w, mode, Q, P, rows_active, p_end, stage, plan);
     } else {
       tf32_block_product<1>(in, out, w, mode, Q, P, rows_active, p_end, stage, plan);
@@ -279,6 +281,74 @@ __device__ void block_product(const T* __restrict__ in, T* __restrict__ out, con
   __syncthreads();
 }
 
+// The TF32 path of block_weight_grad (below): each warp takes GR x GR tiles of 16 x 16 of the part
+// at a time (those inside it). Per step of 8 rows it loads GR G and GR A fragments for GR^2
+// products: with GR = 2 one fragment per product, where single tiles load two. (Both operands
+// step the stack's rows by lane % 4, a 2-way bank conflict at the stack's skew, which the
+// forward's A fragments need: this product is the backward's heaviest user of shared memory.)
+template <int GR, typename T>
+__device__ __forceinline__ void tf32_weight_grad(const T* __restrict__ g, const T* __restrict__ a, int rows,
+                                                 T* __restrict__ part, int rows16, int cols16, int ld) {
+  using namespace nvcuda;
+  const int warp = thread_index() / 32;
+  const int col_groups = int(tile::ceil_div(cols16, 16 * GR)), groups = int(tile::ceil_div(rows16, 16 * GR)) * col_groups;
+  for (int t = warp; t < groups; t += kWarps) {
+    const int o0 = (t / col_groups) * 16 * GR, c0 = (t % col_groups) * 16 * GR;
+    bool o_on[GR], c_on[GR];  // warp-uniform: the group's tiles inside the part
+#pragma unroll
+    for (int i = 0; i < GR; ++i) {
+      o_on[i] = o0 + 16 * i < rows16;
+      c_on[i] = c0 + 16 * i < cols16;
+    }
+    wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc[GR][GR];
+#pragma unroll
+    for (int i = 0; i < GR; ++i) {
+#pragma unroll
+      for (int j = 0; j < GR; ++j) {
+        if (o_on[i] && c_on[j]) {
+          wmma::load_matrix_sync(acc[i][j], part + int64_t(o0 + 16 * i) * cols16 + c0 + 16 * j, cols16,
+                                 wmma::mem_row_major);
+        }
+      }
+    }
+    for (int m = 0; m < rows; m += 8) {
+      // G^T as matrix_a: element (o, m) at g[m * ld + o], i.e. column-major with stride ld.
+      wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::col_major> fg[GR];
+      wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> fa[GR];
+#pragma unroll
+      for (int i = 0; i < GR; ++i) {
+        if (o_on[i]) {
+          wmma::load_matrix_sync(fg[i], g + m * ld + o0 + 16 * i, ld);
+#pragma unroll
+          for (int e = 0; e < fg[i].num_elements; ++e) fg[i].x[e] = wmma::__float_to_tf32(fg[i].x[e]);
+        }
+        if (c_on[i]) {
+          wmma::load_matrix_sync(fa[i], a + m * ld + c0 + 16 * i, ld);
+#pragma unroll
+          for (int e = 0; e < fa[i].num_elements; ++e) fa[i].x[e] = wmma::__float_to_tf32(fa[i].x[e]);
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < GR; ++i) {
+#pragma unroll
+        for (int j = 0; j < GR; ++j) {
+          if (o_on[i] && c_on[j]) wmma::mma_sync(acc[i][j], fg[i], fa[j], acc[i][j]);
+        }
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < GR; ++i) {
+#pragma unroll
+      for (int j = 0; j < GR; ++j) {
+        if (o_on[i] && c_on[j]) {
+          wmma::store_matrix_sync(part + int64_t(o0 + 16 * i) * cols16 + c0 + 16 * j, acc[i][j], cols16,
+                                  wmma::mem_row_major);
+        }
+      }
+    }
+  }
+}
+
 // Weight gradient of one layer, added to this block's part (global memory, nobody else's):
 //   part[o][c] += sum_{m < rows} G[m][o] A[m][c]   for o < rows16, c < cols16,
 // part row stride cols16 (see GradLayout). G (output-side gradients) and A (the layer's inputs)
@@ -290,64 +360,11 @@ __device__ void block_weight_grad(const T* __restrict__ g, const T* __restrict__
                                   int rows16, int cols16, const tile::TilePlan& plan) {
   const int ld = plan.ld;
   if constexpr (kTF32) {
-    using namespace nvcuda;
-    // Each warp takes 2 x 2 tiles of 16 x 16 of the part at a time (those inside it): per step of
-    // 8 rows it loads 2 G and 2 A fragments for 4 products, where one tile at a time loaded 2 for 1.
-    // (Both operands step the stack's rows by lane % 4, a 2-way bank conflict at the stack's skew,
-    // which the forward's A fragments need: this product is the backward's heaviest user of
-    // shared memory.)
-    const int warp = thread_index() / 32;
-    const int col_groups = int(tile::ceil_div(cols16, 32)), groups = int(tile::ceil_div(rows16, 32)) * col_groups;
-    for (int t = warp; t < groups; t += kWarps) {
-      const int o0 = (t / col_groups) * 32, c0 = (t % col_groups) * 32;
-      const bool o_on[2] = {true, o0 + 16 < rows16}, c_on[2] = {true, c0 + 16 < cols16};  // warp-uniform
-      wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc[2][2];
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-#pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          if (o_on[i] && c_on[j]) {
-            wmma::load_matrix_sync(acc[i][j], part + int64_t(o0 + 16 * i) * cols16 + c0 + 16 * j, cols16,
-                                   wmma::mem_row_major);
-          }
-        }
-      }
-      for (int m = 0; m < rows; m += 8) {
-        // G^T as matrix_a: element (o, m) at g[m * ld + o], i.e. column-major with stride ld.
-        wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::col_major> fg[2];
-        wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> fa[2];
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-          if (o_on[i]) {
-            wmma::load_matrix_sync(fg[i], g + m * ld + o0 + 16 * i, ld);
-#pragma unroll
-            for (int e = 0; e < fg[i].num_elements; ++e) fg[i].x[e] = wmma::__float_to_tf32(fg[i].x[e]);
-          }
-          if (c_on[i]) {
-            wmma::load_matrix_sync(fa[i], a + m * ld + c0 + 16 * i, ld);
-#pragma unroll
-            for (int e = 0; e < fa[i].num_elements; ++e) fa[i].x[e] = wmma::__float_to_tf32(fa[i].x[e]);
-          }
-        }
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-#pragma unroll
-          for (int j = 0; j < 2; ++j) {
-            if (o_on[i] && c_on[j]) wmma::mma_sync(acc[i][j], fg[i], fa[j], acc[i][j]);
-          }
-        }
-      }
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-#pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          if (o_on[i] && c_on[j]) {
-            wmma::store_matrix_sync(part + int64_t(o0 + 16 * i) * cols16 + c0 + 16 * j, acc[i][j], cols16,
-                                    wmma::mem_row_major);
-          }
-        }
-      }
-    }
+    // 2 x 2 tiles per warp everywhere. On narrow layers (the output layer's 16 rows, the first
+    // layer's 16 columns) that leaves half the warps idle, where single tiles would not; choosing
+    // <1> there made the TF32 jko_block_loss kernel spill 20 bytes (ptxas, sm_80 and sm_90), and
+    // those layers are a small share of the work.
+    tf32_weight_grad<2>(g, a, rows, part, rows16, cols16, ld);
   } else {
     constexpr int TM = RegisterTile<T>::kRows, TN = RegisterTile<T>::kCols;
     int Tx = 32;  // as few column threads as cover cols16, so that narrow layers keep all busy

@@ -84,7 +84,8 @@ GradTuple backward(const char* op, const FieldArgs& args, const at::Tensor& grad
   const Launch launch = plan<T>(op, args, /*backward=*/true, tf32);
   p.plan = launch.plan;
   const BackwardBuffers buffers =
-      backward_buffers(args.sizes, launch, p.layout, args.x.size(0), args.x.options(), kFieldTilesPerTotal);
+      backward_buffers(args.sizes, launch, p.layout, args.x.size(0), args.x.options(),
+                       field_tiles_per_total(launch.plan));
   p.partials = buffers.partials.mutable_data_ptr<T>();
   p.totals = buffers.totals_or_null();
   p.scratch = buffers.scratch.mutable_data_ptr<T>();

@@ -101,7 +101,7 @@ __global__ void __launch_bounds__(kThreads, JKOFAST_CUDA_MIN_BLOCKS) mlp_field_b
       }
       __syncthreads();
     }
-    block.end_tile(p.totals, p.layout, moves_part_after(t, tiles, blockIdx.x, gridDim.x, kFieldTilesPerTotal));
+    block.end_tile(p.totals, p.layout, moves_part_after(t, tiles, blockIdx.x, gridDim.x, field_tiles_per_total(plan)));
   }
 }
 

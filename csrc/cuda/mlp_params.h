@@ -70,12 +70,17 @@ inline GradLayout make_grad_layout(int64_t dim, int64_t input_dim, int64_t hidde
 // How many of its tiles a block's float part sums before BlockBackward::end_tile moves it into the
 // block's double total. A move reads and writes 24 bytes per parameter (in L2, where the parts
 // and totals of all blocks may not fit), against 8 per pass for the products' own updates of the
-// part. The field's backward runs one pass per tile (per tangent chunk), so it moves every 8
-// tiles; rk4_block and jko_block_loss run 4 passes per step per tile (12 or more), so they move
-// after every tile. A part then sums ~100 passes at most; sums of ~660 met the float32 rule only
-// through its floor (tests/cuda_emulation/float32_at_scale.py).
-inline constexpr int kFieldTilesPerTotal = 8;
+// part, so a move should follow several passes. The field's backward runs `chunks` passes per
+// tile: it moves once about 8 passes have been summed (every 8 / chunks tiles, at least every
+// tile). rk4_block and jko_block_loss run 4 x steps x chunks passes per tile (12 or more): they
+// move after every tile. A part thus sums at most one tile, or the field's 8 passes; a tile of
+// many steps and chunks is the long case (3 steps, 1 chunk: 12 passes), and float sums of ~660
+// passes met the float32 rule only through its floor (tests/cuda_emulation/float32_at_scale.py).
+inline constexpr int kFieldPassesPerTotal = 8;
 inline constexpr int kRk4TilesPerTotal = 1;
+JKO_HOST_DEVICE int field_tiles_per_total(const tile::TilePlan& plan) {
+  return plan.chunks < kFieldPassesPerTotal ? kFieldPassesPerTotal / plan.chunks : 1;
+}
 
 // Whether the block `block` of `grid` (its tiles: block, block + grid, ...) moves its part after
 // tile t: after every `every`-th of its tiles, and after its last.

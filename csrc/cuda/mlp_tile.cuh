@@ -46,7 +46,7 @@ __device__ __forceinline__ ActivationValues<T> activate(Activation kind, T z, T 
 // 128k on an H100 about 55 tiles x 12 stage evaluations x 3 layers), and float sums that long lose
 // more than torch's blocked reductions (tests/cuda_emulation/float32_at_scale.py measured bias
 // gradients at 20x torch float32's error with 1024 tiles per block). end_tile() moves the part
-// into the double total and zeroes it every few tiles (mlp_params.h: kFieldTilesPerTotal,
+// into the double total and zeroes it every few tiles (mlp_params.h: field_tiles_per_total,
 // kRk4TilesPerTotal), so float sums stay short; csrc/cpu/mlp_tile_cpu.h (GradShare) does the same
 // on the CPU.
 // (The totals pointer and the size are read from the kernel's parameters, not kept here: members

@@ -67,6 +67,9 @@ class Emulator:
         self.lib.emu_stage_store_ways.restype = ctypes.c_int
         self.lib.emu_fragment_load_ways.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int] * 2
         self.lib.emu_fragment_load_ways.restype = ctypes.c_int
+        self.lib.emu_moves_part_after.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int]
+        self.lib.emu_needs_totals.argtypes = [ctypes.c_int64] * 2 + [ctypes.c_int]
+        self.lib.emu_field_tiles_per_total.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int]
         self.lib.emu_set_schedule.argtypes = [ctypes.c_int]
         self.lib.emu_within_limits.argtypes = [ctypes.c_int64] * 3
         self.lib.emu_within_limits.restype = ctypes.c_int

@@ -162,7 +162,7 @@ int field(const int64_t* ints, const double* reals, void* const* ptrs) {
   p.grad_div = static_cast<const T*>(ptrs[6]);
   p.grad_x = static_cast<T*>(ptrs[7]);
   p.grad_t = static_cast<T*>(ptrs[8]);
-  const GradBuffers<T> buffers(c, p, kFieldTilesPerTotal);
+  const GradBuffers<T> buffers(c, p, field_tiles_per_total(p.plan));
   if constexpr (sizeof(T) == 4) {
     run(tf32 ? mlp_field_backward_kernel<float, true> : mlp_field_backward_kernel<float, false>, p, c.grid,
         p.plan.smem_bytes);
@@ -373,6 +373,15 @@ int emu_fragment_load_ways(int64_t dim, int64_t input_dim, int64_t hidden, int64
     }
   }
   return worst;
+}
+
+// When backward kernels move a block's float part into its double total (mlp_params.h).
+int emu_moves_part_after(int64_t t, int64_t tiles, int64_t block, int64_t grid, int every) {
+  return moves_part_after(t, tiles, block, grid, every) ? 1 : 0;
+}
+int emu_needs_totals(int64_t tiles, int64_t grid, int every) { return needs_totals(tiles, grid, every) ? 1 : 0; }
+int emu_field_tiles_per_total(int64_t dim, int64_t input_dim, int64_t hidden, int64_t tangent_rows, int rows) {
+  return field_tiles_per_total(tile::make_plan(dim, input_dim, hidden, tangent_rows, 4, rows));
 }
 
 int emu_field(const int64_t* ints, const double* reals, void* const* ptrs) {
