@@ -57,6 +57,19 @@ void run(void (*kernel)(Params), const Params& p, int grid, int64_t smem_bytes) 
   }
 }
 
+// Shared-memory bank conflict of one request (the 4-byte words it touches): the most distinct words
+// that fall on one of the 32 banks (1: conflict-free).
+int request_ways(const std::vector<int64_t>& words) {
+  std::vector<std::vector<int64_t>> bank(32);
+  for (const int64_t w : words) bank[size_t(w % 32)].push_back(w);
+  int worst = 0;
+  for (auto& b : bank) {
+    std::sort(b.begin(), b.end());
+    worst = std::max(worst, int(std::unique(b.begin(), b.end()) - b.begin()));
+  }
+  return worst;
+}
+
 template <typename T>
 DeviceBuffer<T> nan_buffer(int64_t count) {
   return DeviceBuffer<T>(size_t(count > 0 ? count : 1), std::numeric_limits<T>::quiet_NaN());
@@ -331,19 +344,16 @@ int emu_stage_store_ways(int64_t dim, int64_t input_dim, int64_t hidden, int64_t
   const int lanes = itemsize == 8 ? 16 : 32, words = itemsize / 4;
   int worst = 0;
   for (int first = 0; first < elems; first += lanes) {
-    std::vector<std::vector<int64_t>> bank(32);
+    std::vector<int64_t> request;
     for (int e = first; e < first + lanes; ++e) {
       int q = -1, p = -1;
       tile::stage_position(e, transposed != 0, plan, itemsize, q, p);
       if (q < 0 || q >= plan.stage_rows || p < 0 || p >= plan.chunk_cols || hits[size_t(q) * plan.chunk_cols + p]++)
         return -1;
       const int64_t word = (int64_t(q) * plan.stage_ld + p) * words;
-      for (int w = 0; w < words; ++w) bank[size_t((word + w) % 32)].push_back(word + w);
+      for (int w = 0; w < words; ++w) request.push_back(word + w);
     }
-    for (auto& b : bank) {
-      std::sort(b.begin(), b.end());
-      worst = std::max(worst, int(std::unique(b.begin(), b.end()) - b.begin()));
-    }
+    worst = std::max(worst, request_ways(request));
   }
   return worst;
 }
@@ -360,17 +370,13 @@ int emu_fragment_load_ways(int64_t dim, int64_t input_dim, int64_t hidden, int64
   const int64_t ld = operand == 0 ? plan.ld : plan.stage_ld;
   int worst = 0;
   for (int load = 0; load < 4; ++load) {
-    std::vector<std::vector<int64_t>> bank(32);
+    std::vector<int64_t> request;
     for (int lane = 0; lane < 32; ++lane) {
       const int g = lane / 4, t = lane % 4;
-      const int64_t word = operand == 0 ? (g + 8 * (load & 1)) * ld + t + 4 * (load >> 1)
-                                        : (t + 4 * (load & 1)) * ld + g + 8 * (load >> 1);
-      bank[size_t(word % 32)].push_back(word);
+      request.push_back(operand == 0 ? (g + 8 * (load & 1)) * ld + t + 4 * (load >> 1)
+                                     : (t + 4 * (load & 1)) * ld + g + 8 * (load >> 1));
     }
-    for (auto& b : bank) {
-      std::sort(b.begin(), b.end());
-      worst = std::max(worst, int(std::unique(b.begin(), b.end()) - b.begin()));
-    }
+    worst = std::max(worst, request_ways(request));
   }
   return worst;
 }
