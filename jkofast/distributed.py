@@ -7,8 +7,11 @@ jkofast joins a process group in one of two ways (:func:`connect`):
   ``init_process_group`` itself): it is used as it is;
 * torchrun's environment (``WORLD_SIZE`` > 1, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``,
   ``MASTER_PORT``) is present: jkofast initializes the default group, NCCL for a CUDA device and
-  gloo for the CPU, with a timeout, and leaves it initialized (destroy it with
-  ``torch.distributed.destroy_process_group()``; the command line does).
+  gloo for the CPU, with a timeout, and leaves it initialized for later calls in the same process
+  (``jkofast.train`` twice, then ``metrics.nll``). It destroys that group itself when the
+  interpreter exits (or at :meth:`Dist.close`, which the command line calls), before Python's
+  finalization: a gloo group destroyed during finalization aborts the process about one exit
+  in five ("terminate called without an active exception"; see :meth:`Dist.close`).
 
 Otherwise the run is a single process and nothing here communicates. Under a group, a device
 given as plain ``"cuda"`` becomes ``cuda:LOCAL_RANK``, one GPU per process.
@@ -23,6 +26,7 @@ socket closes); a peer that hangs is noticed after the timeout, ``JKOFAST_DIST_T
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
 import gc
@@ -161,12 +165,15 @@ class Dist:
         if self.owns_group and tdist.is_initialized():
             tdist.destroy_process_group()
             self.owns_group = False
-            # Objects in reference cycles (DDP wrappers, finished all_reduce works) can still hold
-            # the gloo process group. Left to the interpreter's final collection, it is destroyed
-            # while its worker threads may need the GIL, which a finalizing Python refuses with
-            # pthread_exit; the unwind through gloo's noexcept frames then aborts the process
-            # ("terminate called without an active exception", seen in torchrun runs). Collect
-            # them now, while the threads can still finish normally.
+            # Why this matters: a gloo worker thread drops its last finished work (and with it
+            # tensors whose Python objects need the GIL) just after the waiting rank resumes. If
+            # that rank has meanwhile reached the interpreter's finalization, Python ends the
+            # thread with pthread_exit, whose unwind through gloo's noexcept frames aborts the
+            # process ("terminate called without an active exception": 6 of 30 two-rank exits of
+            # jkofast.train without this). Destroying the group joins those threads first, but
+            # only once nothing else holds it: collect the reference cycles (DDP wrappers) now;
+            # torch.distributed.nn's import-time defaults are kept off it by
+            # _import_before_the_group.
             gc.collect()
 
 
@@ -196,6 +203,16 @@ def _place(device: torch.device, local_rank: int) -> torch.device:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     return device
+
+
+def _import_before_the_group() -> None:
+    """Import torch.distributed.nn, which DistributedDataParallel imports on first use, while no
+    group exists. Its functions take ``group=group.WORLD`` as a default argument, evaluated at
+    import: imported under a group, they hold that group for the life of the process (torch
+    2.13), so destroy_process_group() cannot free it and its gloo threads outlive close() into
+    the interpreter's finalization, where they abort the process (:meth:`Dist.close`).
+    Imported before, the defaults are None (the default group, looked up at each call)."""
+    import torch.distributed.nn  # noqa: F401  (imported for its import-time defaults)
 
 
 def connect(device: str | torch.device = "cpu") -> Dist:
@@ -228,10 +245,17 @@ def connect(device: str | torch.device = "cpu") -> Dist:
     local_rank = _env_int("LOCAL_RANK", 0)
     device = _place(device, local_rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
+    _import_before_the_group()
     try:
         tdist.init_process_group(backend, timeout=_timeout())
     except (RuntimeError, tdist.DistError) as exc:
         raise DistributedError(f"rank {os.environ['RANK']} of {world} could not join the process group at "
                                f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} ({backend}): {exc}") from exc
-    return Dist(rank=tdist.get_rank(), world=tdist.get_world_size(), local_rank=local_rank,
+    dist = Dist(rank=tdist.get_rank(), world=tdist.get_world_size(), local_rank=local_rank,
                 local_world=_env_int("LOCAL_WORLD_SIZE", 1), device=device, owns_group=True)
+    # A library caller (``jkofast.train`` under torchrun) never calls close(): without this the
+    # group would live until finalization, where destroying it can abort the process (close()).
+    # atexit handlers run before finalization, while gloo's threads can still take the GIL;
+    # close() is idempotent, so an explicit close first makes this a no-op.
+    atexit.register(dist.close)
+    return dist

@@ -8,6 +8,7 @@ files in the folder the arguments name; the test compares them.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import sys
@@ -73,7 +74,18 @@ def resume(args: dict) -> None:
         torch.save(flow.state_dict(), Path(out) / f"rank{os.environ['RANK']}.pt")
 
 
+def _count_gloo_threads_at_exit() -> None:
+    """Registered before jkofast registers its own exit handler, so it runs after it (atexit
+    is last in, first out): the gloo threads still alive when the interpreter starts its
+    finalization, where a gloo thread that needs the GIL aborts the process (Dist.close)."""
+    tasks = Path("/proc/self/task")
+    if tasks.is_dir():  # Linux
+        names = [(t / "comm").read_text().strip() for t in tasks.iterdir()]
+        sys.stderr.write(f"gloo threads at exit: {sum('gloo' in n for n in names)}\n")
+
+
 if __name__ == "__main__":
+    atexit.register(_count_gloo_threads_at_exit)
     torch.set_num_threads(1)
     scenario, payload = sys.argv[1], json.loads(sys.argv[2])
     try:
