@@ -2,26 +2,35 @@
 # What a session with a lent GPU runs: build jkofast with its CUDA kernels, run the GPU tests, run
 # compute-sanitizer on small cases, run the benchmark; logs and results into $OUT.
 #
-# The lent machine (H100): a bare copy of this tree, no network, Python 3.12 with torch 2.11+cu130,
-# nvcc, cmake, ninja, pytest, compute-sanitizer, ncu. One device call may run 10 minutes and a
-# machine stays warm (keeping the build) only ~30 s between calls, so run the stages in three calls,
-# back to back (a cold machine rebuilds first, ~2 minutes):
+# The lent machine (H100/H200): a bare copy of this tree, no network, Python 3.12 with torch
+# 2.11+cu130, nvcc, cmake, ninja, pytest, compute-sanitizer, ncu. A session has 15 minutes of
+# device time in all, the machine's start (a minute or more) and idle time included, one call at
+# most 10 minutes, and a machine stays warm only 30 s after a call. So:
 #
-#   bash .ci/gpu_session.sh build test sweep  # ~6 min: build, the GPU tests, the stack-height sweep
-#   bash .ci/gpu_session.sh build sanitize    # ~5 min: memcheck, racecheck, synccheck, initcheck
-#   bash .ci/gpu_session.sh build bench       # ~7 min: bench/bench_gpu.py (JSON into $OUT)
+#   here, first:  bash .ci/gpu_carry_wheel
+#       builds the wheel for the machine (cp312, torch 2.11.0+cu130, sm_90) into .gpu-carry/ (git-
+#       ignored), so the call installs it in seconds instead of compiling for ~2 minutes; the build
+#       stage checks it matches these sources and loads, and compiles there if not.
+#   call 1 (run: timeout_s 480, carry [".gpu-carry"]):
+#       GPU_SESSION_SECONDS=450 bash .ci/gpu_session.sh first
+#       = env build test goal memcheck: correctness, the goal case's numbers (bench_gpu.py --goal:
+#       goals (a)-(e)), memcheck on the small cases.
+#   call 2, only with 5+ minutes of device time left (status), timeout_s what is left less 60 s:
+#       GPU_SESSION_SECONDS=<timeout_s - 30> bash .ci/gpu_session.sh build rest
+#       = racecheck synccheck sweep bench: the full table last, since it keeps its rows when cut.
 #
-# Optional stage: profile (ncu on the fused d=6/width 128 training step at batch 16k).
-# With no arguments: env build test sweep sanitize bench, with no time limit (a workstation).
+# Other stages: sanitize (all four compute-sanitizer tools), initcheck, profile (ncu on the fused
+# d=6/width 128 training step at batch 16k). With no arguments: env build test sweep sanitize
+# bench, with no time limit (a workstation).
 #
 # Robust by design: no `set -e`; every stage runs under its own timeout with its output in its own
 # log; a failing stage does not stop the next; summary.txt lists each stage's exit status and time.
-# One call has GPU_SESSION_SECONDS (default 570, inside the device tool's 600; 0: no limit): a
-# stage's timeout is cut to what is left of it, and a stage with under 30 s left is skipped, so
-# the script ends by itself rather than being killed. summary.txt and stage-tails.txt are copied
-# into $OUT after every stage, so even a killed call returns what had finished.
-# $OUT receives at most 7 files: summary.txt, logs.tar.gz (every log), and where produced
-# bench-gpu.json, gpu-rows.json, tf32-errors.json, resources.txt, stage-tails.txt.
+# One call has GPU_SESSION_SECONDS (default 450; 0: no limit): a stage's timeout is cut to what is
+# left of it, and a stage with under 30 s left is skipped, so the script ends by itself rather
+# than being killed. summary.txt and stage-tails.txt are copied into $OUT after every stage, so
+# even a killed call returns what had finished.
+# $OUT receives at most 8 files: summary.txt, logs.tar.gz (every log), and where produced
+# bench-gpu.json, bench-goal.json, gpu-rows.json, tf32-errors.json, resources.txt, stage-tails.txt.
 set -u -o pipefail
 set -x
 
@@ -32,7 +41,7 @@ LOGS=$(mktemp -d /tmp/jkofast-gpu-XXXX)
 touch "$LOGS/started"
 PY=${PYTHON:-python3}
 STAGES=("$@")
-CALL_SECONDS=${GPU_SESSION_SECONDS:-570}
+CALL_SECONDS=${GPU_SESSION_SECONDS:-450}
 if [ ${#STAGES[@]} -eq 0 ]; then
   STAGES=(env build test sweep sanitize bench)
   CALL_SECONDS=${GPU_SESSION_SECONDS:-0}
@@ -77,6 +86,8 @@ finish() {
   local json
   json=$(find "$REPO/bench/results" -name 'gpu-cuda-*.json' -newer "$LOGS/started" 2>/dev/null | head -1)
   [ -n "$json" ] && cp "$json" "$OUT/bench-gpu.json"
+  json=$(find "$REPO/bench/results" -name 'gpu-goal-cuda-*.json' -newer "$LOGS/started" 2>/dev/null | head -1)
+  [ -n "$json" ] && cp "$json" "$OUT/bench-goal.json"
   json=$(find "$REPO/bench/results" -name 'gpu-rows-cuda-*.json' -newer "$LOGS/started" 2>/dev/null | head -1)
   [ -n "$json" ] && cp "$json" "$OUT/gpu-rows.json"
   tar czf "$OUT/logs.tar.gz" -C "$LOGS" . 2>/dev/null
@@ -101,17 +112,38 @@ stage_env() {
 # what changed. Skipped when the installed library was built from these very sources.
 stage_build() {
   local stamp
-  stamp=$(cat "$REPO/CMakeLists.txt" "$REPO"/csrc/*.* "$REPO"/csrc/*/*.* | sha256sum | cut -c1-16)
+  stamp=$(bash "$REPO/.ci/gpu_source_stamp")
   if [ -f "$REPO/build/gpu-session/stamp" ] && [ "$(cat "$REPO/build/gpu-session/stamp")" = "$stamp" ] &&
      (cd /tmp && $PY -c "import jkofast._C, torch, sys; sys.exit(not torch._C._dispatch_has_kernel_for_dispatch_key('jkofast::rk4_block', 'CUDA'))"); then
     echo "build: up to date ($stamp)"
     return 0
+  fi
+  # The wheel built on the CPU machine (.ci/gpu_carry_wheel), if it was built from these sources
+  # and loads here with its CUDA kernels; else compile below.
+  local wheel
+  wheel=$(ls "$REPO"/.gpu-carry/jkofast-*.whl 2>/dev/null | head -1)
+  if [ -n "$wheel" ] && [ "$(cat "$REPO/.gpu-carry/stamp" 2>/dev/null)" = "$stamp" ]; then
+    if $PY -m pip install --no-deps --no-index --force-reinstall "$wheel" &&
+       (cd /tmp && $PY -c "import jkofast._C, torch, sys; sys.exit(not torch._C._dispatch_has_kernel_for_dispatch_key('jkofast::rk4_block', 'CUDA'))"); then
+      echo "build: installed the carried wheel $(basename "$wheel")"
+      mkdir -p "$REPO/build/gpu-session" && echo "$stamp" > "$REPO/build/gpu-session/stamp"
+      build_report
+      return 0
+    fi
+    echo "build: the carried wheel did not install or load here; compiling"
+  elif [ -n "$wheel" ]; then
+    echo "build: the carried wheel is stale (stamp $(cat "$REPO/.gpu-carry/stamp" 2>/dev/null), sources $stamp); compiling"
   fi
   export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
   export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
   export CUDA_PATH="${CUDA_PATH:-/usr/local/cuda}"
   (cd "$REPO" && $PY -m pip install -v --no-build-isolation --no-deps --no-index . -Cbuild-dir=build/gpu-session) || return 1
   echo "$stamp" > "$REPO/build/gpu-session/stamp"
+  build_report
+}
+
+# What was built: each kernel's registers, shared memory and spills; the library's architectures.
+build_report() {
   local so
   so=$(cd /tmp && $PY -c "import jkofast._C as C; print(C.__file__)")
   local cuobjdump
@@ -141,6 +173,11 @@ stage_bench() {
   cd "$REPO" && $PY bench/bench_gpu.py --budget "${BENCH_BUDGET:-400}"
 }
 
+# The goal case alone (d=6, width 128, batches 2k and 16k): the numbers goals (a)-(e) rest on.
+stage_goal() {
+  cd "$REPO" && $PY bench/bench_gpu.py --goal --budget "${GOAL_BUDGET:-120}"
+}
+
 # The fused training step at every stack height (JKOFAST_CUDA_ROWS) against the plan rule's choice.
 stage_sweep() {
   cd "$REPO" && $PY bench/sweep_gpu_rows.py --budget "${SWEEP_BUDGET:-120}"
@@ -164,21 +201,34 @@ torch.cuda.synchronize()"
 }
 
 export REPO LOGS PY
-export -f stage_env stage_build stage_test stage_sanitize_tool stage_bench stage_sweep stage_profile
+export -f stage_env stage_build build_report stage_test stage_goal stage_sanitize_tool stage_bench stage_sweep stage_profile
+
+# Named sequences of stages (see the header).
+EXPANDED=()
+for stage in "${STAGES[@]}"; do
+  case "$stage" in
+    first) EXPANDED+=(env build test goal memcheck) ;;
+    rest) EXPANDED+=(racecheck synccheck sweep bench) ;;
+    *) EXPANDED+=("$stage") ;;
+  esac
+done
+STAGES=("${EXPANDED[@]}")
 
 for stage in "${STAGES[@]}"; do
   case "$stage" in
     env) run_stage env 60 stage_env ;;
     build) run_stage build 420 stage_build ;;
-    test) run_stage test 420 stage_test ;;
+    test) run_stage test 180 stage_test ;;
     sanitize)
       run_stage memcheck 150 stage_sanitize_tool memcheck
       run_stage racecheck 200 stage_sanitize_tool racecheck
       run_stage synccheck 100 stage_sanitize_tool synccheck
       run_stage initcheck 100 stage_sanitize_tool initcheck ;;
+    memcheck|racecheck|synccheck|initcheck) run_stage "$stage" 150 stage_sanitize_tool "$stage" ;;
+    goal) run_stage goal 200 stage_goal ;;
     bench) run_stage bench 540 stage_bench ;;
     sweep) run_stage sweep 180 stage_sweep ;;
     profile) run_stage profile 300 stage_profile ;;
-    *) summary "unknown stage '$stage' (env, build, test, sweep, sanitize, bench, profile)" ;;
+    *) summary "unknown stage '$stage' (first, rest, env, build, test, goal, sweep, sanitize, memcheck, racecheck, synccheck, initcheck, bench, profile)" ;;
   esac
 done

@@ -27,7 +27,10 @@ the goal case also at batch 16k, in the JSON's environment: check_b16384_fp32 / 
 The JSON (bench/results/gpu-cuda-<date>.json) is rewritten after every row, so a run cut short
 keeps what it measured. Runs in about 3-6 minutes on an H100 (compile rows dominate).
 
-    python bench/bench_gpu.py [--quick] [--compile-all] [--budget SECONDS] [--compare PATH]
+    python bench/bench_gpu.py [--goal | --quick] [--compile-all] [--budget SECONDS] [--compare PATH]
+
+``--goal`` runs the goal case alone (about 1-3 minutes, most of it the two compile rows): the
+first thing a short GPU session runs.
 """
 from __future__ import annotations
 
@@ -185,17 +188,31 @@ def matmul_ceilings() -> dict:
     return out
 
 
+def row_impls(dim: int, width: int, args) -> list[tuple[str, str]]:
+    """The (implementation, precision) rows of one case."""
+    impls = [("fused", "fp32"), ("fused", "tf32"), ("eager", "fp32"), ("eager", "tf32"),
+             ("graph", "fp32"), ("graph", "tf32")]
+    if (dim, width) == GOAL:
+        impls += [("ops", "fp32"), ("ops", "tf32")]
+    if args.compile_all or (dim, width) == GOAL:
+        impls.append(("compile", "tf32"))
+    return impls
+
+
 def main() -> None:
     parser = H.add_common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
     parser.add_argument("--compile-all", action="store_true", help="torch.compile rows for every case")
     parser.add_argument("--compile-mode", default="max-autotune", help="torch.compile mode of the compile rows")
     parser.add_argument("--budget", type=float, default=540.0, help="seconds; later compile rows are skipped past it")
+    parser.add_argument("--goal", action="store_true",
+                        help="only the goal case (d=6, width 128) at batches 2k and 16k: what the goals need")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_gpu.py needs a CUDA GPU")
     start = time.perf_counter()
-    cases = [(2, 64), (6, 128)] if args.quick else CASES
-    batches = [2048, 16384] if args.quick else BATCHES
+    kind = "gpu-goal" if args.goal else "gpu-quick" if args.quick else "gpu"
+    cases = [GOAL] if args.goal else [(2, 64), (6, 128)] if args.quick else CASES
+    batches = [2048, 16384] if args.quick or args.goal else BATCHES
     env = H.environment("cuda")
     env["gpu_memory_gb"] = torch.cuda.get_device_properties(0).total_memory / 2 ** 30
     print(f"{env['device']}, torch {env['torch']} (CUDA {env['cuda']}), {env['date']}", flush=True)
@@ -207,7 +224,7 @@ def main() -> None:
 
     def save():
         if not args.no_save:
-            H.save_results("gpu-quick" if args.quick else "gpu", env, rows)
+            H.save_results(kind, env, rows)
 
     for dim, width in cases:
         torch.manual_seed(0)
@@ -241,68 +258,68 @@ def main() -> None:
         print(f"d={dim} width {width}: {flops_per_sample * 16384 / 1e9:.0f} GFLOP per step at batch 16k; fused vs "
               f"float64 reference: rel. error fp32 {checks['fp32']:.1e}, tf32 {checks['tf32']:.1e} "
               f"[{time.perf_counter() - start:.0f} s]", flush=True)
-        for batch in batches:
-            x0 = torch.randn(batch, dim, device="cuda")
-            impls = [("fused", "fp32"), ("fused", "tf32"), ("eager", "fp32"), ("eager", "tf32"),
-                     ("graph", "fp32"), ("graph", "tf32")]
-            if (dim, width) == GOAL:
-                impls += [("ops", "fp32"), ("ops", "tf32")]
-            if args.compile_all or (dim, width) == GOAL:
-                impls.append(("compile", "tf32"))
-            for impl, precision in impls:
-                row = {"case": f"d{dim}-w{width}-l{LAYERS}-b{batch}-s{STEPS}", "impl": f"{impl}-{precision}",
-                       "implementation": impl, "precision": precision, "d": dim, "width": width, "layers": LAYERS,
-                       "batch": batch, "steps": STEPS}
-                rows.append(row)
-                if impl not in ("fused", "ops") and ref_bytes_per_sample * batch > 0.8 * free_bytes:
-                    row["skipped"] = f"the reference needs ~{ref_bytes_per_sample * batch / 2 ** 30:.0f} GiB"
-                    continue
-                if impl == "compile" and time.perf_counter() - start > args.budget:
-                    row["skipped"] = "over the time budget"
-                    continue
-                field = copy.deepcopy(field0)
-                set_tf32(precision == "tf32")
-                fn = None
-                try:
-                    if impl in ("fused", "ops", "eager"):
-                        fn = eager_step(field, x0, "torch" if impl == "eager" else "compiled", fused=impl == "fused")
-                        row["peak_mb"] = peak_memory(fn) / 2 ** 20
-                    elif impl == "graph":
-                        torch.cuda.reset_peak_memory_stats()
-                        base = torch.cuda.memory_allocated()
-                        fn = graph_step(field, x0)
-                        row["peak_mb"] = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
-                    else:
-                        fn = compiled_step(field, x0, args.compile_mode)
-                        t0 = time.perf_counter()
-                        fn()
-                        row["compile_s"] = time.perf_counter() - t0
-                        row["peak_mb"] = peak_memory(fn) / 2 ** 20
-                    row.update(sync_time(fn))
-                except torch.cuda.OutOfMemoryError:
-                    row["skipped"] = "out of memory"
-                    torch.cuda.empty_cache()
-                    continue
-                except Exception as exc:  # a failing row must not lose the others
-                    row["error"] = f"{type(exc).__name__}: {exc}"[:300]
-                    print(f"  {row['case']} {impl} {precision}: {row['error']}", flush=True)
-                    continue
-                finally:
-                    # Free the row's graph pool, compiled graphs and gradients before the next row.
-                    fn = field = None
-                    if impl == "compile":
-                        torch._dynamo.reset()
-                    torch.cuda.empty_cache()
-                row["tflops"] = flops_per_sample * batch / row["median_s"] / 1e12
-                row["pct_mm"] = 100 * row["tflops"] / env["ceiling"][f"mm_8192_{precision}_tflops"]
-                if impl == "fused":
-                    row["check"] = checks[precision]
-                print(f"  {row['case']:<24} {impl:<8} {precision}: {1e3 * row['median_s']:9.3f} ms "
-                      f"{row['tflops']:7.2f} TFLOP/s {row['peak_mb']:9.1f} MB [{time.perf_counter() - start:.0f} s]",
-                      flush=True)
-                save()
-            del x0
-            torch.cuda.empty_cache()
+        # Every batch's rows, then the compile rows (minutes of autotuning each), so a budget
+        # that runs out costs the compile rows, not the measurements the goals rest on.
+        plan = [(batch, impl, precision) for batch in batches for impl, precision in row_impls(dim, width, args)
+                if impl != "compile"]
+        plan += [(batch, impl, precision) for batch in batches for impl, precision in row_impls(dim, width, args)
+                 if impl == "compile"]
+        inputs = {batch: torch.randn(batch, dim, device="cuda") for batch in batches}
+        for batch, impl, precision in plan:
+            x0 = inputs[batch]
+            row = {"case": f"d{dim}-w{width}-l{LAYERS}-b{batch}-s{STEPS}", "impl": f"{impl}-{precision}",
+                   "implementation": impl, "precision": precision, "d": dim, "width": width, "layers": LAYERS,
+                   "batch": batch, "steps": STEPS}
+            rows.append(row)
+            if impl not in ("fused", "ops") and ref_bytes_per_sample * batch > 0.8 * free_bytes:
+                row["skipped"] = f"the reference needs ~{ref_bytes_per_sample * batch / 2 ** 30:.0f} GiB"
+                continue
+            if impl == "compile" and time.perf_counter() - start > args.budget:
+                row["skipped"] = "over the time budget"
+                continue
+            field = copy.deepcopy(field0)
+            set_tf32(precision == "tf32")
+            fn = None
+            try:
+                if impl in ("fused", "ops", "eager"):
+                    fn = eager_step(field, x0, "torch" if impl == "eager" else "compiled", fused=impl == "fused")
+                    row["peak_mb"] = peak_memory(fn) / 2 ** 20
+                elif impl == "graph":
+                    torch.cuda.reset_peak_memory_stats()
+                    base = torch.cuda.memory_allocated()
+                    fn = graph_step(field, x0)
+                    row["peak_mb"] = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+                else:
+                    fn = compiled_step(field, x0, args.compile_mode)
+                    t0 = time.perf_counter()
+                    fn()
+                    row["compile_s"] = time.perf_counter() - t0
+                    row["peak_mb"] = peak_memory(fn) / 2 ** 20
+                row.update(sync_time(fn))
+            except torch.cuda.OutOfMemoryError:
+                row["skipped"] = "out of memory"
+                torch.cuda.empty_cache()
+                continue
+            except Exception as exc:  # a failing row must not lose the others
+                row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+                print(f"  {row['case']} {impl} {precision}: {row['error']}", flush=True)
+                continue
+            finally:
+                # Free the row's graph pool, compiled graphs and gradients before the next row.
+                fn = field = None
+                if impl == "compile":
+                    torch._dynamo.reset()
+                torch.cuda.empty_cache()
+            row["tflops"] = flops_per_sample * batch / row["median_s"] / 1e12
+            row["pct_mm"] = 100 * row["tflops"] / env["ceiling"][f"mm_8192_{precision}_tflops"]
+            if impl == "fused":
+                row["check"] = checks[precision]
+            print(f"  {row['case']:<24} {impl:<8} {precision}: {1e3 * row['median_s']:9.3f} ms "
+                  f"{row['tflops']:7.2f} TFLOP/s {row['peak_mb']:9.1f} MB [{time.perf_counter() - start:.0f} s]",
+                  flush=True)
+            save()
+        del inputs
+        torch.cuda.empty_cache()
 
     for row in rows:
         if row.get("median_s"):
@@ -316,7 +333,7 @@ def main() -> None:
                ("TFLOP/s", "tflops", ".2f"), ("% mm", "pct_mm", ".1f"), ("peak MB", "peak_mb", ".1f"),
                ("check", "check", ".1e"), ("note", "note", "")]
     print()
-    H.finish("gpu-quick" if args.quick else "gpu", env, rows, columns, args)
+    H.finish(kind, env, rows, columns, args)
     goals(rows, env)
     print(f"total {time.perf_counter() - start:.0f} s")
 
