@@ -24,8 +24,8 @@ cannot hold in memory are skipped (its peak is measured at a small batch and sca
 ``check``: the fused loss's and gradients' relative error against the float64 reference (batch 512;
 the goal case also at batch 16k, in the JSON's environment: check_b16384_fp32 / _tf32).
 
-The JSON (bench/results/gpu-cuda-<date>.json) is rewritten after every row, so a run cut short
-keeps what it measured. Runs in about 3-6 minutes on an H100 (compile rows dominate).
+The JSON (bench/results/gpu-cuda-<date>.json; gpu-goal-cuda-... with --goal, gpu-quick-cuda-...
+with --quick) is rewritten after every row, so a run cut short keeps what it measured. Runs in about 3-6 minutes on an H100 (compile rows dominate).
 
     python bench/bench_gpu.py [--goal | --quick] [--compile-all] [--budget SECONDS] [--compare PATH]
 
@@ -207,6 +207,8 @@ def main() -> None:
     parser.add_argument("--goal", action="store_true",
                         help="only the goal case (d=6, width 128) at batches 2k and 16k: what the goals need")
     args = parser.parse_args()
+    if args.goal and args.quick:
+        parser.error("--goal and --quick choose different cases: give one")
     if not torch.cuda.is_available():
         raise SystemExit("bench_gpu.py needs a CUDA GPU")
     start = time.perf_counter()
@@ -265,8 +267,14 @@ def main() -> None:
         plan += [(batch, impl, precision) for batch in batches for impl, precision in row_impls(dim, width, args)
                  if impl == "compile"]
         inputs = {batch: torch.randn(batch, dim, device="cuda") for batch in batches}
+        printed_goals = False
         for batch, impl, precision in plan:
             x0 = inputs[batch]
+            if impl == "compile" and (dim, width) == GOAL and not printed_goals:
+                # The goals as far as measured, before the compile rows: a call cut short during
+                # their autotuning still prints them (the JSON holds every finished row anyway).
+                goals(rows, env)
+                printed_goals = True
             row = {"case": f"d{dim}-w{width}-l{LAYERS}-b{batch}-s{STEPS}", "impl": f"{impl}-{precision}",
                    "implementation": impl, "precision": precision, "d": dim, "width": width, "layers": LAYERS,
                    "batch": batch, "steps": STEPS}
@@ -318,7 +326,7 @@ def main() -> None:
                   f"{row['tflops']:7.2f} TFLOP/s {row['peak_mb']:9.1f} MB [{time.perf_counter() - start:.0f} s]",
                   flush=True)
             save()
-        del inputs
+        x0 = inputs = None
         torch.cuda.empty_cache()
 
     for row in rows:

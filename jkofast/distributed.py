@@ -10,8 +10,8 @@ jkofast joins a process group in one of two ways (:func:`connect`):
   gloo for the CPU, with a timeout, and leaves it initialized for later calls in the same process
   (``jkofast.train`` twice, then ``metrics.nll``). It destroys that group itself when the
   interpreter exits (or at :meth:`Dist.close`, which the command line calls), before Python's
-  finalization: a gloo group destroyed during finalization aborts the process about one exit
-  in five ("terminate called without an active exception"; see :meth:`Dist.close`).
+  finalization: gloo threads still alive at finalization aborted about one rank exit in five
+  ("terminate called without an active exception"; see :meth:`Dist.close`).
 
 Otherwise the run is a single process and nothing here communicates. Under a group, a device
 given as plain ``"cuda"`` becomes ``cuda:LOCAL_RANK``, one GPU per process.
@@ -31,7 +31,8 @@ import contextlib
 import datetime
 import gc
 import os
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as tdist
@@ -73,6 +74,9 @@ class Dist:
     local_world: int = 1
     device: torch.device = torch.device("cpu")
     owns_group: bool = False  # jkofast called init_process_group: close() destroys the group
+    # The group it made, weakly (a strong reference would keep it alive, which is what close()
+    # must prevent), so close() never destroys a group the caller made after destroying ours.
+    made: weakref.ref | None = field(default=None, repr=False, compare=False)
 
     @property
     def main(self) -> bool:
@@ -161,8 +165,12 @@ class Dist:
             gc.collect()
 
     def close(self) -> None:
-        """Destroy the process group if jkofast created it."""
-        if self.owns_group and tdist.is_initialized():
+        """Destroy the process group if jkofast created it and it is still the default group.
+        Idempotent; :func:`connect` also registers it to run at exit. Destroying waits for this
+        rank's own queued collectives, which its peers complete or the timeout ends."""
+        ours = self.made() if self.made is not None else None
+        if self.owns_group and tdist.is_initialized() and ours is not None and ours is tdist.group.WORLD:
+            del ours
             tdist.destroy_process_group()
             self.owns_group = False
             # Why this matters: a gloo worker thread drops its last finished work (and with it
@@ -206,12 +214,13 @@ def _place(device: torch.device, local_rank: int) -> torch.device:
 
 
 def _import_before_the_group() -> None:
-    """Import torch.distributed.nn, which DistributedDataParallel imports on first use, while no
-    group exists. Its functions take ``group=group.WORLD`` as a default argument, evaluated at
-    import: imported under a group, they hold that group for the life of the process (torch
-    2.13), so destroy_process_group() cannot free it and its gloo threads outlive close() into
-    the interpreter's finalization, where they abort the process (:meth:`Dist.close`).
-    Imported before, the defaults are None (the default group, looked up at each call)."""
+    """Import torch.distributed.nn while no group exists. DistributedDataParallel pulls it in on
+    first use (through torch._dynamo, so torch.compile does too), and its functions take
+    ``group=group.WORLD`` as a default argument, evaluated at import: imported under a group,
+    they hold that group for the life of the process (seen with torch 2.13), so
+    destroy_process_group() cannot free it and its gloo threads outlive close() into the
+    interpreter's finalization, where they abort the process (:meth:`Dist.close`). Imported
+    before, the defaults are None (the default group, looked up at each call)."""
     import torch.distributed.nn  # noqa: F401  (imported for its import-time defaults)
 
 
@@ -252,7 +261,8 @@ def connect(device: str | torch.device = "cpu") -> Dist:
         raise DistributedError(f"rank {os.environ['RANK']} of {world} could not join the process group at "
                                f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} ({backend}): {exc}") from exc
     dist = Dist(rank=tdist.get_rank(), world=tdist.get_world_size(), local_rank=local_rank,
-                local_world=_env_int("LOCAL_WORLD_SIZE", 1), device=device, owns_group=True)
+                local_world=_env_int("LOCAL_WORLD_SIZE", 1), device=device, owns_group=True,
+                made=weakref.ref(tdist.group.WORLD))
     # A library caller (``jkofast.train`` under torchrun) never calls close(): without this the
     # group would live until finalization, where destroying it can abort the process (close()).
     # atexit handlers run before finalization, while gloo's threads can still take the GIL;

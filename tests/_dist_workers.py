@@ -72,16 +72,22 @@ def resume(args: dict) -> None:
     for out in args["outs"]:
         flow = jkofast.train(x, val=val, out=out, progress=False, **RUN)
         torch.save(flow.state_dict(), Path(out) / f"rank{os.environ['RANK']}.pt")
+        sys.stderr.write(f"gloo threads while the group is up: {gloo_threads()}\n")
+
+
+def gloo_threads() -> int | None:
+    """How many of this process's threads gloo runs (by their names), None off Linux."""
+    tasks = Path("/proc/self/task")
+    if not tasks.is_dir():
+        return None
+    return sum("gloo" in (t / "comm").read_text() for t in tasks.iterdir())
 
 
 def _count_gloo_threads_at_exit() -> None:
     """Registered before jkofast registers its own exit handler, so it runs after it (atexit
     is last in, first out): the gloo threads still alive when the interpreter starts its
     finalization, where a gloo thread that needs the GIL aborts the process (Dist.close)."""
-    tasks = Path("/proc/self/task")
-    if tasks.is_dir():  # Linux
-        names = [(t / "comm").read_text().strip() for t in tasks.iterdir()]
-        sys.stderr.write(f"gloo threads at exit: {sum('gloo' in n for n in names)}\n")
+    sys.stderr.write(f"gloo threads at exit: {gloo_threads()}\n")
 
 
 if __name__ == "__main__":

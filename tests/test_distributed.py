@@ -202,13 +202,43 @@ def test_a_library_run_under_torchrun_exits_with_its_gloo_threads_joined(tmp_pat
     results = launch("resume", 2, outs=[str(tmp_path / "run")])
     _ok(results)
     for rank, r in enumerate(results):
-        assert "gloo threads at exit: 0" in r.stderr, f"rank {rank}:\n{r.stderr[-3000:]}"
+        # The count sees gloo's threads at all (by their names) while the group is up ...
+        up = re.search(r"gloo threads while the group is up: (\d+)", r.stderr)
+        assert up and int(up.group(1)) > 0, f"rank {rank}:\n{r.stderr[-3000:]}"
+        # ... and none are left when finalization starts.
+        assert "gloo threads at exit: 0\n" in r.stderr, f"rank {rank}:\n{r.stderr[-3000:]}"
 
 
 def _flow_from(state: dict, like: Path) -> jkofast.Flow:
     flow = jkofast.Flow.load(like)
     flow.load_state_dict(state)
     return flow
+
+
+def test_close_destroys_only_the_group_it_made():
+    import weakref
+
+    import torch.distributed as tdist
+
+    def one_rank_group():
+        tdist.init_process_group("gloo", store=tdist.HashStore(), rank=0, world_size=1)
+        return tdist.group.WORLD
+
+    made = Dist(owns_group=True, made=weakref.ref(one_rank_group()))
+    try:
+        # The caller destroys jkofast's group and makes its own: closing (at exit, say) leaves it.
+        tdist.destroy_process_group()
+        one_rank_group()
+        made.close()
+        assert tdist.is_initialized()
+        # A Dist that made the current group destroys it, once.
+        current = Dist(owns_group=True, made=weakref.ref(tdist.group.WORLD))
+        current.close()
+        assert not tdist.is_initialized() and not current.owns_group
+        current.close()
+    finally:
+        if tdist.is_initialized():
+            tdist.destroy_process_group()
 
 
 def test_global_batch_must_split_evenly():
