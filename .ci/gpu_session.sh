@@ -110,11 +110,19 @@ stage_env() {
 # The build: pip into the machine's Python (no index, no dependencies: all present there), for
 # sm_90 only (the H100; 8.0 adds a minute), into build/gpu-session so a warm machine rebuilds only
 # what changed. Skipped when the installed library was built from these very sources.
+# The installed jkofast loads, registers its CUDA kernels, and holds machine code for this GPU.
+installed_build_runs() {
+  (cd /tmp && $PY -c "
+import jkofast._C as C, torch, sys
+cc = '%d.%d' % torch.cuda.get_device_capability(0)
+sys.exit(not torch._C._dispatch_has_kernel_for_dispatch_key('jkofast::rk4_block', 'CUDA') or cc not in C.CUDA_ARCH_LIST)")
+}
+
 stage_build() {
   local stamp
   stamp=$(bash "$REPO/.ci/gpu_source_stamp")
   if [ -f "$REPO/build/gpu-session/stamp" ] && [ "$(cat "$REPO/build/gpu-session/stamp")" = "$stamp" ] &&
-     (cd /tmp && $PY -c "import jkofast._C, torch, sys; sys.exit(not torch._C._dispatch_has_kernel_for_dispatch_key('jkofast::rk4_block', 'CUDA'))"); then
+     installed_build_runs; then
     echo "build: up to date ($stamp)"
     return 0
   fi
@@ -123,12 +131,7 @@ stage_build() {
   local wheel
   wheel=$(ls "$REPO"/.gpu-carry/jkofast-*.whl 2>/dev/null | head -1)
   if [ -n "$wheel" ] && [ "$(cat "$REPO/.gpu-carry/stamp" 2>/dev/null)" = "$stamp" ]; then
-    # Loads, registers its CUDA kernels, and holds machine code for this GPU (built for 9.0).
-    if $PY -m pip install --no-deps --no-index --force-reinstall "$wheel" &&
-       (cd /tmp && $PY -c "
-import jkofast._C as C, torch, sys
-cc = '%d.%d' % torch.cuda.get_device_capability(0)
-sys.exit(not torch._C._dispatch_has_kernel_for_dispatch_key('jkofast::rk4_block', 'CUDA') or cc not in C.CUDA_ARCH_LIST)"); then
+    if $PY -m pip install --no-deps --no-index --force-reinstall "$wheel" && installed_build_runs; then
       echo "build: installed the carried wheel $(basename "$wheel")"
       mkdir -p "$REPO/build/gpu-session" && echo "$stamp" > "$REPO/build/gpu-session/stamp"
       build_report
@@ -205,7 +208,7 @@ torch.cuda.synchronize()"
 }
 
 export REPO LOGS PY
-export -f stage_env stage_build build_report stage_test stage_goal stage_sanitize_tool stage_bench stage_sweep stage_profile
+export -f stage_env installed_build_runs stage_build build_report stage_test stage_goal stage_sanitize_tool stage_bench stage_sweep stage_profile
 
 # Seconds each compute-sanitizer tool may take on the small cases (racecheck is the slowest).
 declare -A SANITIZER_LIMIT=([memcheck]=150 [racecheck]=200 [synccheck]=100 [initcheck]=100)

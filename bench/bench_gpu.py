@@ -25,7 +25,8 @@ cannot hold in memory are skipped (its peak is measured at a small batch and sca
 the goal case also at batch 16k, in the JSON's environment: check_b16384_fp32 / _tf32).
 
 The JSON (bench/results/gpu-cuda-<date>.json; gpu-goal-cuda-... with --goal, gpu-quick-cuda-...
-with --quick) is rewritten after every row, so a run cut short keeps what it measured. Runs in about 3-6 minutes on an H100 (compile rows dominate).
+with --quick) is rewritten after every row, so a run cut short keeps what it measured. Runs in
+about 3-6 minutes on an H100 (compile rows dominate).
 
     python bench/bench_gpu.py [--goal | --quick] [--compile-all] [--budget SECONDS] [--compare PATH]
 
@@ -262,10 +263,8 @@ def main() -> None:
               f"[{time.perf_counter() - start:.0f} s]", flush=True)
         # Every batch's rows, then the compile rows (minutes of autotuning each), so a budget
         # that runs out costs the compile rows, not the measurements the goals rest on.
-        plan = [(batch, impl, precision) for batch in batches for impl, precision in row_impls(dim, width, args)
-                if impl != "compile"]
-        plan += [(batch, impl, precision) for batch in batches for impl, precision in row_impls(dim, width, args)
-                 if impl == "compile"]
+        rows_of_case = [(batch, *impl) for batch in batches for impl in row_impls(dim, width, args)]
+        plan = sorted(rows_of_case, key=lambda row: row[1] == "compile")  # stable: keeps each part's order
         inputs = {batch: torch.randn(batch, dim, device="cuda") for batch in batches}
         printed_goals = False
         for batch, impl, precision in plan:

@@ -73,10 +73,15 @@ class Dist:
     local_rank: int = 0
     local_world: int = 1
     device: torch.device = torch.device("cpu")
-    owns_group: bool = False  # jkofast called init_process_group: close() destroys the group
-    # The group it made, weakly (a strong reference would keep it alive, which is what close()
-    # must prevent), so close() never destroys a group the caller made after destroying ours.
+    # The group jkofast made (init_process_group), until close() destroys it; held weakly (a
+    # strong reference would keep it alive, which is what close() must prevent), so close()
+    # never destroys a group the caller made after destroying ours.
     made: weakref.ref | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def owns_group(self) -> bool:
+        """jkofast made this process's group and has not destroyed it yet."""
+        return self.made is not None
 
     @property
     def main(self) -> bool:
@@ -169,10 +174,10 @@ class Dist:
         Idempotent; :func:`connect` also registers it to run at exit. Destroying waits for this
         rank's own queued collectives, which its peers complete or the timeout ends."""
         ours = self.made() if self.made is not None else None
-        if self.owns_group and tdist.is_initialized() and ours is not None and ours is tdist.group.WORLD:
+        if tdist.is_initialized() and ours is not None and ours is tdist.group.WORLD:
             del ours
             tdist.destroy_process_group()
-            self.owns_group = False
+            self.made = None
             # Why this matters: a gloo worker thread drops its last finished work (and with it
             # tensors whose Python objects need the GIL) just after the waiting rank resumes. If
             # that rank has meanwhile reached the interpreter's finalization, Python ends the
@@ -261,7 +266,7 @@ def connect(device: str | torch.device = "cpu") -> Dist:
         raise DistributedError(f"rank {os.environ['RANK']} of {world} could not join the process group at "
                                f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} ({backend}): {exc}") from exc
     dist = Dist(rank=tdist.get_rank(), world=tdist.get_world_size(), local_rank=local_rank,
-                local_world=_env_int("LOCAL_WORLD_SIZE", 1), device=device, owns_group=True,
+                local_world=_env_int("LOCAL_WORLD_SIZE", 1), device=device,
                 made=weakref.ref(tdist.group.WORLD))
     # A library caller (``jkofast.train`` under torchrun) never calls close(): without this the
     # group would live until finalization, where destroying it can abort the process (close()).

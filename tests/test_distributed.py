@@ -224,7 +224,7 @@ def test_close_destroys_only_the_group_it_made():
         tdist.init_process_group("gloo", store=tdist.HashStore(), rank=0, world_size=1)
         return tdist.group.WORLD
 
-    made = Dist(owns_group=True, made=weakref.ref(one_rank_group()))
+    made = Dist(made=weakref.ref(one_rank_group()))
     try:
         # The caller destroys jkofast's group and makes its own: closing (at exit, say) leaves it.
         tdist.destroy_process_group()
@@ -232,7 +232,7 @@ def test_close_destroys_only_the_group_it_made():
         made.close()
         assert tdist.is_initialized()
         # A Dist that made the current group destroys it, once.
-        current = Dist(owns_group=True, made=weakref.ref(tdist.group.WORLD))
+        current = Dist(made=weakref.ref(tdist.group.WORLD))
         current.close()
         assert not tdist.is_initialized() and not current.owns_group
         current.close()
