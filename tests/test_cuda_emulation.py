@@ -301,16 +301,18 @@ def test_jko_block_loss_kernel_float32_and_tf32(emu, dim, hidden, batch, rows):
         assert (tt.double() - ref).abs().max().item() <= TF32_REL * scale, f"TF32 output {i}"
 
 
-def test_tf32_fragments_refuse_misaligned_memory(emu):
-    # The WMMA rule: a fragment's memory 32-byte aligned, its stride a multiple of 16 bytes. The TF32
-    # tests above pass with the check on, so the plans keep every fragment address aligned; shared
-    # memory shifted by 16 bytes (the alignment the hardware does not promise) must be refused.
+def test_tf32_pairs_refuse_misaligned_memory(emu):
+    # The TF32 products move shared-memory values in 8-byte pairs (the weight gradient's operand
+    # loads, the products' result stores) and the gradient parts in 16-byte quads; the hardware
+    # faults on a vector access its size does not divide. The TF32 tests above pass with the
+    # check on, so the plans keep every pair aligned; shared memory shifted by 4 bytes must be
+    # refused. (Dynamic shared memory starts 128-byte aligned: the kernels declare it so.)
     field64, field32 = float64_and_float32(3, 40)
     x = torch.randn(9, 3)
     args = (emu, field32, x, 3, 0.5, 0.1, "exact", 1, "rk4")
-    emu.set_smem_offset(16)
+    emu.set_smem_offset(4)
     try:
-        with pytest.raises(RuntimeError, match="32-byte alignment"):
+        with pytest.raises(RuntimeError, match="8-byte alignment"):
             emulated_jko_loss(*args, rows=32, grid=1, tf32=True)
         emulated_jko_loss(*args, rows=32, grid=1, tf32=False)  # the SIMT path has no such rule
     finally:
@@ -335,7 +337,7 @@ def test_weight_staging_stores_are_free_of_bank_conflicts(emu, dtype):
 def test_tf32_fragment_loads_are_free_of_bank_conflicts(emu):
     # The TF32 products load an A fragment from a stack and B fragments from the weight stage at
     # every k step: the most frequent shared-memory accesses of the kernels. In mma.m16n8k8's
-    # lane layout (wmma's on sm_90, read off its SASS) A lanes step rows by lane / 4 and B lanes
+    # lane layout (block_gemm.cuh: tf32_block_product) A lanes step rows by lane / 4 and B lanes
     # step rows by lane % 4, so the stack's row stride must be 4 words past a multiple of 32 and
     # the stage's 8 (tile::stage_skew): the stage's old 4-value skew gave every B load 2 ways.
     for rows in (16, 32, 64, 128):
@@ -343,6 +345,17 @@ def test_tf32_fragment_loads_are_free_of_bank_conflicts(emu):
             for operand in ("a", "b"):
                 ways = emu.fragment_load_ways(dim, True, hidden, tangent_rows, rows, operand)
                 assert ways == 1, (rows, dim, hidden, operand, ways)
+
+
+def test_tf32_weight_gradient_loads_are_free_of_bank_conflicts(emu):
+    # The weight-gradient product reads both operands from stacks along their rows, as wmma could
+    # only do with lanes stepping rows by lane % 4: 2 ways at the stack's skew. Its mma.sync path
+    # loads 8-byte pairs at tf32_pair_offset (mma_tf32.cuh), which must meet every bank once per
+    # half-warp on every float plan (the stacks' row stride, width + 4, must stay 4 mod 16 words).
+    for rows in (16, 32, 64, 128):
+        for dim, hidden, tangent_rows in ((2, 64, 2), (6, 128, 6), (63, 256, 0), (100, 512, 100), (3, 40, 3)):
+            ways = emu.weight_grad_load_ways(dim, True, hidden, tangent_rows, rows)
+            assert ways == 1, (rows, dim, hidden, ways)
 
 
 def test_float_parts_move_into_totals_every_few_tiles_and_after_the_last(emu):

@@ -1,9 +1,9 @@
 // Block-wide matrix products on the shared-memory stacks of csrc/ops/tile_plan.h, the only
 // arithmetic-heavy code of the kernels. Two implementations of the same contract:
 //   SIMT:  every thread accumulates a kRows x kCols register tile with FMAs (float and double);
-//   TF32:  every warp accumulates four 16 x 16 tensor-core fragments, 2 x 2 (1 x 4 on 16-row
-//          stacks and narrow products) (wmma m16n16k8, float inputs rounded to TF32, float
-//          accumulators), for float when the caller allows TF32.
+//   TF32:  every warp accumulates four 16 x 16 tiles, 2 x 2 (1 x 4 on 16-row stacks and narrow
+//          products), each two tensor-core products mma.sync m16n8k8 (mma_tf32.cuh: float
+//          inputs rounded to TF32, float accumulators), for float when the caller allows TF32.
 // Weights come from global memory (they are small and shared by all blocks, so L2 serves them)
 // through a double-buffered stage: each thread loads the next chunk into registers while the
 // block multiplies with the current one, so one barrier per chunk suffices.
@@ -19,6 +19,7 @@
 
 #include <type_traits>
 
+#include "cuda/mma_tf32.cuh"
 #include "ops/tile_plan.h"
 
 namespace jkofast::cuda {
@@ -137,64 +138,85 @@ __device__ __forceinline__ void staged_reduction(const T* __restrict__ w, Operan
   }
 }
 
-// The TF32 path of block_product (below): each warp accumulates FR x (4 / FR) tensor-core
-// fragments of 16 x 16 (wmma m16n16k8, float inputs rounded to TF32, float accumulators) of every
-// pass of chunk_cols output columns. The fragments are what the shared memory must feed: per k
-// step a warp loads FR A fragments and 4 / FR B fragments of 8 x 16 values for 4 products, so
-// 2 x 2 (stacks of 32 rows or more) loads 16 values per lane where 1 x 4 loads 20.
-template <int FR, typename T>
-__device__ __forceinline__ void tf32_block_product(const T* __restrict__ in, T* __restrict__ out,
-                                                   const T* __restrict__ w, Operand mode, int Q, int P,
-                                                   int rows_active, int p_end, T* const stage[2],
+// The TF32 path of block_product (below): each warp accumulates FR x (4 / FR) tiles of 16 x 16
+// of every pass of chunk_cols output columns, each tile two m16n8k8 products (mma_tf32.cuh: float
+// inputs rounded to TF32, float accumulators). Per k step a warp loads FR A fragments (16 x 8 of
+// In) and 4 / FR B pairs (8 x 16 of the stage) for 8 products, so 2 x 2 (stacks of 32 rows or
+// more) loads 16 values per lane where 1 x 4 loads 20. Loads are single values in the
+// fragments' own layout, free of bank conflicts as they are: A lanes read row g and column t (the
+// stack's row stride is 4 words past a multiple of 32), B lanes row t and column g (the stage's is
+// 8 past, tile::stage_skew). The stage holds values already rounded to TF32 (StageChunk::store).
+// (This was wmma m16n16k8, which loads in the same layout; its intrinsics kept generic loads
+// and stores where the stacks are said to be shared, which mma.sync's plain accesses do not.)
+template <int FR>
+__device__ __forceinline__ void tf32_block_product(const float* __restrict__ in, float* __restrict__ out,
+                                                   const float* __restrict__ w, Operand mode, int Q, int P,
+                                                   int rows_active, int p_end, float* const stage[2],
                                                    const tile::TilePlan& plan) {
-  using namespace nvcuda;
   constexpr int FC = 4 / FR;
-  const int ld = plan.ld;
-  const int warp = thread_index() / 32;
+  const int ld = plan.ld, sld = plan.stage_ld;
+  const int warp = thread_index() / 32, lane = thread_index() % 32, g = lane / 4, t = lane % 4;
   const int row_groups = plan.rows / (16 * FR);  // row_groups * (chunk_cols / (16 * FC)) == kWarps
   const int row0 = (warp % row_groups) * 16 * FR, col0 = (warp / row_groups) * 16 * FC;
-  bool row_on[FR];  // warp-uniform: this warp's fragment rows below rows_active
+  bool row_on[FR];  // warp-uniform: this warp's tile rows below rows_active
 #pragma unroll
   for (int i = 0; i < FR; ++i) row_on[i] = row0 + 16 * i < rows_active;
   for (int p0 = 0; p0 < p_end; p0 += plan.chunk_cols) {
-    wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc[FR][FC];
+    float acc[FR][FC][2][4];  // tile rows i, tile columns j, n8 product n
 #pragma unroll
     for (int i = 0; i < FR; ++i) {
 #pragma unroll
-      for (int j = 0; j < FC; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+      for (int j = 0; j < FC; ++j) {
+#pragma unroll
+        for (int n = 0; n < 2; ++n) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc[i][j][n][e] = 0.0f;
+        }
+      }
     }
-    staged_reduction<T, true>(w, mode, Q, P, p0, stage, plan, [&](const T* bs, int q0, int qn) {
+    staged_reduction<float, true>(w, mode, Q, P, p0, stage, plan, [&](const float* bs, int q0, int qn) {
       if (!row_on[0] || p0 + col0 >= p_end) return;  // warp-uniform
       for (int k = 0; k < qn; k += 8) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> a[FR];
+        uint32_t a[FR][4];
 #pragma unroll
         for (int i = 0; i < FR; ++i) {
           if (row_on[i]) {
-            wmma::load_matrix_sync(a[i], in + (row0 + 16 * i) * ld + q0 + k, ld);
-#pragma unroll
-            for (int e = 0; e < a[i].num_elements; ++e) a[i].x[e] = wmma::__float_to_tf32(a[i].x[e]);
+            const float* at = in + (row0 + 16 * i + g) * ld + q0 + k + t;
+            a[i][0] = tf32_bits(at[0]);           // A(g, t)
+            a[i][1] = tf32_bits(at[8 * ld]);      // A(g + 8, t)
+            a[i][2] = tf32_bits(at[4]);           // A(g, t + 4)
+            a[i][3] = tf32_bits(at[8 * ld + 4]);  // A(g + 8, t + 4)
           }
         }
 #pragma unroll
         for (int j = 0; j < FC; ++j) {
           if (p0 + col0 + 16 * j < p_end) {
-            wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> b;
-            wmma::load_matrix_sync(b, bs + k * plan.stage_ld + col0 + 16 * j, plan.stage_ld);
 #pragma unroll
-            for (int i = 0; i < FR; ++i) {
-              if (row_on[i]) wmma::mma_sync(acc[i][j], a[i], b, acc[i][j]);
+            for (int n = 0; n < 2; ++n) {
+              const float* bt = bs + (k + t) * sld + col0 + 16 * j + 8 * n + g;
+              const uint32_t b[2] = {__float_as_uint(bt[0]), __float_as_uint(bt[4 * sld])};  // B(t, g), B(t + 4, g)
+#pragma unroll
+              for (int i = 0; i < FR; ++i) {
+                if (row_on[i]) mma_m16n8k8_tf32(acc[i][j][n], a[i], b);
+              }
             }
           }
         }
       }
     });
+    // D(g, 2t), D(g, 2t + 1) and the same of row g + 8: pairs of adjacent columns.
 #pragma unroll
     for (int i = 0; i < FR; ++i) {
 #pragma unroll
       for (int j = 0; j < FC; ++j) {
         const int p = p0 + col0 + 16 * j;
         if (row_on[i] && p < p_end) {
-          wmma::store_matrix_sync(out + (row0 + 16 * i) * ld + p, acc[i][j], ld, wmma::mem_row_major);
+#pragma unroll
+          for (int n = 0; n < 2; ++n) {
+            float* dt = out + (row0 + 16 * i + g) * ld + p + 8 * n + 2 * t;
+            store_pair(dt, float2{acc[i][j][n][0], acc[i][j][n][1]});
+            store_pair(dt + 8 * ld, float2{acc[i][j][n][2], acc[i][j][n][3]});
+          }
         }
       }
     }
@@ -281,58 +303,80 @@ __device__ void block_product(const T* __restrict__ in, T* __restrict__ out, con
   __syncthreads();
 }
 
-// The TF32 path of block_weight_grad (below): each warp takes GR x GR tiles of 16 x 16 of the part
-// at a time (those inside it). Per step of 8 rows it loads GR G and GR A fragments for GR^2
-// products: with GR = 2 one fragment per product, where single tiles load two. (Both operands
-// step the stack's rows by lane % 4, a 2-way bank conflict at the stack's skew, which the
-// forward's A fragments need: this product is the backward's heaviest user of shared memory.)
-template <int GR, typename T>
-__device__ __forceinline__ void tf32_weight_grad(const T* __restrict__ g, const T* __restrict__ a, int rows,
-                                                 T* __restrict__ part, int rows16, int cols16, int ld) {
-  using namespace nvcuda;
-  const int warp = thread_index() / 32;
+// The TF32 path of block_weight_grad (below), on mma.sync (mma_tf32.cuh): part[o][c] +=
+// sum_m G[m][o] A[m][c] is a product with M = o, N = c and K = m (samples), both operands read
+// from stacks along their rows. wmma could only load them with lanes stepping rows by lane % 4 and
+// columns by lane / 4, a 2-way bank conflict at the stack's skew (which the forward's A fragments
+// need). Here the sum's order and the assignment of part rows and columns to fragment rows and
+// columns are free, and tf32_pair_offset chooses them so that every operand register pair is one
+// 8-byte, conflict-free load: per k step of 8 samples, fragment k = t, t + 4 are stack rows
+// m + 2t, m + 2t + 1; fragment row g, g + 8 of an o tile are part rows o + 2g, o + 2g + 1; and
+// fragment column g of a c tile's two n8 products (j = 0, 1) is part column c + 2g + j. A lane's
+// accumulators then are part rows o + 2g (c0, c1 of both products) and o + 2g + 1 (c2, c3),
+// columns c + 4t .. c + 4t + 3: one 16-byte access each. A warp takes GR x GR tiles of 16 x 16 at
+// a time and per k step loads 2 GR pairs of G and 2 GR of A for 2 GR^2 products.
+template <int GR>
+__device__ __forceinline__ void tf32_weight_grad(const float* __restrict__ g, const float* __restrict__ a, int rows,
+                                                 float* __restrict__ part, int rows16, int cols16, int ld) {
+  const int warp = thread_index() / 32, lane = thread_index() % 32;
+  const int lane_row = 2 * (lane / 4), lane_col = 4 * (lane % 4);  // the lane's part row pair, column quad
   const int col_groups = int(tile::ceil_div(cols16, 16 * GR)), groups = int(tile::ceil_div(rows16, 16 * GR)) * col_groups;
-  for (int t = warp; t < groups; t += kWarps) {
-    const int o0 = (t / col_groups) * 16 * GR, c0 = (t % col_groups) * 16 * GR;
+  for (int grp = warp; grp < groups; grp += kWarps) {
+    const int o0 = (grp / col_groups) * 16 * GR, c0 = (grp % col_groups) * 16 * GR;
     bool o_on[GR], c_on[GR];  // warp-uniform: the group's tiles inside the part
 #pragma unroll
     for (int i = 0; i < GR; ++i) {
       o_on[i] = o0 + 16 * i < rows16;
       c_on[i] = c0 + 16 * i < cols16;
     }
-    wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc[GR][GR];
+    // acc[i][j][n]: o tile i, c tile j, n8 product n.
+    float acc[GR][GR][2][4];
 #pragma unroll
     for (int i = 0; i < GR; ++i) {
 #pragma unroll
       for (int j = 0; j < GR; ++j) {
         if (o_on[i] && c_on[j]) {
-          wmma::load_matrix_sync(acc[i][j], part + int64_t(o0 + 16 * i) * cols16 + c0 + 16 * j, cols16,
-                                 wmma::mem_row_major);
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            const float4 q = load_quad(part + int64_t(o0 + 16 * i + lane_row + r) * cols16 + c0 + 16 * j + lane_col);
+            acc[i][j][0][2 * r] = q.x;
+            acc[i][j][1][2 * r] = q.y;
+            acc[i][j][0][2 * r + 1] = q.z;
+            acc[i][j][1][2 * r + 1] = q.w;
+          }
         }
       }
     }
+    const int at0 = tf32_pair_offset(lane, 0, ld), at1 = tf32_pair_offset(lane, 1, ld);
     for (int m = 0; m < rows; m += 8) {
-      // G^T as matrix_a: element (o, m) at g[m * ld + o], i.e. column-major with stride ld.
-      wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::col_major> fg[GR];
-      wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> fa[GR];
+      uint32_t fg[GR][4], fa[GR][2][2];  // fa[j][n]: B registers of c tile j's product n
 #pragma unroll
       for (int i = 0; i < GR; ++i) {
         if (o_on[i]) {
-          wmma::load_matrix_sync(fg[i], g + m * ld + o0 + 16 * i, ld);
-#pragma unroll
-          for (int e = 0; e < fg[i].num_elements; ++e) fg[i].x[e] = wmma::__float_to_tf32(fg[i].x[e]);
+          const float* base = g + m * ld + o0 + 16 * i;
+          const float2 k0 = load_pair(base + at0), k1 = load_pair(base + at1);
+          fg[i][0] = tf32_bits(k0.x);  // A(g, t): part row o + 2g, sample m + 2t
+          fg[i][1] = tf32_bits(k0.y);  // A(g + 8, t): part row o + 2g + 1
+          fg[i][2] = tf32_bits(k1.x);  // A(g, t + 4): sample m + 2t + 1
+          fg[i][3] = tf32_bits(k1.y);
         }
         if (c_on[i]) {
-          wmma::load_matrix_sync(fa[i], a + m * ld + c0 + 16 * i, ld);
-#pragma unroll
-          for (int e = 0; e < fa[i].num_elements; ++e) fa[i].x[e] = wmma::__float_to_tf32(fa[i].x[e]);
+          const float* base = a + m * ld + c0 + 16 * i;
+          const float2 k0 = load_pair(base + at0), k1 = load_pair(base + at1);
+          fa[i][0][0] = tf32_bits(k0.x);  // B(t, g) of product 0: part column c + 2g
+          fa[i][0][1] = tf32_bits(k1.x);  // B(t + 4, g)
+          fa[i][1][0] = tf32_bits(k0.y);  // product 1: part column c + 2g + 1
+          fa[i][1][1] = tf32_bits(k1.y);
         }
       }
 #pragma unroll
       for (int i = 0; i < GR; ++i) {
 #pragma unroll
         for (int j = 0; j < GR; ++j) {
-          if (o_on[i] && c_on[j]) wmma::mma_sync(acc[i][j], fg[i], fa[j], acc[i][j]);
+          if (o_on[i] && c_on[j]) {
+            mma_m16n8k8_tf32(acc[i][j][0], fg[i], fa[j][0]);
+            mma_m16n8k8_tf32(acc[i][j][1], fg[i], fa[j][1]);
+          }
         }
       }
     }
@@ -341,8 +385,12 @@ __device__ __forceinline__ void tf32_weight_grad(const T* __restrict__ g, const 
 #pragma unroll
       for (int j = 0; j < GR; ++j) {
         if (o_on[i] && c_on[j]) {
-          wmma::store_matrix_sync(part + int64_t(o0 + 16 * i) * cols16 + c0 + 16 * j, acc[i][j], cols16,
-                                  wmma::mem_row_major);
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            store_quad(part + int64_t(o0 + 16 * i + lane_row + r) * cols16 + c0 + 16 * j + lane_col,
+                       float4{acc[i][j][0][2 * r], acc[i][j][1][2 * r], acc[i][j][0][2 * r + 1],
+                              acc[i][j][1][2 * r + 1]});
+          }
         }
       }
     }
@@ -364,6 +412,7 @@ __device__ void block_weight_grad(const T* __restrict__ g, const T* __restrict__
     // layer's 16 columns) that leaves half the warps idle, where single tiles would not; choosing
     // <1> there made the TF32 jko_block_loss kernel spill 20 bytes (ptxas, sm_80 and sm_90), and
     // those layers are a small share of the work.
+    static_assert(sizeof(T) == 4, "TF32 products are for float");
     tf32_weight_grad<2>(g, a, rows, part, rows16, cols16, ld);
   } else {
     constexpr int TM = RegisterTile<T>::kRows, TN = RegisterTile<T>::kCols;

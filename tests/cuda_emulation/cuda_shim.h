@@ -1,18 +1,19 @@
 // A host stand-in for the CUDA built-ins that csrc/cuda/*.cuh use, so that the kernels themselves
 // (not a model of them) run on a machine without a GPU: each thread of a block is a fiber,
 // __syncthreads a barrier of the block's 256 fibers, __shfl_xor_sync an exchange through a
-// per-warp buffer, and the TF32 tensor-core fragments a whole 16 x 16 tile held by every lane
-// (each lane multiplies the full tile; one lane stores it). Blocks run one after another, each
+// per-warp buffer, and mma.sync's TF32 tensor-core product an exchange of the warp's registers,
+// each lane computing its own results from them in the PTX ISA's fragment layout (so a value put
+// in the wrong register gives a wrong product, as on the GPU). Blocks run one after another, each
 // with its own dynamic shared memory filled with NaN bytes, so a read of smem or of a workspace
 // that nothing wrote shows up as NaN in the results.
 //
 // What it checks: indexing, bounds of the tiles and chunks, barrier placement (a barrier not
 // reached by every thread aborts; a missing one changes results between schedules), the
-// arithmetic of both product paths (TF32 rounding included), and the WMMA rule on pointers and
-// strides (a fragment's memory 32-byte aligned, ldm a multiple of 16 bytes; emulated device
-// buffers and shared memory are 256-byte aligned, as cudaMalloc's and at least as smem's base). What it cannot check: the hardware's
-// fragment layouts and memory model, timing, coalescing, occupancy, registers; compute-sanitizer
-// on the GPU stays the real check of memory and races.
+// arithmetic of both product paths (TF32 rounding included), the alignment of vector accesses
+// (emulated device buffers and shared memory are 256-byte aligned, as cudaMalloc's and at least
+// as smem's base). What it cannot check: that the PTX ISA's fragment layout, written out here,
+// is the hardware's; the memory model, timing, coalescing, occupancy, registers;
+// compute-sanitizer on the GPU stays the real check of memory and races.
 #pragma once
 
 #include <ucontext.h>
@@ -63,12 +64,13 @@ struct Block {
   Barrier barrier;    // __syncthreads
   Barrier warps[8];   // __syncwarp, warp-wide exchanges
   alignas(8) unsigned char slots[256][8];  // __shfl_xor_sync
+  uint32_t mma_registers[256][6];          // mma_m16n8k8_tf32: each lane's a0..a3, b0, b1
   unsigned char* smem = nullptr;
   Scheduler* scheduler = nullptr;
 };
 
 inline Dim3 thread_idx, block_idx, grid_dim;
-inline std::string fault;  // the first rule a launch broke (empty: none); see check_wmma_memory
+inline std::string fault;  // the first rule a launch broke (empty: none); see check_vector_alignment
 inline Block* block = nullptr;
 
 class Scheduler {
@@ -170,6 +172,7 @@ inline T __ldg(const T* p) {
   return *p;
 }
 inline float __int_as_float(int v) { return std::bit_cast<float>(v); }
+inline unsigned __float_as_uint(float v) { return std::bit_cast<unsigned>(v); }
 inline double __longlong_as_double(long long v) { return std::bit_cast<double>(v); }
 
 template <typename T>
@@ -189,30 +192,28 @@ using std::fma;
 using std::max;
 using std::min;
 
-namespace jkofast::cuda {
-inline unsigned char* dynamic_smem() { return emu::block->smem; }
-}  // namespace jkofast::cuda
+struct float2 {
+  float x, y;
+};
+struct float4 {
+  float x, y, z, w;
+};
+
+namespace emu {
+// A vector access at an address its size does not divide: the hardware faults ("misaligned
+// address"); the emulation records the first one in emu::fault (the launch then fails in the
+// driver) and goes on, as a fiber cannot unwind.
+inline void check_vector_alignment(const void* p, size_t bytes, const char* what) {
+  const size_t misaligned = size_t(reinterpret_cast<std::uintptr_t>(p) % bytes);
+  if (misaligned != 0 && fault.empty()) {
+    char text[160];
+    std::snprintf(text, sizeof(text), "%s: pointer %zu bytes past %zu-byte alignment", what, misaligned, bytes);
+    fault = text;
+  }
+}
+}  // namespace emu
 
 namespace nvcuda::wmma {
-
-struct matrix_a {};
-struct matrix_b {};
-struct accumulator {};
-struct row_major {};
-struct col_major {};
-namespace precision {
-struct tf32 {};
-}  // namespace precision
-enum layout_t { mem_row_major, mem_col_major };
-
-// The whole tile, row-major, in every lane (the hardware spreads it over the warp's registers).
-template <class Use, int M, int N, int K, class Elem, class Layout = void>
-struct fragment {
-  static constexpr int rows = std::is_same_v<Use, matrix_b> ? K : M;
-  static constexpr int cols = std::is_same_v<Use, matrix_a> ? K : N;
-  static constexpr int num_elements = rows * cols;
-  float x[num_elements];
-};
 
 // cvt.rna.tf32.f32: round to 10 mantissa bits, to nearest, ties away from zero.
 // Built with -DJKOFAST_EMULATE_BF16_OPERANDS (tests/cuda_emulation/float32_at_scale.py --bf16), it
@@ -228,71 +229,61 @@ inline float __float_to_tf32(float v) {
   return std::bit_cast<float>(bits);
 }
 
-// load_matrix_sync / store_matrix_sync: "mptr must be a 256-bit aligned pointer", "ldm must be a
-// multiple of 4 for float" (CUDA C++ Programming Guide, warp matrix functions). The hardware's
-// behaviour otherwise is undefined: the emulation records the first such access in emu::fault
-// (the launch then fails in the driver) and goes on, as a fiber cannot unwind.
-inline void check_wmma_memory(const float* p, unsigned ldm, const char* what) {
-  const size_t misaligned = size_t(reinterpret_cast<std::uintptr_t>(p) % 32);
-  if ((misaligned != 0 || ldm % 4 != 0) && emu::fault.empty()) {
-    char text[160];
-    std::snprintf(text, sizeof(text), "%s: pointer %zu bytes past 32-byte alignment, ldm %u (a multiple of 4 needed)",
-                  what, misaligned, ldm);
-    emu::fault = text;
-  }
-}
-
-template <class Use, int M, int N, int K, class Elem, class Layout>
-void load_matrix_sync(fragment<Use, M, N, K, Elem, Layout>& f, const float* p, unsigned ldm) {
-  using F = fragment<Use, M, N, K, Elem, Layout>;
-  check_wmma_memory(p, ldm, "wmma::load_matrix_sync (operand)");
-  for (int r = 0; r < F::rows; ++r) {
-    for (int c = 0; c < F::cols; ++c) {
-      f.x[r * F::cols + c] = std::is_same_v<Layout, col_major> ? p[c * ldm + r] : p[r * ldm + c];
-    }
-  }
-}
-
-template <int M, int N, int K>
-void load_matrix_sync(fragment<accumulator, M, N, K, float>& f, const float* p, unsigned ldm, layout_t layout) {
-  if (layout != mem_row_major) std::abort();
-  check_wmma_memory(p, ldm, "wmma::load_matrix_sync (accumulator)");
-  for (int r = 0; r < M; ++r) {
-    for (int c = 0; c < N; ++c) f.x[r * N + c] = p[r * ldm + c];
-  }
-}
-
-template <int M, int N, int K>
-void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, float>& f, unsigned ldm, layout_t layout) {
-  if (layout != mem_row_major) std::abort();
-  check_wmma_memory(p, ldm, "wmma::store_matrix_sync");
-  __syncwarp();  // every lane has read what it needed
-  if (emu::thread_idx.x % 32 == 0) {
-    for (int r = 0; r < M; ++r) {
-      for (int c = 0; c < N; ++c) p[r * ldm + c] = f.x[r * N + c];
-    }
-  }
-  __syncwarp();
-}
-
-template <class Frag>
-void fill_fragment(Frag& f, float v) {
-  for (float& e : f.x) e = v;
-}
-
-template <int M, int N, int K, class LA, class LB>
-void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<matrix_a, M, N, K, precision::tf32, LA>& a,
-              const fragment<matrix_b, M, N, K, precision::tf32, LB>& b,
-              const fragment<accumulator, M, N, K, float>& c) {
-  float out[M * N];
-  for (int i = 0; i < M; ++i) {
-    for (int j = 0; j < N; ++j) {
-      float acc = c.x[i * N + j];
-      for (int k = 0; k < K; ++k) acc += a.x[i * K + k] * b.x[k * N + j];  // TF32 products are exact in float
-      out[i * N + j] = acc;
-    }
-  }
-  std::memcpy(d.x, out, sizeof(out));
-}
-
 }  // namespace nvcuda::wmma
+
+namespace jkofast::cuda {
+inline unsigned char* dynamic_smem() { return emu::block->smem; }
+
+inline float2 load_pair(const float* p) {
+  emu::check_vector_alignment(p, 8, "load_pair");
+  return {p[0], p[1]};
+}
+inline void store_pair(float* p, float2 v) {
+  emu::check_vector_alignment(p, 8, "store_pair");
+  p[0] = v.x;
+  p[1] = v.y;
+}
+inline float4 load_quad(const float* p) {
+  emu::check_vector_alignment(p, 16, "load_quad");
+  return {p[0], p[1], p[2], p[3]};
+}
+inline void store_quad(float* p, float4 v) {
+  emu::check_vector_alignment(p, 16, "store_quad");
+  p[0] = v.x;
+  p[1] = v.y;
+  p[2] = v.z;
+  p[3] = v.w;
+}
+
+inline uint32_t tf32_bits(float v) { return std::bit_cast<uint32_t>(nvcuda::wmma::__float_to_tf32(v)); }
+
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 with d as C and D, a warp-wide instruction:
+// every lane publishes its registers, then computes its own 4 outputs from the warp's registers
+// read in the PTX ISA's fragment layout (mma_tf32.cuh), so a caller that puts a value in the wrong
+// register gets a wrong product, as on the GPU. The tensor cores read an operand's top 19 bits
+// (sign, exponent, 10 mantissa bits): the rest is dropped here too, so an operand that was not
+// rounded to TF32 is truncated, as on the hardware. Products of TF32 values are exact in float.
+inline void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  const unsigned me = emu::thread_idx.x, lane = me % 32, first = me - lane;
+  uint32_t(&regs)[256][6] = emu::block->mma_registers;
+  for (int i = 0; i < 4; ++i) regs[me][i] = a[i];
+  regs[me][4] = b[0];
+  regs[me][5] = b[1];
+  __syncwarp();
+  auto value = [](uint32_t bits) { return std::bit_cast<float>(bits & 0xFFFFE000u); };
+  const int g = int(lane / 4), t = int(lane % 4);
+  float out[4];
+  for (int q = 0; q < 4; ++q) {
+    const int row = g + 8 * (q >> 1), col = 2 * t + (q & 1);
+    float acc = d[q];
+    for (int k = 0; k < 8; ++k) {
+      const float av = value(regs[first + 4 * (row % 8) + k % 4][row / 8 + 2 * (k / 4)]);  // A(row, k)
+      const float bv = value(regs[first + 4 * col + k % 4][4 + k / 4]);                  // B(k, col)
+      acc += av * bv;
+    }
+    out[q] = acc;
+  }
+  __syncwarp();  // every lane has read the registers before any publishes its next ones
+  for (int q = 0; q < 4; ++q) d[q] = out[q];
+}
+}  // namespace jkofast::cuda

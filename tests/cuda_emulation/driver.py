@@ -67,6 +67,8 @@ class Emulator:
         self.lib.emu_stage_store_ways.restype = ctypes.c_int
         self.lib.emu_fragment_load_ways.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int] * 2
         self.lib.emu_fragment_load_ways.restype = ctypes.c_int
+        self.lib.emu_weight_grad_load_ways.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int]
+        self.lib.emu_weight_grad_load_ways.restype = ctypes.c_int
         self.lib.emu_moves_part_after.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int]
         self.lib.emu_needs_totals.argtypes = [ctypes.c_int64] * 2 + [ctypes.c_int]
         self.lib.emu_field_tiles_per_total.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int]
@@ -100,6 +102,10 @@ class Emulator:
         """Worst bank conflict (ways) of a TF32 fragment load: operand "a" (stack) or "b" (stage)."""
         return self.lib.emu_fragment_load_ways(dim, dim + int(time), hidden, tangent_rows, rows,
                                                {"a": 0, "b": 1}[operand])
+
+    def weight_grad_load_ways(self, dim, time, hidden, tangent_rows, rows) -> int:
+        """Worst bank conflict (ways) of the TF32 weight-gradient product's 8-byte operand loads."""
+        return self.lib.emu_weight_grad_load_ways(dim, dim + int(time), hidden, tangent_rows, rows)
 
     # ------------------------------------------------------------------ field
     def field(self, x, t, weights, biases, activation="softplus", beta=1.0, divergence=None, probes=None, *,

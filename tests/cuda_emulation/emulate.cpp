@@ -25,7 +25,7 @@ using namespace jkofast::cuda;
 int g_schedule = 0;     // emu_set_schedule
 int g_smem_offset = 0;  // emu_set_smem_offset
 
-// Device memory as cudaMalloc gives it: 256-byte aligned (the WMMA checks in cuda_shim.h rely on it).
+// Device memory as cudaMalloc gives it: 256-byte aligned (the alignment checks in cuda_shim.h rely on it).
 template <typename T>
 struct DeviceAllocator {
   using value_type = T;
@@ -300,7 +300,7 @@ int checked(Entry&& entry) {
 extern "C" {
 
 // Shifts each block's shared memory this many bytes past its 256-byte alignment (0 by default): a
-// test that the WMMA alignment check works.
+// test that the vector-access alignment check works.
 void emu_set_smem_offset(int bytes) { g_smem_offset = bytes; }
 
 // What the last launch broke, when an entry point returned 2.
@@ -359,11 +359,10 @@ int emu_stage_store_ways(int64_t dim, int64_t input_dim, int64_t hidden, int64_t
 }
 
 // The banks of a TF32 fragment load (float plans): the most distinct words on one bank among the
-// 32 lanes of each of the fragment's 4 loads, in the layout of mma.m16n8k8.tf32 (PTX ISA), which
-// is what wmma::load_matrix_sync compiles to on sm_90 (its SASS: matrix_b row-major reads
-// (lane % 4) * ldm + lane / 4, then + 4 rows and + 8 columns). operand 0: matrix_a row-major from
-// a stack (ld: lane / 4 row, lane % 4 column; + 8 rows, + 4 columns); 1: matrix_b row-major from
-// the weight stage (stage_ld).
+// 32 lanes of each of the fragment's 4 loads, in the layout of mma.m16n8k8.tf32 (PTX ISA) that
+// tf32_block_product (block_gemm.cuh) loads in: operand 0, A from a stack (ld: row g = lane / 4,
+// column t = lane % 4; + 8 rows, + 4 columns); 1, B from the weight stage (stage_ld: row t,
+// column g; + 4 rows, and + 8 columns for the second n8 product).
 int emu_fragment_load_ways(int64_t dim, int64_t input_dim, int64_t hidden, int64_t tangent_rows, int rows,
                            int operand) {
   const tile::TilePlan plan = tile::make_plan(dim, input_dim, hidden, tangent_rows, 4, rows);
@@ -377,6 +376,32 @@ int emu_fragment_load_ways(int64_t dim, int64_t input_dim, int64_t hidden, int64
                                      : (t + 4 * (load & 1)) * ld + g + 8 * (load >> 1));
     }
     worst = std::max(worst, request_ways(request));
+  }
+  return worst;
+}
+
+// The banks of the TF32 weight-gradient product's operand loads (block_gemm.cuh: tf32_weight_grad;
+// float plans): the 8-byte pairs at tf32_pair_offset from a stack, the most distinct words on one
+// bank among each half-warp (the request of an 8-byte load) of both halves of a k step, over
+// every 16-column tile of the stack and k steps starting at even and odd multiples of 8 rows.
+int emu_weight_grad_load_ways(int64_t dim, int64_t input_dim, int64_t hidden, int64_t tangent_rows, int rows) {
+  const tile::TilePlan plan = tile::make_plan(dim, input_dim, hidden, tangent_rows, 4, rows);
+  int worst = 0;
+  for (int m = 0; m < 16; m += 8) {
+    for (int col0 = 0; col0 < plan.width; col0 += 16) {
+      for (int half = 0; half < 2; ++half) {
+        for (int first = 0; first < 32; first += 16) {
+          std::vector<int64_t> request;
+          for (int lane = first; lane < first + 16; ++lane) {
+            const int64_t word = int64_t(m) * plan.ld + col0 + tf32_pair_offset(lane, half, plan.ld);
+            if (word % 2 != 0) return -1;  // not 8-byte aligned
+            request.push_back(word);
+            request.push_back(word + 1);
+          }
+          worst = std::max(worst, request_ways(request));
+        }
+      }
+    }
   }
   return worst;
 }
