@@ -32,6 +32,21 @@ __device__ __forceinline__ unsigned char* dynamic_smem() {
 }
 #endif
 
+// p, which points into the block's dynamic shared memory, as a pointer that nvcc can see is one:
+// derived from the extern __shared__ array itself. The stacks and stages reach the products as
+// plain pointers (members, the stage-pointer array, arguments), through which nvcc does not see
+// shared memory: it emitted generic loads and stores (LD.E / ST.E, 64-bit addresses) for every
+// operand access (SASS, 2026-12-04); through the result they are LDS / STS with 32-bit addresses.
+// cvta.to.shared is opaque to the optimizer, so the result is not folded back into p. (Telling
+// nvcc instead with __builtin_assume(__isShared(p)) made nvcc 13 delete the hidden-layer loops'
+// bodies: csrc/cuda/README.md.) Valid only while the pointer stays in registers: stored to
+// memory and read back, it is generic again.
+template <typename T>
+__device__ __forceinline__ T* in_shared(T* p) {
+  const unsigned offset = unsigned(__cvta_generic_to_shared(p) - __cvta_generic_to_shared(dynamic_smem()));
+  return reinterpret_cast<T*>(dynamic_smem() + offset);
+}
+
 // Blocks per multiprocessor that the kernels' __launch_bounds__ promise: 1 lets a thread use up
 // to 255 registers, which the register tiles of the products take (ptxas: 162 to 255 registers;
 // only the float SIMT jko_block_loss kernel spills, 8 bytes on sm_90); 2 caps them at 128, which
@@ -125,15 +140,15 @@ __device__ __forceinline__ void staged_reduction(const T* __restrict__ w, Operan
   const int chunks = int(tile::ceil_div(q_end, plan.stage_rows));
   StageChunk<T, kTF32> next;
   next.load(w, mode, Q, P, 0, p0, plan);
-  next.store(stage[0], mode, plan);
+  next.store(in_shared(stage[0]), mode, plan);
   __syncthreads();
   for (int c = 0; c < chunks; ++c) {
     const bool more = c + 1 < chunks;
     if (more) next.load(w, mode, Q, P, (c + 1) * plan.stage_rows, p0, plan);  // in flight meanwhile
     const int q0 = c * plan.stage_rows;
-    compute(stage[c & 1], q0, min(plan.stage_rows, q_end - q0));
+    compute(in_shared(stage[c & 1]), q0, min(plan.stage_rows, q_end - q0));
     // The other stage was last read in iteration c - 1, which ended with a barrier.
-    if (more) next.store(stage[(c + 1) & 1], mode, plan);
+    if (more) next.store(in_shared(stage[(c + 1) & 1]), mode, plan);
     __syncthreads();
   }
 }
@@ -231,6 +246,8 @@ __device__ __forceinline__ void tf32_block_product(const float* __restrict__ in,
 template <typename T, bool kTF32>
 __device__ void block_product(const T* __restrict__ in, T* __restrict__ out, const T* __restrict__ w, Operand mode,
                               int Q, int P, int rows_active, T* const stage[2], const tile::TilePlan& plan) {
+  in = in_shared(in);
+  out = in_shared(out);
   const int p_end = int(tile::round_up(P, 16));
   const int ld = plan.ld;
   if constexpr (kTF32) {
@@ -406,6 +423,8 @@ __device__ __forceinline__ void tf32_weight_grad(const float* __restrict__ g, co
 template <typename T, bool kTF32>
 __device__ void block_weight_grad(const T* __restrict__ g, const T* __restrict__ a, int rows, T* __restrict__ part,
                                   int rows16, int cols16, const tile::TilePlan& plan) {
+  g = in_shared(g);
+  a = in_shared(a);
   const int ld = plan.ld;
   if constexpr (kTF32) {
     // 2 x 2 tiles per warp everywhere. On narrow layers (the output layer's 16 rows, the first

@@ -66,6 +66,7 @@ struct Block {
   alignas(8) unsigned char slots[256][8];  // __shfl_xor_sync
   uint32_t mma_registers[256][6];          // mma_m16n8k8_tf32: each lane's a0..a3, b0, b1
   unsigned char* smem = nullptr;
+  size_t smem_bytes = 0;
   Scheduler* scheduler = nullptr;
 };
 
@@ -233,6 +234,16 @@ inline float __float_to_tf32(float v) {
 
 namespace jkofast::cuda {
 inline unsigned char* dynamic_smem() { return emu::block->smem; }
+
+// cvta.to.shared: a generic address as an offset in the shared window (here: from the block's
+// shared memory). For an address outside it the hardware's result is undefined: a fault here.
+inline size_t __cvta_generic_to_shared(const void* p) {
+  const auto* c = static_cast<const unsigned char*>(p);
+  if ((c < emu::block->smem || c >= emu::block->smem + emu::block->smem_bytes) && emu::fault.empty()) {
+    emu::fault = "__cvta_generic_to_shared: address outside the block's shared memory";
+  }
+  return size_t(c - emu::block->smem);
+}
 
 inline float2 load_pair(const float* p) {
   emu::check_vector_alignment(p, 8, "load_pair");

@@ -48,6 +48,7 @@ void run(void (*kernel)(Params), const Params& p, int grid, int64_t smem_bytes) 
     for (auto& warp : block.warps) warp.size = 32;
     DeviceBuffer<unsigned char> smem(size_t(g_smem_offset + (smem_bytes > 0 ? smem_bytes : 1)), 0xFF);  // NaN bytes
     block.smem = smem.data() + g_smem_offset;
+    block.smem_bytes = size_t(smem_bytes > 0 ? smem_bytes : 1);
     emu::block = &block;
     emu::block_idx = {unsigned(g), 0, 0};
     emu::grid_dim = {unsigned(grid), 0, 0};
