@@ -49,7 +49,7 @@ __device__ __forceinline__ T* in_shared(T* p) {
 
 // Blocks per multiprocessor that the kernels' __launch_bounds__ promise: 1 lets a thread use up
 // to 255 registers, which the register tiles of the products take (ptxas: 162 to 255 registers;
-// only the float SIMT jko_block_loss kernel spills, 8 bytes on sm_90); 2 caps them at 128, which
+// only the float SIMT jko_block_loss kernel spills, 16 bytes on sm_90); 2 caps them at 128, which
 // spilled 136 to 492 bytes when tried. Shared memory allows 1 or 2 blocks anyway. A tuning knob: -DJKOFAST_CUDA_MIN_BLOCKS=2.
 #ifndef JKOFAST_CUDA_MIN_BLOCKS
 #define JKOFAST_CUDA_MIN_BLOCKS 1
@@ -161,8 +161,8 @@ __device__ __forceinline__ void staged_reduction(const T* __restrict__ w, Operan
 // fragments' own layout, free of bank conflicts as they are: A lanes read row g and column t (the
 // stack's row stride is 4 words past a multiple of 32), B lanes row t and column g (the stage's is
 // 8 past, tile::stage_skew). The stage holds values already rounded to TF32 (StageChunk::store).
-// (This was wmma m16n16k8, which loads in the same layout; its intrinsics kept generic loads
-// and stores where the stacks are said to be shared, which mma.sync's plain accesses do not.)
+// (This was wmma m16n16k8, which loads in the same layout; its intrinsics' loads and stores stay
+// generic, where plain ones become LDS / STS through in_shared's pointers.)
 template <int FR>
 __device__ __forceinline__ void tf32_block_product(const float* __restrict__ in, float* __restrict__ out,
                                                    const float* __restrict__ w, Operand mode, int Q, int P,
@@ -196,11 +196,9 @@ __device__ __forceinline__ void tf32_block_product(const float* __restrict__ in,
 #pragma unroll
         for (int i = 0; i < FR; ++i) {
           if (row_on[i]) {
-            const float* at = in + (row0 + 16 * i + g) * ld + q0 + k + t;
-            a[i][0] = tf32_bits(at[0]);           // A(g, t)
-            a[i][1] = tf32_bits(at[8 * ld]);      // A(g + 8, t)
-            a[i][2] = tf32_bits(at[4]);           // A(g, t + 4)
-            a[i][3] = tf32_bits(at[8 * ld + 4]);  // A(g + 8, t + 4)
+            const float* at = in + (row0 + 16 * i) * ld + q0 + k;
+#pragma unroll
+            for (int r = 0; r < 4; ++r) a[i][r] = tf32_bits(at[tf32_a_offset(lane, r, ld)]);
           }
         }
 #pragma unroll
@@ -208,8 +206,9 @@ __device__ __forceinline__ void tf32_block_product(const float* __restrict__ in,
           if (p0 + col0 + 16 * j < p_end) {
 #pragma unroll
             for (int n = 0; n < 2; ++n) {
-              const float* bt = bs + (k + t) * sld + col0 + 16 * j + 8 * n + g;
-              const uint32_t b[2] = {__float_as_uint(bt[0]), __float_as_uint(bt[4 * sld])};  // B(t, g), B(t + 4, g)
+              const float* bt = bs + k * sld + col0 + 16 * j + 8 * n;  // rounded when staged
+              const uint32_t b[2] = {__float_as_uint(bt[tf32_b_offset(lane, 0, sld)]),
+                                     __float_as_uint(bt[tf32_b_offset(lane, 1, sld)])};
 #pragma unroll
               for (int i = 0; i < FR; ++i) {
                 if (row_on[i]) mma_m16n8k8_tf32(acc[i][j][n], a[i], b);

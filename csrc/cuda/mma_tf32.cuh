@@ -1,8 +1,9 @@
 // TF32 tensor-core products at the instruction level: mma.sync m16n8k8 (sm_80 and later) on
-// registers the caller loads itself, for the product whose operands wmma::load_matrix_sync can
-// only read with bank conflicts (block_gemm.cuh: the weight gradient). wmma fixes both the load
-// pattern and the meaning of every register; with mma.sync the caller chooses which stack element
-// goes into which register, which is what makes conflict-free 8-byte loads possible.
+// registers the caller loads itself, for both TF32 products of block_gemm.cuh. wmma, used before,
+// fixed both the load pattern and the meaning of every register; with mma.sync the caller
+// chooses which stack element goes into which register, which is what makes the weight
+// gradient's conflict-free 8-byte loads possible, and its plain loads and stores are shared-memory
+// instructions once block_gemm.cuh's in_shared rebases the pointer (wmma's intrinsics were not).
 //
 // Fragments of mma.m16n8k8 with .tf32 inputs and .f32 accumulators (PTX ISA, "Matrix fragments
 // for mma.m16n8k8"), lane = 4 g + t (group g < 8, member t < 4):
@@ -26,6 +27,16 @@
 #include "ops/tile_plan.h"
 
 namespace jkofast::cuda {
+
+// Where lane `lane` reads register `reg` of an A fragment (16 x 8, row-major at stride ld) and of a
+// B fragment (8 x 8, its k rows at stride ld), in words from the fragment's first element: the
+// layout above. tf32_block_product loads through these, and tests/test_cuda_emulation.py counts
+// their banks on every float plan (A from a stack: conflict-free at the stacks' skew, B from the
+// weight stage: at tile::stage_skew).
+JKO_HOST_DEVICE constexpr int tf32_a_offset(int lane, int reg, int ld) {
+  return (lane / 4 + 8 * (reg & 1)) * ld + lane % 4 + 4 * (reg >> 1);
+}
+JKO_HOST_DEVICE constexpr int tf32_b_offset(int lane, int reg, int ld) { return (lane % 4 + 4 * reg) * ld + lane / 4; }
 
 // Where lane `lane` reads its 8-byte operand pair `half` (0 or 1) of one k step, in words from the
 // step's first stack row and the tile's first column, on a stack of row stride ld: row 2t + half,

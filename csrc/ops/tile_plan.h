@@ -46,7 +46,7 @@ JKO_HOST_DEVICE constexpr int out_area(int itemsize) { return itemsize == 8 ? 40
 JKO_HOST_DEVICE constexpr int stage_elems(int itemsize) { return itemsize == 8 ? 1024 : 4096; }
 // Padding per stage row: 32 bytes (8 floats, 4 doubles), so that stage_ld is 8 words past a
 // multiple of 32 and the 8 x 4 lanes of a TF32 B-fragment load (lane reads row lane % 4, column
-// lane / 4: mma.m16n8k8's layout, and what wmma::load_matrix_sync compiles to on sm_90) hit 32
+// lane / 4: mma.m16n8k8's layout, csrc/cuda/mma_tf32.cuh: tf32_b_offset) hit 32
 // distinct banks; the stack's 4-value skew would put rows k and k + 1 four banks apart, a 2-way
 // conflict on every B load. (The stacks keep kSkew: A fragments read row lane / 4, column
 // lane % 4, which that skew serves.)

@@ -272,14 +272,18 @@ inline uint32_t tf32_bits(float v) { return std::bit_cast<uint32_t>(nvcuda::wmma
 // every lane publishes its registers, then computes its own 4 outputs from the warp's registers
 // read in the PTX ISA's fragment layout (mma_tf32.cuh), so a caller that puts a value in the wrong
 // register gets a wrong product, as on the GPU. The tensor cores read an operand's top 19 bits
-// (sign, exponent, 10 mantissa bits): the rest is dropped here too, so an operand that was not
-// rounded to TF32 is truncated, as on the hardware. Products of TF32 values are exact in float.
+// (sign, exponent, 10 mantissa bits) and drop the rest, truncating an operand not rounded to
+// TF32 first: an error too small for the products' tolerances to see, so a caller that forgot
+// to round (cvt.rna) is a fault here. Products of TF32 values are exact in float.
 inline void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
   const unsigned me = emu::thread_idx.x, lane = me % 32, first = me - lane;
   uint32_t(&regs)[256][6] = emu::block->mma_registers;
   for (int i = 0; i < 4; ++i) regs[me][i] = a[i];
   regs[me][4] = b[0];
   regs[me][5] = b[1];
+  for (const uint32_t bits : regs[me]) {
+    if ((bits & 0x1FFFu) != 0 && emu::fault.empty()) emu::fault = "mma_m16n8k8_tf32: an operand not rounded to TF32";
+  }
   __syncwarp();
   auto value = [](uint32_t bits) { return std::bit_cast<float>(bits & 0xFFFFE000u); };
   const int g = int(lane / 4), t = int(lane % 4);

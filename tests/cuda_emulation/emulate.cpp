@@ -360,21 +360,19 @@ int emu_stage_store_ways(int64_t dim, int64_t input_dim, int64_t hidden, int64_t
 }
 
 // The banks of a TF32 fragment load (float plans): the most distinct words on one bank among the
-// 32 lanes of each of the fragment's 4 loads, in the layout of mma.m16n8k8.tf32 (PTX ISA) that
-// tf32_block_product (block_gemm.cuh) loads in: operand 0, A from a stack (ld: row g = lane / 4,
-// column t = lane % 4; + 8 rows, + 4 columns); 1, B from the weight stage (stage_ld: row t,
-// column g; + 4 rows, and + 8 columns for the second n8 product).
+// 32 lanes of each of the fragment's loads, at the offsets tf32_block_product loads from
+// (mma_tf32.cuh: tf32_a_offset, tf32_b_offset): operand 0, A's 4 registers from a stack (ld);
+// 1, B's 2 registers from the weight stage (stage_ld), for the first and the second n8 product of
+// a 16-column tile (+ 8 columns).
 int emu_fragment_load_ways(int64_t dim, int64_t input_dim, int64_t hidden, int64_t tangent_rows, int rows,
                            int operand) {
   const tile::TilePlan plan = tile::make_plan(dim, input_dim, hidden, tangent_rows, 4, rows);
-  const int64_t ld = operand == 0 ? plan.ld : plan.stage_ld;
   int worst = 0;
   for (int load = 0; load < 4; ++load) {
     std::vector<int64_t> request;
     for (int lane = 0; lane < 32; ++lane) {
-      const int g = lane / 4, t = lane % 4;
-      request.push_back(operand == 0 ? (g + 8 * (load & 1)) * ld + t + 4 * (load >> 1)
-                                     : (t + 4 * (load & 1)) * ld + g + 8 * (load >> 1));
+      request.push_back(operand == 0 ? tf32_a_offset(lane, load, plan.ld)
+                                     : tf32_b_offset(lane, load & 1, plan.stage_ld) + 8 * (load >> 1));
     }
     worst = std::max(worst, request_ways(request));
   }
