@@ -192,10 +192,13 @@ stage_sweep() {
 
 # ncu on the fused training step (d=6, width 128, batch 16k, TF32): speed of light, occupancy,
 # memory and compute workload of the jko_block_loss kernel (and of the rk4_block kernels that
-# fused=False runs).
+# fused=False runs). MemoryWorkloadAnalysis_Tables: shared-memory wavefronts and bank conflicts
+# (the products' loads should have none); InstructionStats: executed instructions per opcode
+# (generic LD / ST left against LDS / STS: csrc/cuda/README.md, "Shared memory, as nvcc sees it").
 stage_profile() {
   cd /tmp && ncu --target-processes all -k regex:"jko_block_loss|rk4_block" --launch-count 4 \
     --section SpeedOfLight --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
+    --section MemoryWorkloadAnalysis_Tables --section InstructionStats \
     --section ComputeWorkloadAnalysis --section WarpStateStats \
     $PY -c "
 import torch, jkofast
