@@ -339,6 +339,10 @@ __device__ __forceinline__ void tf32_weight_grad(const float* __restrict__ g, co
   const int col_groups = int(tile::ceil_div(cols16, 16 * GR)), groups = int(tile::ceil_div(rows16, 16 * GR)) * col_groups;
   for (int grp = warp; grp < groups; grp += kWarps) {
     const int o0 = (grp / col_groups) * 16 * GR, c0 = (grp % col_groups) * 16 * GR;
+    // This lane's quad of part row pair r of tile (i, j), read before the k steps, written after.
+    auto quad = [&](int i, int j, int r) {
+      return part + int64_t(o0 + 16 * i + lane_row + r) * cols16 + c0 + 16 * j + lane_col;
+    };
     bool o_on[GR], c_on[GR];  // warp-uniform: the group's tiles inside the part
 #pragma unroll
     for (int i = 0; i < GR; ++i) {
@@ -354,7 +358,7 @@ __device__ __forceinline__ void tf32_weight_grad(const float* __restrict__ g, co
         if (o_on[i] && c_on[j]) {
 #pragma unroll
           for (int r = 0; r < 2; ++r) {
-            const float4 q = load_quad(part + int64_t(o0 + 16 * i + lane_row + r) * cols16 + c0 + 16 * j + lane_col);
+            const float4 q = load_quad(quad(i, j, r));
             acc[i][j][0][2 * r] = q.x;
             acc[i][j][1][2 * r] = q.y;
             acc[i][j][0][2 * r + 1] = q.z;
@@ -403,9 +407,8 @@ __device__ __forceinline__ void tf32_weight_grad(const float* __restrict__ g, co
         if (o_on[i] && c_on[j]) {
 #pragma unroll
           for (int r = 0; r < 2; ++r) {
-            store_quad(part + int64_t(o0 + 16 * i + lane_row + r) * cols16 + c0 + 16 * j + lane_col,
-                       float4{acc[i][j][0][2 * r], acc[i][j][1][2 * r], acc[i][j][0][2 * r + 1],
-                              acc[i][j][1][2 * r + 1]});
+            store_quad(quad(i, j, r), float4{acc[i][j][0][2 * r], acc[i][j][1][2 * r], acc[i][j][0][2 * r + 1],
+                                             acc[i][j][1][2 * r + 1]});
           }
         }
       }

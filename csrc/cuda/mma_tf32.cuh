@@ -50,6 +50,9 @@ JKO_HOST_DEVICE constexpr int tf32_pair_offset(int lane, int half, int ld) {
   return (2 * (lane % 4) + half) * ld + 2 * (lane / 4);
 }
 
+// A float rounded to TF32 (cvt.rna.tf32.f32), as an operand register.
+__device__ __forceinline__ uint32_t tf32_bits(float v) { return __float_as_uint(nvcuda::wmma::__float_to_tf32(v)); }
+
 #if !defined(JKOFAST_EMULATE_CUDA)
 // d += A B for one m16n8k8 product (registers in the layout above).
 __device__ __forceinline__ void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
@@ -59,9 +62,6 @@ __device__ __forceinline__ void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
-
-// A float rounded to TF32 (cvt.rna.tf32.f32), as an operand register.
-__device__ __forceinline__ uint32_t tf32_bits(float v) { return __float_as_uint(nvcuda::wmma::__float_to_tf32(v)); }
 
 // Vector accesses, p 8-byte (pair) or 16-byte (quad) aligned, as the callers' layouts guarantee.
 __device__ __forceinline__ float2 load_pair(const float* p) { return *reinterpret_cast<const float2*>(p); }

@@ -266,8 +266,6 @@ inline void store_quad(float* p, float4 v) {
   p[3] = v.w;
 }
 
-inline uint32_t tf32_bits(float v) { return std::bit_cast<uint32_t>(nvcuda::wmma::__float_to_tf32(v)); }
-
 // mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 with d as C and D, a warp-wide instruction:
 // every lane publishes its registers, then computes its own 4 outputs from the warp's registers
 // read in the PTX ISA's fragment layout (mma_tf32.cuh), so a caller that puts a value in the wrong
