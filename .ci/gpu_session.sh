@@ -161,9 +161,20 @@ build_report() {
 }
 
 # The GPU tests (they import the installed package: run from /tmp, not the checkout).
+# Each run draws fresh inputs (test_cuda_ops.py's seed, named in failures). The float32/TF32 rule
+# compares two rounding errors, so a case at its edge can fail one draw in many: failures are rerun
+# once under another seed. One that repeats is a bug; one that passes was a draw at the rule's edge
+# (the first seed, in the log above the rerun, reproduces it). The stage keeps the first run's status.
 stage_test() {
   cd /tmp && JKOFAST_TF32_REPORT="$LOGS/tf32-errors.json" $PY -m pytest "$REPO/tests" -m cuda -q -rA \
-    -p no:cacheprovider --junitxml="$LOGS/junit-cuda.xml" --durations=15
+    -o cache_dir="$LOGS/pytest-cache" --junitxml="$LOGS/junit-cuda.xml" --durations=15
+  local rc=$?
+  if [ "$rc" -eq 1 ]; then
+    echo "=== rerunning the failures under another seed ==="
+    JKOFAST_TEST_SEED=$((RANDOM * 32768 + RANDOM)) $PY -m pytest "$REPO/tests" -m cuda -q -rA \
+      -o cache_dir="$LOGS/pytest-cache" --lf --junitxml="$LOGS/junit-cuda-rerun.xml"
+  fi
+  return "$rc"
 }
 
 # compute-sanitizer on the small cases. Without torch's caching allocator every tensor is its own

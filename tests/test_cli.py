@@ -25,6 +25,7 @@ def test_train_writes_everything(run_dir, capsys):
     assert {"model.pt", "checkpoint.pt", "log.json", "metrics.json", "samples.npy", "plot.png"} <= names
     flow = jkofast.Flow.load(run_dir)
     assert flow.info["data"]["name"] == "moons" and flow.num_blocks >= 1
+    assert flow.info["config"]["iters"] == 20  # the flag beat the quick preset's 40
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert np.isfinite(metrics["nll_steps3"]["mean"]) and metrics["n_test"] == 800
     assert np.load(run_dir / "samples.npy").shape == (400, 2)
@@ -47,8 +48,20 @@ def test_eval_sample_plot(run_dir, tmp_path, capsys):
     assert "test NLL (3 RK4 steps" in out and "+/-" in out
     metrics = json.loads((tmp_path / "e.json").read_text())
     assert abs(metrics["nll_steps3"]["mean"] - metrics["nll_steps6"]["mean"]) < 0.05
+    # eval rebuilds the training run's test split from the recorded data set and seed: the same
+    # model on the same points gives train's number, up to the order of the sum
+    trained = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["n_test"] == trained["n_test"]
+    assert abs(metrics["nll_steps3"]["mean"] - trained["nll_steps3"]["mean"]) < 1e-9
     assert main(["sample", "--model", str(run_dir), "--n", "50", "--out", str(tmp_path / "s.csv")]) == 0
-    assert np.loadtxt(tmp_path / "s.csv", delimiter=",").shape == (50, 2)
+    csv = np.loadtxt(tmp_path / "s.csv", delimiter=",")
+    assert csv.shape == (50, 2)
+    for seed, name in ((0, "a.npy"), (0, "b.npy"), (1, "c.npy")):
+        assert main(["sample", "--model", str(run_dir), "--n", "50", "--seed", str(seed),
+                     "--out", str(tmp_path / name)]) == 0
+    a, b, c = (np.load(tmp_path / name) for name in ("a.npy", "b.npy", "c.npy"))
+    assert a.shape == (50, 2) and np.array_equal(a, b) and not np.allclose(a, c)
+    np.testing.assert_allclose(csv, a, rtol=1e-6, atol=1e-6)  # the default seed is 0; CSV keeps ~8 digits
     assert main(["plot", "--model", str(run_dir), "--out", str(tmp_path / "p.png"), "--n-test", "300"]) == 0
     assert (tmp_path / "p.png").stat().st_size > 10_000
 
@@ -72,3 +85,13 @@ def test_errors_are_messages_not_tracebacks(tmp_path, capsys):
 def test_module_entry_point():
     out = subprocess.run([sys.executable, "-m", "jkofast", "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == f"jkofast {jkofast.__version__}"
+
+
+def test_restart_ignores_the_checkpoint(run_dir, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "moons"
+    shutil.copytree(run_dir, copy)
+    assert main(["train", "--data", "moons", "--out", str(copy), *SMALL, "--no-plot", "--restart"]) == 0
+    log = json.loads((copy / "log.json").read_text())
+    assert log["resumed"] is False and len(log["blocks"]) >= 1

@@ -450,7 +450,22 @@ def test_x_on_the_cpu_with_cuda_weights_is_a_value_error():
             call()
 
 
-def test_other_device_index_and_non_contiguous_inputs():
+@pytest.mark.skipif(DEVICE != "cuda" or torch.cuda.device_count() < 2, reason="needs two GPUs (cuda)")
+def test_inputs_on_a_device_other_than_the_current_one():
+    # The ops guard x's device (cuda_glue.h device_guard): run on cuda:1 while cuda:0 is current.
+    field = random_field(4, 16, 2).to("cuda:1")
+    x = torch.randn(20, 4, dtype=torch.float64, device="cuda:1")
+    t0 = torch.tensor(0.4, dtype=torch.float64, device="cuda:1")
+    with torch.cuda.device(0), poisoned():
+        got = O.mlp_field_div(x, t0, field.weights, field.biases)
+        x1 = O.rk4_block(x, field.weights, field.biases, 0.0, 1.0, 2)[0]
+    assert got[0].device == x1.device == x.device
+    want = R.mlp_velocity_and_divergence(x, t0, field.weights, field.biases)
+    assert_all_close(list(got), list(want), F64, "cuda:1")
+    assert_all_close([x1], [jkofast.rk4(field, x, 0.0, 1.0, 2, backend="torch")[0]], F64, "cuda:1 rk4")
+
+
+def test_non_contiguous_inputs():
     field = cuda_field(4, 16, 2)
     x = torch.randn(4, 20, dtype=torch.float64, device=DEVICE).t()  # transposed view
     v = torch.randn(20, 4, 2, dtype=torch.float64, device=DEVICE).transpose(1, 2)

@@ -122,3 +122,36 @@ def test_field_constructor_checks():
         jkofast.VelocityField(2, layers=0)
     with pytest.raises(ValueError, match="activation"):
         jkofast.VelocityField(2, activation="relu")
+
+
+@pytest.mark.parametrize("activation,beta", [("softplus", 1.0), ("softplus", 20.0), ("silu", 1.0), ("tanh", 1.0)])
+@pytest.mark.parametrize("time", [True, False])
+@pytest.mark.parametrize("per_sample_t", [False, True])
+def test_velocity_compiled_equals_the_field(activation, beta, time, per_sample_t):
+    # jkofast.velocity is the interpolant method's hot call; its compiled branch passes beta and the
+    # time column itself, so check it (value and gradients) against the field's own forward.
+    field = random_field(3, 16, 3, activation, time=time, beta=beta)
+    x = torch.randn(11, 3, dtype=torch.float64, requires_grad=True)
+    t = torch.rand(11, dtype=torch.float64) if per_sample_t else 0.7
+    f = jkofast.velocity(field, x, t, backend="compiled")
+    want = field(x, torch.as_tensor(t, dtype=torch.float64))
+    torch.testing.assert_close(f, want, rtol=1e-12, atol=1e-12)
+    w = torch.randn_like(f)
+    params = [x, *field.parameters()]
+    got = torch.autograd.grad((f * w).sum(), params)
+    ref = torch.autograd.grad((want * w).sum(), params)
+    for g, r in zip(got, ref):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
+
+
+def test_velocity_input_errors():
+    field = random_field(3, 8, 2)
+    with pytest.raises(ValueError, match="3 columns|shape"):
+        jkofast.velocity(field, torch.randn(4, 2, dtype=torch.float64), 0.5)
+    with pytest.raises(ValueError, match="dtype"):
+        jkofast.velocity(field.half(), torch.randn(4, 3).half(), 0.5, backend="compiled")
+    field.double()
+    with pytest.raises(TypeError, match="dtype torch.float32 but the model's parameters are torch.float64"):
+        jkofast.velocity(field, torch.randn(4, 3), 0.5)
+    with pytest.raises(ValueError, match="backend"):
+        jkofast.velocity(field, torch.randn(4, 3, dtype=torch.float64), 0.5, backend="cuda")

@@ -116,9 +116,38 @@ def test_backend_choice():
         rk4(field.half(), x.half(), 0.0, 1.0, 2, backend="compiled")
     with pytest.raises(ValueError, match="steps"):
         rk4(field.double(), x, 0.0, 1.0, 0, backend="compiled")
-    # auto falls back to the reference where the op does not fit (half precision here)
-    x1, _, _ = rk4(field.float(), x.float(), 0.0, 1.0, 2, backend="auto")
-    assert x1.dtype == torch.float32
+
+
+def test_auto_runs_the_compiled_ops_wherever_they_fit(monkeypatch, moons):
+    # "auto" is every user's default: a regression that sent it to the reference would pass every
+    # agreement test (the reference against itself) and only cost speed, so count the op's calls.
+    from conftest import SHORT_RUN, LinearField
+    from jkofast import _backend
+
+    field, x, _, _ = field_case(2, 6, 2, batch=5)
+    for dtype in (torch.float32, torch.float64):
+        assert _backend.choose("auto", field.to(dtype), x.to(dtype)) == "compiled"
+    assert _backend.choose("auto", field.half(), x.half()) == "torch"
+    assert _backend.choose("auto", LinearField(torch.eye(2, dtype=torch.float64)), x.double()) == "torch"
+
+    calls = {"rk4_block": 0, "jko_block_loss": 0}
+    for name in calls:
+        def counted(*args, _real=getattr(O, name), _name=name, **kwargs):
+            calls[_name] += 1
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(O, name, counted)
+    field, x = field.double(), x.double()
+    x1, logdet, _ = rk4(field, x, 0.0, 1.0, 2)
+    assert calls["rk4_block"] == 1
+    ref = rk4(field, x, 0.0, 1.0, 2, backend="torch")
+    torch.testing.assert_close((x1, logdet), ref[:2], rtol=1e-10, atol=1e-12)
+    # half precision does not fit the ops: auto runs the reference, with the same numbers
+    x1_half, _, _ = rk4(field.half(), x.half(), 0.0, 1.0, 2)
+    assert calls["rk4_block"] == 1 and x1_half.dtype == torch.float16
+    torch.testing.assert_close(x1_half, rk4(field.half(), x.half(), 0.0, 1.0, 2, backend="torch")[0], rtol=0, atol=0)
+    # and training (the default backend) takes the fused loss-and-gradient op
+    jkofast.train(moons[0][:500], progress=False, **dict(SHORT_RUN, blocks=1, iters=3, batch=100))
+    assert calls["jko_block_loss"] == 3
 
 
 def test_training_with_compiled_backend_reaches_reference_nll(moons):
@@ -130,5 +159,5 @@ def test_training_with_compiled_backend_reaches_reference_nll(moons):
     nll = {}
     for backend in ("torch", "compiled"):
         flow = jkofast.train(moons[0], val=moons[1], progress=False, backend=backend, **options)
-        nll[backend] = float(-flow.log_prob(moons[1], backend="torch").mean())
+        nll[backend] = float(-flow.log_prob(moons[1], backend="torch").mean().detach())
     assert abs(nll["compiled"] - nll["torch"]) < 0.01, nll

@@ -66,3 +66,6 @@ def test_ops_agree_across_thread_counts_and_repeat_exactly():
     for i, (a, b, c) in enumerate(zip(one, two, again)):
         torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12, msg=f"output {i}: 2 threads vs 1")
         assert torch.equal(b, c), f"output {i}: two runs on 2 threads differ"
+    # and the second thread really took tiles: the weight-gradient sums were grouped differently, so
+    # some output moved in its last bits (an op that ignored the threads would repeat 1 thread's bits)
+    assert any(not torch.equal(a, b) for a, b in zip(one, two)), "2 threads gave 1 thread's bits exactly"

@@ -1,5 +1,6 @@
 """JKO-iFlow training on real data: the loss goes down, the model fits, runs resume exactly,
 and failures stop loudly."""
+import json
 import math
 
 import numpy as np
@@ -194,9 +195,23 @@ def test_select_blocks_keeps_the_prefix_with_the_lowest_validation_nll(tmp_path,
         jkofast.train(x, progress=False, select_blocks="val", **opts)
 
 
-def test_hutchinson_and_path_transport_train(moons):
-    flow = jkofast.train(moons[0][:500], progress=False,
-                         **(QUICK | {"divergence": "hutchinson", "probes": 2, "transport": "path"}))
+def test_hutchinson_and_path_transport_train(moons, monkeypatch, tmp_path):
+    # The options must reach every block's loss (a trainer that dropped them would still train),
+    # and the loss they define must still go down on the data.
+    seen = []
+    real = jko_iflow.block_loss
+
+    def recorded(*args, **kwargs):
+        seen.append({k: kwargs[k] for k in ("divergence", "probes", "transport", "tableau")})
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(jko_iflow, "block_loss", recorded)
+    options = {"divergence": "hutchinson", "probes": 2, "transport": "path", "tableau": "rk4-3/8"}
+    flow = jkofast.train(moons[0][:500], out=tmp_path, progress=False, **(QUICK | options | {"iters": 40, "stop_tol": 0.0}))
+    assert len(seen) == 2 * 40 and all(s == options for s in seen)
+    assert flow.info["config"]["divergence"] == "hutchinson" and flow.info["config"]["tableau"] == "rk4-3/8"
+    first = json.loads((tmp_path / "log.json").read_text())["blocks"][0]
+    assert first["loss"] < first["loss_first"] - 0.1, first
     assert torch.isfinite(flow.log_prob(moons[2][:100])).all()
 
 
