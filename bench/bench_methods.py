@@ -50,8 +50,9 @@ METHODS = ("jko-iflow", "jko-flow", "interpolant")
 # checkerboard / rose against 2.411 / 3.609 / 2.565 with beta = 20 (5,000 test points, 2 threads,
 # 2026-11-23); on digits beta = 20 gave 69.7 +/- 2.9 against 65.1 +/- 2.3, so high d keeps 1.
 SETTINGS = {
-    "jko-iflow": {"low": dict(blocks=6, hidden=64, layers=3, lr=3e-3, stop_tol=0.0, beta=20.0),
-                  "high": dict(blocks=4, hidden=128, layers=3, lr=5e-3, stop_tol=0.0, h0=0.5,
+    # select_blocks="all": the rows keep every block (the digits-select-blocks row overrides it)
+    "jko-iflow": {"low": dict(blocks=6, hidden=64, layers=3, lr=3e-3, stop_tol=0.0, beta=20.0, select_blocks="all"),
+                  "high": dict(blocks=4, hidden=128, layers=3, lr=5e-3, stop_tol=0.0, h0=0.5, select_blocks="all",
                                divergence="hutchinson", probes=1, eval_steps=6)},
     "jko-flow": {"low": dict(rounds=5, hidden=32, layers=2, steps=8, alpha=10.0, alpha_r=0.5, lr=1e-2),
                  "high": dict(rounds=3, hidden=32, layers=2, steps=4, eval_steps=8, alpha=10.0, alpha_r=0.5,
@@ -71,7 +72,7 @@ QUICK = {  # CI-sized: seconds per method on two moons
 def split_budget(method: str, batches: int, opts: dict, protocol: str) -> dict:
     """Spread ``batches`` optimizer steps over the method's units (blocks, rounds, iterations).
 
-    JKO-iFlow with ``protocol="paper"`` follows the paper's refinement (METHOD.md 2.5-2.7): L
+    JKO-iFlow with ``protocol="paper"`` follows the paper's refinement (docs/METHOD.md 2.5-2.7): L
     blocks, one reparametrization round (L blocks retrained) and one refinement round (2L
     blocks retrained), retrain_iters = iters / 2, so the total is iters * (L + L/2 + L).
     """

@@ -35,7 +35,7 @@ import torch
 import _harness as H
 
 CASE = dict(blocks=3, hidden=64, layers=3, iters=150, batch=1024, lr=3e-3, steps=3, stop_tol=0.0,
-            eval_steps=None, seed=0)
+            select_blocks="all", eval_steps=None, seed=0)
 QUICK = dict(blocks=2, hidden=32, layers=2, iters=30, batch=512)
 DATA = dict(name="moons", n_train=20_000, n_val=2_000, n_test=10_000, seed=0)
 

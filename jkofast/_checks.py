@@ -57,3 +57,31 @@ def check_number(value, name: str, *, low: float = 0.0, strict: bool = True) -> 
     if not (value > low if strict else value >= low) or value != value:
         raise ValueError(f"{name} must be {'>' if strict else '>='} {low}, got {value!r}")
     return float(value)
+
+
+def check_device(device, name: str = "device") -> torch.device:
+    """``device`` as a torch.device this process can use: a misspelt name, CUDA on a torch built
+    without it, or an index past the last GPU is an error that says so (torch's own messages for
+    these come from deep inside the first allocation, or name the checkpoint instead)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"{name}={device!r} is not a device name (use 'cpu', 'cuda' or 'cuda:N')") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = ("this torch was built without CUDA" if torch.version.cuda is None else
+                   "torch finds no usable GPU (driver, or CUDA_VISIBLE_DEVICES)")
+            raise ValueError(f"{name}={device!r} asks for a GPU, but {why} (torch {torch.__version__}); "
+                             "use 'cpu', or install a CUDA build of torch")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{name}={device!r}: this machine has {torch.cuda.device_count()} GPU(s), "
+                             f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{name}={device!r} asks for Apple's MPS, which this machine or torch lacks; use 'cpu'")
+    return dev
+
+
+def dtype_name(dtype) -> str:
+    """A settings' dtype as its name: ``torch.float64`` -> ``"float64"`` (strings pass through),
+    so a config holds JSON- and checkpoint-safe values whichever form the caller used."""
+    return str(dtype).removeprefix("torch.") if isinstance(dtype, torch.dtype) else dtype

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ._checks import check_device
 from ._version import __version__
 
 __all__ = ["CheckpointError", "FORMAT_VERSION", "save_payload", "load_payload", "write_json"]
@@ -51,9 +52,12 @@ def load_payload(path: str | os.PathLike, kind: str, map_location="cpu") -> dict
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    if isinstance(map_location, (str, torch.device)):
+        check_device(map_location, "map_location")  # else torch's refusal would read as a corrupt file
     try:
         record = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError,
+            KeyError, IndexError, AttributeError) as exc:  # what torch's loaders raise on bytes that are not theirs
         raise CheckpointError(f"{path} is not a readable checkpoint (corrupt, truncated, or not written by "
                               f"jkofast): {type(exc).__name__}: {exc}") from exc
     if not isinstance(record, dict) or "format" not in record:

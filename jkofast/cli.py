@@ -8,12 +8,13 @@ plot.png (2-D data).
 ``torchrun --nproc_per_node N -m jkofast train ...`` trains with N processes (distributed.py):
 every rank evaluates its shard of the test set, rank 0 alone prints and writes the files.
 ``--mmap`` reads a ``.npy`` file through a memory map and splits it without copying
-(datasets/streaming.py); by default files larger than a quarter of the free memory are.
+(datasets/streaming.py); by default files of MMAP_BYTES (1 GiB) or more are.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from . import datasets, distributed
+from ._checks import check_device
 from ._version import __version__
 from .checkpoint import CheckpointError
 from .datasets.streaming import Rows, open_npy, split_rows
@@ -30,7 +32,7 @@ from .evaluate import evaluate
 from .flow import Flow
 from .jko_iflow import TrainingDivergedError
 from .jko_iflow_config import BUDGETS, JKOIFlowConfig
-from .memory import available_bytes, peak_memory_of_run
+from .memory import peak_memory_of_run
 from .metrics import sharded_nll
 from .train import METHODS, train
 
@@ -87,18 +89,26 @@ def _print_evaluation(metrics: dict, steps: list[int]) -> None:
     t = metrics.get("training") or {}
     if t.get("train_batches") is not None:
         res = t.get("resources") or {}
-        print(f"training ({t['method']}): {t['train_batches']} batches of {t['batch_size']}, {t['train_seconds']:.1f} s "
-              f"training, {res.get('wall_seconds', float('nan')):.1f} s wall, peak memory "
+        resumed = " (over every process that trained it; wall and memory: the last one)" if t.get("resumed") else ""
+        print(f"training ({t['method']}): {t['train_batches']} batches of {t['batch_size']}, "
+              f"{t['train_seconds']:.1f} s training{resumed}, {res.get('wall_seconds', float('nan')):.1f} s wall, "
+              f"peak memory "
               f"{res.get('peak_mb', float('nan')):.0f} MB ({res.get('kind', '?')})")
 
 
+# A fixed size, not a share of the free memory: the choice decides the split (split_rows draws
+# per row, datasets.split permutes), and the same command must split a file the same way on every
+# machine and at every resume.
+MMAP_BYTES = 2**30
+
+
 def _memory_map(path: Path, choice: bool | None) -> bool:
-    """--mmap / --no-mmap, or by default: memory-map a .npy larger than a quarter of free memory."""
+    """--mmap / --no-mmap, or by default: memory-map a .npy of MMAP_BYTES or more."""
     if path.suffix.lower() != ".npy":
         if choice:
             raise SystemExit(f"error: --mmap reads .npy files; convert {str(path)!r} with np.save")
         return False
-    return choice if choice is not None else path.stat().st_size > available_bytes("cpu") // 4
+    return choice if choice is not None else path.stat().st_size >= MMAP_BYTES
 
 
 def _data_spec(args) -> dict:
@@ -129,8 +139,13 @@ def _with_root(spec: dict, name: str, args) -> dict:
     return spec
 
 
+def _device(args, default: str = "cpu") -> torch.device:
+    """--device checked up front: a GPU asked of a CPU-only torch is a one-line error."""
+    return check_device(args.device or default, "--device")
+
+
 def cmd_train(args) -> int:
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = _device(args, "cuda" if torch.cuda.is_available() else "cpu")
     dist = distributed.connect(device)  # a process group under torchrun, else one process
     try:
         return _train_and_report(args, dist)
@@ -181,14 +196,14 @@ def _train_and_report(args, dist) -> int:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     _print_evaluation(metrics, grids)
     peak = metrics["peak_memory"]["rss_bytes_max"] / 2**20
-    print(f"{flow.num_blocks} blocks, training {metrics['train_seconds']:.1f} s, total "
+    print(f"{flow.num_blocks} block{'s' * (flow.num_blocks != 1)}, training {metrics['train_seconds']:.1f} s, total "
           f"{metrics['total_seconds']:.1f} s, peak memory {peak:.0f} MB per process; wrote "
           f"{', '.join(sorted(p.name for p in out.iterdir() if p.is_file()))}")
     return 0
 
 
 def _flow_and_data(args):
-    flow = Flow.load(args.model, map_location=args.device or "cpu")
+    flow = Flow.load(args.model, map_location=_device(args))
     spec = dict(flow.info.get("data", {}))
     if getattr(args, "data", None):
         spec = {"name": args.data, "seed": spec.get("seed", 0), "n_train": 1, "n_val": 1,
@@ -217,11 +232,13 @@ def cmd_eval(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    flow = Flow.load(args.model, map_location=args.device or "cpu")
+    out = Path(args.out)
+    if out.suffix.lower() not in (".npy", ".csv"):  # np.save would quietly append .npy to the name
+        raise ValueError(f"--out {str(out)!r}: the samples are written as .npy or .csv; end the name in one of those")
+    flow = Flow.load(args.model, map_location=_device(args))
     g = torch.Generator(device=flow.loc.device).manual_seed(args.seed)
     x = flow.sample(args.n, generator=g, steps=args.steps).detach().cpu().numpy()
-    out = Path(args.out)
-    if out.suffix == ".csv":
+    if out.suffix.lower() == ".csv":
         np.savetxt(out, x, delimiter=",")
     else:
         np.save(out, x)
@@ -277,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--n-test", type=int, default=20_000, help="built-in sets: test points")
     t.add_argument("--mmap", action=argparse.BooleanOptionalAction, default=None,
                    help=".npy files: read through a memory map in chunks and split without copying "
-                        "(default: when the file is larger than a quarter of the free memory)")
+                        "(default: for a file of 1 GiB or more)")
     t.add_argument("--samples", type=int, default=10_000, help="samples to write to samples.npy")
     t.add_argument("--restart", action="store_true", help="ignore a checkpoint in --out and start over")
     t.add_argument("--no-plot", action="store_true")
@@ -308,14 +325,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _StderrNotes(logging.Handler):
+    """The ``jkofast`` logger's notes (progress.say) on whatever sys.stderr is at the time."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"jkofast: {record.getMessage()}", file=sys.stderr)
+
+
+def _show_notes() -> None:
+    log = logging.getLogger("jkofast")
+    if not any(isinstance(h, _StderrNotes) for h in log.handlers):
+        log.addHandler(_StderrNotes())
+    log.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _show_notes()  # with --no-progress too: a run that stopped early or resumed says so
     try:
         return args.func(args)
     except (CheckpointError, DistributedError, FileNotFoundError, FloatingPointError, ImportError, ValueError,
             TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        where = (f"; the last checkpoint in {args.out} is kept: rerun the same command to resume from it"
+                 if args.command == "train" else "")
+        print(f"\ninterrupted{where}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

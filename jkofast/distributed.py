@@ -38,6 +38,8 @@ import torch
 import torch.distributed as tdist
 from torch import Tensor, nn
 
+from ._checks import check_device
+
 __all__ = ["Dist", "DistributedError", "connect", "TIMEOUT_ENV"]
 
 TIMEOUT_ENV = "JKOFAST_DIST_TIMEOUT"
@@ -241,7 +243,7 @@ def connect(device: str | torch.device = "cpu") -> Dist:
         >>> connect("cpu").world      # no torchrun environment, no process group
         1
     """
-    device = torch.device(device)
+    device = check_device(device)
     if tdist.is_available() and tdist.is_initialized():
         local_rank = _env_int("LOCAL_RANK", tdist.get_rank())
         return Dist(rank=tdist.get_rank(), world=tdist.get_world_size(), local_rank=local_rank,

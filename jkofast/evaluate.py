@@ -4,7 +4,7 @@
   space u = (x - loc) / scale the blocks work in (the papers' tables are in that space: their
   loaders standardize the data first). NLL_u = NLL_x - sum(log scale) for every point, so the
   standard error is the same.
-* MMD between samples and test points as the JKO-iFlow code computes it (METHOD.md 6): Gaussian
+* MMD between samples and test points as the JKO-iFlow code computes it (docs/METHOD.md 6): Gaussian
   kernel, biased V-statistic (MMD^2), up to 10,000 against 10,000. ``mmd_c`` uses the bandwidth
   0.1 x the median pairwise test distance (the code's); ``mmd_m`` the median itself, which stays
   informative in high dimension, where ``mmd_c`` tends to 2/n for any sampler.
@@ -15,24 +15,25 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ._checks import check_finite, check_points
 from .flow import Flow
 from .metrics import median_distance, mmd, nll, rows_per_chunk
 
 __all__ = ["evaluate", "TRAINING_KEYS"]
 
-TRAINING_KEYS = ("method", "train_batches", "batch_size", "train_seconds", "resources")
+TRAINING_KEYS = ("method", "train_batches", "batch_size", "train_seconds", "resources", "resumed")
 
 
 @torch.no_grad()
-def evaluate(flow: Flow, test, *, steps: list[int] | None = None, mmd_points: int = 10_000, seed: int = 0,
+def evaluate(flow: Flow, test, *, steps: int | list[int] | None = None, mmd_points: int = 10_000, seed: int = 0,
              backend: str = "auto") -> dict:
     """Score ``flow`` on test data.
 
     Arguments:
         flow: a trained :class:`~jkofast.Flow`.
         test: test points, (N, d) array or tensor, in data space.
-        steps: RK4 grids to report NLLs on (default: ``flow.info["eval_grids"]``, else the
-            flow's own grid).
+        steps: RK4 steps per block to report NLLs at, one number or several (default:
+            ``flow.info["eval_grids"]``, else the flow's own grid).
         mmd_points: n for the MMD (min(n, N) test points against as many samples); 0 skips it.
         seed: seeds the samples and the choice of test points for the MMD.
 
@@ -48,7 +49,9 @@ def evaluate(flow: Flow, test, *, steps: list[int] | None = None, mmd_points: in
     """
     x = torch.as_tensor(np.asarray(test) if not isinstance(test, torch.Tensor) else test,
                         dtype=flow.loc.dtype, device=flow.loc.device)
-    grids = list(steps or flow.info.get("eval_grids") or [flow.steps])
+    check_points(x, "test", flow.dim, allow_empty=False)
+    check_finite(x, "test")
+    grids = [steps] if isinstance(steps, int) else list(steps or flow.info.get("eval_grids") or [flow.steps])
     log_scale = float(torch.log(flow.scale).sum())
     out: dict = {"n_test": int(x.shape[0])}
     for s in grids:

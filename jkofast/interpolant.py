@@ -1,4 +1,4 @@
-"""Stochastic-interpolant training (Albergo & Vanden-Eijnden, arXiv 2209.15571; METHOD.md 4).
+"""Stochastic-interpolant training (Albergo & Vanden-Eijnden, arXiv 2209.15571; docs/METHOD.md 4).
 
 The velocity is fitted without any ODE: for data x1, a base draw x0 ~ N(0, I) and a time t, the
 interpolant I_t = a_t x0 + b_t x1 gives the loss

@@ -13,7 +13,7 @@ __all__ = ["InterpolantConfig"]
 
 @dataclass
 class InterpolantConfig(MethodConfig):
-    """Every setting of :func:`jkofast.train` with ``method="interpolant"`` (METHOD.md 4).
+    """Every setting of :func:`jkofast.train` with ``method="interpolant"`` (docs/METHOD.md 4).
 
     Loss: E_t E[|v(I_t, t)|^2 - 2 dI_t/dt . v(I_t, t)] with ``interpolant`` ``"trig"`` (the
     paper's cos/sin) or ``"linear"``, t uniform on [0, 1] or Beta(a, b) with
@@ -79,7 +79,7 @@ class InterpolantConfig(MethodConfig):
 
 
 # "quick" trains in seconds (smoke tests); "default" fits a 2-D set in about a minute on one CPU
-# core; "paper" is what the paper's tabular runs are reported to use (METHOD.md 4: Beta(1, 0.5)
+# core; "paper" is what the paper's tabular runs are reported to use (docs/METHOD.md 4: Beta(1, 0.5)
 # times; its architecture table was not found, so the width and steps here are ours).
 InterpolantConfig.budgets = {
     "quick": dict(hidden=32, layers=2, iters=300, batch=256, steps=6, eval_steps=None, val_every=100,

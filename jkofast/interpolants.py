@@ -1,5 +1,5 @@
 """Interpolants between N(0, I) and the data, and the time distribution of the interpolant loss
-(Albergo & Vanden-Eijnden, arXiv 2209.15571; METHOD.md 4).
+(Albergo & Vanden-Eijnden, arXiv 2209.15571; docs/METHOD.md 4).
 
 In the paper's convention x0 ~ N(0, I) is the base, x1 the data, I_t = a_t x0 + b_t x1 with
 a_0 = b_1 = 1 and a_1 = b_0 = 0. Each entry below gives (a_t, b_t, da/dt, db/dt).

@@ -1,4 +1,4 @@
-"""JKO-Flow training (Vidal et al., arXiv 2211.16757; METHOD.md 3.2): the OT-Flow objective with a
+"""JKO-Flow training (Vidal et al., arXiv 2211.16757; docs/METHOD.md 3.2): the OT-Flow objective with a
 fixed alpha, solved in rounds, each round on the training data pushed through the previous ones.
 
 Round k trains OT-Flow's potential Phi_k on p_(k-1) (the data pushed through Phi_1..Phi_(k-1)),

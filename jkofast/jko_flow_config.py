@@ -14,7 +14,7 @@ INITS = ("identity", "ot-flow")
 
 @dataclass
 class JKOFlowConfig(MethodConfig):
-    """Every setting of :func:`jkofast.train` with ``method="jko-flow"`` (METHOD.md 3).
+    """Every setting of :func:`jkofast.train` with ``method="jko-flow"`` (docs/METHOD.md 3).
 
     Objective: J = L + ``alpha`` C + ``alpha_r`` R, OT-Flow's alpha = (1, alpha, alpha_r): L the
     transport cost, C the KL term, R the HJB penalty. ``alpha`` is the JKO step size: each round
@@ -87,7 +87,7 @@ class JKOFlowConfig(MethodConfig):
 
 # "quick" trains in seconds (smoke tests); "default" (1,500 steps of 1,000, 0.2 s each) fits a
 # 2-D set in about five minutes on one CPU core; "paper" is the JKO-Flow code's 2-D setting
-# (METHOD.md 3.2: K = 5, m = 16, nt = 8, alpha = (1, 10, 0.5), Adam 1e-2, batch 2,000, 1,000
+# (docs/METHOD.md 3.2: K = 5, m = 16, nt = 8, alpha = (1, 10, 0.5), Adam 1e-2, batch 2,000, 1,000
 # epochs of 6,000 samples = 3,000 steps, float64, OT-Flow's initialisation).
 JKOFlowConfig.budgets = {
     "quick": dict(rounds=2, hidden=16, iters=40, batch=256, steps=4, eval_steps=None, kl_points=1024),

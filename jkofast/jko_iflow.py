@@ -1,4 +1,4 @@
-"""Block-by-block JKO-iFlow training (Xu, Cheng, Xie, arXiv 2212.14424; METHOD.md 2.5-2.7).
+"""Block-by-block JKO-iFlow training (Xu, Cheng, Xie, arXiv 2212.14424; docs/METHOD.md 2.5-2.7).
 
 The run is a list of phases, each a pass over the blocks: the first pass adds blocks until the
 stopping rule fires, each reparametrization round re-times and retrains every block, each
@@ -34,7 +34,7 @@ from .jko_iflow_pushed import PushedData
 from .jko_iflow_state import restore_state, save_state
 from .jko_loss import block_loss
 from .memory import peak_memory
-from .progress import progress_bar
+from .progress import progress_bar, say
 from .schedule import reparametrized_step_sizes, split_block, step_sizes
 from .shard import MemoryShard, ShardStore
 
@@ -130,8 +130,9 @@ class JKOIFlowTrainer:
         opt = torch.optim.Adam(field.parameters(), lr=cfg.lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=iters, eta_min=cfg.lr * cfg.lr_final)
         batches = x.batches(self.local_batch, generator)
-        bar = progress_bar(total=iters, desc=f"{label} block {k + 1}/{self.flow.num_blocks} h={h:.3g}",
-                           enabled=self.progress)
+        # the first pass adds blocks as it goes: count against its budget, not the blocks so far
+        of = cfg.blocks + cfg.free_block if label == "initial" else self.flow.num_blocks
+        bar = progress_bar(total=iters, desc=f"{label} block {k + 1}/{of} h={h:.3g}", enabled=self.progress)
         start, losses = time.perf_counter(), []
         try:
             with self.dist.data_parallel(BlockObjective(field, h, cfg, generator, self.backend)) as objective:
@@ -228,7 +229,7 @@ class JKOIFlowTrainer:
         lowest validation NLL. The final round logged each prefix's NLL as it trained it (the
         same number on every rank), so this needs no extra pass, and a resumed finished run cuts
         to the same prefix. Non-finite NLLs never win. Returns whether the flow changed."""
-        if self.cfg.select_blocks != "val":
+        if self.cfg.select_blocks == "all" or (self.cfg.select_blocks == "auto" and self.data.val is None):
             return False
         final = self._label(len(self.phases) - 1)
         nll = [e["val_nll_standardized"] for e in self.log["blocks"] if e["phase"] == final]
@@ -240,6 +241,9 @@ class JKOIFlowTrainer:
             return False
         self.log.setdefault("events", []).append(
             {"select_blocks": {"kept": keep, "of": self.flow.num_blocks, "val_nll_standardized": nll}})
+        say(f"select_blocks: kept the first {keep} of {self.flow.num_blocks} blocks, the lowest validation NLL "
+            f"({nll[keep - 1]:.4g} standardized, {nll[-1]:.4g} with all; select_blocks='all' keeps every block)",
+            bars=self.progress, main=self.dist.main)
         self.flow.blocks = torch.nn.ModuleList(list(self.flow.blocks)[:keep])
         self.flow.h = self.flow.h[:keep]
         return True
@@ -251,6 +255,13 @@ class JKOIFlowTrainer:
         cfg, flow = self.cfg, self.flow
         free = not math.isfinite(flow.h[k])
         stop = k + 1 >= cfg.blocks or ter < cfg.stop_tol
+        if phase == "initial" and ter < cfg.stop_tol and k + 1 < cfg.blocks and not free:
+            stopped = {"block": k + 1, "ter": ter, "stop_tol": cfg.stop_tol}
+            self.log.setdefault("events", []).append({"stopped": stopped})
+            then = ", then the free block" if cfg.free_block else ""
+            say(f"stopping rule: block {k + 1} moved the data by Ter = {ter:.2g} < stop_tol = {cfg.stop_tol:g}, so "
+                f"the first pass ends at {k + 1} of {cfg.blocks} blocks{then} (stop_tol=0 trains them all)",
+                bars=self.progress, main=self.dist.main)
         if phase == "initial" and stop and cfg.free_block and not free:
             self.cursor.update(block=k + 1, free_next=True)
         elif (phase == "initial" and (stop or free)) or (phase != "initial" and k + 1 == flow.num_blocks):

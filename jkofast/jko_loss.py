@@ -1,4 +1,4 @@
-"""The per-block JKO-iFlow loss (METHOD.md 2.1)."""
+"""The per-block JKO-iFlow loss (docs/METHOD.md 2.1)."""
 from __future__ import annotations
 
 import math

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from ._checks import check_choice, check_positive_int
+from ._checks import check_choice, check_positive_int, dtype_name
 
 __all__ = ["MethodConfig"]
 
@@ -53,6 +53,7 @@ class MethodConfig:
         check_positive_int(self.seed, "seed", low=0)
         if self.eval_steps is not None:
             check_positive_int(self.eval_steps, "eval_steps")
+        self.dtype = dtype_name(self.dtype)
         check_choice(self.dtype, "dtype", ("float32", "float64"))
         for name in ("standardize",):
             if not isinstance(getattr(self, name), bool):

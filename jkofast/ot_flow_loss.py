@@ -1,4 +1,4 @@
-"""The OT-Flow objective J = L + alpha C + alpha_R R (Onken et al. 2021; METHOD.md 3.1-3.2).
+"""The OT-Flow objective J = L + alpha C + alpha_R R (Onken et al. 2021; docs/METHOD.md 3.1-3.2).
 
 Training integrates OT-Flow's four-channel state (x, l, L, R) with the same Butcher tableaus as
 :func:`jkofast.rk4`: x, the log-determinant l = int div v and the transport cost
@@ -55,7 +55,7 @@ def ot_flow_loss(potential: OTFlowPotential, x0: Tensor, alpha: float, alpha_r: 
         C = |x(1)|^2 / 2 + (d/2) log 2 pi - int div v dt,
 
     the negative log-likelihood of x0 under this one map to N(0, I). Dividing J by alpha gives
-    C + L / alpha ~ KL + W2^2 / (2 alpha): one JKO step of size alpha (METHOD.md 3.2).
+    C + L / alpha ~ KL + W2^2 / (2 alpha): one JKO step of size alpha (docs/METHOD.md 3.2).
 
     Returns:
         ``(J, parts)``: the scalar objective and its detached means ``{"L", "C", "R"}``.

@@ -1,4 +1,4 @@
-"""The OT-Flow potential Phi(x, t) (Onken et al. 2021; METHOD.md 3.1): a scalar network whose
+"""The OT-Flow potential Phi(x, t) (Onken et al. 2021; docs/METHOD.md 3.1): a scalar network whose
 negative gradient is the velocity, with its gradient, time derivative and Laplacian in closed form.
 
     Phi(s) = w^T N(s) + 1/2 s^T A^T A s + b^T s + c,        s = (x, t) in R^(d+1)

@@ -81,7 +81,7 @@ def _input_rows(x: Tensor, t: Tensor | None) -> Tensor:
     """Layer-0 input: ``[x, t]`` (B, d + 1), or ``x`` alone for an autonomous field."""
     if t is None:
         return x
-    t_col = t.to(x.dtype).reshape(-1, 1).expand(x.shape[0], 1)
+    t_col = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(-1, 1).expand(x.shape[0], 1)  # t: also a float
     return torch.cat([x, t_col], dim=1)
 
 
@@ -146,7 +146,7 @@ def mlp_velocity_and_divergence(
 
 # ----------------------------------------------------------------------------- RK4 tableaus
 # Butcher tableaus (a, b, c). "rk4" is the classical method; "rk4-3/8" is torchdiffeq's "rk4"
-# (Kutta's 3/8 rule), which the official JKO-iFlow code integrates with (METHOD.md 2.3).
+# (Kutta's 3/8 rule), which the official JKO-iFlow code integrates with (docs/METHOD.md 2.3).
 TABLEAUS: dict[str, tuple[tuple[tuple[float, ...], ...], tuple[float, ...], tuple[float, ...]]] = {
     "rk4": (
         ((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)),

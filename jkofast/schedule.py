@@ -1,5 +1,5 @@
 """JKO step sizes: the block schedule, the adaptive time reparametrization and the refinement
-that splits every block in two (JKO-iFlow, METHOD.md 2.6-2.7)."""
+that splits every block in two (JKO-iFlow, docs/METHOD.md 2.6-2.7)."""
 from __future__ import annotations
 
 import copy
@@ -32,7 +32,7 @@ def reparametrized_step_sizes(h: Sequence[float], movement: Sequence[float], eta
     Assuming a block's movement W_k = sqrt(E|T_k(x) - x|^2) scales with its h_k, the steps
     h*_k = T (h_k / W_k) / sum_j (h_j / W_j) equalise the movement at the same total time
     T = sum h_k; the update moves a fraction ``eta`` of the way there. (The paper describes the
-    idea and eta = 0.5; this formula is the reconstruction in METHOD.md 2.7.) Free blocks
+    idea and eta = 0.5; this formula is the reconstruction in docs/METHOD.md 2.7.) Free blocks
     (h = inf) keep their h and are left out of T.
     """
     if len(h) != len(movement):

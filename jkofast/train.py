@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from .jko_iflow import JKOIFlowTrainer
 from .jko_iflow_config import JKOIFlowConfig
 from .jko_iflow_state import CHECKPOINT_FILE, LOG_FILE, data_fingerprint
 from .memory import peak_memory_of_run
+from .progress import say
 from .metrics import nll, sharded_nll
 from .resources import ResourceMeter
 
@@ -87,6 +89,30 @@ def _standardization(x: Tensor) -> tuple[Tensor, Tensor]:
 def _block_kind(cfg) -> str:
     """The kind of Flow block a method's settings train (JKOIFlowConfig has no ``block``)."""
     return getattr(cfg, "block", "velocity")
+
+
+def _trained_units(log: dict) -> int:
+    """Blocks and training segments in a run's log: what a process adds to by training."""
+    return len(log.get("blocks", [])) + len(log.get("segments", []))
+
+
+_UNITS = {"jko-iflow": "blocks", "jko-flow": "rounds", "interpolant": "training segments"}
+
+
+def _say_resumed(out: Path, method: str, done: int, progress: bool, main: bool) -> None:
+    say(f"resuming from {out / CHECKPOINT_FILE}: {done} {_UNITS[method]} done (resume=False, or --restart, "
+        "starts over)", bars=progress, main=main)
+
+
+def _keep_training_process_numbers(log: dict, out: Path | None) -> None:
+    """Copy the wall time and peak memory of the last process that trained from its log.json."""
+    try:
+        before = json.loads((out / LOG_FILE).read_text()) if out is not None else {}
+    except (OSError, ValueError):
+        return
+    for key in ("resources", "wall_seconds_this_process", "peak_memory"):
+        if key in before:
+            log[key] = before[key]
 
 
 def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | None = None,
@@ -177,6 +203,9 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
             trainer = JKOIFlowTrainer(flow, cfg, data.train, data.val, out=out, data_id=data.data_id,
                                       progress=progress, backend=backend, log=log, dist=dist, store=data.store)
             resumed = trainer.resume()
+            done_before = _trained_units(trainer.log)
+            if resumed:
+                _say_resumed(out, method, done_before, progress, dist.main)
             with ResourceMeter(device) as meter:
                 trainer.run()
         finally:
@@ -197,6 +226,9 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
                                       out=out, data_id=data_fingerprint(x, val), progress=progress, backend=backend,
                                       log=log)
         resumed = trainer.resume()
+        done_before = _trained_units(trainer.log)
+        if resumed:
+            _say_resumed(out, method, done_before, progress, dist.main)
         with ResourceMeter(device) as meter:
             trainer.run()
 
@@ -214,12 +246,16 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
     if val is not None:
         log["val_nll"] = {f"steps{s}": dict(zip(("mean", "se"), val_nll(s))) for s in cfg.eval_grids()}
     log["peak_memory"] = peak_memory_of_run(dist)
+    if resumed and _trained_units(log) == done_before:
+        # A finished run, loaded again: nothing was trained here, so the numbers of the process
+        # that trained it stand (this one's would read 0 s and the bare interpreter's memory).
+        _keep_training_process_numbers(log, out)
     flow.info = {"method": method, "config": cfg.to_dict(), "n_train": n_train,
                  "train_seconds": log["train_seconds"], "train_batches": log["train_batches"],
                  "batch_size": min(cfg.batch, n_train), "resources": log["resources"],
                  "eval_grids": cfg.eval_grids(), "val_nll": log.get("val_nll"), "world_size": dist.world,
                  "pushed_storage": log.get("pushed_storage"), "peak_memory": log["peak_memory"],
-                 "jkofast_version": __version__, **(info or {})}
+                 "resumed": bool(resumed), "jkofast_version": __version__, **(info or {})}
     selected = [e["select_blocks"] for e in log.get("events", []) if "select_blocks" in e]
     if selected:  # config["blocks"] was the budget; this says how many were kept and why
         flow.info["select_blocks"] = selected[-1]

@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 import jkofast
 from jkofast.cli import main
@@ -34,8 +35,13 @@ def test_train_writes_everything(run_dir, capsys):
 
 def test_rerun_resumes_instead_of_retraining(run_dir, capsys):
     before = (run_dir / "model.pt").read_bytes()
+    trained = jkofast.Flow.load(run_dir).info
     assert main(["train", "--data", "moons", "--out", str(run_dir), *SMALL]) == 0
     assert json.loads((run_dir / "log.json").read_text())["resumed"] is True
+    assert "resuming from" in capsys.readouterr().err
+    # nothing was trained again: the wall time and memory stay those of the process that trained
+    again = jkofast.Flow.load(run_dir).info
+    assert again["resources"] == trained["resources"] and again["resources"]["wall_seconds"] > 0
     import torch
     a = torch.load(run_dir / "model.pt", weights_only=True)["state_dict"]
     b = torch.load(__import__("io").BytesIO(before), weights_only=True)["state_dict"]
@@ -74,12 +80,33 @@ def test_train_on_a_file(tmp_path, capsys):
     assert main(["eval", "--model", str(tmp_path / "run")]) == 0
 
 
-def test_errors_are_messages_not_tracebacks(tmp_path, capsys):
+def test_errors_are_messages_not_tracebacks(run_dir, tmp_path, capsys):
     with pytest.raises(SystemExit, match="neither a built-in data set"):
         main(["train", "--data", "no-such-set", "--out", str(tmp_path / "x")])
-    (tmp_path / "bad.pt").write_bytes(b"garbage")
-    assert main(["eval", "--model", str(tmp_path / "bad.pt")]) == 2
-    assert "not a readable checkpoint" in capsys.readouterr().err
+    for garbage in (b"garbage", b"hello"):  # b"hello" made torch's loader raise a bare KeyError
+        (tmp_path / "bad.pt").write_bytes(garbage)
+        assert main(["eval", "--model", str(tmp_path / "bad.pt")]) == 2
+        assert "not a readable checkpoint" in capsys.readouterr().err
+    assert main(["sample", "--model", str(run_dir), "--n", "5", "--out", str(tmp_path / "s.txt")]) == 2
+    assert "as .npy or .csv" in capsys.readouterr().err and not list(tmp_path.glob("s.txt*"))
+    bad_devices = ["gpu", "cuda:99"] + ([] if torch.cuda.is_available() else ["cuda"])
+    for device in bad_devices:
+        assert main(["train", "--data", "moons", "--out", str(tmp_path / "d"), *SMALL, "--device", device]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --device={device!r}") and "Traceback" not in err, err
+        assert main(["eval", "--model", str(run_dir), "--device", device]) == 2
+        assert "not a readable checkpoint" not in capsys.readouterr().err
+
+
+def test_interrupted_training_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    from jkofast import cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "train", interrupted)
+    assert main(["train", "--data", "moons", "--out", str(tmp_path / "r"), *SMALL]) == 130
+    assert "rerun the same command to resume" in capsys.readouterr().err
 
 
 def test_module_entry_point():

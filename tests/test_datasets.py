@@ -153,7 +153,7 @@ def test_picture_sampler_places_pixels_and_jitters_by_half_a_pixel():
     from jkofast.datasets.drawn import sample_ink
 
     # One inked pixel at row 3, column 5 of a 10 x 20 picture: its centre on the [-4, 4]^2 grid,
-    # and Gaussian jitter with std (4 / width, 4 / height) = (0.2, 0.4) (shared/METHOD.md 5.3).
+    # and Gaussian jitter with std (4 / width, 4 / height) = (0.2, 0.4) (docs/METHOD.md 5.3).
     ink = np.zeros((10, 20), dtype=bool)
     ink[3, 5] = True
     x = sample_ink(ink, np.random.default_rng(0), 100_000)

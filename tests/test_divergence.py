@@ -144,6 +144,13 @@ def test_velocity_compiled_equals_the_field(activation, beta, time, per_sample_t
         torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
 
 
+def test_a_field_takes_a_float_time_like_the_functions_do():
+    field = random_field(3, 8, 2)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    torch.testing.assert_close(field(x, 0.3), field(x, torch.tensor(0.3, dtype=torch.float64)), rtol=0, atol=0)
+    torch.testing.assert_close(field(x, 0.3), jkofast.velocity(field, x, 0.3, backend="torch"), rtol=0, atol=0)
+
+
 def test_velocity_input_errors():
     field = random_field(3, 8, 2)
     with pytest.raises(ValueError, match="3 columns|shape"):

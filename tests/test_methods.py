@@ -125,3 +125,15 @@ def test_quick_method_comparison_beats_a_fitted_gaussian(tmp_path):
     for method, row in rows.items():
         assert row["nll"] < gauss["nll"] - 3 * row["se"], (method, row["nll"], gauss["nll"])
         assert row["batches"] == 240 and row["batch_size"] == 256
+
+
+def test_evaluate_takes_one_grid_or_several_and_refuses_bad_test_sets():
+    flow = jkofast.Flow(2, dict(hidden=8, layers=1), loc=torch.tensor([1.0, -1.0]), scale=torch.tensor([2.0, 0.5]))
+    x = torch.randn(40, 2)
+    one = jkofast.evaluate(flow, x, steps=3, mmd_points=0)
+    two = jkofast.evaluate(flow, x.numpy(), steps=[3, 6], mmd_points=0)
+    assert one["nll_steps3"] == two["nll_steps3"] and "nll_steps6" in two
+    for bad, match in ((torch.zeros(0, 2), "empty"), (torch.randn(5, 3), "2 columns"),
+                       (torch.tensor([[float("nan"), 1.0]]), "NaN")):
+        with pytest.raises(ValueError, match=match):
+            jkofast.evaluate(flow, bad, mmd_points=0)

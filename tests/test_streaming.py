@@ -224,3 +224,18 @@ def test_a_memory_mapped_file_streams_without_loading_it_whole(tmp_path):
     grown = result["peak"] - result["before"]
     assert grown < size / 6, (grown / 2**20, size / 2**20)
     assert result["info"]["rss_bytes"] >= result["peak"]     # the run's report: the process's peak since start
+
+
+def test_the_automatic_memory_map_choice_depends_on_the_file_alone(tmp_path, monkeypatch):
+    # The choice decides the split, so it must not depend on the machine's free memory.
+    from jkofast import cli
+
+    np.save(tmp_path / "d.npy", np.zeros((100, 2)))
+    np.savetxt(tmp_path / "d.csv", np.zeros((100, 2)), delimiter=",")
+    monkeypatch.setattr(cli, "available_bytes", lambda *a: 1, raising=False)  # a near-full machine: no effect
+    assert cli._memory_map(tmp_path / "d.npy", None) is False
+    monkeypatch.setattr(cli, "MMAP_BYTES", (tmp_path / "d.npy").stat().st_size)
+    assert cli._memory_map(tmp_path / "d.npy", None) is True
+    assert cli._memory_map(tmp_path / "d.npy", False) is False and cli._memory_map(tmp_path / "d.csv", None) is False
+    with pytest.raises(SystemExit, match="reads .npy files"):
+        cli._memory_map(tmp_path / "d.csv", True)

@@ -1,5 +1,5 @@
 """jkofast.datasets.load_tabular: the MAF benchmarks from small synthetic files in the archive's
-formats. Each test re-derives the expected arrays from the recipe (shared/METHOD.md 5.1 and the
+formats. Each test re-derives the expected arrays from the recipe (docs/METHOD.md 5.1 and the
 public loaders' seeds and draw order) and checks every preprocessing step: columns dropped,
 noise, split sizes and order, normalization statistics."""
 import sys

@@ -139,10 +139,20 @@ def test_resume_across_rounds_and_free_block(tmp_path, moons, monkeypatch):
             assert torch.equal(p, resumed.state_dict()[key]), (kill_at, key)
 
 
-def test_stopping_rule_and_free_block(moons):
+def test_stopping_rule_and_free_block(moons, monkeypatch, capsys, tmp_path):
     x = moons[0][:500]
-    flow = jkofast.train(x, progress=False, **(QUICK | {"blocks": 5, "stop_tol": 1e9}))
+    bars = []
+    real_bar = jko_iflow.progress_bar
+    monkeypatch.setattr(jko_iflow, "progress_bar", lambda total, desc, enabled: bars.append(desc) or
+                        real_bar(total, desc, enabled=False))
+    flow = jkofast.train(x, out=tmp_path, **(QUICK | {"blocks": 5, "stop_tol": 1e9}))
     assert flow.num_blocks == 1          # Ter(1) < tol: the first pass stops after one block
+    # ... and says so, in the log and on stderr; the bar counted against the budget of 5
+    stopped = json.loads((tmp_path / "log.json").read_text())["events"][-1]["stopped"]
+    assert stopped["block"] == 1 and stopped["ter"] < stopped["stop_tol"] == 1e9
+    assert "stopping rule: block 1 moved the data" in capsys.readouterr().err
+    assert bars == ["initial block 1/5 h=0.5"]
+    assert jkofast.jko_iflow_config.JKOIFlowConfig().stop_tol == 0.0  # off unless asked for (README)
     flow = jkofast.train(x, progress=False, **(QUICK | {"free_block": True}))
     assert flow.num_blocks == 3 and math.isinf(flow.h[-1]) and math.isfinite(flow.h[1])
 
@@ -160,16 +170,17 @@ def test_reparametrization_and_refinement_rounds(tmp_path, moons):
 
 
 def test_select_blocks_keeps_the_prefix_with_the_lowest_validation_nll(tmp_path, moons):
-    """select_blocks="val" on a training set small enough to over-fit: the kept flow is the
-    prefix of the full flow whose validation NLL (computed here independently) is lowest."""
+    """select_blocks="auto" (the default, "val" with validation data) on a training set small
+    enough to over-fit: the kept flow is the prefix of the full flow whose validation NLL
+    (computed here independently) is lowest."""
     import copy
     import json
 
     x, val = moons[0][:80], moons[1][:400]
     opts = QUICK | {"blocks": 4, "hidden": 64, "iters": 120, "batch": 80, "lr": 1e-2, "stop_tol": 0.0,
                     "refine_rounds": 1, "retrain_iters": 60}
-    full = jkofast.train(x, val=val, progress=False, **opts)
-    chosen = jkofast.train(x, val=val, out=tmp_path, progress=False, select_blocks="val", **opts)
+    full = jkofast.train(x, val=val, progress=False, select_blocks="all", **opts)
+    chosen = jkofast.train(x, val=val, out=tmp_path, progress=False, **opts)
     prefix_nll = []
     for n in range(1, full.num_blocks + 1):
         prefix = copy.deepcopy(full)
@@ -189,10 +200,12 @@ def test_select_blocks_keeps_the_prefix_with_the_lowest_validation_nll(tmp_path,
     # the checkpoint keeps every block: a finished run resumes with either choice
     again = jkofast.train(x, val=val, out=tmp_path, progress=False, select_blocks="val", **opts)
     assert again.num_blocks == best
-    every = jkofast.train(x, val=val, out=tmp_path, progress=False, **opts)
+    every = jkofast.train(x, val=val, out=tmp_path, progress=False, select_blocks="all", **opts)
     assert every.num_blocks == full.num_blocks and "select_blocks" not in every.info
     with pytest.raises(ValueError, match="validation"):
         jkofast.train(x, progress=False, select_blocks="val", **opts)
+    # without validation data "auto" has nothing to choose by: every block stays
+    assert jkofast.train(x, progress=False, **opts).num_blocks == full.num_blocks
 
 
 def test_hutchinson_and_path_transport_train(moons, monkeypatch, tmp_path):
@@ -215,9 +228,10 @@ def test_hutchinson_and_path_transport_train(moons, monkeypatch, tmp_path):
     assert torch.isfinite(flow.log_prob(moons[2][:100])).all()
 
 
-def test_float64_training(moons):
-    flow = jkofast.train(moons[0][:300].double(), progress=False, **(QUICK | {"dtype": "float64"}))
-    assert next(flow.parameters()).dtype == torch.float64
+@pytest.mark.parametrize("dtype", ["float64", torch.float64])
+def test_float64_training(moons, dtype):
+    flow = jkofast.train(moons[0][:300].double(), progress=False, **(QUICK | {"dtype": dtype}))
+    assert next(flow.parameters()).dtype == torch.float64 and flow.info["config"]["dtype"] == "float64"
 
 
 @pytest.mark.parametrize("data,kwargs,error,match", [

@@ -1,7 +1,7 @@
 """The picture-based 2-D densities of JKO-iFlow (rose, fractal tree), drawn procedurally.
 
 The paper samples these sets from two bitmaps (a rose, 222x227 pixels; a fractal tree,
-530x450; shared/METHOD.md section 5.3): the pixels are laid on a grid over [-4, 4]^2, a pixel
+530x450; docs/METHOD.md section 5.3): the pixels are laid on a grid over [-4, 4]^2, a pixel
 is drawn with probability proportional to its ink, and Gaussian jitter of half a pixel spreads
 it. The bitmaps are not redistributable, so jkofast draws its own with the same sampler:
 

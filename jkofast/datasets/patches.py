@@ -2,7 +2,7 @@
 scikit-learn bundles (``sklearn.datasets.load_sample_images``: china.jpg, flower.jpg, 427x640).
 
 MAF's BSDS300 patches are 8x8 grey patches, dequantized, in [0, 1], with the patch mean removed
-and the last pixel dropped (it is minus the sum of the others), d = 63 (shared/METHOD.md 5.1).
+and the last pixel dropped (it is minus the sum of the others), d = 63 (docs/METHOD.md 5.1).
 Here:
 
 1. grey = round(0.299 R + 0.587 G + 0.114 B), integers 0..255 (ITU-R 601 luma, as PIL's "L");

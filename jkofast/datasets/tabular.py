@@ -1,7 +1,7 @@
 """The MAF tabular benchmarks (POWER, GAS, HEPMASS, MINIBOONE, BSDS300) from the user's files,
 preprocessed exactly as the public MAF loaders do (Papamakarios et al. 2017; FFJORD, OT-Flow
 and JKO-iFlow use the same code): same column drops, noise, seeds, splits and normalization, so
-the same files give the same arrays. shared/METHOD.md section 5.1 lists the steps; maf_files.py
+the same files give the same arrays. docs/METHOD.md section 5.1 lists the steps; maf_files.py
 the file layout.
 
 The loaders standardize the data themselves, so the returned arrays are in the space where the
