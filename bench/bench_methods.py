@@ -62,7 +62,7 @@ SETTINGS = {
                                  checkpoint_every=10**9)},
 }
 QUICK = {  # CI-sized: seconds per method on two moons
-    "jko-iflow": dict(blocks=3, hidden=32, layers=2, lr=1e-2, stop_tol=0.0, eval_steps=None),
+    "jko-iflow": dict(blocks=3, hidden=32, layers=2, lr=1e-2, stop_tol=0.0, eval_steps=None, select_blocks="all"),
     "jko-flow": dict(rounds=2, hidden=16, layers=2, steps=4, lr=2e-2, eval_steps=None, kl_points=512),
     "interpolant": dict(hidden=64, layers=2, lr=1e-2, steps=6, eval_steps=None, val_every=10**9,
                         checkpoint_every=10**9),

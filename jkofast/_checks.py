@@ -69,7 +69,7 @@ def check_device(device, name: str = "device") -> torch.device:
         raise ValueError(f"{name}={device!r} is not a device name (use 'cpu', 'cuda' or 'cuda:N')") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            why = ("this torch was built without CUDA" if torch.version.cuda is None else
+            why = ("this torch was built without CUDA" if not torch.backends.cuda.is_built() else
                    "torch finds no usable GPU (driver, or CUDA_VISIBLE_DEVICES)")
             raise ValueError(f"{name}={device!r} asks for a GPU, but {why} (torch {torch.__version__}); "
                              "use 'cpu', or install a CUDA build of torch")

@@ -17,7 +17,7 @@ import torch
 from ._checks import check_device
 from ._version import __version__
 
-__all__ = ["CheckpointError", "FORMAT_VERSION", "save_payload", "load_payload", "write_json"]
+__all__ = ["CheckpointError", "FORMAT_VERSION", "save_payload", "load_payload", "refuse_other_run", "write_json"]
 
 # Bump when the layout of a payload changes; readers refuse newer versions instead of guessing.
 FORMAT_VERSION = 1
@@ -79,6 +79,22 @@ def require(record: dict, keys, path) -> None:
     for key in keys:
         if key not in record:
             raise CheckpointError(f"{path} is missing {key!r}; the file is incomplete or corrupt")
+
+
+def refuse_other_run(path, mine: dict, theirs: dict, same_data: bool) -> None:
+    """Refuse to resume the checkpoint at ``path`` unless its settings (``theirs``) and data are
+    this run's (``mine``); the message gives both values of each setting that differs, so that
+    a run started under other defaults can be continued by passing its values."""
+    if mine == theirs and same_data:
+        return
+    changed = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+    if changed:
+        pairs = "; ".join(f"{k}: {theirs.get(k, '(unset)')!r} there, {mine.get(k, '(unset)')!r} here" for k in changed)
+        what, fix = f"settings ({pairs})", "pass the checkpoint's values to continue it, or "
+    else:
+        what, fix = "training data", ""
+    raise ValueError(f"{path} is from a run with different {what}; {fix}pass another output folder, "
+                     "or restart (resume=False / --restart) to overwrite it")
 
 
 def write_json(path: str | os.PathLike, obj) -> None:

@@ -28,7 +28,7 @@ from ._version import __version__
 from .checkpoint import CheckpointError
 from .datasets.streaming import Rows, open_npy, split_rows
 from .distributed import DistributedError
-from .evaluate import evaluate
+from .evaluate import evaluate, nll_entries, training_summary
 from .flow import Flow
 from .jko_iflow import TrainingDivergedError
 from .jko_iflow_config import BUDGETS, JKOIFlowConfig
@@ -70,8 +70,8 @@ def _evaluate_sharded(flow: Flow, test, steps: list[int], dist) -> dict:
     evaluates its shard, the sums are reduced (same numbers on every rank)."""
     out = {"n_test": len(test)}
     for s in steps:
-        mean, se = sharded_nll(flow, test, dist, steps=s)
-        out[f"nll_steps{s}"] = {"mean": mean, "se": se}
+        out.update(nll_entries(flow, s, *sharded_nll(flow, test, dist, steps=s)))
+    out["training"] = training_summary(flow)
     return out
 
 
@@ -241,7 +241,8 @@ def cmd_sample(args) -> int:
     if out.suffix.lower() == ".csv":
         np.savetxt(out, x, delimiter=",")
     else:
-        np.save(out, x)
+        with open(out, "wb") as fh:  # the name as given (np.save on a path adds .npy to "s.NPY")
+            np.save(fh, x)
     print(f"wrote {args.n} samples to {out}")
     return 0
 
@@ -332,11 +333,26 @@ class _StderrNotes(logging.Handler):
         print(f"jkofast: {record.getMessage()}", file=sys.stderr)
 
 
-def _show_notes() -> None:
+def _show_notes(on: bool = True) -> None:
+    """While a command runs, the ``jkofast`` logger's notes go to stderr, once (not also to a
+    root handler the host process may have); afterwards the logger is as it was."""
     log = logging.getLogger("jkofast")
-    if not any(isinstance(h, _StderrNotes) for h in log.handlers):
+    for handler in [h for h in log.handlers if isinstance(h, _StderrNotes)]:
+        log.removeHandler(handler)
+    if on:
         log.addHandler(_StderrNotes())
-    log.setLevel(logging.INFO)
+    log.setLevel(logging.INFO if on else logging.NOTSET)
+    log.propagate = not on
+
+
+def _how_to_resume(args) -> str:
+    """What the message of an interrupted command says about resuming it."""
+    if args.command != "train":
+        return ""
+    if not (Path(args.out) / "checkpoint.pt").exists():
+        return f"; {args.out} holds no checkpoint yet: the command starts from the beginning"
+    again = "the same command without --restart" if args.restart else "the same command"
+    return f"; the last checkpoint in {args.out} is kept: {again} resumes from it"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -349,10 +365,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        where = (f"; the last checkpoint in {args.out} is kept: rerun the same command to resume from it"
-                 if args.command == "train" else "")
-        print(f"\ninterrupted{where}", file=sys.stderr)
+        print(f"\ninterrupted{_how_to_resume(args)}", file=sys.stderr)
         return 130
+    finally:
+        _show_notes(False)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,7 +19,7 @@ from ._checks import check_finite, check_points
 from .flow import Flow
 from .metrics import median_distance, mmd, nll, rows_per_chunk
 
-__all__ = ["evaluate", "TRAINING_KEYS"]
+__all__ = ["evaluate", "nll_entries", "training_summary", "TRAINING_KEYS"]
 
 TRAINING_KEYS = ("method", "train_batches", "batch_size", "train_seconds", "resources", "resumed")
 
@@ -51,13 +51,10 @@ def evaluate(flow: Flow, test, *, steps: int | list[int] | None = None, mmd_poin
                         dtype=flow.loc.dtype, device=flow.loc.device)
     check_points(x, "test", flow.dim, allow_empty=False)
     check_finite(x, "test")
-    grids = [steps] if isinstance(steps, int) else list(steps or flow.info.get("eval_grids") or [flow.steps])
-    log_scale = float(torch.log(flow.scale).sum())
+    grids = [int(steps)] if isinstance(steps, (int, np.integer)) else list(steps or flow.info.get("eval_grids") or [flow.steps])
     out: dict = {"n_test": int(x.shape[0])}
     for s in grids:
-        mean, se = nll(flow, x, steps=s, backend=backend, chunk=rows_per_chunk(flow))
-        out[f"nll_steps{s}"] = {"mean": mean, "se": se}
-        out[f"nll_standardized_steps{s}"] = {"mean": mean - log_scale, "se": se}
+        out.update(nll_entries(flow, s, *nll(flow, x, steps=s, backend=backend, chunk=rows_per_chunk(flow))))
     n = min(int(mmd_points), x.shape[0])
     if n >= 2:
         g = torch.Generator(device=x.device).manual_seed(seed)
@@ -66,5 +63,18 @@ def evaluate(flow: Flow, test, *, steps: int | list[int] | None = None, mmd_poin
         median = median_distance(reference)
         out["mmd"] = {"n": n, "mmd_c": mmd(reference, samples, bandwidth=0.1 * median),
                       "mmd_m": mmd(reference, samples, bandwidth=median), "median_distance": median}
-    out["training"] = {k: flow.info.get(k) for k in TRAINING_KEYS}
+    out["training"] = training_summary(flow)
     return out
+
+
+def nll_entries(flow: Flow, steps: int, mean: float, se: float) -> dict:
+    """The report's two NLLs at one grid: in data space, and in the standardized space the
+    blocks work in (the papers' numbers), which differs by the log-scale of the standardization."""
+    log_scale = float(torch.log(flow.scale).sum())
+    return {f"nll_steps{steps}": {"mean": mean, "se": se},
+            f"nll_standardized_steps{steps}": {"mean": mean - log_scale, "se": se}}
+
+
+def training_summary(flow: Flow) -> dict:
+    """How ``flow`` was trained, from ``flow.info``: the report's ``"training"`` entry."""
+    return {k: flow.info.get(k) for k in TRAINING_KEYS}

@@ -205,7 +205,9 @@ class Flow(nn.Module):
                 for h in record["h"]:
                     flow.add_block(flow.new_field(), h)
             flow.to(getattr(torch, record["dtype"]))
-            state = {k: v.to(map_location) for k, v in record["state_dict"].items()}
+            # torch.load already placed the tensors; a device map (dict, callable) has no .to form
+            where_to = map_location if isinstance(map_location, (str, torch.device, int)) else None
+            state = {k: v.to(where_to) if where_to is not None else v for k, v in record["state_dict"].items()}
             flow.load_state_dict(state, strict=True, assign=True)
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
             raise CheckpointError(f"{where} does not describe a valid flow: {type(exc).__name__}: {exc}") from exc

@@ -225,8 +225,8 @@ class JKOIFlowTrainer:
         return flow
 
     def _select_blocks(self) -> bool:
-        """With ``select_blocks="val"``, cut the flow to the shortest prefix of blocks with the
-        lowest validation NLL. The final round logged each prefix's NLL as it trained it (the
+        """With ``select_blocks="val"`` (or ``"auto"`` and validation data), cut the flow to the
+        shortest prefix of blocks with the lowest validation NLL. The final round logged each prefix's NLL as it trained it (the
         same number on every rank), so this needs no extra pass, and a resumed finished run cuts
         to the same prefix. Non-finite NLLs never win. Returns whether the flow changed."""
         if self.cfg.select_blocks == "all" or (self.cfg.select_blocks == "auto" and self.data.val is None):

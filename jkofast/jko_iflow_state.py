@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .checkpoint import CheckpointError, load_payload, require, save_payload, write_json
+from .checkpoint import CheckpointError, load_payload, refuse_other_run, require, save_payload, write_json
 from .flow import Flow
 from .jko_iflow_config import JKOIFlowConfig
 
@@ -92,10 +92,6 @@ def _read_checked(trainer) -> dict | None:
     require(record, ("flow", "config", "cursor", "data", "log"), path)
     if not isinstance(record["cursor"], dict) or any(k not in record["cursor"] for k in _CURSOR_KEYS):
         raise CheckpointError(f"{path} has no valid cursor; the file is corrupt (restart to overwrite it)")
-    mine, theirs = _comparable(trainer.cfg.to_dict()), _comparable(record["config"])
-    if mine != theirs or record["data"] != trainer.data_id:
-        changed = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
-        what = f"settings {changed}" if changed else "training data"
-        raise ValueError(f"{path} is from a run with different {what}; pass another output folder, "
-                         "or restart (resume=False / --restart) to overwrite it")
+    refuse_other_run(path, _comparable(trainer.cfg.to_dict()), _comparable(record["config"]),
+                     record["data"] == trainer.data_id)
     return {k: record[k] for k in ("flow", "cursor", "log")}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_payload, require, save_payload, write_json
+from .checkpoint import load_payload, refuse_other_run, require, save_payload, write_json
 from .flow import Flow
 from .jko_iflow_state import CHECKPOINT_FILE, LOG_FILE, RESUMABLE_CHANGES
 
@@ -45,10 +45,6 @@ def load_run(out: Path | None, *, method: str, config: dict, data_id: str, devic
                          "or restart (resume=False / --restart) to overwrite it")
     mine = {k: v for k, v in config.items() if k not in RESUMABLE_CHANGES}
     theirs = {k: v for k, v in record["config"].items() if k not in RESUMABLE_CHANGES}
-    if mine != theirs or record["data"] != data_id:
-        changed = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
-        what = f"settings {changed}" if changed else "training data"
-        raise ValueError(f"{path} is from a run with different {what}; pass another output folder, "
-                         "or restart (resume=False / --restart) to overwrite it")
+    refuse_other_run(path, mine, theirs, record["data"] == data_id)
     record["flow"] = Flow.from_payload(record["flow"], path, map_location=device)
     return record

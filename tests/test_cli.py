@@ -89,6 +89,8 @@ def test_errors_are_messages_not_tracebacks(run_dir, tmp_path, capsys):
         assert "not a readable checkpoint" in capsys.readouterr().err
     assert main(["sample", "--model", str(run_dir), "--n", "5", "--out", str(tmp_path / "s.txt")]) == 2
     assert "as .npy or .csv" in capsys.readouterr().err and not list(tmp_path.glob("s.txt*"))
+    assert main(["sample", "--model", str(run_dir), "--n", "5", "--out", str(tmp_path / "s.NPY")]) == 0
+    assert np.load(tmp_path / "s.NPY").shape == (5, 2) and not (tmp_path / "s.NPY.npy").exists()
     bad_devices = ["gpu", "cuda:99"] + ([] if torch.cuda.is_available() else ["cuda"])
     for device in bad_devices:
         assert main(["train", "--data", "moons", "--out", str(tmp_path / "d"), *SMALL, "--device", device]) == 2
@@ -105,8 +107,19 @@ def test_interrupted_training_says_how_to_resume(tmp_path, monkeypatch, capsys):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli, "train", interrupted)
-    assert main(["train", "--data", "moons", "--out", str(tmp_path / "r"), *SMALL]) == 130
-    assert "rerun the same command to resume" in capsys.readouterr().err
+    out = tmp_path / "r"
+    assert main(["train", "--data", "moons", "--out", str(out), *SMALL]) == 130
+    assert "holds no checkpoint yet" in capsys.readouterr().err
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"")
+    assert main(["train", "--data", "moons", "--out", str(out), *SMALL]) == 130
+    assert "the same command resumes from it" in capsys.readouterr().err
+    assert main(["train", "--data", "moons", "--out", str(out), *SMALL, "--restart"]) == 130
+    assert "the same command without --restart resumes" in capsys.readouterr().err
+    # the command line's notes handler is gone afterwards: a host process's logging is its own
+    import logging
+    log = logging.getLogger("jkofast")
+    assert log.propagate and log.level == logging.NOTSET and not log.handlers
 
 
 def test_module_entry_point():

@@ -64,6 +64,8 @@ def test_save_load_round_trip(tmp_path):
 
 def test_load_honours_map_location_and_leaves_the_rng_alone(tmp_path):
     random_flow(dim=2, blocks=2).save(tmp_path)
+    for device_map in ({"cpu": "cpu"}, lambda storage, location: storage):  # torch.load's other forms
+        assert Flow.load(tmp_path, map_location=device_map).num_blocks == 2
     state = torch.random.get_rng_state()
     loaded = Flow.load(tmp_path, map_location="meta")
     assert torch.equal(torch.random.get_rng_state(), state)

@@ -179,8 +179,12 @@ def test_cli_trains_on_a_memory_mapped_file(tmp_path, capsys):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert flow.info["data"]["mmap"] is True and 200 < metrics["n_test"] < 400   # ~10% of 3000, by seeded draws
     assert flow.info["n_train"] + metrics["n_test"] < 3000 and metrics["peak_memory"]["rss_bytes"] > 0
+    # both spaces and the training line, as for data in memory
+    step3 = metrics["nll_steps3"]["mean"] - metrics["nll_standardized_steps3"]["mean"]
+    assert abs(step3 - float(torch.log(flow.scale).sum())) < 1e-9 and metrics["training"]["train_batches"] == 15
     assert main(["eval", "--model", str(tmp_path / "run")]) == 0                  # the same lazy split again
-    assert f"{metrics['n_test']} points" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"{metrics['n_test']} points" in out and "(standardized)" in out and "training (jko-iflow)" in out
     np.save(tmp_path / "ints.npy", np.arange(10).reshape(5, 2))
     assert main(["train", "--data", str(tmp_path / "ints.npy"), "--mmap", "--out", str(tmp_path / "bad"), *args]) == 2
     assert "must hold a 2-D float array" in capsys.readouterr().err

@@ -66,7 +66,8 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, moons, monkeypatch
 def test_resume_refuses_other_settings(tmp_path, moons):
     x = moons[0][:500]
     jkofast.train(x, out=tmp_path, progress=False, **QUICK)
-    with pytest.raises(ValueError, match="lr"):
+    # both values, so a run begun under other defaults can be continued by passing its own
+    with pytest.raises(ValueError, match=r"lr: 0\.003 there, 0\.1 here\); pass the checkpoint's values"):
         jkofast.train(x, out=tmp_path, progress=False, **(QUICK | {"lr": 0.1}))
     with pytest.raises(ValueError, match="training data"):
         jkofast.train(moons[0][500:1000], out=tmp_path, progress=False, **QUICK)
@@ -169,7 +170,7 @@ def test_reparametrization_and_refinement_rounds(tmp_path, moons):
     assert torch.isfinite(flow.log_prob(moons[2][:100])).all()
 
 
-def test_select_blocks_keeps_the_prefix_with_the_lowest_validation_nll(tmp_path, moons):
+def test_select_blocks_keeps_the_prefix_with_the_lowest_validation_nll(tmp_path, moons, caplog):
     """select_blocks="auto" (the default, "val" with validation data) on a training set small
     enough to over-fit: the kept flow is the prefix of the full flow whose validation NLL
     (computed here independently) is lowest."""
@@ -180,7 +181,9 @@ def test_select_blocks_keeps_the_prefix_with_the_lowest_validation_nll(tmp_path,
     opts = QUICK | {"blocks": 4, "hidden": 64, "iters": 120, "batch": 80, "lr": 1e-2, "stop_tol": 0.0,
                     "refine_rounds": 1, "retrain_iters": 60}
     full = jkofast.train(x, val=val, progress=False, select_blocks="all", **opts)
-    chosen = jkofast.train(x, val=val, out=tmp_path, progress=False, **opts)
+    with caplog.at_level("INFO", logger="jkofast"):  # without bars the note goes to the jkofast logger
+        chosen = jkofast.train(x, val=val, out=tmp_path, progress=False, **opts)
+    assert "select_blocks: kept the first" in caplog.text
     prefix_nll = []
     for n in range(1, full.num_blocks + 1):
         prefix = copy.deepcopy(full)
