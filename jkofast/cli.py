@@ -187,7 +187,8 @@ def _train_and_report(args, dist) -> int:
     if not dist.main:
         return 0
     g = torch.Generator(device=flow.loc.device).manual_seed(args.seed)
-    samples = flow.sample(args.samples, generator=g).detach().cpu().numpy()
+    # float64: the de-standardization keeps a large offset exact (Flow.inverse)
+    samples = flow.sample(args.samples, generator=g, dtype=torch.float64).detach().cpu().numpy()
     np.save(out / "samples.npy", samples)
     if flow.dim == 2 and not args.no_plot:
         from .plotting import plot_flow
@@ -237,7 +238,7 @@ def cmd_sample(args) -> int:
         raise ValueError(f"--out {str(out)!r}: the samples are written as .npy or .csv; end the name in one of those")
     flow = Flow.load(args.model, map_location=_device(args))
     g = torch.Generator(device=flow.loc.device).manual_seed(args.seed)
-    x = flow.sample(args.n, generator=g, steps=args.steps).detach().cpu().numpy()
+    x = flow.sample(args.n, generator=g, steps=args.steps, dtype=torch.float64).detach().cpu().numpy()
     if out.suffix.lower() == ".csv":
         np.savetxt(out, x, delimiter=",")
     else:

@@ -47,8 +47,9 @@ def evaluate(flow: Flow, test, *, steps: int | list[int] | None = None, mmd_poin
         >>> sorted(r)
         ['mmd', 'n_test', 'nll_standardized_steps3', 'nll_steps3', 'training']
     """
-    x = torch.as_tensor(np.asarray(test) if not isinstance(test, torch.Tensor) else test,
-                        dtype=flow.loc.dtype, device=flow.loc.device)
+    x = torch.as_tensor(np.asarray(test) if not isinstance(test, torch.Tensor) else test, device=flow.loc.device)
+    # kept in its own precision where wider than the model's (Flow.standardize), else the model's
+    x = x.to(torch.promote_types(x.dtype, flow.loc.dtype) if x.is_floating_point() else torch.float64)
     check_points(x, "test", flow.dim, allow_empty=False)
     check_finite(x, "test")
     grids = [int(steps)] if isinstance(steps, (int, np.integer)) else list(steps or flow.info.get("eval_grids") or [flow.steps])
@@ -59,7 +60,8 @@ def evaluate(flow: Flow, test, *, steps: int | list[int] | None = None, mmd_poin
     if n >= 2:
         g = torch.Generator(device=x.device).manual_seed(seed)
         reference = x[torch.randperm(x.shape[0], generator=g, device=x.device)[:n]]
-        samples = torch.cat([flow.sample(len(c), generator=g, backend=backend) for c in torch.arange(n).split(8192)])
+        samples = torch.cat([flow.sample(len(c), generator=g, backend=backend, dtype=x.dtype)
+                             for c in torch.arange(n).split(8192)])
         median = median_distance(reference)
         out["mmd"] = {"n": n, "mmd_c": mmd(reference, samples, bandwidth=0.1 * median),
                       "mmd_m": mmd(reference, samples, bandwidth=median), "median_distance": median}

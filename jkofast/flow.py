@@ -108,54 +108,76 @@ class Flow(nn.Module):
         check_points(x, name, self.dim, like=self)
         return x
 
+    def _check_data(self, x: Tensor, name: str) -> Tensor:
+        """Data-space input: the model's dtype, or a wider float (standardized in it, see
+        :meth:`standardize`), on the model's device."""
+        if isinstance(x, Tensor) and x.is_floating_point() and x.dtype != self._dtype and \
+                torch.finfo(x.dtype).bits > torch.finfo(self._dtype).bits:
+            check_points(x, name, self.dim)
+            if x.device != self.loc.device:
+                raise ValueError(f"{name} is on {x.device} but the model is on {self.loc.device}; move one of them")
+            return x
+        return self._check_input(x, name)
+
     def transform(self, x: Tensor, *, steps: int | None = None, divergence: str = "exact",
                   probes: int = 1, backend: str = "auto") -> tuple[Tensor, Tensor]:
         """Push data to the latent space.
 
         Arguments:
-            x: data, (B, d).
+            x: data, (B, d), in the model's dtype or a wider one (float64 data for a float32
+                model is standardized in float64 first: see :meth:`standardize`).
             steps: RK4 steps per block (default: the training grid, ``self.steps``).
             divergence: ``"exact"`` or ``"hutchinson"`` (then logdet is an estimate).
 
         Returns:
             ``(z, logdet)``: z = F(x), (B, d); logdet = log|det dF/dx|, (B,).
         """
-        self._check_input(x, "x")
+        self._check_data(x, "x")
         z, logdet = self.push(self.standardize(x), divergence=divergence, probes=probes, steps=steps,
                               backend=backend)
         return z, logdet - torch.log(self.scale).sum()
 
-    def inverse(self, z: Tensor, *, steps: int | None = None, backend: str = "auto") -> Tensor:
-        """Map latent points back to data space: F^{-1}(z), (B, d) -> (B, d)."""
+    def inverse(self, z: Tensor, *, steps: int | None = None, backend: str = "auto",
+                dtype: torch.dtype | None = None) -> Tensor:
+        """Map latent points back to data space: F^{-1}(z), (B, d) -> (B, d).
+
+        ``dtype``: of the result (default: the model's). The blocks run in the model's dtype; the
+        last step, x = u * scale + loc, runs in ``dtype``, so ``torch.float64`` keeps data with a
+        large offset and a small spread (1e8 +/- 1) that float32 would round to multiples of 8."""
         self._check_input(z, "z")
         steps = self.steps if steps is None else steps
         for block in reversed(self.blocks):
             z, _, _ = rk4(block, z, 1.0, 0.0, steps, divergence=None, tableau=self.tableau, backend=backend)
-        return z * self.scale + self.loc
+        out = self._dtype if dtype is None else dtype
+        return z.to(out) * self.scale.to(out) + self.loc.to(out)
 
     def log_prob(self, x: Tensor, *, steps: int | None = None, backend: str = "auto") -> Tensor:
         """Exact log-density log p(x) in nats, in the user's data space; (B, d) -> (B,)."""
         return -standard_normal_nll(*self.transform(x, steps=steps, backend=backend))
 
     def sample(self, n: int, *, generator: torch.Generator | None = None, steps: int | None = None,
-               backend: str = "auto") -> Tensor:
-        """Draw n samples: z ~ N(0, I) pushed through the inverse flow; (n, d)."""
+               backend: str = "auto", dtype: torch.dtype | None = None) -> Tensor:
+        """Draw n samples: z ~ N(0, I) pushed through the inverse flow; (n, d) in ``dtype``
+        (default: the model's; see :meth:`inverse`)."""
         check_positive_int(n, "n", low=0)
         z = torch.randn(n, self.dim, generator=generator, dtype=self._dtype, device=self.loc.device)
-        return self.inverse(z, steps=steps, backend=backend)
+        return self.inverse(z, steps=steps, backend=backend, dtype=dtype)
 
     @torch.no_grad()
     def trajectory(self, x: Tensor, *, steps: int | None = None, backend: str = "auto") -> list[Tensor]:
         """The points after standardization and after each block: L + 1 tensors of shape (B, d)."""
-        self._check_input(x, "x")
+        self._check_data(x, "x")
         points = [self.standardize(x)]
         for k in range(self.num_blocks):
             points.append(self.push(points[-1], blocks=slice(k, k + 1), steps=steps, backend=backend)[0])
         return points
 
     def standardize(self, x: Tensor) -> Tensor:
-        """u = (x - loc) / scale, the space the blocks work in; (B, d) -> (B, d)."""
-        return (x - self.loc) / self.scale
+        """u = (x - loc) / scale, the space the blocks work in; (B, d) -> (B, d) in the model's
+        dtype. Computed in x's dtype where that is wider, then rounded: rounding x first would
+        lose a column with a large offset and a small spread (float32 steps by 8 at 1e8)."""
+        wide = torch.promote_types(x.dtype, self._dtype)
+        return ((x.to(wide) - self.loc.to(wide)) / self.scale.to(wide)).to(self._dtype)
 
     def push(self, u: Tensor, *, blocks: slice = slice(None), divergence: str | None = "exact",
              probes: int = 1, steps: int | None = None, backend: str = "auto") -> tuple[Tensor, Tensor | None]:

@@ -69,7 +69,7 @@ def sharded_nll(flow, rows, dist=None, *, steps: int | None = None, backend: str
     rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
     pieces = []  # (count, mean, M2, non-finite count) per piece: nothing per row is kept
     for _, x in rows.chunks(rank=rank, world=world, seed=seed):
-        for xs in x.to(flow.loc.device, flow.loc.dtype).split(chunk):
+        for xs in x.to(flow.loc.device, torch.promote_types(x.dtype, flow.loc.dtype)).split(chunk):  # see Flow.standardize
             v = -flow.log_prob(xs, steps=steps, backend=backend).double()
             finite = torch.isfinite(v)
             v = v[finite]

@@ -48,7 +48,7 @@ def plot_flow(flow, data: np.ndarray, path: str | Path, *, samples: np.ndarray |
     data = np.asarray(data)[:n_points]
     if samples is None:
         g = torch.Generator(device=flow.loc.device).manual_seed(seed)
-        samples = flow.sample(len(data), generator=g).detach().cpu().numpy()
+        samples = flow.sample(len(data), generator=g, dtype=torch.float64).detach().cpu().numpy()
     samples = np.asarray(samples)[:n_points]
     bounds = _bounds(data)
     p = flow.loc

@@ -188,7 +188,9 @@ class ShardStore:
         column with ``with_logdet``)."""
         def pieces():
             for _, x in rows.chunks(rank=rank, world=world, seed=seed):
-                u = (x.to(self.device, self.dtype) - loc).div_(scale)
+                # in the data's precision where it is wider, then rounded (Flow.standardize)
+                wide = torch.promote_types(x.dtype, self.dtype)
+                u = ((x.to(self.device, wide) - loc.to(wide)) / scale.to(wide)).to(self.dtype)
                 yield u, (u.new_zeros(u.shape[0]) if with_logdet else None)
         return self.build(pieces(), rows.dim, with_logdet, total=rows.num_chunks,
                           desc=f"rank {rank}: sharding {rows.name}")

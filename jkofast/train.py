@@ -216,17 +216,19 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
         def val_nll(steps):
             return sharded_nll(flow, data.val_rows, dist, steps=steps, backend=backend, seed=cfg.seed)
     else:
-        x = _as_data(x, "x", dtype=dtype, device=device)
-        val = None if val is None else _as_data(val, "val", dtype=dtype, device=device, dim=x.shape[1])
+        # float64 until standardized (Flow.standardize); the model's dtype from there on
+        x = _as_data(x, "x", dtype=torch.float64, device=device)
+        val = None if val is None else _as_data(val, "val", dtype=torch.float64, device=device, dim=x.shape[1])
         loc, scale = _standardization(x) if cfg.standardize else (None, None)
         flow = Flow(x.shape[1], cfg.field_config(), steps=cfg.steps, tableau=cfg.tableau, loc=loc, scale=scale,
                     block=_block_kind(cfg))
         flow.to(device=device, dtype=dtype)
         n_train = x.shape[0]
         log.update(n_train=n_train, n_val=0 if val is None else val.shape[0], dim=x.shape[1])
+        # (the fingerprint of the data as the model's dtype holds it: what checkpoints have recorded)
+        data_id = data_fingerprint(x.to(dtype), None if val is None else val.to(dtype))
         trainer = _METHODS[method][1](flow, cfg, flow.standardize(x), None if val is None else flow.standardize(val),
-                                      out=out, data_id=data_fingerprint(x, val), progress=progress, backend=backend,
-                                      log=log)
+                                      out=out, data_id=data_id, progress=progress, backend=backend, log=log)
         resumed = trainer.resume()
         done_before = _trained_units(trainer.log)
         if resumed:

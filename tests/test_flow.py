@@ -107,3 +107,20 @@ def test_input_errors_name_the_problem():
         flow.sample(-1)
     with pytest.raises(ValueError, match="scale"):
         Flow(2, scale=torch.tensor([1.0, 0.0]))
+
+
+def test_a_float32_flow_takes_wider_data_and_standardizes_it_first():
+    flow = random_flow(dim=2, blocks=2, dtype=torch.float32)
+    x = torch.randn(20, 2, dtype=torch.float64)
+    wide, narrow = flow.log_prob(x), flow.log_prob(x.float())
+    assert wide.dtype == torch.float32
+    torch.testing.assert_close(wide, narrow, rtol=1e-5, atol=1e-5)  # float32's rounding of x, no more
+    with pytest.raises(TypeError, match="float16"):
+        flow.log_prob(x.half())
+    # the de-standardization can run wide too: a float32 flow's samples at an offset of 1e8
+    shifted = Flow(2, dict(hidden=8, layers=1), loc=torch.tensor([1e8, 0.0], dtype=torch.float64),
+                   scale=torch.tensor([1.0, 1.0], dtype=torch.float64)).float()
+    s = shifted.sample(500, generator=torch.Generator().manual_seed(0), dtype=torch.float64).detach()
+    assert s.dtype == torch.float64 and 0.8 < float((s[:, 0] - 1e8).std()) < 1.2
+    rounded = shifted.sample(500, generator=torch.Generator().manual_seed(0)).detach().double()
+    assert set((rounded[:, 0] - 1e8).tolist()) <= {-16.0, -8.0, 0.0, 8.0, 16.0}  # what float32 would give
