@@ -70,10 +70,16 @@ def compiled_available() -> bool:
     return COMPILED_ERROR is None
 
 
+# Asked of the dispatcher once: the kernels register when _C loads, and torch.compile cannot trace
+# the dispatcher query (every entry point broke fullgraph=True on it).
+_KERNELS = {(op, device): compiled_available() and torch._C._dispatch_has_kernel_for_dispatch_key(
+                f"jkofast::{op}", device.upper())
+            for op in ("mlp_field", "mlp_field_div", "rk4_block", "jko_block_loss") for device in ("cpu", "cuda")}
+
+
 def has_kernel(op: str, device_type: str) -> bool:
     """Whether the compiled op ``jkofast::<op>`` has a kernel for ``device_type`` ("cpu", "cuda")."""
-    return compiled_available() and torch._C._dispatch_has_kernel_for_dispatch_key(f"jkofast::{op}",
-                                                                                   device_type.upper())
+    return _KERNELS.get((op, device_type), False)
 
 
 def compiled_devices() -> tuple[str, ...]:

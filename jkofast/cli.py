@@ -31,10 +31,10 @@ from .distributed import DistributedError
 from .evaluate import evaluate, nll_entries, training_summary
 from .flow import Flow
 from .jko_iflow import TrainingDivergedError
-from .jko_iflow_config import BUDGETS, JKOIFlowConfig
+from .jko_iflow_config import BUDGETS
 from .memory import peak_memory_of_run
 from .metrics import sharded_nll
-from .train import METHODS, train
+from .train import METHODS, option_defaults, train
 
 # CLI flag -> JKOIFlowConfig field, for the options that go straight through.
 _TRAIN_OPTIONS = {"blocks": int, "hidden": int, "layers": int, "activation": str, "beta": float,
@@ -211,10 +211,13 @@ def _flow_and_data(args):
                 "n_test": spec.get("n_test") or 20_000}  # a memory-mapped run records None
     if "name" in spec:
         spec = _with_root(spec, spec["name"], args)
-    if getattr(args, "n_test", None):
-        spec["n_test"] = args.n_test
     if "name" not in spec:
         raise SystemExit("error: this model does not record its data set; pass --data")
+    if getattr(args, "n_test", None):
+        if datasets.builtin_name(spec["name"]) is None:
+            raise SystemExit(f"error: --n-test sizes a built-in set's test draw; {spec['name']} is a file, whose "
+                             "test split is fixed by --seed (10% of its rows)")
+        spec["n_test"] = args.n_test
     return flow, spec
 
 
@@ -283,13 +286,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     for flag, kind in _TRAIN_OPTIONS.items():
-        name, preset = "--" + flag.replace("_", "-"), f"(jko-iflow's default preset: {getattr(JKOIFlowConfig(), flag)})"
+        defaults = ", ".join(f"{m} {v}" for m, v in option_defaults(flag).items())
+        name, preset = "--" + flag.replace("_", "-"), f"(default: {defaults})"
         if kind is bool:
             t.add_argument(name, dest=flag, action=argparse.BooleanOptionalAction, default=None, help=preset)
         else:
             t.add_argument(name, dest=flag, type=kind, default=None, help=preset)
-    for flag, (kind, owner) in _METHOD_OPTIONS.items():
-        t.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, default=None, help=f"({owner})",
+    for flag, (kind, _) in _METHOD_OPTIONS.items():
+        defaults = ", ".join(f"{m} {v}" for m, v in option_defaults(flag).items())
+        t.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, default=None, help=f"(default: {defaults})",
                        **({"nargs": 2, "metavar": ("A", "B")} if flag == "time_beta" else {}))
     t.add_argument("--n-train", type=int, default=50_000, help="built-in sets: training points")
     t.add_argument("--n-val", type=int, default=5_000, help="built-in sets: validation points")
@@ -314,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("eval", "plot"):
             c.add_argument("--data", default=None, help="data set (default: the one the model was trained on)")
             _add_data_root(c)
-            c.add_argument("--n-test", type=int, default=None)
+            c.add_argument("--n-test", type=int, default=None, help="built-in sets: test points")
     sub.add_parser("info", help="version, the torch it was built for, compiled backends, GPU").set_defaults(func=cmd_info)
     sub.choices["eval"].add_argument("--steps", type=int, nargs="+", default=None, help="RK4 steps per block")
     sub.choices["eval"].add_argument("--json", default=None, help="also write the numbers to this file")

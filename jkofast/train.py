@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from . import _backend, distributed, training_data
-from ._checks import check_finite, check_points
+from ._checks import check_finite, check_points, warn_lattice_columns
 from ._version import __version__
 from .checkpoint import write_json
 from .flow import Flow
@@ -44,6 +44,11 @@ DISTRIBUTED_METHODS = ("jko-iflow",)  # the methods that train data-parallel und
 def option_names(method: str) -> set[str]:
     """The keyword options ``train`` accepts for ``method``."""
     return {f.name for f in dataclasses.fields(_METHODS[method][0])}
+
+
+def option_defaults(name: str, budget: str = "default") -> dict[str, object]:
+    """``{method: default}`` of option ``name`` under ``budget``, for the methods that have it."""
+    return {m: getattr(cls.from_options(budget), name) for m, (cls, _) in _METHODS.items() if name in option_names(m)}
 
 
 def _settings(method: str, budget: str, options: dict):
@@ -220,6 +225,8 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
         x = _as_data(x, "x", dtype=torch.float64, device=device)
         val = None if val is None else _as_data(val, "val", dtype=torch.float64, device=device, dim=x.shape[1])
         loc, scale = _standardization(x) if cfg.standardize else (None, None)
+        if x.shape[0] > 1:
+            warn_lattice_columns((x == x.round()).all(0).tolist(), x.std(0).tolist())
         flow = Flow(x.shape[1], cfg.field_config(), steps=cfg.steps, tableau=cfg.tableau, loc=loc, scale=scale,
                     block=_block_kind(cfg))
         flow.to(device=device, dtype=dtype)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._checks import warn_lattice_columns
 from .datasets.scan import Summary, scan
 from .datasets.streaming import Rows, as_rows
 from .distributed import Dist
@@ -73,6 +74,8 @@ def prepare(x, val, cfg: JKOIFlowConfig, dist: Dist, *, progress: bool = False) 
     dist.check_same((shapes, cfg.to_dict()), "data shapes and settings")
     progress = progress and dist.main
     summary = scan(rows, dist, progress=progress)
+    if dist.main:
+        warn_lattice_columns(summary.whole, summary.std, rows.name)
     val_summary = None if val_rows is None else scan(val_rows, dist, progress=progress)
     if summary.n < dist.world:
         raise ValueError(f"x has {summary.n} rows, fewer than the {dist.world} processes: every process needs a shard")

@@ -78,6 +78,8 @@ def test_train_on_a_file(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "d.npy"), "--out", str(tmp_path / "run"), *SMALL,
                  "--no-plot"]) == 0
     assert main(["eval", "--model", str(tmp_path / "run")]) == 0
+    with pytest.raises(SystemExit, match="whose test split is fixed"):  # not silently ignored
+        main(["eval", "--model", str(tmp_path / "run"), "--n-test", "50"])
 
 
 def test_errors_are_messages_not_tracebacks(run_dir, tmp_path, capsys):

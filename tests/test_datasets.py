@@ -211,8 +211,15 @@ def test_load_csv_roundtrip(tmp_path, header):
     path = tmp_path / "a.csv"
     path.write_text(header + "\n".join(",".join(repr(v) for v in row) for row in a.tolist()) + "\n")
     got = datasets.load_array(path)
-    assert got.dtype == np.float32 and got.shape == (2, 3)
-    np.testing.assert_allclose(got, a, rtol=1e-6)
+    assert got.dtype == np.float64 and got.shape == (2, 3)  # every digit kept (Flow.standardize)
+    np.testing.assert_array_equal(got, a)
+
+
+def test_a_csv_first_line_mixing_numbers_and_text_is_refused_not_dropped(tmp_path):
+    # "1.5,,3" once read as a header: a data row lost without a word
+    (tmp_path / "a.csv").write_text("1.5,,3\n1,2,3\n4,5,6\n")
+    with pytest.raises(ValueError, match="mixes numbers and other fields"):
+        datasets.load_array(tmp_path / "a.csv")
 
 
 def test_load_csv_single_column_is_two_d(tmp_path):

@@ -124,3 +124,12 @@ def test_a_float32_flow_takes_wider_data_and_standardizes_it_first():
     assert s.dtype == torch.float64 and 0.8 < float((s[:, 0] - 1e8).std()) < 1.2
     rounded = shifted.sample(500, generator=torch.Generator().manual_seed(0)).detach().double()
     assert set((rounded[:, 0] - 1e8).tolist()) <= {-16.0, -8.0, 0.0, 8.0, 16.0}  # what float32 would give
+
+
+def test_log_prob_compiles_whole_with_the_compiled_ops():
+    # torch.compile(fullgraph=True) over the default engine: the choice of engine must not need the
+    # dispatcher at trace time (it once broke every entry point's graph), and the ops trace as ops.
+    flow = random_flow(dim=2, blocks=2, dtype=torch.float32)
+    x = torch.randn(50, 2)
+    compiled = torch.compile(lambda v: flow.log_prob(v), backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), flow.log_prob(x), rtol=0, atol=0)

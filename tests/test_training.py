@@ -275,3 +275,19 @@ def test_a_large_offset_survives_float32(method):
         assert abs(scores["float32"][key]["mean"] - 2.81) < 0.1  # the Gaussian fit's, on these test rows
     # samples in float64 keep the spread that float32 data space would round away
     assert 0.8 < float(samples["float32"][:, 0].std()) < 1.2 and abs(float(samples["float32"][:, 0].mean()) - 1e8) < 0.2
+
+
+@pytest.mark.parametrize("method", ["jko-iflow", "interpolant"])
+def test_whole_number_columns_are_flagged_when_their_spacing_matters(method):
+    import warnings
+
+    rng = np.random.default_rng(0)
+    x = np.stack([rng.integers(0, 3, 600), rng.standard_normal(600)], 1).astype(np.float64)
+    opts = dict(budget="quick", progress=False, iters=5)
+    with pytest.warns(UserWarning, match=r"column\(s\) \[0\] hold whole numbers only"):
+        jkofast.train(x, method, **opts)
+    # counts spread over thousands are as good as continuous: no warning
+    x[:, 0] = rng.integers(0, 5000, 600)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        jkofast.train(x, method, **opts)

@@ -38,24 +38,35 @@ def _read_csv(path: Path) -> np.ndarray:
     lines = [line for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
     if not lines:
         raise ValueError(f"{str(path)!r} is empty (no rows)")
-    try:
-        [float(v) for v in lines[0].split(",")]
-    except ValueError:
-        lines = lines[1:]  # a non-numeric first line is a header
+    numeric = [_is_number(v) for v in lines[0].split(",")]
+    if not any(numeric):
+        lines = lines[1:]  # a first line without numbers is a header
+    elif not all(numeric):  # neither: say so, rather than drop a data row as a "header"
+        raise ValueError(f"the first line of {str(path)!r} mixes numbers and other fields ({lines[0][:80]!r}): "
+                         "it is neither a header nor a row of comma-separated numbers")
     if not lines:
         raise ValueError(f"{str(path)!r} is empty (a header line but no data rows)")
     try:
         arr = np.loadtxt(lines, delimiter=",", dtype=np.float64, ndmin=2)
     except ValueError as e:
         raise ValueError(f"could not parse {str(path)!r} as comma-separated numbers: {e}") from e
-    return arr.astype(np.float32)  # text has no dtype; float32 is the library default
+    return arr  # float64: training standardizes in it before rounding to the model's dtype
+
+
+def _is_number(field: str) -> bool:
+    try:
+        float(field)
+    except ValueError:
+        return False
+    return True
 
 
 def load_array(path) -> np.ndarray:
     """Load a data matrix from a ``.npy`` or ``.csv`` file.
 
-    A ``.csv`` is comma-separated with one sample per line; a first line that does not parse
-    as numbers is taken as a header and skipped, blank lines are ignored. A single-column
+    A ``.csv`` is comma-separated with one sample per line, read as float64; a first line with
+    no number in it is taken as a header and skipped (one that mixes numbers and other fields is
+    an error: it may be a damaged data row), blank lines are ignored. A single-column
     ``.csv`` gives shape (N, 1). A ``.npy`` is read with ``allow_pickle=False``.
 
     Arguments:

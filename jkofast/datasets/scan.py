@@ -26,11 +26,12 @@ _SCAN_BLOCK = 64  # chunks per block summary: what the ranks exchange stays ~1 K
 @dataclass
 class Summary:
     """What :func:`scan` found: row count, per-column mean and standard deviation (float64,
-    ddof 1) and the fingerprint (sha256 hex)."""
+    ddof 1), the fingerprint (sha256 hex) and which columns hold whole numbers only."""
     n: int
     mean: np.ndarray
     std: np.ndarray
     fingerprint: str
+    whole: np.ndarray | None = None
 
 
 def _chunk_summary(rows: Tensor) -> tuple:
@@ -42,10 +43,11 @@ def _chunk_summary(rows: Tensor) -> tuple:
     first_bad = int((~finite).nonzero()[0, 0]) if bad else -1
     if bad:
         x = x[finite]
+    whole = (x == x.round()).all(0).cpu().numpy()
     mean = x.mean(0) if x.shape[0] else x.new_zeros(x.shape[1])
     m2 = x.sub_(mean).square_().sum(0)
     digest = hashlib.sha256(memoryview(np.ascontiguousarray(rows.cpu().numpy())).cast("B")).digest()
-    return x.shape[0], mean.cpu().numpy(), m2.cpu().numpy(), digest, bad, first_bad
+    return x.shape[0], mean.cpu().numpy(), m2.cpu().numpy(), digest, bad, first_bad, whole
 
 
 def _merge(into: list, n: int, mean: np.ndarray, m2: np.ndarray) -> None:
@@ -56,16 +58,19 @@ def _merge(into: list, n: int, mean: np.ndarray, m2: np.ndarray) -> None:
 
 
 def _block_summary(rows: Rows, b: int) -> tuple:
-    """Chunks b * _SCAN_BLOCK ... merged in order: (b, n, mean, M2, digest, bad rows, first bad row)."""
+    """Chunks b * _SCAN_BLOCK ... merged in order: (b, n, mean, M2, digest, bad rows, first bad row,
+    whole-number columns)."""
     moments, digest, bad, first = [0, np.zeros(rows.dim), np.zeros(rows.dim)], hashlib.sha256(), 0, -1
+    whole = np.ones(rows.dim, dtype=bool)
     for c in range(b * _SCAN_BLOCK, min((b + 1) * _SCAN_BLOCK, rows.num_chunks)):
-        n, mean, m2, chunk_digest, chunk_bad, chunk_first = _chunk_summary(rows.read_chunk(c))
+        n, mean, m2, chunk_digest, chunk_bad, chunk_first, chunk_whole = _chunk_summary(rows.read_chunk(c))
         _merge(moments, n, mean, m2)
+        whole &= chunk_whole
         digest.update(chunk_digest)
         if chunk_bad and first < 0:
             first = rows.base_index(c, chunk_first)
         bad += chunk_bad
-    return b, *moments, digest.digest(), bad, first
+    return b, *moments, digest.digest(), bad, first, whole
 
 
 def scan(rows: Rows, dist=None, *, progress: bool = False) -> Summary:
@@ -91,8 +96,10 @@ def scan(rows: Rows, dist=None, *, progress: bool = False) -> Summary:
                    key=lambda p: p[0])
     digest = hashlib.sha256(f"{(len(rows), rows.dim)}{rows.dtype_name}".encode())
     moments, bad, first = [0, np.zeros(rows.dim), np.zeros(rows.dim)], 0, -1
-    for _, n, mean, m2, block_digest, block_bad, block_first in parts:
+    whole = np.ones(rows.dim, dtype=bool)
+    for _, n, mean, m2, block_digest, block_bad, block_first, block_whole in parts:
         _merge(moments, n, mean, m2)
+        whole &= block_whole
         digest.update(block_digest)
         bad += block_bad
         first = block_first if first < 0 else first
@@ -100,4 +107,4 @@ def scan(rows: Rows, dist=None, *, progress: bool = False) -> Summary:
         raise ValueError(f"{rows.name} has {bad} row(s) with NaN or inf values (first: row {first})")
     n, mean, m2 = moments
     std = np.sqrt(m2 / (n - 1)) if n > 1 else np.full(rows.dim, np.nan)
-    return Summary(n, mean, std, digest.hexdigest())
+    return Summary(n, mean, std, digest.hexdigest(), whole)
