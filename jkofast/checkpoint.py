@@ -47,6 +47,11 @@ def save_payload(payload: dict, path: str | os.PathLike, kind: str) -> Path:
     return path
 
 
+# The payload kinds, as the user knows them (the training state records the method by itself).
+_WHAT = {"jkofast.flow": "a trained model (model.pt)", "jkofast.jko-iflow-state": "a jko-iflow run's state",
+         "jkofast.run-state": "a jko-flow or interpolant run's state"}
+
+
 def load_payload(path: str | os.PathLike, kind: str, map_location="cpu") -> dict:
     """Read a payload written by :func:`save_payload` and check its kind and format version."""
     path = Path(path)
@@ -63,7 +68,9 @@ def load_payload(path: str | os.PathLike, kind: str, map_location="cpu") -> dict
     if not isinstance(record, dict) or "format" not in record:
         raise CheckpointError(f"{path} is not a jkofast checkpoint (no format header)")
     if record["format"] != kind:
-        raise CheckpointError(f"{path} holds a {record['format']!r} checkpoint, expected {kind!r}")
+        raise CheckpointError(f"{path} holds {_WHAT.get(record['format'], repr(record['format']))}, where "
+                              f"{_WHAT.get(kind, repr(kind))} was expected; pass another output folder or model, "
+                              "or restart (resume=False / --restart) to overwrite a run")
     version = record.get("format_version")
     if not isinstance(version, int):
         raise CheckpointError(f"{path} has no valid format_version")

@@ -13,6 +13,7 @@ every rank evaluates its shard of the test set, rank 0 alone prints and writes t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -339,16 +340,21 @@ class _StderrNotes(logging.Handler):
         print(f"jkofast: {record.getMessage()}", file=sys.stderr)
 
 
-def _show_notes(on: bool = True) -> None:
+@contextlib.contextmanager
+def _notes_on_stderr():
     """While a command runs, the ``jkofast`` logger's notes go to stderr, once (not also to a
     root handler the host process may have); afterwards the logger is as it was."""
     log = logging.getLogger("jkofast")
-    for handler in [h for h in log.handlers if isinstance(h, _StderrNotes)]:
+    before = (log.level, log.propagate)
+    handler = _StderrNotes()
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    try:
+        yield
+    finally:
         log.removeHandler(handler)
-    if on:
-        log.addHandler(_StderrNotes())
-    log.setLevel(logging.INFO if on else logging.NOTSET)
-    log.propagate = not on
+        log.level, log.propagate = before
 
 
 def _how_to_resume(args) -> str:
@@ -363,9 +369,9 @@ def _how_to_resume(args) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _show_notes()  # with --no-progress too: a run that stopped early or resumed says so
     try:
-        return args.func(args)
+        with _notes_on_stderr():  # with --no-progress too: a run that stopped early or resumed says so
+            return args.func(args)
     except (CheckpointError, DistributedError, FileNotFoundError, FloatingPointError, ImportError, ValueError,
             TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -373,8 +379,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted{_how_to_resume(args)}", file=sys.stderr)
         return 130
-    finally:
-        _show_notes(False)
 
 
 if __name__ == "__main__":  # pragma: no cover

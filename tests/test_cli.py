@@ -121,7 +121,10 @@ def test_interrupted_training_says_how_to_resume(tmp_path, monkeypatch, capsys):
     # the command line's notes handler is gone afterwards: a host process's logging is its own
     import logging
     log = logging.getLogger("jkofast")
-    assert log.propagate and log.level == logging.NOTSET and not log.handlers
+    log.setLevel(logging.WARNING)
+    assert main(["train", "--data", "moons", "--out", str(out), *SMALL]) == 130
+    assert log.propagate and log.level == logging.WARNING and not log.handlers
+    log.setLevel(logging.NOTSET)
 
 
 def test_module_entry_point():

@@ -137,3 +137,12 @@ def test_evaluate_takes_one_grid_or_several_and_refuses_bad_test_sets():
                        (torch.tensor([[float("nan"), 1.0]]), "NaN")):
         with pytest.raises(ValueError, match=match):
             jkofast.evaluate(flow, bad, mmd_points=0)
+
+
+def test_a_folder_of_another_method_is_refused_by_name(tmp_path, moons):
+    from jkofast.checkpoint import CheckpointError
+
+    x = moons[0][:300]
+    jkofast.train(x, "jko-iflow", out=tmp_path, budget="quick", progress=False, iters=3)
+    with pytest.raises(CheckpointError, match="holds a jko-iflow run's state, where a jko-flow or interpolant"):
+        jkofast.train(x, "interpolant", out=tmp_path, budget="quick", progress=False, iters=3)
