@@ -40,7 +40,7 @@ from .train import METHODS, option_defaults, train
 # CLI flag -> JKOIFlowConfig field, for the options that go straight through.
 _TRAIN_OPTIONS = {"blocks": int, "hidden": int, "layers": int, "activation": str, "beta": float,
                   "steps": int, "eval_steps": int, "iters": int, "batch": int, "lr": float, "h0": float,
-                  "h_growth": float, "stop_tol": float, "divergence": str, "probes": int,
+                  "h_growth": float, "stop_tol": float, "val_patience": int, "divergence": str, "probes": int,
                   "reparam_rounds": int, "refine_rounds": int, "retrain_iters": int, "dtype": str,
                   "tableau": str, "transport": str, "time": bool, "free_block": bool, "warm_start": bool,
                   "pushed_storage": str, "scratch_dir": str, "select_blocks": str}

@@ -229,7 +229,7 @@ class JKOIFlowTrainer:
         shortest prefix of blocks with the lowest validation NLL. The final round logged each prefix's NLL as it trained it (the
         same number on every rank), so this needs no extra pass, and a resumed finished run cuts
         to the same prefix. Non-finite NLLs never win. Returns whether the flow changed."""
-        if self.cfg.select_blocks == "all" or (self.cfg.select_blocks == "auto" and self.data.val is None):
+        if not self._selects_by_validation():
             return False
         final = self._label(len(self.phases) - 1)
         nll = [e["val_nll_standardized"] for e in self.log["blocks"] if e["phase"] == final]
@@ -248,14 +248,36 @@ class JKOIFlowTrainer:
         self.flow.h = self.flow.h[:keep]
         return True
 
+    def _selects_by_validation(self) -> bool:
+        return self.cfg.select_blocks == "val" or (self.cfg.select_blocks == "auto" and self.data.val is not None)
+
+    def _validation_stalled(self) -> bool:
+        """Whether the last ``val_patience`` blocks of the first pass all left the validation NLL
+        above the best before them (a NaN counts as above), when the blocks are selected by it:
+        blocks past that point are dropped at the end unless the NLL comes back below."""
+        patience = self.cfg.val_patience
+        if not patience or not self._selects_by_validation():
+            return False
+        nll = [e["val_nll_standardized"] for e in self.log["blocks"] if e["phase"] == "initial"]
+        if len(nll) <= patience:
+            return False
+        best = min((v for v in nll[:-patience] if math.isfinite(v)), default=math.inf)
+        return all(not v <= best for v in nll[-patience:])
+
     def _advance(self, phase: str, phase_index: int, k: int, ter: float) -> None:
         """Move the cursor past block k. The first pass ends when the stopping rule fires or
         the block budget is spent, or, with free_block, after the free block (h = inf) that
         follows; a retraining round ends after its last block."""
         cfg, flow = self.cfg, self.flow
         free = not math.isfinite(flow.h[k])
-        stop = k + 1 >= cfg.blocks or ter < cfg.stop_tol
-        if phase == "initial" and ter < cfg.stop_tol and k + 1 < cfg.blocks and not free:
+        stalled = phase == "initial" and k + 1 < cfg.blocks and not free and self._validation_stalled()
+        stop = k + 1 >= cfg.blocks or ter < cfg.stop_tol or stalled
+        if stalled:
+            self.log.setdefault("events", []).append({"stopped": {"block": k + 1, "val_patience": cfg.val_patience}})
+            say(f"the validation NLL has been above its best for {cfg.val_patience} block(s), so the first pass "
+                f"ends at {k + 1} of {cfg.blocks} blocks (val_patience=0 trains them all)",
+                bars=self.progress, main=self.dist.main)
+        elif phase == "initial" and ter < cfg.stop_tol and k + 1 < cfg.blocks and not free:
             stopped = {"block": k + 1, "ter": ter, "stop_tol": cfg.stop_tol}
             self.log.setdefault("events", []).append({"stopped": stopped})
             then = ", then the free block" if cfg.free_block else ""

@@ -30,8 +30,11 @@ class JKOIFlowConfig:
     these defaults Ter(k) is small and erratic long before the flow has converged (2-D sets
     checkerboard, rings, circles, rose: 0.0000-0.0026 after block 1, then up and down between
     0.0008 and 0.03, while the validation NLL still fell by 0.01-0.3 nats a block; the paper's
-    0.01 would have stopped each of them after block 1). ``free_block`` appends one block
-    without transport penalty.
+    0.01 would have stopped each of them after block 1). Where blocks are selected by their
+    validation NLL (``select_blocks`` below), the pass also ends once ``val_patience`` blocks
+    in a row left that NLL above its best before them (0: never; on small data every further
+    block only over-fits more: 20-d Gaussian data, 1,600 rows, validation NLL 18.8 after block
+    3 and 2,247 after block 6). ``free_block`` appends one block without transport penalty.
     Integration: ``steps`` RK4 steps per block in training (``tableau``), ``eval_steps`` for
     the finer evaluation grid (None: no second evaluation).
     Optimisation per block: ``iters`` Adam steps of ``batch`` samples at ``lr`` with gradient
@@ -70,6 +73,7 @@ class JKOIFlowConfig:
     h_growth: float = 1.4
     h_max: float = math.inf
     stop_tol: float = 0.0
+    val_patience: int = 2
     free_block: bool = False
     steps: int = 3
     eval_steps: int | None = 12
@@ -97,7 +101,7 @@ class JKOIFlowConfig:
     def __post_init__(self) -> None:
         for name in ("blocks", "hidden", "layers", "steps", "iters", "batch", "probes"):
             check_positive_int(getattr(self, name), name)
-        for name in ("reparam_rounds", "refine_rounds", "seed"):
+        for name in ("reparam_rounds", "refine_rounds", "seed", "val_patience"):
             check_positive_int(getattr(self, name), name, low=0)
         for name in ("eval_steps", "retrain_iters"):
             if getattr(self, name) is not None:

@@ -179,7 +179,7 @@ def test_select_blocks_keeps_the_prefix_with_the_lowest_validation_nll(tmp_path,
 
     x, val = moons[0][:80], moons[1][:400]
     opts = QUICK | {"blocks": 4, "hidden": 64, "iters": 120, "batch": 80, "lr": 1e-2, "stop_tol": 0.0,
-                    "refine_rounds": 1, "retrain_iters": 60}
+                    "refine_rounds": 1, "retrain_iters": 60, "val_patience": 0}
     full = jkofast.train(x, val=val, progress=False, select_blocks="all", **opts)
     with caplog.at_level("INFO", logger="jkofast"):  # without bars the note goes to the jkofast logger
         chosen = jkofast.train(x, val=val, out=tmp_path, progress=False, **opts)
@@ -291,3 +291,22 @@ def test_whole_number_columns_are_flagged_when_their_spacing_matters(method):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         jkofast.train(x, method, **opts)
+
+
+def test_val_patience_ends_the_first_pass_once_validation_only_rises(tmp_path, moons):
+    # Each block trains from (seed, block index) alone, so the early-stopped run's blocks are the
+    # full run's first ones: it must stop exactly where the rule says and keep the same prefix.
+    x, val = moons[0][:80], moons[1][:400]
+    opts = QUICK | {"blocks": 6, "hidden": 64, "iters": 120, "batch": 80, "lr": 1e-2, "stop_tol": 0.0}
+    every = jkofast.train(x, val=val, out=tmp_path / "every", progress=False, val_patience=0, **opts)
+    nll = [e["val_nll_standardized"] for e in json.loads((tmp_path / "every" / "log.json").read_text())["blocks"]]
+    assert len(nll) == 6
+    stall = [k for k in range(3, 6) if all(v > min(nll[:k - 2]) for v in nll[k - 2:k])]
+    assert stall, f"the set-up should over-fit: validation NLLs {nll}"
+    early = jkofast.train(x, val=val, out=tmp_path / "early", progress=False, **opts)  # val_patience 2
+    log = json.loads((tmp_path / "early" / "log.json").read_text())
+    np.testing.assert_allclose([e["val_nll_standardized"] for e in log["blocks"]], nll[:stall[0]], rtol=1e-6)
+    assert {"block": stall[0], "val_patience": 2} in [e.get("stopped") for e in log["events"]]
+    assert early.num_blocks == every.num_blocks == 1 + int(np.argmin(nll[:stall[0]]))
+    # it follows the selection: with every block kept, every block is trained
+    assert jkofast.train(x, val=val, progress=False, select_blocks="all", **opts).num_blocks == 6
