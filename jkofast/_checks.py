@@ -7,8 +7,9 @@ from torch import Tensor, nn
 
 
 def check_points(x, name: str, dim: int | None = None, *, like: nn.Module | None = None,
-                 allow_empty: bool = True) -> Tensor:
-    """Check that ``x`` is a floating (B, dim) tensor matching ``like``'s dtype and device."""
+                 allow_empty: bool = True, allow_wider: bool = False) -> Tensor:
+    """Check that ``x`` is a floating (B, dim) tensor matching ``like``'s dtype (or, with
+    ``allow_wider``, a wider float dtype) and device."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (batch, dim), got {type(x).__name__}")
     if x.dim() != 2:
@@ -22,11 +23,13 @@ def check_points(x, name: str, dim: int | None = None, *, like: nn.Module | None
     if like is not None:
         p = next(like.parameters(), None)
         p = p if p is not None else next(like.buffers(), None)
-        if p is not None and x.dtype != p.dtype:
-            raise TypeError(f"{name} has dtype {x.dtype} but the model's parameters are {p.dtype}; "
-                            f"convert one of them (e.g. x.to({p.dtype}) or model.to({x.dtype}))")
-        if p is not None and x.device != p.device:
-            raise ValueError(f"{name} is on {x.device} but the model is on {p.device}; move one of them")
+        if p is not None:
+            wider = allow_wider and torch.finfo(x.dtype).bits > torch.finfo(p.dtype).bits
+            if x.dtype != p.dtype and not wider:
+                raise TypeError(f"{name} has dtype {x.dtype} but the model's parameters are {p.dtype}; "
+                                f"convert one of them (e.g. x.to({p.dtype}) or model.to({x.dtype}))")
+            if x.device != p.device:
+                raise ValueError(f"{name} is on {x.device} but the model is on {p.device}; move one of them")
     return x
 
 

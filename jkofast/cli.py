@@ -33,6 +33,7 @@ from .evaluate import evaluate, nll_entries, training_summary
 from .flow import Flow
 from .jko_iflow import TrainingDivergedError
 from .jko_iflow_config import BUDGETS
+from .jko_iflow_state import CHECKPOINT_FILE
 from .memory import peak_memory_of_run
 from .metrics import sharded_nll
 from .train import METHODS, option_defaults, train
@@ -273,6 +274,11 @@ def cmd_info(args) -> int:
     return info_main()
 
 
+def _defaults_help(flag: str) -> str:
+    """An option's help: its default under every method that has it."""
+    return "(default: " + ", ".join(f"{m} {v}" for m, v in option_defaults(flag).items()) + ")"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jkofast", description=__doc__.split("\n\n")[0])
     p.add_argument("--version", action="version", version=f"jkofast {__version__}")
@@ -287,15 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     for flag, kind in _TRAIN_OPTIONS.items():
-        defaults = ", ".join(f"{m} {v}" for m, v in option_defaults(flag).items())
-        name, preset = "--" + flag.replace("_", "-"), f"(default: {defaults})"
+        name, preset = "--" + flag.replace("_", "-"), _defaults_help(flag)
         if kind is bool:
             t.add_argument(name, dest=flag, action=argparse.BooleanOptionalAction, default=None, help=preset)
         else:
             t.add_argument(name, dest=flag, type=kind, default=None, help=preset)
     for flag, (kind, _) in _METHOD_OPTIONS.items():
-        defaults = ", ".join(f"{m} {v}" for m, v in option_defaults(flag).items())
-        t.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, default=None, help=f"(default: {defaults})",
+        t.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, default=None, help=_defaults_help(flag),
                        **({"nargs": 2, "metavar": ("A", "B")} if flag == "time_beta" else {}))
     t.add_argument("--n-train", type=int, default=50_000, help="built-in sets: training points")
     t.add_argument("--n-val", type=int, default=5_000, help="built-in sets: validation points")
@@ -361,7 +365,7 @@ def _how_to_resume(args) -> str:
     """What the message of an interrupted command says about resuming it."""
     if args.command != "train":
         return ""
-    if not (Path(args.out) / "checkpoint.pt").exists():
+    if not (Path(args.out) / CHECKPOINT_FILE).exists():
         return f"; {args.out} holds no checkpoint yet: the command starts from the beginning"
     again = "the same command without --restart" if args.restart else "the same command"
     return f"; the last checkpoint in {args.out} is kept: {again} resumes from it"

@@ -111,13 +111,7 @@ class Flow(nn.Module):
     def _check_data(self, x: Tensor, name: str) -> Tensor:
         """Data-space input: the model's dtype, or a wider float (standardized in it, see
         :meth:`standardize`), on the model's device."""
-        if isinstance(x, Tensor) and x.is_floating_point() and x.dtype != self._dtype and \
-                torch.finfo(x.dtype).bits > torch.finfo(self._dtype).bits:
-            check_points(x, name, self.dim)
-            if x.device != self.loc.device:
-                raise ValueError(f"{name} is on {x.device} but the model is on {self.loc.device}; move one of them")
-            return x
-        return self._check_input(x, name)
+        return check_points(x, name, self.dim, like=self, allow_wider=True)
 
     def transform(self, x: Tensor, *, steps: int | None = None, divergence: str = "exact",
                   probes: int = 1, backend: str = "auto") -> tuple[Tensor, Tensor]:

@@ -226,9 +226,10 @@ class JKOIFlowTrainer:
 
     def _select_blocks(self) -> bool:
         """With ``select_blocks="val"`` (or ``"auto"`` and validation data), cut the flow to the
-        shortest prefix of blocks with the lowest validation NLL. The final round logged each prefix's NLL as it trained it (the
-        same number on every rank), so this needs no extra pass, and a resumed finished run cuts
-        to the same prefix. Non-finite NLLs never win. Returns whether the flow changed."""
+        shortest prefix of blocks with the lowest validation NLL. The final round logged each
+        prefix's NLL as it trained it (the same number on every rank), so this needs no extra
+        pass, and a resumed finished run cuts to the same prefix. Non-finite NLLs never win.
+        Returns whether the flow changed."""
         if not self._selects_by_validation():
             return False
         final = self._label(len(self.phases) - 1)
@@ -264,26 +265,28 @@ class JKOIFlowTrainer:
         best = min((v for v in nll[:-patience] if math.isfinite(v)), default=math.inf)
         return all(not v <= best for v in nll[-patience:])
 
+    def _note_early_end(self, k: int, event: dict, why: str, off: str) -> None:
+        """Log and say that the first pass ends after block k, before its budget of blocks."""
+        self.log.setdefault("events", []).append({"stopped": {"block": k + 1, **event}})
+        then = ", then the free block" if self.cfg.free_block else ""
+        say(f"{why}, so the first pass ends at {k + 1} of {self.cfg.blocks} blocks{then} ({off} trains them all)",
+            bars=self.progress, main=self.dist.main)
+
     def _advance(self, phase: str, phase_index: int, k: int, ter: float) -> None:
         """Move the cursor past block k. The first pass ends when the stopping rule fires or
         the block budget is spent, or, with free_block, after the free block (h = inf) that
         follows; a retraining round ends after its last block."""
         cfg, flow = self.cfg, self.flow
         free = not math.isfinite(flow.h[k])
-        stalled = phase == "initial" and k + 1 < cfg.blocks and not free and self._validation_stalled()
+        early = phase == "initial" and k + 1 < cfg.blocks and not free
+        stalled = early and self._validation_stalled()
         stop = k + 1 >= cfg.blocks or ter < cfg.stop_tol or stalled
         if stalled:
-            self.log.setdefault("events", []).append({"stopped": {"block": k + 1, "val_patience": cfg.val_patience}})
-            say(f"the validation NLL has been above its best for {cfg.val_patience} block(s), so the first pass "
-                f"ends at {k + 1} of {cfg.blocks} blocks (val_patience=0 trains them all)",
-                bars=self.progress, main=self.dist.main)
-        elif phase == "initial" and ter < cfg.stop_tol and k + 1 < cfg.blocks and not free:
-            stopped = {"block": k + 1, "ter": ter, "stop_tol": cfg.stop_tol}
-            self.log.setdefault("events", []).append({"stopped": stopped})
-            then = ", then the free block" if cfg.free_block else ""
-            say(f"stopping rule: block {k + 1} moved the data by Ter = {ter:.2g} < stop_tol = {cfg.stop_tol:g}, so "
-                f"the first pass ends at {k + 1} of {cfg.blocks} blocks{then} (stop_tol=0 trains them all)",
-                bars=self.progress, main=self.dist.main)
+            self._note_early_end(k, {"val_patience": cfg.val_patience}, "the validation NLL has been above its "
+                                 f"best for {cfg.val_patience} block(s)", "val_patience=0")
+        elif early and ter < cfg.stop_tol:
+            self._note_early_end(k, {"ter": ter, "stop_tol": cfg.stop_tol}, f"stopping rule: block {k + 1} moved "
+                                 f"the data by Ter = {ter:.2g} < stop_tol = {cfg.stop_tol:g}", "stop_tol=0")
         if phase == "initial" and stop and cfg.free_block and not free:
             self.cursor.update(block=k + 1, free_next=True)
         elif (phase == "initial" and (stop or free)) or (phase != "initial" and k + 1 == flow.num_blocks):

@@ -104,9 +104,17 @@ def _trained_units(log: dict) -> int:
 _UNITS = {"jko-iflow": "blocks", "jko-flow": "rounds", "interpolant": "training segments"}
 
 
-def _say_resumed(out: Path, method: str, done: int, progress: bool, main: bool) -> None:
-    say(f"resuming from {out / CHECKPOINT_FILE}: {done} {_UNITS[method]} done (resume=False, or --restart, "
-        "starts over)", bars=progress, main=main)
+def _resume_and_run(trainer, out: Path | None, method: str, device, progress: bool, main: bool):
+    """Resume the trainer from its checkpoint if there is one (saying so), then train, measured.
+    Returns ``(resumed, units trained before this process, the ResourceMeter)``."""
+    resumed = trainer.resume()
+    done = _trained_units(trainer.log)
+    if resumed:
+        say(f"resuming from {out / CHECKPOINT_FILE}: {done} {_UNITS[method]} done (resume=False, or --restart, "
+            "starts over)", bars=progress, main=main)
+    with ResourceMeter(device) as meter:
+        trainer.run()
+    return resumed, done, meter
 
 
 def _keep_training_process_numbers(log: dict, out: Path | None) -> None:
@@ -209,12 +217,7 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
         try:
             trainer = JKOIFlowTrainer(flow, cfg, data.train, data.val, out=out, data_id=data.data_id,
                                       progress=progress, backend=backend, log=log, dist=dist, store=data.store)
-            resumed = trainer.resume()
-            done_before = _trained_units(trainer.log)
-            if resumed:
-                _say_resumed(out, method, done_before, progress, dist.main)
-            with ResourceMeter(device) as meter:
-                trainer.run()
+            resumed, done_before, meter = _resume_and_run(trainer, out, method, device, progress, dist.main)
         finally:
             data.close()
 
@@ -236,12 +239,7 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
         data_id = data_fingerprint(x.to(dtype), None if val is None else val.to(dtype))
         trainer = _METHODS[method][1](flow, cfg, flow.standardize(x), None if val is None else flow.standardize(val),
                                       out=out, data_id=data_id, progress=progress, backend=backend, log=log)
-        resumed = trainer.resume()
-        done_before = _trained_units(trainer.log)
-        if resumed:
-            _say_resumed(out, method, done_before, progress, dist.main)
-        with ResourceMeter(device) as meter:
-            trainer.run()
+        resumed, done_before, meter = _resume_and_run(trainer, out, method, device, progress, dist.main)
 
         def val_nll(steps):
             return nll(flow, val, steps=steps, backend=backend)
