@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 
@@ -31,7 +30,7 @@ import _harness as H
 H.import_jkofast_submodules()
 import jkofast  # noqa: E402
 from jkofast.evaluate import evaluate  # noqa: E402
-from jkofast.metrics import median_distance, mmd  # noqa: E402
+from jkofast.metrics import fitted_gaussian, gaussian_nll, median_distance, mmd  # noqa: E402
 
 METHODS = ("jko-iflow", "jko-flow", "interpolant")
 
@@ -94,18 +93,16 @@ def split_budget(method: str, batches: int, opts: dict, protocol: str) -> dict:
 def gaussian_row(train: np.ndarray, test: np.ndarray, mmd_points: int, seed: int) -> dict:
     """The maximum-likelihood Gaussian: NLL and the MMD of its samples, the bar to clear."""
     tr, te = torch.as_tensor(train, dtype=torch.float64), torch.as_tensor(test, dtype=torch.float64)
-    cov = torch.cov(tr.t()).reshape(tr.shape[1], tr.shape[1]) + 1e-9 * torch.eye(tr.shape[1], dtype=torch.float64)
-    dist = torch.distributions.MultivariateNormal(tr.mean(0), cov)
-    values = -dist.log_prob(te)
+    dist = fitted_gaussian(tr)
+    mean, se = gaussian_nll(tr, te)
     log_scale = float(torch.log(tr.std(0)).sum())
-    row = {"method": "gaussian (fitted)", "nll": float(values.mean()), "se": float(values.std() / math.sqrt(len(te))),
-           "nll_std": float(values.mean()) - log_scale}
+    row = {"method": "gaussian (fitted)", "nll": mean, "se": se, "nll_std": mean - log_scale}
     n = min(mmd_points, len(te))
     if n >= 2:
         g = torch.Generator().manual_seed(seed)
         ref = te[torch.randperm(len(te), generator=g)[:n]]
         z = torch.randn(n, tr.shape[1], generator=g, dtype=torch.float64)
-        samples = tr.mean(0) + z @ torch.linalg.cholesky(cov).t()
+        samples = dist.loc + z @ dist.scale_tril.t()
         med = median_distance(ref)
         row.update(mmd_c=mmd(ref, samples, 0.1 * med), mmd_m=mmd(ref, samples, med))
     return row

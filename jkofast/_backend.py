@@ -72,9 +72,9 @@ def compiled_available() -> bool:
 
 # Asked of the dispatcher once: the kernels register when _C loads, and torch.compile cannot trace
 # the dispatcher query (every entry point broke fullgraph=True on it).
-_KERNELS = {(op, device): compiled_available() and torch._C._dispatch_has_kernel_for_dispatch_key(
-                f"jkofast::{op}", device.upper())
-            for op in ("mlp_field", "mlp_field_div", "rk4_block", "jko_block_loss") for device in ("cpu", "cuda")}
+# The ops are the wrappers' names (jkofast/_ops exports one per forward op).
+_KERNELS = {(op, device): torch._C._dispatch_has_kernel_for_dispatch_key(f"jkofast::{op}", device.upper())
+            for op in (compiled_ops.__all__ if compiled_available() else ()) for device in ("cpu", "cuda")}
 
 
 def has_kernel(op: str, device_type: str) -> bool:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ._checks import check_finite, check_points
+from ._precision import data_dtype
 from .flow import Flow
 from .metrics import median_distance, mmd, nll, rows_per_chunk
 
@@ -48,8 +49,7 @@ def evaluate(flow: Flow, test, *, steps: int | list[int] | None = None, mmd_poin
         ['mmd', 'n_test', 'nll_standardized_steps3', 'nll_steps3', 'training']
     """
     x = torch.as_tensor(np.asarray(test) if not isinstance(test, torch.Tensor) else test, device=flow.loc.device)
-    # kept in its own precision where wider than the model's (Flow.standardize), else the model's
-    x = x.to(torch.promote_types(x.dtype, flow.loc.dtype) if x.is_floating_point() else torch.float64)
+    x = x.to(data_dtype(x, flow.loc.dtype))
     check_points(x, "test", flow.dim, allow_empty=False)
     check_finite(x, "test")
     grids = [int(steps)] if isinstance(steps, (int, np.integer)) else list(steps or flow.info.get("eval_grids") or [flow.steps])

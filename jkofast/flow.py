@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import check_choice, check_points, check_positive_int
+from ._precision import standardized
 from .checkpoint import CheckpointError, load_payload, require, save_payload
 from .field import VelocityField
 from .integrate import rk4
@@ -152,7 +153,15 @@ class Flow(nn.Module):
     def sample(self, n: int, *, generator: torch.Generator | None = None, steps: int | None = None,
                backend: str = "auto", dtype: torch.dtype | None = None) -> Tensor:
         """Draw n samples: z ~ N(0, I) pushed through the inverse flow; (n, d) in ``dtype``
-        (default: the model's; see :meth:`inverse`)."""
+        (default: the model's; see :meth:`inverse`). Without a graph, as
+        ``torch.distributions``' ``sample``: :meth:`rsample` keeps one."""
+        with torch.no_grad():
+            return self.rsample(n, generator=generator, steps=steps, backend=backend, dtype=dtype)
+
+    def rsample(self, n: int, *, generator: torch.Generator | None = None, steps: int | None = None,
+                backend: str = "auto", dtype: torch.dtype | None = None) -> Tensor:
+        """:meth:`sample` with its autograd graph (reparametrized): the samples are
+        differentiable functions of the weights, for a loss on the samples themselves."""
         check_positive_int(n, "n", low=0)
         z = torch.randn(n, self.dim, generator=generator, dtype=self._dtype, device=self.loc.device)
         return self.inverse(z, steps=steps, backend=backend, dtype=dtype)
@@ -168,10 +177,8 @@ class Flow(nn.Module):
 
     def standardize(self, x: Tensor) -> Tensor:
         """u = (x - loc) / scale, the space the blocks work in; (B, d) -> (B, d) in the model's
-        dtype. Computed in x's dtype where that is wider, then rounded: rounding x first would
-        lose a column with a large offset and a small spread (float32 steps by 8 at 1e8)."""
-        wide = torch.promote_types(x.dtype, self._dtype)
-        return ((x.to(wide) - self.loc.to(wide)) / self.scale.to(wide)).to(self._dtype)
+        dtype. Computed in x's dtype where that is wider, then rounded (see jkofast/_precision.py)."""
+        return standardized(x, self.loc, self.scale)
 
     def push(self, u: Tensor, *, blocks: slice = slice(None), divergence: str | None = "exact",
              probes: int = 1, steps: int | None = None, backend: str = "auto") -> tuple[Tensor, Tensor | None]:

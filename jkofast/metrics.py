@@ -6,10 +6,11 @@ import math
 import torch
 from torch import Tensor
 
+from ._precision import data_dtype
 from .reference import LOG_2PI
 
-__all__ = ["push", "rows_per_chunk", "standard_normal_nll", "nll", "sharded_nll", "mmd", "median_distance",
-           "energy_distance"]
+__all__ = ["push", "rows_per_chunk", "standard_normal_nll", "nll", "sharded_nll", "fitted_gaussian",
+           "gaussian_nll", "mmd", "median_distance", "energy_distance"]
 
 # Rows per chunk when pushing whole data sets: bounds the memory of the d tangent rows
 # (chunk x (d + 1) x width floats per layer) while keeping the matrix products large.
@@ -69,7 +70,7 @@ def sharded_nll(flow, rows, dist=None, *, steps: int | None = None, backend: str
     rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
     pieces = []  # (count, mean, M2, non-finite count) per piece: nothing per row is kept
     for _, x in rows.chunks(rank=rank, world=world, seed=seed):
-        for xs in x.to(flow.loc.device, torch.promote_types(x.dtype, flow.loc.dtype)).split(chunk):  # see Flow.standardize
+        for xs in x.to(flow.loc.device, data_dtype(x, flow.loc.dtype)).split(chunk):
             v = -flow.log_prob(xs, steps=steps, backend=backend).double()
             finite = torch.isfinite(v)
             v = v[finite]
@@ -82,6 +83,29 @@ def sharded_nll(flow, rows, dist=None, *, steps: int | None = None, backend: str
     if bad:
         raise FloatingPointError(f"the flow gave a non-finite log-likelihood on {bad} of {n + bad} points")
     return mean, (math.sqrt(m2 / (n - 1) / n) if n > 1 else float("nan"))
+
+
+def fitted_gaussian(train) -> torch.distributions.MultivariateNormal:
+    """The maximum-likelihood Gaussian of ``train`` (N, d), full covariance, in float64: the bar
+    a flow has to clear (it matches every mean and covariance; only what a flow learns beyond
+    them scores lower). A ridge of 1e-9 of the mean variance keeps a rank-deficient covariance
+    (N <= d, or collinear columns) positive definite."""
+    x = torch.as_tensor(train).detach().to("cpu", torch.float64)
+    if x.dim() != 2 or x.shape[0] < 2:
+        raise ValueError(f"fitting a Gaussian needs (N, d) data with N >= 2 rows, got shape {tuple(x.shape)}")
+    d = x.shape[1]
+    cov = torch.cov(x.t()).reshape(d, d)
+    cov = cov + 1e-9 * float(cov.diagonal().mean().clamp_min(1e-300)) * torch.eye(d, dtype=torch.float64)
+    return torch.distributions.MultivariateNormal(x.mean(0), cov)
+
+
+@torch.no_grad()
+def gaussian_nll(train, test) -> tuple[float, float]:
+    """Mean NLL in nats (and its standard error) of ``test`` under :func:`fitted_gaussian` of
+    ``train``; both (N, d) arrays or tensors in data space."""
+    values = -fitted_gaussian(train).log_prob(torch.as_tensor(test).detach().to("cpu", torch.float64))
+    se = float(values.std() / math.sqrt(values.numel())) if values.numel() > 1 else float("nan")
+    return float(values.mean()), se
 
 
 def _merge(parts) -> tuple[int, float, float]:

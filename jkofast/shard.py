@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from .datasets.streaming import CHUNK_BYTES, Rows, _release
+from ._precision import standardized
 from .memory import available_bytes
 from .progress import progress_bar
 
@@ -188,9 +189,7 @@ class ShardStore:
         column with ``with_logdet``)."""
         def pieces():
             for _, x in rows.chunks(rank=rank, world=world, seed=seed):
-                # in the data's precision where it is wider, then rounded (Flow.standardize)
-                wide = torch.promote_types(x.dtype, self.dtype)
-                u = ((x.to(self.device, wide) - loc.to(wide)) / scale.to(wide)).to(self.dtype)
+                u = standardized(x, loc, scale)  # loc: the model's dtype and device
                 yield u, (u.new_zeros(u.shape[0]) if with_logdet else None)
         return self.build(pieces(), rows.dim, with_logdet, total=rows.num_chunks,
                           desc=f"rank {rank}: sharding {rows.name}")

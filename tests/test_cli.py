@@ -33,6 +33,32 @@ def test_train_writes_everything(run_dir, capsys):
     assert (run_dir / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_report_sets_the_flow_beside_a_fitted_gaussian(run_dir, capsys):
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    x_train, _, x_test = jkofast.datasets.get("moons", 1500, 300, 800, seed=0)
+    want = jkofast.metrics.gaussian_nll(x_train, x_test)
+    g = metrics["gaussian_nll"]
+    assert (g["mean"], g["se"], g["n_train"], g["dim"]) == (pytest.approx(want[0], abs=1e-12),
+                                                             pytest.approx(want[1], abs=1e-12), 1500, 2)
+    from jkofast.cli import _print_evaluation
+    # the hint follows the rows per dimension: under-trained with many, over-fit with few
+    for n_train, flow_nll, said in ((1500, 3.0, "more training should help"), (1500, 2.0, None),
+                                    (100, 3.0, "50 training rows per dimension the blocks over-fit")):
+        _print_evaluation({"n_test": 9, "nll_steps3": {"mean": flow_nll, "se": 0.1},
+                           "gaussian_nll": {"mean": 2.5, "se": 0.1, "n_train": n_train, "dim": 2}}, [3])
+        out = capsys.readouterr().out
+        assert "baseline: a Gaussian fitted to the training data (full covariance) scores 2.5000" in out
+        assert (said in out) if said else "does not beat it" not in out
+
+
+def test_a_closed_pipe_ends_quietly():
+    proc = subprocess.Popen([sys.executable, "-m", "jkofast", "info"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the first line (as `jkofast info | head -0`)
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141 and "Traceback" not in err, err
+
+
 def test_rerun_resumes_instead_of_retraining(run_dir, capsys):
     before = (run_dir / "model.pt").read_bytes()
     trained = jkofast.Flow.load(run_dir).info

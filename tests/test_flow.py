@@ -86,6 +86,17 @@ def test_sample_and_trajectory_shapes():
     assert all((b - a).abs().max() > 1e-3 for a, b in zip(traj, traj[1:]))
 
 
+def test_sample_has_no_graph_and_rsample_differentiates_through_the_blocks():
+    flow = random_flow(dim=2, blocks=2)
+    s = flow.sample(8, generator=torch.Generator().manual_seed(0))
+    assert not s.requires_grad and s.grad_fn is None
+    r = flow.rsample(8, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(r.detach(), s, rtol=0, atol=0)  # the same draw, with its graph
+    r.square().sum().backward()
+    # every block's weights are reached (a block left out of the graph would keep grad None)
+    assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in flow.blocks.parameters())
+
+
 def test_empty_flow_is_the_standardized_gaussian():
     flow = Flow(2, loc=torch.tensor([1.0, -1.0]), scale=torch.tensor([2.0, 0.5])).double()
     x = torch.randn(4, 2, dtype=torch.float64)
@@ -105,6 +116,8 @@ def test_input_errors_name_the_problem():
         flow.log_prob(torch.randn(3, 2, dtype=torch.float64, device="meta"))
     with pytest.raises(ValueError, match="n must be"):
         flow.sample(-1)
+    with pytest.raises(TypeError, match=r"got ndarray \(convert it with torch.as_tensor\(x\)\)"):
+        flow.log_prob(np.zeros((3, 2)))
     with pytest.raises(ValueError, match="scale"):
         Flow(2, scale=torch.tensor([1.0, 0.0]))
 

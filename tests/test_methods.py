@@ -14,7 +14,7 @@ import torch
 import jkofast
 from jkofast.cli import main
 from jkofast.evaluate import evaluate
-from jkofast.metrics import median_distance, mmd
+from jkofast.metrics import gaussian_nll, median_distance, mmd
 from jkofast.resources import ResourceMeter
 from jkofast.train import METHODS
 
@@ -67,6 +67,24 @@ def test_mmd_is_the_v_statistic_and_standardized_nll_the_shifted_one():
     shift = math.log(2.0 * 0.5 * 3.0)
     assert scores["nll_standardized_steps3"]["mean"] == pytest.approx(scores["nll_steps3"]["mean"] - shift)
     assert scores["mmd"]["n"] == 100 and scores["mmd"]["mmd_m"] >= 0
+
+
+def test_gaussian_baseline_is_the_maximum_likelihood_gaussian():
+    # Against the closed form in numpy: mean, unbiased covariance (torch.cov's), log-density.
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(400, 3)) @ np.array([[1.0, 0.5, 0.0], [0.0, 2.0, 0.3], [0.0, 0.0, 0.1]]) + 5.0
+    test = rng.normal(size=(50, 3)) * 1.5 + 5.0
+    mu, cov = train.mean(0), np.cov(train.T)
+    cov += 1e-9 * np.diag(cov).mean() * np.eye(3)  # the documented ridge
+    r = test - mu
+    want = 0.5 * np.einsum("ni,ij,nj->n", r, np.linalg.inv(cov), r) + 0.5 * np.linalg.slogdet(2 * np.pi * cov)[1]
+    mean, se = gaussian_nll(train, torch.as_tensor(test))  # arrays and tensors alike
+    # float64 throughout (values near 190 nats): 1e-9 relative is a few hundred ulps of the sums
+    assert mean == pytest.approx(want.mean(), rel=1e-9) and se == pytest.approx(want.std(ddof=1) / np.sqrt(50), rel=1e-9)
+    # more columns than rows: the covariance is singular, the ridge keeps the value finite
+    assert math.isfinite(gaussian_nll(rng.normal(size=(3, 5)), rng.normal(size=(4, 5)))[0])
+    with pytest.raises(ValueError, match="N >= 2"):
+        gaussian_nll(np.zeros((1, 2)), np.zeros((3, 2)))
 
 
 def test_resource_meter_sees_a_large_allocation():
