@@ -11,7 +11,9 @@ def check_points(x, name: str, dim: int | None = None, *, like: nn.Module | None
     """Check that ``x`` is a floating (B, dim) tensor matching ``like``'s dtype (or, with
     ``allow_wider``, a wider float dtype) and device."""
     if not isinstance(x, Tensor):
-        hint = f" (convert it with torch.as_tensor({name}))" if hasattr(x, "__array__") else ""
+        dtype = next((t.dtype for t in (*like.parameters(), *like.buffers())), None) if like is not None else None
+        wanted = f", dtype={dtype}" if dtype is not None else ""
+        hint = f" (convert it with torch.as_tensor({name}{wanted}))" if hasattr(x, "__array__") else ""
         raise TypeError(f"{name} must be a torch.Tensor of shape (batch, dim), got {type(x).__name__}{hint}")
     if x.dim() != 2:
         raise ValueError(f"{name} must have shape (batch, dim), got shape {tuple(x.shape)}")

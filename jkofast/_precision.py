@@ -2,8 +2,9 @@
 
 u = (x - loc) / scale is computed in the wider of the two dtypes and then rounded to the model's:
 rounding x first would lose a column with a large offset and a small spread (float32 steps by 8
-at 1e8, so 1e8 +/- 1 would become three values). Every path from data to the blocks goes
-through here: :meth:`jkofast.Flow.standardize`, the sharded data (shard.py), evaluation.
+at 1e8, so 1e8 +/- 1 would become three values). The paths from data to the blocks
+use it: :meth:`jkofast.Flow.standardize`, the sharded data (shard.py), evaluation; ``train``'s
+in-memory path reads the data as float64 (for its statistics), which is never narrower.
 """
 from __future__ import annotations
 
@@ -18,6 +19,6 @@ def data_dtype(x: Tensor, model_dtype: torch.dtype) -> torch.dtype:
 
 
 def standardized(x: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
-    """(x - loc) / scale in :func:`data_dtype`, rounded to ``loc``'s dtype, on ``loc``'s device."""
+    """(x - loc) / scale in :func:`data_dtype`, rounded to ``loc``'s dtype (x on loc's device)."""
     wide = data_dtype(x, loc.dtype)
-    return ((x.to(loc.device, wide) - loc.to(wide)) / scale.to(wide)).to(loc.dtype)
+    return ((x.to(wide) - loc.to(wide)) / scale.to(wide)).to(loc.dtype)

@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import os
+import select
 import sys
 import time
 from pathlib import Path
@@ -36,7 +37,7 @@ from .jko_iflow import TrainingDivergedError
 from .jko_iflow_config import BUDGETS
 from .jko_iflow_state import CHECKPOINT_FILE
 from .memory import peak_memory_of_run
-from .metrics import gaussian_nll, sharded_nll
+from .metrics import sharded_nll
 from .train import METHODS, option_defaults, train
 
 # CLI flag -> JKOIFlowConfig field, for the options that go straight through.
@@ -78,19 +79,35 @@ def _evaluate_sharded(flow: Flow, test, steps: list[int], dist) -> dict:
     return out
 
 
-# Below this many training rows per dimension, a flow that loses to the fitted Gaussian over-fits
-# or models near-Gaussian data (README, 'Small data': a 20-d set of 1,600 rows, 80 per dimension);
-# above it, it is under-trained (moons, 25,000 per dimension, loses under --budget quick only).
+# Which likely cause the note names when the flow does not clearly beat the fitted Gaussian: a
+# rough line, from few cases (README, 'Small data'): below it, over-fitting or near-Gaussian data
+# (a 20-d set of 1,600 rows, 80 per dimension); above it, too little training (moons, 25,000
+# rows per dimension, level with the Gaussian under --budget quick only).
 SMALL_DATA_ROWS_PER_DIM = 500
 
 
-def _add_gaussian_baseline(metrics: dict, x_train, x_test) -> None:
-    """The test NLL of a Gaussian fitted to the training data, beside the flow's: the number to
-    beat. Left out for a memory-mapped set (it would take another pass over the file), and where
-    the training rows cannot fix a covariance (no more rows than columns: eval --data loads 1)."""
-    if not isinstance(x_train, Rows) and not isinstance(x_test, Rows) and len(x_train) > x_train.shape[1]:
-        mean, se = gaussian_nll(x_train, x_test)
-        metrics["gaussian_nll"] = {"mean": mean, "se": se, "n_train": len(x_train), "dim": int(x_train.shape[1])}
+def _baseline_train(x_train, x_test):
+    """The training data to fit the report's Gaussian baseline to (see evaluate), or None: not
+    for a memory-mapped set (it would take another pass over the file), nor where the training
+    rows cannot fix a covariance (no more rows than columns: eval --data loads 1)."""
+    in_memory = not isinstance(x_train, Rows) and not isinstance(x_test, Rows)
+    return x_train if in_memory and len(x_train) > x_train.shape[1] else None
+
+
+def _print_baseline(g: dict, steps: int) -> None:
+    """The Gaussian's line, the paired gap on the finest grid, and a note where the flow does not
+    clearly beat it (a gap under two standard errors of the paired differences)."""
+    gap = g[f"minus_flow_steps{steps}"]
+    print(f"baseline: a Gaussian fitted to the training data (full covariance) scores {g['mean']:.4f} +/- "
+          f"{g['se']:.4f} nats on the same test points; the flow is {gap['mean']:.4f} +/- {gap['se']:.4f} nats "
+          f"better (paired, {steps} steps)")
+    if gap["mean"] < 2 * gap["se"]:
+        per_dim = g["n_train"] / g["dim"]
+        why = ("more training may help (--iters, --blocks; --budget quick is a smoke test)"
+               if per_dim >= SMALL_DATA_ROWS_PER_DIM else
+               f"with {per_dim:.0f} training rows per dimension the blocks may over-fit, or the data may be close "
+               "to Gaussian, and then the Gaussian is the better model")
+        print(f"  the flow does not clearly beat it: {why} (README, 'Small data')")
 
 
 def _print_evaluation(metrics: dict, steps: list[int]) -> None:
@@ -100,16 +117,7 @@ def _print_evaluation(metrics: dict, steps: list[int]) -> None:
         print(f"test NLL ({s} RK4 steps per block, {metrics['n_test']} points): {m['mean']:.4f} +/- {m['se']:.4f} "
               f"nats (data space){standardized}")
     if "gaussian_nll" in metrics:
-        g = metrics["gaussian_nll"]
-        print(f"baseline: a Gaussian fitted to the training data (full covariance) scores {g['mean']:.4f} +/- "
-              f"{g['se']:.4f} nats on the same test points")
-        if min(metrics[f"nll_steps{s}"]["mean"] for s in steps) > g["mean"]:
-            per_dim = g["n_train"] / g["dim"]
-            why = ("more training should help (--iters, --blocks; --budget quick is a smoke test)"
-                   if per_dim >= SMALL_DATA_ROWS_PER_DIM else
-                   f"with {per_dim:.0f} training rows per dimension the blocks over-fit or the data is close to "
-                   "Gaussian, and then the Gaussian is the better model")
-            print(f"  the flow does not beat it: {why} (README, 'Small data')")
+        _print_baseline(metrics["gaussian_nll"], steps[-1])
     if "mmd" in metrics:
         m = metrics["mmd"]
         print(f"MMD^2 ({m['n']} samples vs {m['n']} test points, Gaussian kernel, V-statistic): "
@@ -210,12 +218,11 @@ def _train_and_report(args, dist) -> int:
     if dist.world > 1 or isinstance(x_test, Rows):
         metrics = _evaluate_sharded(flow, x_test, grids, dist)
     else:
-        metrics = evaluate(flow, x_test, steps=grids, mmd_points=0)
+        metrics = evaluate(flow, x_test, steps=grids, mmd_points=0, baseline_train=_baseline_train(x_train, x_test))
     metrics.update(blocks=flow.num_blocks, train_seconds=flow.info["train_seconds"], world_size=dist.world,
                    total_seconds=round(time.perf_counter() - start, 3), peak_memory=peak_memory_of_run(dist))
     if not dist.main:
         return 0
-    _add_gaussian_baseline(metrics, x_train, x_test)
     g = torch.Generator(device=flow.loc.device).manual_seed(args.seed)
     # float64: the de-standardization keeps a large offset exact (Flow.inverse)
     samples = flow.sample(args.samples, generator=g, dtype=torch.float64).detach().cpu().numpy()
@@ -258,8 +265,8 @@ def cmd_eval(args) -> int:
     if isinstance(test, Rows):  # a memory-mapped data set: NLL streamed in chunks, no MMD
         metrics = _evaluate_sharded(flow, test, steps, None)
     else:
-        metrics = evaluate(flow, test, steps=steps, mmd_points=args.mmd_points, seed=args.seed)
-    _add_gaussian_baseline(metrics, train, test)
+        metrics = evaluate(flow, test, steps=steps, mmd_points=args.mmd_points, seed=args.seed,
+                           baseline_train=_baseline_train(train, test))
     _print_evaluation(metrics, steps)
     if args.json:
         Path(args.json).write_text(json.dumps(metrics, indent=2))
@@ -400,11 +407,24 @@ def _how_to_resume(args) -> str:
     return f"; the last checkpoint in {args.out} is kept: {again} resumes from it"
 
 
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reading end is closed (poll reports POLLERR on it; where
+    poll is missing, as on Windows, the answer is no and the error is raised)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         with _notes_on_stderr():  # with --no-progress too: a run that stopped early or resumed says so
-            return args.func(args)
+            code = args.func(args)
+        sys.stdout.flush()  # a pipe's reader that went away shows here, in the handler below, not at exit
+        return code
     except (CheckpointError, DistributedError, FileNotFoundError, FloatingPointError, ImportError, ValueError,
             TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -413,8 +433,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ninterrupted{_how_to_resume(args)}", file=sys.stderr)
         return 130
     except BrokenPipeError:
-        # the reader went away (``jkofast eval ... | head``): not an error of ours. Point stdout at
-        # devnull so the interpreter's final flush does not raise again (Python docs, signal: SIGPIPE).
+        if not _stdout_reader_gone():  # another pipe (a worker's, a socket's) broke: a real failure
+            raise
+        # ``jkofast eval ... | head``: not an error of ours. Point stdout at devnull so the
+        # interpreter's final flush does not raise again (Python docs, signal: SIGPIPE).
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
 

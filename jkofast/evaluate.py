@@ -18,7 +18,7 @@ import torch
 from ._checks import check_finite, check_points
 from ._precision import data_dtype
 from .flow import Flow
-from .metrics import median_distance, mmd, nll, rows_per_chunk
+from .metrics import gaussian_nll_values, mean_and_se, median_distance, mmd, nll_values, rows_per_chunk
 
 __all__ = ["evaluate", "nll_entries", "training_summary", "TRAINING_KEYS"]
 
@@ -27,7 +27,7 @@ TRAINING_KEYS = ("method", "train_batches", "batch_size", "train_seconds", "reso
 
 @torch.no_grad()
 def evaluate(flow: Flow, test, *, steps: int | list[int] | None = None, mmd_points: int = 10_000, seed: int = 0,
-             backend: str = "auto") -> dict:
+             backend: str = "auto", baseline_train=None) -> dict:
     """Score ``flow`` on test data.
 
     Arguments:
@@ -37,10 +37,17 @@ def evaluate(flow: Flow, test, *, steps: int | list[int] | None = None, mmd_poin
             ``flow.info["eval_grids"]``, else the flow's own grid).
         mmd_points: n for the MMD (min(n, N) test points against as many samples); 0 skips it.
         seed: seeds the samples and the choice of test points for the MMD.
+        baseline_train: training data (N, d); with it, the test NLL of the Gaussian fitted to
+            it (:func:`~jkofast.metrics.fitted_gaussian`) and, per grid, the paired difference
+            flow minus Gaussian over the same test points (its standard error is that of the
+            per-point differences, far below either NLL's own where both follow the same points).
 
     Returns:
         ``{"n_test", "nll_steps<S>": {"mean", "se"}, "nll_standardized_steps<S>": {...},
-        "mmd": {"n", "mmd_c", "mmd_m", "median_distance"}, "training": {...}}``.
+        "mmd": {"n", "mmd_c", "mmd_m", "median_distance"}, "training": {...}}``, and with
+        ``baseline_train`` ``"gaussian_nll": {"mean", "se", "n_train", "dim",
+        "minus_flow_steps<S>": {"mean", "se"}}`` (the Gaussian's NLL minus the flow's: positive
+        where the flow is better).
 
     Examples:
         >>> flow = Flow(2, dict(hidden=8, layers=1))
@@ -54,8 +61,18 @@ def evaluate(flow: Flow, test, *, steps: int | list[int] | None = None, mmd_poin
     check_finite(x, "test")
     grids = [int(steps)] if isinstance(steps, (int, np.integer)) else list(steps or flow.info.get("eval_grids") or [flow.steps])
     out: dict = {"n_test": int(x.shape[0])}
+    if baseline_train is not None:
+        if getattr(baseline_train, "ndim", 0) != 2 or baseline_train.shape[1] != flow.dim:
+            raise ValueError(f"baseline_train must have shape (N, {flow.dim}), got "
+                             f"{tuple(getattr(baseline_train, 'shape', ()))}")
+        gaussian = gaussian_nll_values(baseline_train, x)  # float64, on the CPU
+        out["gaussian_nll"] = dict(zip(("mean", "se"), mean_and_se(gaussian)), n_train=len(baseline_train),
+                                   dim=flow.dim)
     for s in grids:
-        out.update(nll_entries(flow, s, *nll(flow, x, steps=s, backend=backend, chunk=rows_per_chunk(flow))))
+        values = nll_values(flow, x, steps=s, backend=backend, chunk=rows_per_chunk(flow))
+        out.update(nll_entries(flow, s, *mean_and_se(values)))
+        if baseline_train is not None:
+            out["gaussian_nll"][f"minus_flow_steps{s}"] = dict(zip(("mean", "se"), mean_and_se(gaussian - values.cpu())))
     n = min(int(mmd_points), x.shape[0])
     if n >= 2:
         g = torch.Generator(device=x.device).manual_seed(seed)

@@ -9,8 +9,8 @@ from torch import Tensor
 from ._precision import data_dtype
 from .reference import LOG_2PI
 
-__all__ = ["push", "rows_per_chunk", "standard_normal_nll", "nll", "sharded_nll", "fitted_gaussian",
-           "gaussian_nll", "mmd", "median_distance", "energy_distance"]
+__all__ = ["push", "rows_per_chunk", "standard_normal_nll", "nll", "nll_values", "sharded_nll", "mean_and_se",
+           "fitted_gaussian", "gaussian_nll", "gaussian_nll_values", "mmd", "median_distance", "energy_distance"]
 
 # Rows per chunk when pushing whole data sets: bounds the memory of the d tangent rows
 # (chunk x (d + 1) x width floats per layer) while keeping the matrix products large.
@@ -45,13 +45,19 @@ def nll(flow, x: Tensor, *, steps: int | None = None, backend: str = "auto",
         chunk: int = CHUNK) -> tuple[float, float]:
     """Mean negative log-likelihood of x under ``flow`` in nats, and its standard error
     std / sqrt(N); computed in chunks without building a graph."""
+    return mean_and_se(nll_values(flow, x, steps=steps, backend=backend, chunk=chunk))
+
+
+@torch.no_grad()
+def nll_values(flow, x: Tensor, *, steps: int | None = None, backend: str = "auto",
+               chunk: int = CHUNK) -> Tensor:
+    """-log p(x) per row under ``flow``, (N,) float64; a non-finite value is an error."""
     values = torch.cat([-flow.log_prob(xs, steps=steps, backend=backend).double() for xs in x.split(chunk)])
     bad = ~torch.isfinite(values)
     if bool(bad.any()):
         raise FloatingPointError(f"the flow gave a non-finite log-likelihood on {int(bad.sum())} of "
                                  f"{values.numel()} points (first: row {int(bad.nonzero()[0, 0])})")
-    se = float(values.std() / math.sqrt(values.numel())) if values.numel() > 1 else float("nan")
-    return float(values.mean()), se
+    return values
 
 
 @torch.no_grad()
@@ -85,25 +91,61 @@ def sharded_nll(flow, rows, dist=None, *, steps: int | None = None, backend: str
     return mean, (math.sqrt(m2 / (n - 1) / n) if n > 1 else float("nan"))
 
 
-def fitted_gaussian(train) -> torch.distributions.MultivariateNormal:
-    """The maximum-likelihood Gaussian of ``train`` (N, d), full covariance, in float64: the bar
-    a flow has to clear (it matches every mean and covariance; only what a flow learns beyond
-    them scores lower). A ridge of 1e-9 of the mean variance keeps a rank-deficient covariance
-    (N <= d, or collinear columns) positive definite."""
-    x = torch.as_tensor(train).detach().to("cpu", torch.float64)
-    if x.dim() != 2 or x.shape[0] < 2:
-        raise ValueError(f"fitting a Gaussian needs (N, d) data with N >= 2 rows, got shape {tuple(x.shape)}")
-    d = x.shape[1]
-    cov = torch.cov(x.t()).reshape(d, d)
-    cov = cov + 1e-9 * float(cov.diagonal().mean().clamp_min(1e-300)) * torch.eye(d, dtype=torch.float64)
-    return torch.distributions.MultivariateNormal(x.mean(0), cov)
+# Rows per piece when fitting and scoring the Gaussian: float64 copies of 65,536 rows, not of the set.
+_GAUSSIAN_ROWS = 65536
+
+
+def _check_table(data, name: str) -> None:
+    if not (isinstance(data, torch.Tensor) or hasattr(data, "__array__")) or getattr(data, "ndim", 0) != 2:
+        raise TypeError(f"{name} must be an (N, d) array or tensor held in memory, got {type(data).__name__}"
+                        f" of shape {tuple(getattr(data, 'shape', ()))}")
+
+
+def _float64_pieces(data, name: str):
+    """(N, d) ``data`` (array or tensor) as float64 CPU pieces."""
+    _check_table(data, name)
+    for a in range(0, len(data), _GAUSSIAN_ROWS):
+        piece = data[a:a + _GAUSSIAN_ROWS]
+        yield (piece.detach() if isinstance(piece, torch.Tensor) else torch.as_tensor(piece)).to("cpu", torch.float64)
 
 
 @torch.no_grad()
+def fitted_gaussian(train) -> torch.distributions.MultivariateNormal:
+    """The maximum-likelihood Gaussian of ``train`` (N, d), full covariance (unbiased, as
+    ``torch.cov``), in float64: the bar a flow has to clear (it matches every mean and covariance;
+    only what a flow learns beyond them scores lower). Accumulated in pieces, so a large set is
+    never copied whole. A ridge of 1e-9 of each column's own variance (of the mean variance for a
+    constant column) keeps a rank-deficient covariance (N <= d, collinear columns) positive
+    definite without favouring columns of large scale over small ones."""
+    _check_table(train, "train")
+    if len(train) < 2:
+        raise ValueError(f"fitting a Gaussian needs (N, d) data with N >= 2 rows, got shape {tuple(train.shape)}")
+    n = len(train)
+    mean = sum(p.sum(0) for p in _float64_pieces(train, "train")) / n
+    cov = sum((p - mean).t() @ (p - mean) for p in _float64_pieces(train, "train")) / (n - 1)
+    var = cov.diagonal()
+    floor = var.mean().clamp_min(1e-300)
+    cov = cov + torch.diag(1e-9 * torch.where(var > 0, var, floor))
+    return torch.distributions.MultivariateNormal(mean, cov)
+
+
+@torch.no_grad()
+def gaussian_nll_values(train, test) -> Tensor:
+    """-log p of every row of ``test`` under :func:`fitted_gaussian` of ``train``, (N_test,)
+    float64; both (N, d) arrays or tensors in data space."""
+    gaussian = fitted_gaussian(train)
+    pieces = [-gaussian.log_prob(p) for p in _float64_pieces(test, "test")]
+    return torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.float64)
+
+
 def gaussian_nll(train, test) -> tuple[float, float]:
     """Mean NLL in nats (and its standard error) of ``test`` under :func:`fitted_gaussian` of
-    ``train``; both (N, d) arrays or tensors in data space."""
-    values = -fitted_gaussian(train).log_prob(torch.as_tensor(test).detach().to("cpu", torch.float64))
+    ``train``."""
+    return mean_and_se(gaussian_nll_values(train, test))
+
+
+def mean_and_se(values: Tensor) -> tuple[float, float]:
+    """Mean of per-point values and its standard error std / sqrt(N) (NaN for one point)."""
     se = float(values.std() / math.sqrt(values.numel())) if values.numel() > 1 else float("nan")
     return float(values.mean()), se
 

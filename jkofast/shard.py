@@ -189,7 +189,7 @@ class ShardStore:
         column with ``with_logdet``)."""
         def pieces():
             for _, x in rows.chunks(rank=rank, world=world, seed=seed):
-                u = standardized(x, loc, scale)  # loc: the model's dtype and device
+                u = standardized(x.to(self.device), loc, scale)  # loc: the model's dtype and device
                 yield u, (u.new_zeros(u.shape[0]) if with_logdet else None)
         return self.build(pieces(), rows.dim, with_logdet, total=rows.num_chunks,
                           desc=f"rank {rank}: sharding {rows.name}")

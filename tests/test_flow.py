@@ -116,7 +116,7 @@ def test_input_errors_name_the_problem():
         flow.log_prob(torch.randn(3, 2, dtype=torch.float64, device="meta"))
     with pytest.raises(ValueError, match="n must be"):
         flow.sample(-1)
-    with pytest.raises(TypeError, match=r"got ndarray \(convert it with torch.as_tensor\(x\)\)"):
+    with pytest.raises(TypeError, match=r"got ndarray \(convert it with torch.as_tensor\(x, dtype=torch.float64\)\)"):
         flow.log_prob(np.zeros((3, 2)))
     with pytest.raises(ValueError, match="scale"):
         Flow(2, scale=torch.tensor([1.0, 0.0]))

@@ -75,7 +75,7 @@ def test_gaussian_baseline_is_the_maximum_likelihood_gaussian():
     train = rng.normal(size=(400, 3)) @ np.array([[1.0, 0.5, 0.0], [0.0, 2.0, 0.3], [0.0, 0.0, 0.1]]) + 5.0
     test = rng.normal(size=(50, 3)) * 1.5 + 5.0
     mu, cov = train.mean(0), np.cov(train.T)
-    cov += 1e-9 * np.diag(cov).mean() * np.eye(3)  # the documented ridge
+    cov += np.diag(1e-9 * np.diag(cov))  # the documented ridge, each column's own
     r = test - mu
     want = 0.5 * np.einsum("ni,ij,nj->n", r, np.linalg.inv(cov), r) + 0.5 * np.linalg.slogdet(2 * np.pi * cov)[1]
     mean, se = gaussian_nll(train, torch.as_tensor(test))  # arrays and tensors alike
@@ -85,6 +85,14 @@ def test_gaussian_baseline_is_the_maximum_likelihood_gaussian():
     assert math.isfinite(gaussian_nll(rng.normal(size=(3, 5)), rng.normal(size=(4, 5)))[0])
     with pytest.raises(ValueError, match="N >= 2"):
         gaussian_nll(np.zeros((1, 2)), np.zeros((3, 2)))
+    with pytest.raises(TypeError, match="held in memory"):
+        gaussian_nll(jkofast.datasets.streaming.as_rows(np.zeros((5, 2)), "x"), np.zeros((3, 2)))
+    # the ridge follows each column's scale: columns 1e5 apart in spread lose nothing against the
+    # exact fit (a ridge from the mean variance would drown the small column: +5 nats here)
+    wide = rng.normal(size=(2000, 2)) * np.array([1e5, 1e-2])
+    exact = torch.distributions.MultivariateNormal(torch.as_tensor(wide.mean(0)), torch.as_tensor(np.cov(wide.T)))
+    want_wide = -float(exact.log_prob(torch.as_tensor(wide[:100])).mean())
+    assert gaussian_nll(wide, wide[:100])[0] == pytest.approx(want_wide, abs=1e-6)
 
 
 def test_resource_meter_sees_a_large_allocation():

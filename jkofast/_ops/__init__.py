@@ -8,4 +8,6 @@ from .mlp_field import mlp_field, mlp_field_div
 from .jko_block_loss import jko_block_loss
 from .rk4_block import rk4_block
 
+# Each name is a forward op's, jkofast::<name>: _backend asks the dispatcher which devices each has
+# kernels for (an entry that is not an op would fail import jkofast wherever the extension loads).
 __all__ = ["mlp_field", "mlp_field_div", "rk4_block", "jko_block_loss"]
