@@ -39,8 +39,10 @@ def evaluate(flow: Flow, test, *, steps: int | list[int] | None = None, mmd_poin
         seed: seeds the samples and the choice of test points for the MMD.
         baseline_train: training data (N, d); with it, the test NLL of the Gaussian fitted to
             it (:func:`~jkofast.metrics.fitted_gaussian`) and, per grid, the paired difference
-            flow minus Gaussian over the same test points (its standard error is that of the
-            per-point differences, far below either NLL's own where both follow the same points).
+            Gaussian minus flow over the same test points, with the standard error of the
+            per-point differences (the one that says whether the gap is real: both NLLs' own
+            errors share the test points' spread, which the difference cancels where the two
+            models find the same points hard).
 
     Returns:
         ``{"n_test", "nll_steps<S>": {"mean", "se"}, "nll_standardized_steps<S>": {...},

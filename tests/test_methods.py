@@ -150,6 +150,9 @@ def test_quick_method_comparison_beats_a_fitted_gaussian(tmp_path):
     assert set(rows) == set(METHODS)
     for method, row in rows.items():
         assert row["nll"] < gauss["nll"] - 3 * row["se"], (method, row["nll"], gauss["nll"])
+        # the paired gain is the difference of the two means; its s.e. is the differences' own
+        assert row["gain_over_gaussian"] == pytest.approx(gauss["nll"] - row["nll"], abs=1e-9)
+        assert row["gain_over_gaussian"] > 3 * row["gain_se"] > 0
         assert row["batches"] == 240 and row["batch_size"] == 256
 
 
