@@ -117,7 +117,7 @@ def _print_evaluation(metrics: dict, steps: list[int]) -> None:
         print(f"test NLL ({s} RK4 steps per block, {metrics['n_test']} points): {m['mean']:.4f} +/- {m['se']:.4f} "
               f"nats (data space){standardized}")
     if "gaussian_nll" in metrics:
-        _print_baseline(metrics["gaussian_nll"], steps[-1])
+        _print_baseline(metrics["gaussian_nll"], max(steps))
     if "mmd" in metrics:
         m = metrics["mmd"]
         print(f"MMD^2 ({m['n']} samples vs {m['n']} test points, Gaussian kernel, V-statistic): "

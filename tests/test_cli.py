@@ -96,9 +96,10 @@ def test_rerun_resumes_instead_of_retraining(run_dir, capsys):
 
 
 def test_eval_sample_plot(run_dir, tmp_path, capsys):
-    assert main(["eval", "--model", str(run_dir), "--steps", "3", "6", "--json", str(tmp_path / "e.json")]) == 0
+    assert main(["eval", "--model", str(run_dir), "--steps", "6", "3", "--json", str(tmp_path / "e.json")]) == 0
     out = capsys.readouterr().out
     assert "test NLL (3 RK4 steps" in out and "+/-" in out
+    assert "nats better (paired, 6 steps)" in out  # the gap on the finest grid, in whatever order given
     metrics = json.loads((tmp_path / "e.json").read_text())
     assert abs(metrics["nll_steps3"]["mean"] - metrics["nll_steps6"]["mean"]) < 0.05
     # eval rebuilds the training run's test split from the recorded data set and seed: the same
