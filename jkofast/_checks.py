@@ -10,9 +10,10 @@ def check_points(x, name: str, dim: int | None = None, *, like: nn.Module | None
                  allow_empty: bool = True, allow_wider: bool = False) -> Tensor:
     """Check that ``x`` is a floating (B, dim) tensor matching ``like``'s dtype (or, with
     ``allow_wider``, a wider float dtype) and device."""
+    # the model's first weight (or buffer, for a model without weights): its dtype and device
+    p = None if like is None else next((t for t in (*like.parameters(), *like.buffers())), None)
     if not isinstance(x, Tensor):
-        dtype = next((t.dtype for t in (*like.parameters(), *like.buffers())), None) if like is not None else None
-        wanted = f", dtype={dtype}" if dtype is not None else ""
+        wanted = f", dtype={p.dtype}" if p is not None else ""
         hint = f" (convert it with torch.as_tensor({name}{wanted}))" if hasattr(x, "__array__") else ""
         raise TypeError(f"{name} must be a torch.Tensor of shape (batch, dim), got {type(x).__name__}{hint}")
     if x.dim() != 2:
@@ -23,16 +24,13 @@ def check_points(x, name: str, dim: int | None = None, *, like: nn.Module | None
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
     if not allow_empty and x.shape[0] == 0:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); at least one row is needed")
-    if like is not None:
-        p = next(like.parameters(), None)
-        p = p if p is not None else next(like.buffers(), None)
-        if p is not None:
-            wider = allow_wider and torch.finfo(x.dtype).bits > torch.finfo(p.dtype).bits
-            if x.dtype != p.dtype and not wider:
-                raise TypeError(f"{name} has dtype {x.dtype} but the model's parameters are {p.dtype}; "
-                                f"convert one of them (e.g. x.to({p.dtype}) or model.to({x.dtype}))")
-            if x.device != p.device:
-                raise ValueError(f"{name} is on {x.device} but the model is on {p.device}; move one of them")
+    if p is not None:
+        wider = allow_wider and torch.finfo(x.dtype).bits > torch.finfo(p.dtype).bits
+        if x.dtype != p.dtype and not wider:
+            raise TypeError(f"{name} has dtype {x.dtype} but the model's parameters are {p.dtype}; "
+                            f"convert one of them (e.g. x.to({p.dtype}) or model.to({x.dtype}))")
+        if x.device != p.device:
+            raise ValueError(f"{name} is on {x.device} but the model is on {p.device}; move one of them")
     return x
 
 

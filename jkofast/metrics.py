@@ -101,9 +101,8 @@ def _check_table(data, name: str) -> None:
                         f" of shape {tuple(getattr(data, 'shape', ()))}")
 
 
-def _float64_pieces(data, name: str):
-    """(N, d) ``data`` (array or tensor) as float64 CPU pieces."""
-    _check_table(data, name)
+def _float64_pieces(data):
+    """(N, d) ``data`` (array or tensor, checked by the caller) as float64 CPU pieces."""
     for a in range(0, len(data), _GAUSSIAN_ROWS):
         piece = data[a:a + _GAUSSIAN_ROWS]
         yield (piece.detach() if isinstance(piece, torch.Tensor) else torch.as_tensor(piece)).to("cpu", torch.float64)
@@ -121,8 +120,8 @@ def fitted_gaussian(train) -> torch.distributions.MultivariateNormal:
     if len(train) < 2:
         raise ValueError(f"fitting a Gaussian needs (N, d) data with N >= 2 rows, got shape {tuple(train.shape)}")
     n = len(train)
-    mean = sum(p.sum(0) for p in _float64_pieces(train, "train")) / n
-    cov = sum((p - mean).t() @ (p - mean) for p in _float64_pieces(train, "train")) / (n - 1)
+    mean = sum(p.sum(0) for p in _float64_pieces(train)) / n
+    cov = sum((p - mean).t() @ (p - mean) for p in _float64_pieces(train)) / (n - 1)
     var = cov.diagonal()
     floor = var.mean().clamp_min(1e-300)
     cov = cov + torch.diag(1e-9 * torch.where(var > 0, var, floor))
@@ -132,9 +131,12 @@ def fitted_gaussian(train) -> torch.distributions.MultivariateNormal:
 @torch.no_grad()
 def gaussian_nll_values(train, test) -> Tensor:
     """-log p of every row of ``test`` under :func:`fitted_gaussian` of ``train``, (N_test,)
-    float64; both (N, d) arrays or tensors in data space."""
+    float64; both (N, d) arrays or tensors in data space, with the same d."""
+    _check_table(test, "test")
     gaussian = fitted_gaussian(train)
-    pieces = [-gaussian.log_prob(p) for p in _float64_pieces(test, "test")]
+    if test.shape[1] != gaussian.loc.shape[0]:
+        raise ValueError(f"test has {test.shape[1]} columns, the training data {gaussian.loc.shape[0]}")
+    pieces = [-gaussian.log_prob(p) for p in _float64_pieces(test)]
     return torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.float64)
 
 

@@ -85,6 +85,8 @@ def test_gaussian_baseline_is_the_maximum_likelihood_gaussian():
     assert math.isfinite(gaussian_nll(rng.normal(size=(3, 5)), rng.normal(size=(4, 5)))[0])
     with pytest.raises(ValueError, match="N >= 2"):
         gaussian_nll(np.zeros((1, 2)), np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="test has 2 columns, the training data 3"):
+        gaussian_nll(train, np.zeros((4, 2)))
     with pytest.raises(TypeError, match="held in memory"):
         gaussian_nll(jkofast.datasets.streaming.as_rows(np.zeros((5, 2)), "x"), np.zeros((3, 2)))
     # the ridge follows each column's scale: columns 1e5 apart in spread lose nothing against the
