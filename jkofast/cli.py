@@ -31,13 +31,12 @@ from ._version import __version__
 from .checkpoint import CheckpointError
 from .datasets.streaming import Rows, open_npy, split_rows
 from .distributed import DistributedError
-from .evaluate import evaluate, nll_entries, training_summary
+from .evaluate import evaluate, evaluate_sharded
 from .flow import Flow
 from .jko_iflow import TrainingDivergedError
 from .jko_iflow_config import BUDGETS
 from .jko_iflow_state import CHECKPOINT_FILE
 from .memory import peak_memory_of_run
-from .metrics import sharded_nll
 from .train import METHODS, option_defaults, train
 
 # CLI flag -> JKOIFlowConfig field, for the options that go straight through.
@@ -69,16 +68,6 @@ def _as_array(data, n: int | None = None) -> np.ndarray:
     return data.head(n or 20_000) if isinstance(data, Rows) else data[:n]
 
 
-def _evaluate_sharded(flow: Flow, test, steps: list[int], dist) -> dict:
-    """Test NLL per grid (data space) under a process group or for memory-mapped data: each rank
-    evaluates its shard, the sums are reduced (same numbers on every rank)."""
-    out = {"n_test": len(test)}
-    for s in steps:
-        out.update(nll_entries(flow, s, *sharded_nll(flow, test, dist, steps=s)))
-    out["training"] = training_summary(flow)
-    return out
-
-
 # Which likely cause the note names when the flow does not clearly beat the fitted Gaussian: a
 # rough line, from few cases (README, 'Small data'): below it, over-fitting or near-Gaussian data
 # (a 20-d set of 1,600 rows, 80 per dimension); above it, too little training (moons, 25,000
@@ -86,12 +75,12 @@ def _evaluate_sharded(flow: Flow, test, steps: list[int], dist) -> dict:
 SMALL_DATA_ROWS_PER_DIM = 500
 
 
-def _baseline_train(x_train, x_test):
-    """The training data to fit the report's Gaussian baseline to (see evaluate), or None: not
-    for a memory-mapped set (it would take another pass over the file), nor where the training
-    rows cannot fix a covariance (no more rows than columns: eval --data loads 1)."""
-    in_memory = not isinstance(x_train, Rows) and not isinstance(x_test, Rows)
-    return x_train if in_memory and len(x_train) > x_train.shape[1] else None
+def _baseline_train(x_train):
+    """The training data to fit the report's Gaussian baseline to (see evaluate), or None where
+    the training rows cannot fix a covariance (no more rows than columns: eval --data loads 1).
+    A memory-mapped split is streamed: one more pass over its rows, cheap beside scoring the flow."""
+    dim = x_train.dim if isinstance(x_train, Rows) else x_train.shape[1]
+    return x_train if len(x_train) > dim else None
 
 
 def _print_baseline(g: dict, steps: int) -> None:
@@ -216,9 +205,9 @@ def _train_and_report(args, dist) -> int:
         return 2
     grids = flow.info["eval_grids"]
     if dist.world > 1 or isinstance(x_test, Rows):
-        metrics = _evaluate_sharded(flow, x_test, grids, dist)
+        metrics = evaluate_sharded(flow, x_test, steps=grids, dist=dist, baseline_train=_baseline_train(x_train))
     else:
-        metrics = evaluate(flow, x_test, steps=grids, mmd_points=0, baseline_train=_baseline_train(x_train, x_test))
+        metrics = evaluate(flow, x_test, steps=grids, mmd_points=0, baseline_train=_baseline_train(x_train))
     metrics.update(blocks=flow.num_blocks, train_seconds=flow.info["train_seconds"], world_size=dist.world,
                    total_seconds=round(time.perf_counter() - start, 3), peak_memory=peak_memory_of_run(dist))
     if not dist.main:
@@ -263,10 +252,10 @@ def cmd_eval(args) -> int:
     train, _, test = _load_data(spec)
     steps = args.steps or [flow.steps]
     if isinstance(test, Rows):  # a memory-mapped data set: NLL streamed in chunks, no MMD
-        metrics = _evaluate_sharded(flow, test, steps, None)
+        metrics = evaluate_sharded(flow, test, steps=steps, baseline_train=_baseline_train(train))
     else:
         metrics = evaluate(flow, test, steps=steps, mmd_points=args.mmd_points, seed=args.seed,
-                           baseline_train=_baseline_train(train, test))
+                           baseline_train=_baseline_train(train))
     _print_evaluation(metrics, steps)
     if args.json:
         Path(args.json).write_text(json.dumps(metrics, indent=2))

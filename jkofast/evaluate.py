@@ -17,10 +17,12 @@ import torch
 
 from ._checks import check_finite, check_points
 from ._precision import data_dtype
+from .datasets.streaming import as_rows
 from .flow import Flow
-from .metrics import gaussian_nll_values, mean_and_se, median_distance, mmd, nll_values, rows_per_chunk
+from .metrics import (fitted_gaussian, gaussian_nll_values, mean_and_se, median_distance, mmd, nll_values,
+                      rows_per_chunk, sharded_scores)
 
-__all__ = ["evaluate", "nll_entries", "training_summary", "TRAINING_KEYS"]
+__all__ = ["evaluate", "evaluate_sharded", "nll_entries", "training_summary", "TRAINING_KEYS"]
 
 TRAINING_KEYS = ("method", "train_batches", "batch_size", "train_seconds", "resources", "resumed")
 
@@ -37,8 +39,9 @@ def evaluate(flow: Flow, test, *, steps: int | list[int] | None = None, mmd_poin
             ``flow.info["eval_grids"]``, else the flow's own grid).
         mmd_points: n for the MMD (min(n, N) test points against as many samples); 0 skips it.
         seed: seeds the samples and the choice of test points for the MMD.
-        baseline_train: training data (N, d); with it, the test NLL of the Gaussian fitted to
-            it (:func:`~jkofast.metrics.fitted_gaussian`) and, per grid, the paired difference
+        baseline_train: training data (N, d), in memory or streamed (anything
+            :func:`~jkofast.datasets.streaming.as_rows` takes); with it, the test NLL of the
+            Gaussian fitted to it (:func:`~jkofast.metrics.fitted_gaussian`) and, per grid, the paired difference
             Gaussian minus flow over the same test points, with the standard error of the
             per-point differences (the one that says whether the gap is real: both NLLs' own
             errors share the test points' spread, which the difference cancels where the two
@@ -61,17 +64,17 @@ def evaluate(flow: Flow, test, *, steps: int | list[int] | None = None, mmd_poin
     x = x.to(data_dtype(x, flow.loc.dtype))
     check_points(x, "test", flow.dim, allow_empty=False)
     check_finite(x, "test")
-    grids = [int(steps)] if isinstance(steps, (int, np.integer)) else list(steps or flow.info.get("eval_grids") or [flow.steps])
+    grids = _grids(flow, steps)
     out: dict = {"n_test": int(x.shape[0])}
     if baseline_train is not None:
+        baseline_train = as_rows(baseline_train, "baseline_train", dim=flow.dim)
         gaussian = gaussian_nll_values(baseline_train, x)  # float64, on the CPU
-        out["gaussian_nll"] = dict(zip(("mean", "se"), mean_and_se(gaussian)), n_train=len(baseline_train),
-                                   dim=flow.dim)
+        out["gaussian_nll"] = _baseline_entry(mean_and_se(gaussian), baseline_train, flow.dim)
     for s in grids:
         values = nll_values(flow, x, steps=s, backend=backend, chunk=rows_per_chunk(flow))
         out.update(nll_entries(flow, s, *mean_and_se(values)))
         if baseline_train is not None:
-            out["gaussian_nll"][f"minus_flow_steps{s}"] = dict(zip(("mean", "se"), mean_and_se(gaussian - values.cpu())))
+            out["gaussian_nll"][f"minus_flow_steps{s}"] = _mean_se_entry(mean_and_se(gaussian - values.cpu()))
     n = min(int(mmd_points), x.shape[0])
     if n >= 2:
         g = torch.Generator(device=x.device).manual_seed(seed)
@@ -83,6 +86,58 @@ def evaluate(flow: Flow, test, *, steps: int | list[int] | None = None, mmd_poin
                       "mmd_m": mmd(reference, samples, bandwidth=median), "median_distance": median}
     out["training"] = training_summary(flow)
     return out
+
+
+@torch.no_grad()
+def evaluate_sharded(flow: Flow, test, *, steps: int | list[int] | None = None, dist=None, backend: str = "auto",
+                     seed: int = 0, baseline_train=None) -> dict:
+    """:func:`evaluate`'s NLLs (and with ``baseline_train`` its Gaussian baseline) for test data
+    too large to hold, or split over the ranks of a process group, streamed in chunks: nothing
+    per point is kept, so there is no MMD.
+
+    Arguments:
+        flow, steps, baseline_train: as for :func:`evaluate`; ``test`` and ``baseline_train``
+            may be :class:`~jkofast.datasets.streaming.Rows` (a memory-mapped file's split) or
+            anything :func:`~jkofast.datasets.streaming.as_rows` takes.
+        dist: a :class:`~jkofast.distributed.Dist`: each rank scores its shard of the test rows
+            and fits on its shard of the training rows; the sums are merged, so every rank gets
+            the same report, that of all rows (:func:`~jkofast.metrics.sharded_scores`).
+        seed: deals the rows to the ranks.
+
+    Returns:
+        :func:`evaluate`'s dictionary without ``"mmd"``.
+    """
+    grids = _grids(flow, steps)
+    test = as_rows(test, "test", dim=flow.dim)
+    if baseline_train is not None:
+        baseline_train = as_rows(baseline_train, "baseline_train", dim=flow.dim)
+    gaussian = fitted_gaussian(baseline_train, dist) if baseline_train is not None else None
+    out: dict = {"n_test": len(test)}
+    for s in grids:
+        scores = sharded_scores(flow, test, dist, steps=s, backend=backend, seed=seed, chunk=rows_per_chunk(flow),
+                                gaussian=gaussian)
+        out.update(nll_entries(flow, s, *scores["flow"]))
+        if gaussian is not None:
+            out.setdefault("gaussian_nll", _baseline_entry(scores["gaussian"], baseline_train, flow.dim))
+            out["gaussian_nll"][f"minus_flow_steps{s}"] = _mean_se_entry(scores["gaussian_minus_flow"])
+    out["training"] = training_summary(flow)
+    return out
+
+
+def _grids(flow: Flow, steps) -> list[int]:
+    """The RK4 grids to report: ``steps`` (one or several), else the flow's evaluation grids."""
+    if isinstance(steps, (int, np.integer)):
+        return [int(steps)]
+    return list(steps or flow.info.get("eval_grids") or [flow.steps])
+
+
+def _mean_se_entry(mean_se: tuple[float, float]) -> dict:
+    return dict(zip(("mean", "se"), mean_se))
+
+
+def _baseline_entry(mean_se: tuple[float, float], train, dim: int) -> dict:
+    """The report's ``"gaussian_nll"`` entry before its per-grid gaps."""
+    return {**_mean_se_entry(mean_se), "n_train": len(train), "dim": dim}
 
 
 def nll_entries(flow: Flow, steps: int, mean: float, se: float) -> dict:

@@ -9,8 +9,8 @@ from torch import Tensor
 from ._precision import data_dtype
 from .reference import LOG_2PI
 
-__all__ = ["push", "rows_per_chunk", "standard_normal_nll", "nll", "nll_values", "sharded_nll", "mean_and_se",
-           "fitted_gaussian", "gaussian_nll", "gaussian_nll_values", "mmd", "median_distance", "energy_distance"]
+__all__ = ["push", "rows_per_chunk", "standard_normal_nll", "nll", "nll_values", "sharded_nll", "sharded_scores",
+           "mean_and_se", "fitted_gaussian", "gaussian_nll", "gaussian_nll_values", "mmd", "median_distance", "energy_distance"]
 
 # Rows per chunk when pushing whole data sets: bounds the memory of the d tangent rows
 # (chunk x (d + 1) x width floats per layer) while keeping the matrix products large.
@@ -70,58 +70,72 @@ def sharded_nll(flow, rows, dist=None, *, steps: int | None = None, backend: str
     group each rank evaluates its shard and the per-rank count, mean and sum of squared
     deviations are merged, so the mean and its standard error are those of all rows, exactly.
     """
+    return sharded_scores(flow, rows, dist, steps=steps, backend=backend, seed=seed, chunk=chunk)["flow"]
+
+
+@torch.no_grad()
+def sharded_scores(flow, rows, dist=None, *, steps: int | None = None, backend: str = "auto", seed: int = 0,
+                   chunk: int = CHUNK, gaussian=None) -> dict[str, tuple[float, float]]:
+    """:func:`sharded_nll`, and with ``gaussian`` (a :func:`fitted_gaussian`) that model's NLL
+    and the paired difference on the same rows, in one pass.
+
+    Returns ``{"flow": (mean, se)}``, with ``gaussian`` also ``"gaussian"`` and
+    ``"gaussian_minus_flow"`` (per row, then averaged: its standard error is the one that says
+    whether the two models differ, see :func:`~jkofast.evaluate.evaluate`).
+    """
     from .datasets.streaming import as_rows
 
     rows = as_rows(rows, getattr(rows, "name", "x"), dim=flow.dim)
     rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
-    pieces = []  # (count, mean, M2, non-finite count) per piece: nothing per row is kept
+    names = ("flow",) if gaussian is None else ("flow", "gaussian", "gaussian_minus_flow")
+    pieces: dict[str, list] = {k: [] for k in names}  # (count, mean, M2) per piece: nothing per row is kept
+    bad = 0
     for _, x in rows.chunks(rank=rank, world=world, seed=seed):
-        for xs in x.to(flow.loc.device, data_dtype(x, flow.loc.dtype)).split(chunk):
-            v = -flow.log_prob(xs, steps=steps, backend=backend).double()
+        for xs in x.split(chunk):
+            v = -flow.log_prob(xs.to(flow.loc.device, data_dtype(xs, flow.loc.dtype)), steps=steps,
+                               backend=backend).double().cpu()
             finite = torch.isfinite(v)
-            v = v[finite]
-            mean = float(v.mean()) if v.numel() else 0.0
-            pieces.append((v.numel(), mean, float((v - mean).square().sum()), int((~finite).sum())))
-    mine = (*_merge(pieces), sum(p[3] for p in pieces))
+            bad += int((~finite).sum())
+            values = {"flow": v}
+            if gaussian is not None:
+                g = -gaussian.log_prob(xs.to("cpu", torch.float64))
+                values.update(gaussian=g, gaussian_minus_flow=g - v)
+            for k, val in values.items():
+                pieces[k].append(_moments(val[finite]))
+    mine = ({k: _merge(p) for k, p in pieces.items()}, bad)
     parts = dist.gather(mine, "evaluating the NLL") if dist is not None else [mine]
-    bad = sum(p[3] for p in parts)
-    n, mean, m2 = _merge(parts)
+    bad = sum(p[1] for p in parts)
     if bad:
+        n = _merge(p[0]["flow"] for p in parts)[0]
         raise FloatingPointError(f"the flow gave a non-finite log-likelihood on {bad} of {n + bad} points")
-    return mean, (math.sqrt(m2 / (n - 1) / n) if n > 1 else float("nan"))
-
-
-# Rows per piece when fitting and scoring the Gaussian: float64 copies of 65,536 rows, not of the set.
-_GAUSSIAN_ROWS = 65536
-
-
-def _check_table(data, name: str) -> None:
-    if not (isinstance(data, torch.Tensor) or hasattr(data, "__array__")) or getattr(data, "ndim", 0) != 2:
-        raise TypeError(f"{name} must be an (N, d) array or tensor held in memory, got {type(data).__name__}"
-                        f" of shape {tuple(getattr(data, 'shape', ()))}")
-
-
-def _float64_pieces(data):
-    """(N, d) ``data`` (array or tensor, checked by the caller) as float64 CPU pieces."""
-    for a in range(0, len(data), _GAUSSIAN_ROWS):
-        piece = data[a:a + _GAUSSIAN_ROWS]
-        yield (piece.detach() if isinstance(piece, torch.Tensor) else torch.as_tensor(piece)).to("cpu", torch.float64)
+    return {k: _mean_and_se_of(*_merge(p[0][k] for p in parts)) for k in names}
 
 
 @torch.no_grad()
-def fitted_gaussian(train) -> torch.distributions.MultivariateNormal:
+def fitted_gaussian(train, dist=None) -> torch.distributions.MultivariateNormal:
     """The maximum-likelihood Gaussian of ``train`` (N, d), full covariance (unbiased, as
     ``torch.cov``), in float64: the bar a flow has to clear (it matches every mean and covariance;
-    only what a flow learns beyond them scores lower). Accumulated in pieces, so a large set is
-    never copied whole. A ridge of 1e-9 of each column's own variance (of the mean variance for a
-    constant column) keeps a rank-deficient covariance (N <= d, collinear columns) positive
-    definite without favouring columns of large scale over small ones."""
-    _check_table(train, "train")
-    if len(train) < 2:
-        raise ValueError(f"fitting a Gaussian needs (N, d) data with N >= 2 rows, got shape {tuple(train.shape)}")
-    n = len(train)
-    mean = sum(p.sum(0) for p in _float64_pieces(train)) / n
-    cov = sum((p - mean).t() @ (p - mean) for p in _float64_pieces(train)) / (n - 1)
+    only what a flow learns beyond them scores lower).
+
+    ``train`` is anything :func:`~jkofast.datasets.streaming.as_rows` takes (an array, a tensor,
+    a memory-mapped ``.npy`` file or its path, a :class:`~jkofast.datasets.streaming.Rows` split)
+    and is read chunk by chunk, so a large set is never copied whole; with ``dist`` (a process
+    group's :class:`~jkofast.distributed.Dist`) each rank reads its shard and the ranks' moments
+    are merged, so every rank gets the same Gaussian, that of all rows. A ridge of 1e-9 of each
+    column's own variance (of the mean variance for a constant column) keeps a rank-deficient
+    covariance (N <= d, collinear columns) positive definite without favouring columns of large
+    scale over small ones."""
+    from .datasets.streaming import as_rows
+
+    rows = as_rows(train, "train")
+    rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
+    mine = _merge(_moments(x.to("cpu", torch.float64)) for _, x in rows.chunks(rank=rank, world=world))
+    n, mean, m2 = _merge(dist.gather(mine, "fitting the Gaussian baseline")) if dist is not None else mine
+    if n < 2:
+        raise ValueError(f"fitting a Gaussian needs (N, d) data with N >= 2 rows, got {n} row(s) of {rows.dim}")
+    if not bool(torch.isfinite(m2).all()):
+        raise ValueError(f"{rows.name} holds NaN or inf values: no Gaussian fits it")
+    cov = m2 / (n - 1)
     var = cov.diagonal()
     floor = var.mean().clamp_min(1e-300)
     cov = cov + torch.diag(1e-9 * torch.where(var > 0, var, floor))
@@ -131,13 +145,15 @@ def fitted_gaussian(train) -> torch.distributions.MultivariateNormal:
 @torch.no_grad()
 def gaussian_nll_values(train, test) -> Tensor:
     """-log p of every row of ``test`` under :func:`fitted_gaussian` of ``train``, (N_test,)
-    float64; both (N, d) arrays or tensors in data space, with the same d."""
-    _check_table(test, "test")
+    float64; both (N, d) tables in data space (anything
+    :func:`~jkofast.datasets.streaming.as_rows` takes), with the same d."""
+    from .datasets.streaming import as_rows
+
+    rows = as_rows(test, "test")
     gaussian = fitted_gaussian(train)
-    if test.shape[1] != gaussian.loc.shape[0]:
-        raise ValueError(f"test has {test.shape[1]} columns, the training data {gaussian.loc.shape[0]}")
-    pieces = [-gaussian.log_prob(p) for p in _float64_pieces(test)]
-    return torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.float64)
+    if rows.dim != gaussian.loc.shape[0]:
+        raise ValueError(f"test has {rows.dim} columns, the training data {gaussian.loc.shape[0]}")
+    return torch.cat([-gaussian.log_prob(x.to("cpu", torch.float64)) for _, x in rows.chunks()])
 
 
 def gaussian_nll(train, test) -> tuple[float, float]:
@@ -152,15 +168,34 @@ def mean_and_se(values: Tensor) -> tuple[float, float]:
     return float(values.mean()), se
 
 
-def _merge(parts) -> tuple[int, float, float]:
-    """Count, mean and sum of squared deviations of the union of parts (count, mean, M2, ...),
-    by Chan et al.'s pairwise update, in the given order."""
+def _moments(values: Tensor) -> tuple[int, Tensor | float, Tensor | float]:
+    """Count, mean and sum of squared deviations of ``values``: per-row scalars (N,) give
+    floats; rows (N, d) give the mean (d,) and the centred cross-product matrix (d, d)."""
+    n = values.shape[0]
+    if values.ndim == 1:
+        mean = float(values.mean()) if n else 0.0
+        return n, mean, float((values - mean).square().sum())
+    mean = values.mean(0)
+    centred = values - mean
+    return n, mean, centred.t() @ centred
+
+
+def _merge(parts) -> tuple[int, Tensor | float, Tensor | float]:
+    """Count, mean and sum of squared deviations of the union of parts (count, mean, M2), by
+    Chan et al.'s pairwise update, in the given order; for scalars (:func:`sharded_scores`) and
+    for the rows' mean vectors and cross-product matrices (:func:`fitted_gaussian`) alike."""
     n, mean, m2 = 0, 0.0, 0.0
-    for nr, mr, m2r, *_ in parts:
+    for nr, mr, m2r in parts:
         if nr:
             delta, total = mr - mean, n + nr
-            mean, m2, n = mean + delta * nr / total, m2 + m2r + delta * delta * n * nr / total, total
+            square = torch.outer(delta, delta) if isinstance(delta, Tensor) else delta * delta
+            mean, m2, n = mean + delta * (nr / total), m2 + m2r + square * (n * nr / total), total
     return n, mean, m2
+
+
+def _mean_and_se_of(n: int, mean: float, m2: float) -> tuple[float, float]:
+    """:func:`mean_and_se` from merged moments."""
+    return float(mean), (math.sqrt(m2 / (n - 1) / n) if n > 1 else float("nan"))
 
 
 def _sq_dists(a: Tensor, b: Tensor) -> Tensor:

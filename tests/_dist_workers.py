@@ -50,6 +50,20 @@ def gradients(args: dict) -> None:
                Path(args["folder"]) / f"grads{dist.rank}.pt")
 
 
+def gaussian(args: dict) -> None:
+    """Fit the report's Gaussian baseline to a memory-mapped file's training split, each rank
+    reading its shard; save it, and how many rows this rank read, for the test to compare."""
+    from jkofast.datasets.streaming import open_npy, split_rows
+    from jkofast.metrics import fitted_gaussian
+
+    dist = distributed.connect("cpu")
+    train, _, _ = split_rows(open_npy(args["npy"]), seed=0)
+    g = fitted_gaussian(train, dist)
+    mine = sum(len(x) for _, x in train.chunks(rank=dist.rank, world=dist.world))
+    torch.save({"loc": g.loc, "cov": g.covariance_matrix, "rows_read": mine},
+               Path(args["folder"]) / f"gaussian{dist.rank}.pt")
+
+
 def killed(args: dict) -> None:
     """Train; rank 1 dies (os._exit) when block 2 starts, after block 1's checkpoint."""
     real = jko_iflow.JKOIFlowTrainer.train_block

@@ -17,15 +17,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import jkofast
 from jkofast import _backend
 from jkofast.cli import main
+from jkofast.datasets.streaming import open_npy, split_rows
 from jkofast.distributed import Dist
 from jkofast.jko_iflow import JKOIFlowTrainer
 from jkofast.jko_iflow_config import JKOIFlowConfig
+from jkofast.metrics import fitted_gaussian
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _dist_workers import DATA, RUN, moons  # noqa: E402
@@ -116,6 +119,13 @@ def test_torchrun_cli_writes_one_model_and_matches_one_process(cli_runs):
     # same 10,000 test points (se 0.005): 3 combined standard errors, 0.022 nats, is a bound
     # that noise passes and a model that did not train (0.11 nats worse) does not.
     assert abs(a["mean"] - b["mean"]) < 3 * (a["se"] ** 2 + b["se"] ** 2) ** 0.5, (a, b)
+    # The Gaussian baseline: fitted over both ranks' shards of the training rows and scored over
+    # both ranks' test points, it is the one process's, to rounding of the float64 sums.
+    g1, g2 = m1["gaussian_nll"], m2["gaussian_nll"]
+    assert (g2["n_train"], g2["dim"]) == (g1["n_train"], 2) and g2["mean"] == pytest.approx(g1["mean"], rel=1e-12)
+    assert g2["se"] == pytest.approx(g1["se"], rel=1e-9)
+    gap = g2["minus_flow_steps3"]["mean"]
+    assert gap == pytest.approx(g2["mean"] - b["mean"], abs=1e-9)   # the mean of the per-point differences
     x, _, test = moons()
     start = jkofast.Flow(2, loc=torch.as_tensor(x.mean(0)), scale=torch.as_tensor(x.std(0, ddof=1)))
     assert b["mean"] < jkofast.metrics.nll(start, torch.as_tensor(test))[0] - 0.06, b   # both blocks learned
@@ -127,7 +137,9 @@ def killed_run(tmp_path_factory):
     """Two processes: one DDP gradient step (for the gradient test), then a run in which rank 1
     dies as block 2 starts."""
     root = tmp_path_factory.mktemp("dist_killed")
-    results = launch("gradients+killed", 2, folder=str(root), out=str(root / "run"))
+    np.save(root / "data.npy", jkofast.datasets.toy("8gaussians", 3000, seed=2))
+    results = launch("gradients+gaussian+killed", 2, folder=str(root), out=str(root / "run"),
+                     npy=str(root / "data.npy"))
     return root, results
 
 
@@ -139,6 +151,18 @@ def test_ddp_gradient_is_the_global_batch_gradient(killed_run):
         # The mean of the two half-batch gradients is the full-batch gradient up to float64
         # rounding of sums over 64 rows (relative 1e-12 leaves a 1000x margin).
         assert torch.allclose(p0, full, rtol=1e-12, atol=1e-14), (p0 - full).abs().max()
+
+
+def test_the_gaussian_baseline_fitted_over_ranks_is_the_whole_splits(killed_run):
+    root, _ = killed_run
+    g0, g1 = (torch.load(root / f"gaussian{r}.pt", weights_only=True) for r in (0, 1))
+    assert torch.equal(g0["loc"], g1["loc"]) and torch.equal(g0["cov"], g1["cov"])   # the same on every rank
+    whole = fitted_gaussian(split_rows(open_npy(root / "data.npy"), seed=0)[0])
+    assert g0["rows_read"] + g1["rows_read"] == len(split_rows(open_npy(root / "data.npy"), seed=0)[0])
+    assert 0.4 < g0["rows_read"] / (g0["rows_read"] + g1["rows_read"]) < 0.6          # each read a shard
+    # two shards' moments merged against one pass, float64: rounding of the sums only
+    assert torch.allclose(g0["loc"], whole.loc, rtol=1e-12, atol=1e-14)
+    assert torch.allclose(g0["cov"], whole.covariance_matrix, rtol=1e-12, atol=1e-14)
 
 
 def test_a_dead_rank_stops_the_others_with_the_reason(killed_run):

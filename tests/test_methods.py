@@ -87,8 +87,10 @@ def test_gaussian_baseline_is_the_maximum_likelihood_gaussian():
         gaussian_nll(np.zeros((1, 2)), np.zeros((3, 2)))
     with pytest.raises(ValueError, match="test has 2 columns, the training data 3"):
         gaussian_nll(train, np.zeros((4, 2)))
-    with pytest.raises(TypeError, match="held in memory"):
-        gaussian_nll(jkofast.datasets.streaming.as_rows(np.zeros((5, 2)), "x"), np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="train holds NaN or inf values"):
+        gaussian_nll(np.array([[0.0, 1.0], [np.nan, 2.0], [1.0, 1.0]]), np.zeros((3, 2)))
+    with pytest.raises(TypeError, match="numpy array or a torch.Tensor"):
+        gaussian_nll([[0.0, 1.0], [1.0, 0.0], [2.0, 2.0]], np.zeros((3, 2)))
     # the ridge follows each column's scale: columns 1e5 apart in spread lose nothing against the
     # exact fit (a ridge from the mean variance would drown the small column: +5 nats here)
     wide = rng.normal(size=(2000, 2)) * np.array([1e5, 1e-2])

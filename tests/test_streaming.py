@@ -16,7 +16,8 @@ from jkofast import shard as shard_module
 from jkofast.datasets import streaming
 from jkofast.datasets.scan import scan
 from jkofast.datasets.streaming import Rows, as_rows, open_npy, split_rows
-from jkofast.metrics import nll, sharded_nll
+from jkofast.evaluate import evaluate, evaluate_sharded
+from jkofast.metrics import fitted_gaussian, nll, sharded_nll
 from jkofast.shard import DiskShard, MemoryShard, ShardStore
 
 
@@ -126,6 +127,45 @@ def test_sharded_nll_is_nll(moons):
     assert mean == pytest.approx(ref_mean, rel=1e-9) and se == pytest.approx(ref_se, rel=1e-6)
 
 
+def test_gaussian_fitted_to_a_streamed_split_is_the_one_fitted_in_memory(tmp_path, small_chunks):
+    rng = np.random.default_rng(3)
+    data = (rng.normal(size=(3000, 3)) @ np.array([[2.0, 0.3, 0.0], [0.0, 1.0, 0.5], [0.0, 0.0, 0.2]]) + 1e3)
+    train, _, _ = split_rows(_write_npy(tmp_path / "x.npy", data.astype(np.float32)), seed=4)
+    kept = np.concatenate([c.numpy() for _, c in train.chunks()])          # the split's rows, in memory
+    assert train.num_chunks > 5 and 2000 < len(kept) < 2800
+    streamed = fitted_gaussian(train)
+    # Chunk-wise float64 moments merged by Chan's update against numpy's two-pass float64: rounding
+    # only (a mean near 1e3, covariance entries 0.04-4: 1e-12 and 1e-10 relative leave ~100x).
+    kept = kept.astype(np.float64)
+    cov = np.cov(kept.T) + np.diag(1e-9 * np.diag(np.cov(kept.T)))         # the documented ridge
+    assert torch.allclose(streamed.loc, torch.as_tensor(kept.mean(0)), rtol=1e-12, atol=0)
+    assert torch.allclose(streamed.covariance_matrix, torch.as_tensor(cov), rtol=1e-10, atol=0)
+    assert train.name == "x"                                                # the caller's split is not renamed
+    with pytest.raises(ValueError, match="N >= 2 rows, got 1 row"):
+        fitted_gaussian(data[:1])
+
+
+def test_evaluate_sharded_reports_what_evaluate_does(tmp_path, small_chunks, moons):
+    flow = jkofast.Flow(2, dict(hidden=8, layers=1), loc=torch.tensor([0.5, 0.2]), scale=torch.tensor([1.5, 0.8]))
+    flow.add_block(flow.new_field(), 0.5)
+    train, test = moons[0][:2000].numpy(), moons[2][:1500].numpy()
+    whole = evaluate(flow, test, steps=[2, 3], mmd_points=0, baseline_train=train)
+    streamed = evaluate_sharded(flow, _write_npy(tmp_path / "test.npy", test), steps=[2, 3],
+                                baseline_train=_write_npy(tmp_path / "train.npy", train))
+    assert streamed.keys() == whole.keys() and streamed["n_test"] == 1500
+    g, h = streamed["gaussian_nll"], whole["gaussian_nll"]
+    assert g.keys() == h.keys() and (g["n_train"], g["dim"]) == (2000, 2)
+    # float32 flow values summed in float64, the Gaussian's in float64: only the order of the
+    # sums differs (chunked and merged against whole), so agreement to rounding of the sums.
+    for key in ("nll_steps2", "nll_standardized_steps3"):
+        assert streamed[key]["mean"] == pytest.approx(whole[key]["mean"], rel=1e-9)
+        assert streamed[key]["se"] == pytest.approx(whole[key]["se"], rel=1e-6)
+    for key in ("mean", "se"):
+        assert g[key] == pytest.approx(h[key], rel=1e-9)
+        for s in (2, 3):
+            assert g[f"minus_flow_steps{s}"][key] == pytest.approx(h[f"minus_flow_steps{s}"][key], rel=1e-6)
+
+
 def _store(where, tmp_path):
     return ShardStore(where, 0, dtype=torch.float32, device=torch.device("cpu"), scratch=tmp_path / "scratch")
 
@@ -182,9 +222,13 @@ def test_cli_trains_on_a_memory_mapped_file(tmp_path, capsys):
     # both spaces and the training line, as for data in memory
     step3 = metrics["nll_steps3"]["mean"] - metrics["nll_standardized_steps3"]["mean"]
     assert abs(step3 - float(torch.log(flow.scale).sum())) < 1e-9 and metrics["training"]["train_batches"] == 15
+    # the Gaussian baseline, fitted to the training split in one more streamed pass
+    g = metrics["gaussian_nll"]
+    assert g["n_train"] == flow.info["n_train"] and np.isfinite(g["minus_flow_steps3"]["mean"])
     assert main(["eval", "--model", str(tmp_path / "run")]) == 0                  # the same lazy split again
     out = capsys.readouterr().out
     assert f"{metrics['n_test']} points" in out and "(standardized)" in out and "training (jko-iflow)" in out
+    assert f"scores {g['mean']:.4f} +/- {g['se']:.4f} nats on the same test points" in out
     np.save(tmp_path / "ints.npy", np.arange(10).reshape(5, 2))
     assert main(["train", "--data", str(tmp_path / "ints.npy"), "--mmap", "--out", str(tmp_path / "bad"), *args]) == 2
     assert "must hold a 2-D float array" in capsys.readouterr().err

@@ -16,6 +16,7 @@ The one pass over the data before training (checks, statistics, fingerprint) is 
 """
 from __future__ import annotations
 
+import copy
 import mmap
 import os
 from pathlib import Path
@@ -194,11 +195,12 @@ class _Deal:
 
 def as_rows(x, name: str, dim: int | None = None) -> Rows:
     """Check user data and wrap it: a numpy array or memory map, a tensor, a path of a ``.npy``
-    file (opened with :func:`open_npy`), or :class:`Rows`; 2-D, numeric, non-empty."""
+    file (opened with :func:`open_npy`), or :class:`Rows` (a shallow copy, named ``name``: the
+    same rows); 2-D, numeric, non-empty."""
     if isinstance(x, (str, os.PathLike)):
         x = open_npy(x)
     if isinstance(x, Rows):
-        rows = x
+        rows = copy.copy(x)  # named below for this caller's messages; the caller's table keeps its name
     elif isinstance(x, np.ndarray):
         if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
             raise TypeError(f"{name} must be a numeric array, got dtype {x.dtype}")
