@@ -91,6 +91,12 @@ def dtype_name(dtype) -> str:
     return str(dtype).removeprefix("torch.") if isinstance(dtype, torch.dtype) else dtype
 
 
+def whole_number_columns(x: Tensor) -> Tensor:
+    """Which columns of the (N, d) float table ``x`` hold whole numbers only, (d,) bool: the
+    lattice test :func:`warn_lattice_columns` is given, on a chunk or on the whole table."""
+    return (x == x.round()).all(0)
+
+
 def warn_lattice_columns(whole, std, name: str = "x") -> None:
     """Warn about columns of whole numbers whose spacing (1) is not small next to their spread:
     a continuous density can pile its mass onto the lattice points, and its NLL then falls

@@ -6,6 +6,7 @@ import math
 import torch
 from torch import Tensor
 
+from ._moments import merge_moments, moments
 from ._precision import data_dtype
 from .reference import LOG_2PI
 
@@ -101,14 +102,14 @@ def sharded_scores(flow, rows, dist=None, *, steps: int | None = None, backend: 
                 g = -gaussian.log_prob(xs.to("cpu", torch.float64))
                 values.update(gaussian=g, gaussian_minus_flow=g - v)
             for k, val in values.items():
-                pieces[k].append(_moments(val[finite]))
-    mine = ({k: _merge(p) for k, p in pieces.items()}, bad)
+                pieces[k].append(moments(val[finite]))
+    mine = ({k: merge_moments(p) for k, p in pieces.items()}, bad)
     parts = dist.gather(mine, "evaluating the NLL") if dist is not None else [mine]
     bad = sum(p[1] for p in parts)
     if bad:
-        n = _merge(p[0]["flow"] for p in parts)[0]
+        n = merge_moments(p[0]["flow"] for p in parts)[0]
         raise FloatingPointError(f"the flow gave a non-finite log-likelihood on {bad} of {n + bad} points")
-    return {k: _mean_and_se_of(*_merge(p[0][k] for p in parts)) for k in names}
+    return {k: _mean_and_se_of(*merge_moments(p[0][k] for p in parts)) for k in names}
 
 
 @torch.no_grad()
@@ -129,8 +130,8 @@ def fitted_gaussian(train, dist=None) -> torch.distributions.MultivariateNormal:
 
     rows = as_rows(train, "train")
     rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
-    mine = _merge(_moments(x.to("cpu", torch.float64)) for _, x in rows.chunks(rank=rank, world=world))
-    n, mean, m2 = _merge(dist.gather(mine, "fitting the Gaussian baseline")) if dist is not None else mine
+    mine = merge_moments(moments(x.to("cpu", torch.float64)) for _, x in rows.chunks(rank=rank, world=world))
+    n, mean, m2 = merge_moments(dist.gather(mine, "fitting the Gaussian baseline")) if dist is not None else mine
     if n < 2:
         raise ValueError(f"fitting a Gaussian needs (N, d) data with N >= 2 rows, got {n} row(s) of {rows.dim}")
     if not bool(torch.isfinite(m2).all()):
@@ -166,31 +167,6 @@ def mean_and_se(values: Tensor) -> tuple[float, float]:
     """Mean of per-point values and its standard error std / sqrt(N) (NaN for one point)."""
     se = float(values.std() / math.sqrt(values.numel())) if values.numel() > 1 else float("nan")
     return float(values.mean()), se
-
-
-def _moments(values: Tensor) -> tuple[int, Tensor | float, Tensor | float]:
-    """Count, mean and sum of squared deviations of ``values``: per-row scalars (N,) give
-    floats; rows (N, d) give the mean (d,) and the centred cross-product matrix (d, d)."""
-    n = values.shape[0]
-    if values.ndim == 1:
-        mean = float(values.mean()) if n else 0.0
-        return n, mean, float((values - mean).square().sum())
-    mean = values.mean(0)
-    centred = values - mean
-    return n, mean, centred.t() @ centred
-
-
-def _merge(parts) -> tuple[int, Tensor | float, Tensor | float]:
-    """Count, mean and sum of squared deviations of the union of parts (count, mean, M2), by
-    Chan et al.'s pairwise update, in the given order; for scalars (:func:`sharded_scores`) and
-    for the rows' mean vectors and cross-product matrices (:func:`fitted_gaussian`) alike."""
-    n, mean, m2 = 0, 0.0, 0.0
-    for nr, mr, m2r in parts:
-        if nr:
-            delta, total = mr - mean, n + nr
-            square = torch.outer(delta, delta) if isinstance(delta, Tensor) else delta * delta
-            mean, m2, n = mean + delta * (nr / total), m2 + m2r + square * (n * nr / total), total
-    return n, mean, m2
 
 
 def _mean_and_se_of(n: int, mean: float, m2: float) -> tuple[float, float]:

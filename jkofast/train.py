@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from . import _backend, distributed, training_data
-from ._checks import check_finite, check_points, warn_lattice_columns
+from ._checks import check_finite, check_points, warn_lattice_columns, whole_number_columns
 from ._version import __version__
 from .checkpoint import write_json
 from .flow import Flow
@@ -229,7 +229,7 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
         val = None if val is None else _as_data(val, "val", dtype=torch.float64, device=device, dim=x.shape[1])
         loc, scale = _standardization(x) if cfg.standardize else (None, None)
         if x.shape[0] > 1:
-            warn_lattice_columns((x == x.round()).all(0).tolist(), x.std(0).tolist())
+            warn_lattice_columns(whole_number_columns(x).tolist(), x.std(0).tolist())
         flow = Flow(x.shape[1], cfg.field_config(), steps=cfg.steps, tableau=cfg.tableau, loc=loc, scale=scale,
                     block=_block_kind(cfg))
         flow.to(device=device, dtype=dtype)

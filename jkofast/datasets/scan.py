@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._checks import whole_number_columns
+from .._moments import merge_moments
 from ..progress import progress_bar
 from .streaming import Rows
 
@@ -43,34 +45,27 @@ def _chunk_summary(rows: Tensor) -> tuple:
     first_bad = int((~finite).nonzero()[0, 0]) if bad else -1
     if bad:
         x = x[finite]
-    whole = (x == x.round()).all(0).cpu().numpy()
+    whole = whole_number_columns(x).cpu().numpy()
     mean = x.mean(0) if x.shape[0] else x.new_zeros(x.shape[1])
     m2 = x.sub_(mean).square_().sum(0)
     digest = hashlib.sha256(memoryview(np.ascontiguousarray(rows.cpu().numpy())).cast("B")).digest()
     return x.shape[0], mean.cpu().numpy(), m2.cpu().numpy(), digest, bad, first_bad, whole
 
 
-def _merge(into: list, n: int, mean: np.ndarray, m2: np.ndarray) -> None:
-    """Add a part (n, mean, M2) to the running [n, mean, M2]: Chan et al.'s pairwise update."""
-    if n:
-        delta, total = mean - into[1], into[0] + n
-        into[:] = [total, into[1] + delta * (n / total), into[2] + m2 + delta ** 2 * (into[0] * n / total)]
-
-
 def _block_summary(rows: Rows, b: int) -> tuple:
     """Chunks b * _SCAN_BLOCK ... merged in order: (b, n, mean, M2, digest, bad rows, first bad row,
     whole-number columns)."""
-    moments, digest, bad, first = [0, np.zeros(rows.dim), np.zeros(rows.dim)], hashlib.sha256(), 0, -1
+    moments, digest, bad, first = [], hashlib.sha256(), 0, -1
     whole = np.ones(rows.dim, dtype=bool)
     for c in range(b * _SCAN_BLOCK, min((b + 1) * _SCAN_BLOCK, rows.num_chunks)):
         n, mean, m2, chunk_digest, chunk_bad, chunk_first, chunk_whole = _chunk_summary(rows.read_chunk(c))
-        _merge(moments, n, mean, m2)
+        moments.append((n, mean, m2))
         whole &= chunk_whole
         digest.update(chunk_digest)
         if chunk_bad and first < 0:
             first = rows.base_index(c, chunk_first)
         bad += chunk_bad
-    return b, *moments, digest.digest(), bad, first, whole
+    return b, *merge_moments(moments), digest.digest(), bad, first, whole
 
 
 def scan(rows: Rows, dist=None, *, progress: bool = False) -> Summary:
@@ -95,16 +90,15 @@ def scan(rows: Rows, dist=None, *, progress: bool = False) -> Summary:
     parts = sorted((p for part in (dist.gather(mine, f"scanning {rows.name}") if dist else [mine]) for p in part),
                    key=lambda p: p[0])
     digest = hashlib.sha256(f"{(len(rows), rows.dim)}{rows.dtype_name}".encode())
-    moments, bad, first = [0, np.zeros(rows.dim), np.zeros(rows.dim)], 0, -1
+    bad, first = 0, -1
     whole = np.ones(rows.dim, dtype=bool)
-    for _, n, mean, m2, block_digest, block_bad, block_first, block_whole in parts:
-        _merge(moments, n, mean, m2)
+    for _, _, _, _, block_digest, block_bad, block_first, block_whole in parts:
         whole &= block_whole
         digest.update(block_digest)
         bad += block_bad
         first = block_first if first < 0 else first
     if bad:
         raise ValueError(f"{rows.name} has {bad} row(s) with NaN or inf values (first: row {first})")
-    n, mean, m2 = moments
+    n, mean, m2 = merge_moments(p[1:4] for p in parts)  # in block order: the same bits on any world size
     std = np.sqrt(m2 / (n - 1)) if n > 1 else np.full(rows.dim, np.nan)
     return Summary(n, mean, std, digest.hexdigest(), whole)
