@@ -28,7 +28,9 @@ def merge_moments(parts) -> tuple:
     mean vectors with cross-product matrices (torch: the outer product of the means' difference)."""
     n, mean, m2 = 0, 0.0, 0.0
     for nr, mr, m2r in parts:
-        if nr:
+        if nr and not n:  # the first part as it is: its cross term, inf * 0 for |mean| > 1e154, is 0
+            n, mean, m2 = nr, 0.0 + mr, 0.0 + m2r  # 0.0 +: a copy, and the bits of 0 + delta * 1
+        elif nr:
             delta, total = mr - mean, n + nr
             square = torch.outer(delta, delta) if isinstance(m2r, Tensor) and m2r.ndim == 2 else delta * delta
             mean, m2, n = mean + delta * (nr / total), m2 + m2r + square * (n * nr / total), total

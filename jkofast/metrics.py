@@ -128,7 +128,7 @@ def fitted_gaussian(train, dist=None) -> torch.distributions.MultivariateNormal:
     scale over small ones."""
     from .datasets.streaming import as_rows
 
-    rows = as_rows(train, "train")
+    rows = as_rows(train, getattr(train, "name", "train"))
     rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
     mine = merge_moments(moments(x.to("cpu", torch.float64)) for _, x in rows.chunks(rank=rank, world=world))
     n, mean, m2 = merge_moments(dist.gather(mine, "fitting the Gaussian baseline")) if dist is not None else mine
@@ -138,8 +138,12 @@ def fitted_gaussian(train, dist=None) -> torch.distributions.MultivariateNormal:
         raise ValueError(f"{rows.name} holds NaN or inf values: no Gaussian fits it")
     cov = m2 / (n - 1)
     var = cov.diagonal()
+    # A constant column's variance is rounding noise whose size depends on how the rows fell into
+    # chunks (and ranks): below the float64 rounding of the column's magnitude it counts as 0, and
+    # so do its covariances, so the fit does not depend on the chunking.
+    varies = var > (64 * torch.finfo(torch.float64).eps * mean.abs()) ** 2
     floor = var.mean().clamp_min(1e-300)
-    cov = cov + torch.diag(1e-9 * torch.where(var > 0, var, floor))
+    cov = cov * torch.outer(varies, varies) + torch.diag(1e-9 * torch.where(varies, var, floor))
     return torch.distributions.MultivariateNormal(mean, cov)
 
 

@@ -145,6 +145,26 @@ def test_gaussian_fitted_to_a_streamed_split_is_the_one_fitted_in_memory(tmp_pat
         fitted_gaussian(data[:1])
 
 
+def test_gaussian_fit_of_a_constant_column_does_not_depend_on_the_chunking(monkeypatch):
+    # A constant 0.1 column's variance is rounding noise (7.7e-34 in one chunk, 1.9e-34 in 8),
+    # and its log-variance enters the NLL: below the rounding of its magnitude it counts as 0.
+    rng = np.random.default_rng(5)
+    data = np.stack([np.full(2000, 0.1), rng.normal(size=2000)], 1)
+    values = []
+    for chunk_bytes in (1 << 20, 4096, 64):
+        monkeypatch.setattr(streaming, "CHUNK_BYTES", chunk_bytes)
+        values.append(jkofast.metrics.gaussian_nll_values(data, data[:50]))
+    for v in values[1:]:
+        assert torch.allclose(v, values[0], rtol=0, atol=1e-9), (v - values[0]).abs().max()
+
+
+def test_scan_of_huge_values_stays_finite(small_chunks):
+    # |mean| ~ 1e200: the first merge's cross term (mean^2 x 0) would be inf x 0 = NaN.
+    data = 1e200 + 1e150 * np.random.default_rng(6).normal(size=(1000, 2))
+    s = scan(as_rows(data, "x"))
+    np.testing.assert_allclose(s.std, data.std(0, ddof=1), rtol=1e-6)
+
+
 def test_evaluate_sharded_reports_what_evaluate_does(tmp_path, small_chunks, moons):
     flow = jkofast.Flow(2, dict(hidden=8, layers=1), loc=torch.tensor([0.5, 0.2]), scale=torch.tensor([1.5, 0.8]))
     flow.add_block(flow.new_field(), 0.5)
