@@ -69,7 +69,7 @@ def sharded_nll(flow, rows, dist=None, *, steps: int | None = None, backend: str
     ``rows`` (a :class:`~jkofast.datasets.streaming.Rows`, or anything
     :func:`~jkofast.datasets.streaming.as_rows` takes) is streamed in chunks; under a process
     group each rank evaluates its shard and the per-rank count, mean and sum of squared
-    deviations are merged, so the mean and its standard error are those of all rows, exactly.
+    deviations are merged, so the mean and its standard error are those of all rows (to rounding).
     """
     return sharded_scores(flow, rows, dist, steps=steps, backend=backend, seed=seed, chunk=chunk)["flow"]
 
@@ -84,15 +84,21 @@ def sharded_scores(flow, rows, dist=None, *, steps: int | None = None, backend: 
     ``"gaussian_minus_flow"`` (per row, then averaged: its standard error is the one that says
     whether the two models differ, see :func:`~jkofast.evaluate.evaluate`).
     """
-    from .datasets.streaming import as_rows
+    from .datasets.streaming import Rows, as_rows
 
-    rows = as_rows(rows, getattr(rows, "name", "x"), dim=flow.dim)
+    rows = as_rows(rows, rows.name if isinstance(rows, Rows) else "test", dim=flow.dim)
     rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
     names = ("flow",) if gaussian is None else ("flow", "gaussian", "gaussian_minus_flow")
     pieces: dict[str, list] = {k: [] for k in names}  # (count, mean, M2) per piece: nothing per row is kept
-    bad = 0
+    bad, bad_rows = 0, 0  # non-finite NLLs of finite rows; rows holding NaN or inf
     for _, x in rows.chunks(rank=rank, world=world, seed=seed):
-        for xs in x.split(chunk):
+        # Only finite rows are scored, and an empty piece (a split or a rank may keep no row of a
+        # chunk) is skipped: whatever a rank meets, it reaches the gather, so no rank waits alone.
+        ok = torch.isfinite(x).all(1)
+        bad_rows += int((~ok).sum())
+        for xs in x[ok].split(chunk):
+            if not len(xs):
+                continue
             v = -flow.log_prob(xs.to(flow.loc.device, data_dtype(xs, flow.loc.dtype)), steps=steps,
                                backend=backend).double().cpu()
             finite = torch.isfinite(v)
@@ -103,9 +109,11 @@ def sharded_scores(flow, rows, dist=None, *, steps: int | None = None, backend: 
                 values.update(gaussian=g, gaussian_minus_flow=g - v)
             for k, val in values.items():
                 pieces[k].append(moments(val[finite]))
-    mine = ({k: merge_moments(p) for k, p in pieces.items()}, bad)
+    mine = ({k: merge_moments(p) for k, p in pieces.items()}, bad, bad_rows)
     parts = dist.gather(mine, "evaluating the NLL") if dist is not None else [mine]
-    bad = sum(p[1] for p in parts)
+    bad, bad_rows = sum(p[1] for p in parts), sum(p[2] for p in parts)
+    if bad_rows:
+        raise ValueError(f"{rows.name} has {bad_rows} row(s) with NaN or inf values")
     if bad:
         n = merge_moments(p[0]["flow"] for p in parts)[0]
         raise FloatingPointError(f"the flow gave a non-finite log-likelihood on {bad} of {n + bad} points")
@@ -122,29 +130,47 @@ def fitted_gaussian(train, dist=None) -> torch.distributions.MultivariateNormal:
     a memory-mapped ``.npy`` file or its path, a :class:`~jkofast.datasets.streaming.Rows` split)
     and is read chunk by chunk, so a large set is never copied whole; with ``dist`` (a process
     group's :class:`~jkofast.distributed.Dist`) each rank reads its shard and the ranks' moments
-    are merged, so every rank gets the same Gaussian, that of all rows. A ridge of 1e-9 of each
-    column's own variance (of the mean variance for a constant column) keeps a rank-deficient
+    are merged, so every rank gets the same Gaussian, that of all rows (to rounding). A constant
+    column (its min equals its max) gets its value as its mean and no covariances. A ridge of 1e-9
+    of each column's own variance (of the mean variance for a constant column) keeps a rank-deficient
     covariance (N <= d, collinear columns) positive definite without favouring columns of large
     scale over small ones."""
-    from .datasets.streaming import as_rows
+    from .datasets.streaming import Rows, as_rows
 
-    rows = as_rows(train, getattr(train, "name", "train"))
+    rows = as_rows(train, train.name if isinstance(train, Rows) else "train")
     rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
-    mine = merge_moments(moments(x.to("cpu", torch.float64)) for _, x in rows.chunks(rank=rank, world=world))
-    n, mean, m2 = merge_moments(dist.gather(mine, "fitting the Gaussian baseline")) if dist is not None else mine
+    parts = []  # per chunk: (count, mean, M2) and each column's min and max
+    for _, x in rows.chunks(rank=rank, world=world):
+        if len(x):
+            x = x.to("cpu", torch.float64)
+            parts.append((moments(x), x.amin(0), x.amax(0)))
+    mine = (merge_moments(p[0] for p in parts), *_extremes(parts))
+    if dist is not None:
+        everyone = dist.gather(mine, "fitting the Gaussian baseline")
+        mine = (merge_moments(p[0] for p in everyone), *_extremes(everyone))
+    (n, mean, m2), low, high = mine
     if n < 2:
         raise ValueError(f"fitting a Gaussian needs (N, d) data with N >= 2 rows, got {n} row(s) of {rows.dim}")
-    if not bool(torch.isfinite(m2).all()):
+    if not bool(torch.isfinite(m2).all() and torch.isfinite(low).all() and torch.isfinite(high).all()):
         raise ValueError(f"{rows.name} holds NaN or inf values: no Gaussian fits it")
-    cov = m2 / (n - 1)
+    # A constant column (min == max, exact in any chunking) gets its value as its mean and no
+    # variance or covariance: the merged moments' rounding noise, which follows the chunking and
+    # the world size, would otherwise enter the NLL divided by the ridge.
+    varies = high > low
+    mean = torch.where(varies, mean, low)
+    cov = m2 / (n - 1) * torch.outer(varies, varies)
     var = cov.diagonal()
-    # A constant column's variance is rounding noise whose size depends on how the rows fell into
-    # chunks (and ranks): below the float64 rounding of the column's magnitude it counts as 0, and
-    # so do its covariances, so the fit does not depend on the chunking.
-    varies = var > (64 * torch.finfo(torch.float64).eps * mean.abs()) ** 2
     floor = var.mean().clamp_min(1e-300)
-    cov = cov * torch.outer(varies, varies) + torch.diag(1e-9 * torch.where(varies, var, floor))
-    return torch.distributions.MultivariateNormal(mean, cov)
+    cov = cov + torch.diag(1e-9 * torch.where(varies, var, floor))
+    return torch.distributions.MultivariateNormal(mean, cov, validate_args=False)
+
+
+def _extremes(parts) -> tuple:
+    """Each column's min and max over parts (moments, min, max); None for no parts."""
+    parts = [p for p in parts if p[1] is not None]  # a rank that read no rows
+    if not parts:
+        return None, None
+    return torch.stack([p[1] for p in parts]).amin(0), torch.stack([p[2] for p in parts]).amax(0)
 
 
 @torch.no_grad()
@@ -158,7 +184,8 @@ def gaussian_nll_values(train, test) -> Tensor:
     gaussian = fitted_gaussian(train)
     if rows.dim != gaussian.loc.shape[0]:
         raise ValueError(f"test has {rows.dim} columns, the training data {gaussian.loc.shape[0]}")
-    return torch.cat([-gaussian.log_prob(x.to("cpu", torch.float64)) for _, x in rows.chunks()])
+    pieces = [-gaussian.log_prob(x.to("cpu", torch.float64)) for _, x in rows.chunks() if len(x)]
+    return torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.float64)
 
 
 def gaussian_nll(train, test) -> tuple[float, float]:

@@ -145,17 +145,55 @@ def test_gaussian_fitted_to_a_streamed_split_is_the_one_fitted_in_memory(tmp_pat
         fitted_gaussian(data[:1])
 
 
-def test_gaussian_fit_of_a_constant_column_does_not_depend_on_the_chunking(monkeypatch):
-    # A constant 0.1 column's variance is rounding noise (7.7e-34 in one chunk, 1.9e-34 in 8),
-    # and its log-variance enters the NLL: below the rounding of its magnitude it counts as 0.
+@pytest.mark.parametrize("constant", [0.1, 1.7e12 + 0.123, 1e20])
+def test_gaussian_fit_of_a_constant_column_does_not_depend_on_the_chunking(monkeypatch, constant):
+    # A constant column's merged variance and mean carry rounding noise that follows the chunking
+    # (7.7e-34 in one chunk, 1.9e-34 in 8, for 0.1; a mean one rounding step off at 1e20), which
+    # the ridge would magnify into hundreds of nats: min == max marks it constant, exactly.
     rng = np.random.default_rng(5)
-    data = np.stack([np.full(2000, 0.1), rng.normal(size=2000)], 1)
+    data = np.stack([np.full(4000, constant), rng.normal(size=4000)], 1)
     values = []
-    for chunk_bytes in (1 << 20, 4096, 64):
+    for chunk_bytes in (1 << 20, 4096, 256):
         monkeypatch.setattr(streaming, "CHUNK_BYTES", chunk_bytes)
         values.append(jkofast.metrics.gaussian_nll_values(data, data[:50]))
     for v in values[1:]:
         assert torch.allclose(v, values[0], rtol=0, atol=1e-9), (v - values[0]).abs().max()
+    # the varying column's Gaussian, plus the constant's ridge term: no offset from the mean
+    want = -torch.distributions.Normal(data[:, 1].mean(), data[:, 1].std(ddof=1)).log_prob(torch.as_tensor(data[:50, 1]))
+    ridge = 0.5 * np.log(2 * np.pi * 1e-9 * data[:, 1].var(ddof=1) / 2)
+    assert torch.allclose(values[0], want + ridge, atol=1e-7)  # the varying column carries its 1e-9 ridge too
+
+
+def test_gaussian_fit_keeps_a_column_of_tiny_spread():
+    # 45 rounding steps wide: not constant (min < max), so its own variance, not the ridge
+    rng = np.random.default_rng(7)
+    data = np.stack([1 + 1e-14 * rng.normal(size=3000), rng.normal(size=3000)], 1)
+    fitted = jkofast.metrics.fitted_gaussian(data).covariance_matrix[0, 0]
+    assert float(fitted) == pytest.approx(data[:, 0].var(ddof=1), rel=1e-3)
+    with pytest.raises(ValueError, match="^train holds NaN"):          # a tensor is called "train"
+        jkofast.metrics.fitted_gaussian(torch.tensor([[0.0, 1.0], [float("nan"), 2.0], [1.0, 1.0]]))
+
+
+def test_evaluate_sharded_with_empty_chunks_and_bad_rows(tmp_path, small_chunks, monkeypatch):
+    # 64 float64 columns: 8 rows per 4 KB chunk, so about 4 in 10 chunks keep no test row.
+    rng = np.random.default_rng(8)
+    data = rng.normal(size=(2000, 64)) @ rng.normal(size=(64, 64)) / 8
+    train, _, test = split_rows(_write_npy(tmp_path / "x.npy", data), seed=1)
+    empty = sum(len(x) == 0 for _, x in test.chunks())
+    assert empty > 50, empty
+    flow = jkofast.Flow(64, dict(hidden=8, layers=1)).double()
+    flow.add_block(flow.new_field(), 0.5)
+    streamed = evaluate_sharded(flow, test, steps=2, baseline_train=train)
+    held = np.concatenate([x.numpy() for _, x in test.chunks()])
+    whole = evaluate(flow, held, steps=2, mmd_points=0, baseline_train=np.concatenate([x.numpy() for _, x in train.chunks()]))
+    for key in ("mean", "se"):
+        assert streamed["nll_steps2"][key] == pytest.approx(whole["nll_steps2"][key], rel=1e-9)
+        assert streamed["gaussian_nll"][key] == pytest.approx(whole["gaussian_nll"][key], rel=1e-9)
+    bad = data.copy()
+    bad[[int(test.base_index(c, 0)) for c, x in test.chunks() if len(x)][:2], 3] = np.nan
+    _, _, bad_test = split_rows(_write_npy(tmp_path / "bad.npy", bad), seed=1)
+    with pytest.raises(ValueError, match="test has 2 row\\(s\\) with NaN or inf values"):
+        evaluate_sharded(flow, bad_test, steps=2, baseline_train=train)
 
 
 def test_scan_of_huge_values_stays_finite(small_chunks):
