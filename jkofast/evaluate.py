@@ -20,7 +20,7 @@ from ._precision import data_dtype
 from .datasets.streaming import as_rows
 from .flow import Flow
 from .metrics import (fitted_gaussian, gaussian_nll_values, mean_and_se, median_distance, mmd, nll_values,
-                      rows_per_chunk, sharded_scores)
+                      rows_per_chunk, sharded_scores_by_grid)
 
 __all__ = ["evaluate", "evaluate_sharded", "nll_entries", "training_summary", "TRAINING_KEYS"]
 
@@ -101,7 +101,8 @@ def evaluate_sharded(flow: Flow, test, *, steps: int | list[int] | None = None, 
             anything :func:`~jkofast.datasets.streaming.as_rows` takes.
         dist: a :class:`~jkofast.distributed.Dist`: each rank scores its shard of the test rows
             and fits on its shard of the training rows; the sums are merged, so every rank gets
-            the same report, that of all rows (:func:`~jkofast.metrics.sharded_scores`).
+            the same report, that of all rows (:func:`~jkofast.metrics.sharded_scores_by_grid`).
+            The rows are read once for all grids.
         seed: deals the rows to the ranks.
 
     Returns:
@@ -112,13 +113,14 @@ def evaluate_sharded(flow: Flow, test, *, steps: int | list[int] | None = None, 
     if baseline_train is not None:
         baseline_train = as_rows(baseline_train, "baseline_train", dim=flow.dim)
     gaussian = fitted_gaussian(baseline_train, dist) if baseline_train is not None else None
-    out: dict = {"n_test": len(test)}
-    for s in grids:
-        scores = sharded_scores(flow, test, dist, steps=s, backend=backend, seed=seed, chunk=rows_per_chunk(flow),
-                                gaussian=gaussian)
+    by_grid = sharded_scores_by_grid(flow, test, dist, grids=grids, backend=backend, seed=seed,
+                                     chunk=rows_per_chunk(flow), gaussian=gaussian)
+    out: dict = {"n_test": len(test)}  # the keys in evaluate's order
+    if gaussian is not None:
+        out["gaussian_nll"] = _baseline_entry(by_grid[grids[0]]["gaussian"], baseline_train, flow.dim)
+    for s, scores in by_grid.items():
         out.update(nll_entries(flow, s, *scores["flow"]))
         if gaussian is not None:
-            out.setdefault("gaussian_nll", _baseline_entry(scores["gaussian"], baseline_train, flow.dim))
             out["gaussian_nll"][f"minus_flow_steps{s}"] = _mean_se_entry(scores["gaussian_minus_flow"])
     out["training"] = training_summary(flow)
     return out

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import threading
 
 import numpy as np
 import pytest
@@ -145,6 +146,72 @@ def test_gaussian_fitted_to_a_streamed_split_is_the_one_fitted_in_memory(tmp_pat
         fitted_gaussian(data[:1])
 
 
+class _ThreadRanks:
+    """``world`` ranks as threads of this process, with the two collectives fitted_gaussian uses:
+    ``gather`` (every rank's object, in rank order) and ``sum`` (added in rank order, so every
+    rank gets the same bits, as an all-reduce gives them)."""
+
+    def __init__(self, world: int) -> None:
+        self.world, self.board, self.barrier = world, [None] * world, threading.Barrier(world)
+
+    def dist(self, rank: int):
+        ranks = self
+
+        class _Dist:
+            def __init__(self):
+                self.rank, self.world = rank, ranks.world
+
+            def gather(self, obj, what=""):
+                ranks.board[rank] = obj
+                ranks.barrier.wait()
+                out = list(ranks.board)
+                ranks.barrier.wait()   # all have read before anyone writes the next exchange
+                return out
+
+            def sum(self, values, what=""):
+                return sum(self.gather(values.to(torch.float64)))
+
+        return _Dist()
+
+    def run(self, fn) -> list:
+        """fn(dist) on every rank at once; each rank's result, in rank order."""
+        results, errors = [None] * self.world, []
+
+        def one(r):
+            try:
+                results[r] = fn(self.dist(r))
+            except BaseException as exc:  # noqa: BLE001 - re-raised below, on the test's thread
+                errors.append(exc)
+                self.barrier.abort()
+
+        threads = [threading.Thread(target=one, args=(r,)) for r in range(self.world)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        if errors:
+            raise errors[0]
+        return results
+
+
+@pytest.mark.parametrize("n_rows", [2, 3, 500])
+def test_gaussian_fitted_over_ranks_is_the_one_pass_fit(n_rows):
+    # Three ranks: with 2 rows one of them reads none, with 3 each reads one. The ranks' moments
+    # are merged (means gathered, the d x d cross-products all-reduced): every rank gets the same
+    # Gaussian, the one-pass fit's to rounding (float64; entries 1e-2-1e1 near a mean of 5).
+    rng = np.random.default_rng(11)
+    data = rng.normal(size=(n_rows, 4)) @ rng.normal(size=(4, 4)) + 5.0
+    rows = as_rows(data, "train")
+    read = [sum(len(x) for _, x in rows.chunks(rank=r, world=3)) for r in range(3)]
+    assert sum(read) == n_rows and (0 in read) == (n_rows == 2), read
+    fits = _ThreadRanks(3).run(lambda dist: fitted_gaussian(rows, dist))
+    one = fitted_gaussian(rows)
+    for fit in fits:
+        assert torch.equal(fit.loc, fits[0].loc) and torch.equal(fit.covariance_matrix, fits[0].covariance_matrix)
+    assert torch.allclose(fits[0].loc, one.loc, rtol=1e-12, atol=1e-13)
+    assert torch.allclose(fits[0].covariance_matrix, one.covariance_matrix, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("constant", [0.1, 1.7e12 + 0.123, 1e20])
 def test_gaussian_fit_of_a_constant_column_does_not_depend_on_the_chunking(monkeypatch, constant):
     # A constant column's merged variance and mean carry rounding noise that follows the chunking
@@ -203,14 +270,23 @@ def test_scan_of_huge_values_stays_finite(small_chunks):
     np.testing.assert_allclose(s.std, data.std(0, ddof=1), rtol=1e-6)
 
 
-def test_evaluate_sharded_reports_what_evaluate_does(tmp_path, small_chunks, moons):
+def test_evaluate_sharded_reports_what_evaluate_does(tmp_path, small_chunks, moons, monkeypatch):
     flow = jkofast.Flow(2, dict(hidden=8, layers=1), loc=torch.tensor([0.5, 0.2]), scale=torch.tensor([1.5, 0.8]))
     flow.add_block(flow.new_field(), 0.5)
     train, test = moons[0][:2000].numpy(), moons[2][:1500].numpy()
     whole = evaluate(flow, test, steps=[2, 3], mmd_points=0, baseline_train=train)
+    reads = []  # (rows' name, chunks read): each file is read once, whatever the number of grids
+    chunks = Rows.chunks
+
+    def counted(self, *a, **kw):
+        reads.append(self.name)
+        return chunks(self, *a, **kw)
+
+    monkeypatch.setattr(Rows, "chunks", counted)
     streamed = evaluate_sharded(flow, _write_npy(tmp_path / "test.npy", test), steps=[2, 3],
                                 baseline_train=_write_npy(tmp_path / "train.npy", train))
-    assert streamed.keys() == whole.keys() and streamed["n_test"] == 1500
+    assert sorted(reads) == ["baseline_train", "test"], reads
+    assert list(streamed) == list(whole) and streamed["n_test"] == 1500   # the same keys, in the same order
     g, h = streamed["gaussian_nll"], whole["gaussian_nll"]
     assert g.keys() == h.keys() and (g["n_train"], g["dim"]) == (2000, 2)
     # float32 flow values summed in float64, the Gaussian's in float64: only the order of the
