@@ -2,6 +2,9 @@
 and what came (no ``assert``: ``python -O`` strips those)."""
 from __future__ import annotations
 
+import numbers
+
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -13,7 +16,7 @@ def check_points(x, name: str, dim: int | None = None, *, like: nn.Module | None
     # the model's first weight (or buffer, for a model without weights): its dtype and device
     p = None if like is None else next((t for t in (*like.parameters(), *like.buffers())), None)
     if not isinstance(x, Tensor):
-        wanted = f", dtype={p.dtype}" if p is not None else ""
+        wanted = f", dtype={p.dtype}" if p is not None and not (allow_wider and _as_wide_as(x, p.dtype)) else ""
         hint = f" (convert it with torch.as_tensor({name}{wanted}))" if hasattr(x, "__array__") else ""
         raise TypeError(f"{name} must be a torch.Tensor of shape (batch, dim), got {type(x).__name__}{hint}")
     if x.dim() != 2:
@@ -34,6 +37,17 @@ def check_points(x, name: str, dim: int | None = None, *, like: nn.Module | None
     return x
 
 
+def _as_wide_as(x, dtype: torch.dtype) -> bool:
+    """An array of floats at least as wide as ``dtype``: kept as it is where a wider dtype is
+    accepted, since a float64 array cast to a float32 model's dtype loses what float64 data is
+    kept for (README: Precision)."""
+    try:
+        kind = np.dtype(x.dtype)
+    except (AttributeError, TypeError):
+        return False
+    return kind.kind == "f" and kind.itemsize * 8 >= torch.finfo(dtype).bits
+
+
 def check_finite(x: Tensor, name: str) -> None:
     """Reject NaN/inf data with the count and the first bad row (a silent NaN poisons training)."""
     bad = ~torch.isfinite(x).all(dim=1)
@@ -43,9 +57,34 @@ def check_finite(x: Tensor, name: str) -> None:
 
 
 def check_positive_int(value, name: str, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    """An integer >= low (numpy's integers too) as a Python int; bools are refused."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def plain(value):
+    """``value`` with numpy scalars and arrays turned into Python numbers and lists, inside dicts,
+    lists and tuples (tensors are left as they are): what JSON and a checkpoint read back with
+    ``weights_only=True`` can hold. A setting such as ``lr=np.logspace(...)[i]`` would otherwise
+    train, then be written into files that cannot be read back."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, dict):
+        return type(value)((k, plain(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)) and type(value) in (list, tuple):
+        return type(value)(plain(v) for v in value)
     return value
+
+
+def plain_fields(settings) -> None:
+    """:func:`plain` on every field of a settings dataclass, in place (its ``__post_init__``)."""
+    import dataclasses
+
+    for f in dataclasses.fields(settings):
+        setattr(settings, f.name, plain(getattr(settings, f.name)))
 
 
 def check_choice(value, name: str, choices) -> str:
@@ -56,7 +95,7 @@ def check_choice(value, name: str, choices) -> str:
 
 def check_number(value, name: str, *, low: float = 0.0, strict: bool = True) -> float:
     """A real number > low (>= low with ``strict=False``); bools and strings are refused by type."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
     if not (value > low if strict else value >= low) or value != value:
         raise ValueError(f"{name} must be {'>' if strict else '>='} {low}, got {value!r}")
@@ -110,3 +149,13 @@ def warn_lattice_columns(whole, std, name: str = "x") -> None:
                       f"{', '.join(f'{float(std[i]):.3g}' for i in cols)}: a flow's density can pile up on the "
                       "integers, and its NLL then means little; dequantize first (add uniform noise: "
                       "x + np.random.rand(*x.shape)), as the built-in digits set is", UserWarning, stacklevel=3)
+
+
+def warn_fewer_rows_than_columns(n: int, d: int, name: str = "x") -> None:
+    """Warn where the data has fewer rows than columns: most often an array passed transposed
+    (samples as columns), which would train a d-dimensional flow on n points without a word."""
+    import warnings
+
+    if n < d:
+        warnings.warn(f"{name} has {n} rows and {d} columns: a flow of dimension {d} fitted to {n} points. If your "
+                      f"samples are the columns, pass {name}.T", UserWarning, stacklevel=3)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
+from pathlib import Path
 from types import ModuleType
 
 import torch
@@ -95,7 +96,19 @@ def load() -> Extension:
         # (undefined symbol, missing libtorch) or a RuntimeError from the op registrations:
         # either way the ops are unusable, and jkofast is not.
         if isinstance(exc, ModuleNotFoundError) and exc.name == "jkofast._C":
-            return Extension(None, "jkofast was installed without its compiled extension (no jkofast._C)",
-                             info, False)
+            return Extension(None, _source_checkout_note() or
+                             "jkofast was installed without its compiled extension (no jkofast._C)", info, False)
         return Extension(None, f"jkofast._C failed to load ({type(exc).__name__}: {exc})", info, False)
     return Extension(importlib.import_module("jkofast._ops"), None, info, False)
+
+
+def _source_checkout_note() -> str | None:
+    """Where jkofast was imported from a source checkout (Python started in the clone: its
+    ``jkofast/`` comes before the installed package on ``sys.path``), the reason to give: the
+    build advice alone would send a user who has just installed it round in a circle."""
+    package = Path(__file__).resolve().parent
+    if not ((package.parent / "pyproject.toml").is_file() and (package.parent / "csrc").is_dir()):
+        return None
+    return (f"jkofast was imported from the source checkout {package} (Python was started in "
+            f"{package.parent}), which has no compiled extension and hides the installed package; start Python in "
+            "another directory to use the installed one")

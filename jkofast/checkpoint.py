@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ._checks import check_device
+from ._checks import check_device, plain
 from ._version import __version__
 
 __all__ = ["CheckpointError", "FORMAT_VERSION", "save_payload", "load_payload", "refuse_other_run", "write_json"]
@@ -32,7 +32,9 @@ def save_payload(payload: dict, path: str | os.PathLike, kind: str) -> Path:
     crash mid-write leaves the previous file intact rather than a truncated one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"format": kind, "format_version": FORMAT_VERSION, "jkofast_version": __version__, **payload}
+    # plain(): a numpy number anywhere (a flow's info, a setting) would be written, then refused
+    # by the weights_only reader as an unsafe global: the file would be unreadable by jkofast.
+    record = plain({"format": kind, "format_version": FORMAT_VERSION, "jkofast_version": __version__, **payload})
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -108,5 +110,5 @@ def write_json(path: str | os.PathLike, obj) -> None:
     """Write ``obj`` as JSON atomically, so a reader never sees half a file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.write_text(json.dumps(plain(obj), indent=2))
     os.replace(tmp, path)

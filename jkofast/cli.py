@@ -29,7 +29,7 @@ from . import datasets, distributed
 from ._checks import check_device
 from ._version import __version__
 from .checkpoint import CheckpointError
-from .datasets.streaming import Rows, open_npy, split_rows
+from .datasets.streaming import Rows, as_rows, open_npy, split_rows
 from .distributed import DistributedError
 from .evaluate import evaluate, evaluate_sharded
 from .flow import Flow
@@ -146,9 +146,39 @@ def _data_spec(args) -> dict:
                              f"({', '.join(datasets.DATA_NAMES)}) nor an existing .npy/.csv file")
         name = str(path.resolve())
         if _memory_map(path, args.mmap):
-            return {"name": name, "seed": args.seed, "mmap": True, "n_train": None, "n_val": None, "n_test": None}
+            return {"name": name, "seed": args.seed, "mmap": True, "n_train": None, "n_val": None, "n_test": None,
+                    **_file_identity(path)}
+        return {"name": name, "seed": args.seed, "n_train": args.n_train, "n_val": args.n_val,
+                "n_test": args.n_test, **_file_identity(path)}
     spec = {"name": name, "seed": args.seed, "n_train": args.n_train, "n_val": args.n_val, "n_test": args.n_test}
     return _with_root(spec, name, args)
+
+
+def _file_identity(path: Path) -> dict:
+    """Size and modification time of a data file, recorded with the model: `eval` re-splits the
+    file by the recorded seed, and a file grown or rewritten since would put training rows into
+    that test split without a word. (Free to take, where a hash would cost a pass over the file.)"""
+    st = path.stat()
+    return {"file_bytes": st.st_size, "file_mtime_ns": st.st_mtime_ns}
+
+
+def _check_unchanged(spec: dict) -> None:
+    """Refuse to re-split a recorded data file that has changed size since training; warn where
+    only its time stamp has changed."""
+    if "file_bytes" not in spec:
+        return
+    path = Path(spec["name"])
+    if not path.is_file():
+        raise SystemExit(f"error: the model was trained on {str(path)!r}, which is no longer there; pass --data "
+                         "with its new place, or with held-out data to score whole")
+    st = path.stat()
+    if st.st_size != spec["file_bytes"]:
+        raise SystemExit(f"error: {str(path)!r} has changed since the model was trained ({spec['file_bytes']} bytes "
+                         f"then, {st.st_size} now): its test split, drawn again by the recorded seed, would hold "
+                         "training rows. Pass held-out data with --data to score it whole")
+    if st.st_mtime_ns != spec["file_mtime_ns"]:
+        print(f"jkofast: note: {str(path)!r} was modified after the model was trained (same size); if its rows "
+              "changed, its test split may hold training rows", file=sys.stderr)
 
 
 def _with_root(spec: dict, name: str, args) -> dict:
@@ -230,32 +260,75 @@ def _train_and_report(args, dist) -> int:
 
 
 def _flow_and_data(args):
+    """The model, its recorded data spec (with --data-root; None where it records none), and the
+    test data to score or plot: the recorded set's test split, a built-in set's fresh test draw
+    (--data NAME), or a held-out file scored whole (--data FILE, any file but the one it was
+    trained on)."""
     flow = Flow.load(args.model, map_location=_device(args))
-    spec = dict(flow.info.get("data", {}))
-    if getattr(args, "data", None):
-        spec = {"name": args.data, "seed": spec.get("seed", 0), "n_train": 1, "n_val": 1,
-                "n_test": spec.get("n_test") or 20_000}  # a memory-mapped run records None
-    if "name" in spec:
-        spec = _with_root(spec, spec["name"], args)
-    if "name" not in spec:
+    recorded = dict(flow.info.get("data", {}))
+    recorded = _with_root(recorded, recorded["name"], args) if "name" in recorded else None
+    given = getattr(args, "data", None)
+    n_test = getattr(args, "n_test", None)
+    if given is not None and not _same_data(given, recorded):
+        if datasets.builtin_name(given) is None:
+            path = Path(given)
+            if not path.is_file():
+                raise SystemExit(f"error: --data {given!r} is neither a built-in data set "
+                                 f"({', '.join(datasets.DATA_NAMES)}) nor an existing .npy/.csv file")
+            if n_test:
+                raise SystemExit("error: --n-test sizes a built-in set's test draw; a held-out file is scored whole")
+            return flow, recorded, (as_rows(str(path), "test") if _memory_map(path, None) else datasets.load_array(path))
+        name = datasets.builtin_name(given)
+        spec = _with_root({"name": name, "seed": (recorded or {}).get("seed", 0), "n_train": 1, "n_val": 1,
+                           "n_test": n_test or 20_000}, name, args)
+        return flow, recorded, _load_data(spec)[2]
+    if recorded is None:
         raise SystemExit("error: this model does not record its data set; pass --data")
-    if getattr(args, "n_test", None):
-        if datasets.builtin_name(spec["name"]) is None:
-            raise SystemExit(f"error: --n-test sizes a built-in set's test draw; {spec['name']} is a file, whose "
-                             "test split is fixed by --seed (10% of its rows)")
-        spec["n_test"] = args.n_test
-    return flow, spec
+    _check_unchanged(recorded)
+    if n_test:
+        if datasets.builtin_name(recorded["name"]) is None:
+            raise SystemExit(f"error: --n-test sizes a built-in set's test draw; {recorded['name']} is a file, whose "
+                             "test split is fixed by the recorded seed (10% of its rows)")
+        recorded["n_test"] = n_test
+    return flow, recorded, _load_data(recorded)[2]
+
+
+def _same_data(given: str, recorded: dict | None) -> bool:
+    """--data names the set the model was trained on (a built-in name, or the same file)."""
+    if recorded is None:
+        return False
+    name = datasets.builtin_name(given)
+    if name is not None:
+        return name == recorded["name"]
+    return Path(given).resolve() == Path(recorded["name"])
+
+
+def _training_rows(recorded: dict | None):
+    """The model's training split, for the report's Gaussian baseline; None (with a note) where
+    it cannot be had: no record, a file gone or changed, a MAF set without --data-root."""
+    if recorded is None:
+        print("jkofast: note: no Gaussian baseline: the model does not record its training data", file=sys.stderr)
+        return None
+    try:
+        if "file_bytes" in recorded:
+            _check_unchanged(recorded)
+        train = _load_data(recorded)[0]
+    except (SystemExit, OSError, ValueError) as exc:
+        print(f"jkofast: note: no Gaussian baseline: the training data could not be read again ({exc})",
+              file=sys.stderr)
+        return None
+    return _baseline_train(train)
 
 
 def cmd_eval(args) -> int:
-    flow, spec = _flow_and_data(args)
-    train, _, test = _load_data(spec)
+    flow, recorded, test = _flow_and_data(args)
+    baseline_train = _training_rows(recorded)
     steps = args.steps or [flow.steps]
     if isinstance(test, Rows):  # a memory-mapped data set: NLL streamed in chunks, no MMD
-        metrics = evaluate_sharded(flow, test, steps=steps, baseline_train=_baseline_train(train))
+        metrics = evaluate_sharded(flow, test, steps=steps, baseline_train=baseline_train)
     else:
         metrics = evaluate(flow, test, steps=steps, mmd_points=args.mmd_points, seed=args.seed,
-                           baseline_train=_baseline_train(train))
+                           baseline_train=baseline_train)
     _print_evaluation(metrics, steps)
     if args.json:
         Path(args.json).write_text(json.dumps(metrics, indent=2))
@@ -280,9 +353,9 @@ def cmd_sample(args) -> int:
 
 def cmd_plot(args) -> int:
     from .plotting import plot_flow
-    flow, spec = _flow_and_data(args)
-    path = plot_flow(flow, _as_array(_load_data(spec)[2], args.n_test), args.out, seed=args.seed,
-                     title=str(spec["name"]))
+    flow, recorded, test = _flow_and_data(args)
+    title = args.data or (recorded or {}).get("name", "")
+    path = plot_flow(flow, _as_array(test, args.n_test), args.out, seed=args.seed, title=str(title))
     print(f"wrote {path}")
     return 0
 
@@ -347,7 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--seed", type=int, default=0)
         c.set_defaults(func=fn)
         if name in ("eval", "plot"):
-            c.add_argument("--data", default=None, help="data set (default: the one the model was trained on)")
+            c.add_argument("--data", default=None, help="data set (default: the one the model was trained on, "
+                           "its test split); a built-in name draws that set's test points, any other .npy/.csv "
+                           "file is held-out data, scored (or plotted) whole")
             _add_data_root(c)
             c.add_argument("--n-test", type=int, default=None, help="built-in sets: test points")
     sub.add_parser("info", help="version, the torch it was built for, compiled backends, GPU").set_defaults(func=cmd_info)

@@ -162,7 +162,7 @@ class Flow(nn.Module):
                 backend: str = "auto", dtype: torch.dtype | None = None) -> Tensor:
         """:meth:`sample` with its autograd graph (reparametrized): the samples are
         differentiable functions of the weights, for a loss on the samples themselves."""
-        check_positive_int(n, "n", low=0)
+        n = check_positive_int(n, "n", low=0)
         z = torch.randn(n, self.dim, generator=generator, dtype=self._dtype, device=self.loc.device)
         return self.inverse(z, steps=steps, backend=backend, dtype=dtype)
 

@@ -120,7 +120,8 @@ class JKOIFlowTrainer:
     def _diverged(self, what: str, label: str, k: int, it: int) -> TrainingDivergedError:
         where = f"is in {self.out}" if self.out else "was not kept (no output folder)"
         return TrainingDivergedError(f"{what} in {label} block {k + 1} at iteration {it}; the last good "
-                                     f"checkpoint {where}. Try a smaller lr, a smaller h0 or more RK4 steps.")
+                                     f"checkpoint {where}. Try a smaller lr, a smaller h0 or more RK4 steps, in another "
+                                     f"output folder or with resume=False (--restart): a run resumes with its own settings.")
 
     def train_block(self, k: int, x, iters: int, label: str) -> dict:
         """Train block k's field in place on x ~ p_{k-1} (this rank's shard); returns the

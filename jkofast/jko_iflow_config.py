@@ -6,7 +6,7 @@ import math
 import os
 from dataclasses import dataclass, fields
 
-from ._checks import check_choice, check_positive_int, dtype_name
+from ._checks import check_choice, check_number, check_positive_int, dtype_name, plain_fields
 from .divergence import DIVERGENCE_METHODS
 from .jko_loss import TRANSPORT_COSTS
 from .reference import ACTIVATIONS, TABLEAUS
@@ -99,6 +99,7 @@ class JKOIFlowConfig:
     scratch_dir: str | None = None
 
     def __post_init__(self) -> None:
+        plain_fields(self)  # numpy numbers as Python ones: the checkpoint and the log must hold them
         for name in ("blocks", "hidden", "layers", "steps", "iters", "batch", "probes"):
             check_positive_int(getattr(self, name), name)
         for name in ("reparam_rounds", "refine_rounds", "seed", "val_patience"):
@@ -116,9 +117,8 @@ class JKOIFlowConfig:
         check_choice(self.select_blocks, "select_blocks", SELECT_BLOCKS)
         if self.scratch_dir is not None:
             self.scratch_dir = os.fspath(self.scratch_dir)  # a Path would not survive to_dict's JSON
-        for name in ("beta", "h0", "h_growth", "h_max", "lr", "clip"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("beta", "h0", "h_growth", "h_max", "lr", "clip", "lr_final", "stop_tol", "reparam_eta"):
+            check_number(getattr(self, name), name, strict=name not in ("stop_tol", "reparam_eta"))
         if not (0 <= self.stop_tol and 0 < self.lr_final <= 1 and 0 <= self.reparam_eta <= 1):
             raise ValueError("need stop_tol >= 0, 0 < lr_final <= 1 and 0 <= reparam_eta <= 1")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from ._checks import check_choice, check_positive_int, dtype_name
+from ._checks import check_choice, check_positive_int, dtype_name, plain_fields
 
 __all__ = ["MethodConfig"]
 
@@ -47,7 +47,8 @@ class MethodConfig:
         return [steps] + ([finer] if finer and finer != steps else [])
 
     def _check_common(self) -> None:
-        """Checks of the fields every method has."""
+        """Checks of the fields every method has (numpy numbers made Python ones first)."""
+        plain_fields(self)
         for name in ("hidden", "layers", "steps", "iters", "batch"):
             check_positive_int(getattr(self, name), name)
         check_positive_int(self.seed, "seed", low=0)

@@ -35,7 +35,8 @@ def optimizer_step(optimizer: torch.optim.Optimizer, loss: Tensor, params: list[
     value = float(loss.detach())
     if not math.isfinite(value):
         raise TrainingDivergedError(f"loss became {value} {where}; the last good checkpoint is kept. "
-                                    "Try a smaller lr or more RK4 steps.")
+                                    "Try a smaller lr or more RK4 steps, in another output folder or with "
+                                    "resume=False (--restart): a run resumes with its own settings.")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if clip is not None:
@@ -48,4 +49,4 @@ def check_weights(params, where: str) -> None:
     """Raise if a weight is NaN or inf (a bad last gradient would otherwise be checkpointed)."""
     if not all(bool(torch.isfinite(p).all()) for p in params):
         raise TrainingDivergedError(f"the weights became NaN or inf {where}; the last good checkpoint is kept. "
-                                    "Try a smaller lr.")
+                                    "Try a smaller lr, in another output folder or with resume=False (--restart).")

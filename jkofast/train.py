@@ -11,9 +11,12 @@ import torch
 from torch import Tensor
 
 from . import _backend, distributed, training_data
-from ._checks import check_finite, check_points, warn_lattice_columns, whole_number_columns
+from ._checks import (check_finite, check_points, warn_fewer_rows_than_columns, warn_lattice_columns,
+                      whole_number_columns)
 from ._version import __version__
 from .checkpoint import write_json
+from .datasets.files import load_array
+from .datasets.streaming import table_or_path_as_array
 from .flow import Flow
 from .interpolant import InterpolantTrainer
 from .interpolant_config import InterpolantConfig
@@ -66,12 +69,16 @@ def _settings(method: str, budget: str, options: dict):
 
 def _as_data(x, name: str, *, dtype: torch.dtype, device, dim: int | None = None) -> Tensor:
     """Validate user data (array-like (N, d), finite, non-empty) and convert it."""
+    x = table_or_path_as_array(x)
+    if isinstance(x, (str, os.PathLike)):
+        x = load_array(x)  # a .npy file, read whole (these methods hold their data in memory)
     if isinstance(x, np.ndarray):
         if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
             raise TypeError(f"{name} must be a numeric array, got dtype {x.dtype}")
         x = torch.from_numpy(np.ascontiguousarray(x))
     if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a numpy array or a torch.Tensor of shape (N, d), got {type(x).__name__}")
+        raise TypeError(f"{name} must be a numpy array or a torch.Tensor of shape (N, d), or the path of a .npy "
+                        f"or .csv file, got {type(x).__name__}")
     if x.is_complex() or x.dtype == torch.bool:
         raise TypeError(f"{name} must hold real numbers, got unsupported dtype {x.dtype}")
     x = x.to(dtype)
@@ -83,8 +90,12 @@ def _as_data(x, name: str, *, dtype: torch.dtype, device, dim: int | None = None
 def _standardization(x: Tensor) -> tuple[Tensor, Tensor]:
     if x.shape[0] < 2:
         raise ValueError(f"need at least 2 training rows to standardize the data, got {x.shape[0]}")
-    loc, scale = x.mean(0), x.std(0)
-    const = (scale <= 1e-12 * loc.abs().clamp_min(1)).nonzero().flatten().tolist()
+    # Two passes: torch's one-pass std along dim 0 loses digits to a large offset (1e-4 relative
+    # for 1e6 +/- 1e-7 in float64); the deviations from the mean keep them, as the scan does.
+    loc = x.mean(0)
+    scale = (x - loc).std(0)
+    # min == max, exact: a threshold on the std refused varying columns of small units (1e-13 F)
+    const = (x.amin(0) == x.amax(0)).nonzero().flatten().tolist()
     if const:
         raise ValueError(f"training data column(s) {const} are constant: a density over them is degenerate; "
                          "drop them (or pass standardize=False and add noise)")
@@ -134,9 +145,11 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
     """Train a normalizing flow on ``x`` and return it.
 
     Arguments:
-        x: training data, (N, d), finite, N >= 2: a numpy array or tensor, or, for data larger
-            than memory, a memory map (``np.load(path, mmap_mode="r")``), the path of a ``.npy``
-            file or a :class:`~jkofast.datasets.streaming.Rows` (read in chunks, never whole).
+        x: training data, (N, d), finite, N >= 2: a numpy array or tensor, a pandas DataFrame
+            (numeric columns), the path of a ``.csv`` file (as ``jkofast train --data`` reads
+            it), or, for data larger than memory, a memory map (``np.load(path, mmap_mode="r")``),
+            the path of a ``.npy`` file or a :class:`~jkofast.datasets.streaming.Rows` (read in
+            chunks, never whole, by jko-iflow; the other methods read them whole).
         method: ``"jko-iflow"`` (block-wise JKO steps, Xu et al. 2023), ``"jko-flow"`` (the
             OT-Flow objective with a fixed alpha, solved in rounds, Vidal et al. 2023) or
             ``"interpolant"`` (stochastic interpolants, Albergo & Vanden-Eijnden 2023).
@@ -228,6 +241,7 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
         x = _as_data(x, "x", dtype=torch.float64, device=device)
         val = None if val is None else _as_data(val, "val", dtype=torch.float64, device=device, dim=x.shape[1])
         loc, scale = _standardization(x) if cfg.standardize else (None, None)
+        warn_fewer_rows_than_columns(*x.shape)
         if x.shape[0] > 1:
             warn_lattice_columns(whole_number_columns(x).tolist(), x.std(0).tolist())
         flow = Flow(x.shape[1], cfg.field_config(), steps=cfg.steps, tableau=cfg.tableau, loc=loc, scale=scale,

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._checks import warn_lattice_columns
+from ._checks import warn_fewer_rows_than_columns, warn_lattice_columns
 from .datasets.scan import Summary, scan
 from .datasets.streaming import Rows, as_rows
 from .distributed import Dist
@@ -51,7 +51,7 @@ class TrainingData:
 def _standardization(summary: Summary) -> tuple[np.ndarray, np.ndarray]:
     if summary.n < 2:
         raise ValueError(f"need at least 2 training rows to standardize the data, got {summary.n}")
-    const = np.flatnonzero(summary.std <= 1e-12 * np.maximum(np.abs(summary.mean), 1)).tolist()
+    const = np.flatnonzero(summary.constant).tolist()  # min == max: a column of tiny values still varies
     if const:
         raise ValueError(f"training data column(s) {const} are constant: a density over them is degenerate; "
                          "drop them (or pass standardize=False and add noise)")
@@ -75,6 +75,7 @@ def prepare(x, val, cfg: JKOIFlowConfig, dist: Dist, *, progress: bool = False) 
     progress = progress and dist.main
     summary = scan(rows, dist, progress=progress)
     if dist.main:
+        warn_fewer_rows_than_columns(summary.n, rows.dim, rows.name)
         warn_lattice_columns(summary.whole, summary.std, rows.name)
     val_summary = None if val_rows is None else scan(val_rows, dist, progress=progress)
     if summary.n < dist.world:

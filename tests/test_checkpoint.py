@@ -2,9 +2,11 @@
 never execute code."""
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
+import jkofast
 from jkofast import Flow
 from jkofast.checkpoint import FORMAT_VERSION, CheckpointError
 from conftest import CodeRunningPickle, random_flow
@@ -75,3 +77,29 @@ def test_save_is_atomic(saved, monkeypatch):
         random_flow(dim=2, blocks=1).save(saved)
     assert saved.read_bytes() == before
     assert [p.name for p in saved.parent.iterdir()] == [saved.name]
+
+
+@pytest.mark.parametrize("method", ["jko-iflow", "interpolant", "jko-flow"])
+def test_numpy_numbers_as_settings_are_saved_readable(tmp_path, method):
+    # np.logspace(...)[i] as lr, np.int64 counts: the run used to train, then write a model.pt and
+    # checkpoint.pt that the weights_only reader refused as "corrupt" (numpy scalar globals), or
+    # crash writing log.json (np.float32). Settings are Python numbers from the start now.
+    x = np.random.default_rng(0).normal(size=(300, 2))
+    opts = dict(iters=np.int64(4), lr=np.logspace(-3, -2, 2)[0], batch=np.int64(64), budget="quick", progress=False)
+    if method == "jko-iflow":
+        opts.update(blocks=np.int64(2), h0=np.float32(0.5))
+    flow = jkofast.train(x, method, out=tmp_path / "run", **opts)
+    loaded = Flow.load(tmp_path / "run")
+    assert loaded.num_blocks == flow.num_blocks
+    u = torch.as_tensor(x[:20])
+    assert torch.equal(loaded.log_prob(u), flow.log_prob(u))
+    again = jkofast.train(x, method, out=tmp_path / "run", **opts)   # resumes from the finished run's state
+    assert torch.equal(again.log_prob(u), flow.log_prob(u))
+    flow.info["extra"] = {"n": np.int64(3), "values": np.arange(2.0)}   # a user's own notes
+    Flow.load(flow.save(tmp_path / "noted.pt"))
+    assert flow.sample(np.int64(3)).shape == (3, 2)
+
+
+def test_settings_of_the_wrong_type_are_named():
+    with pytest.raises(TypeError, match="lr must be a number, got str '1e-3'"):
+        jkofast.train(np.zeros((10, 2)) + np.arange(10.0)[:, None] * [1, 2], lr="1e-3", budget="quick")

@@ -116,6 +116,11 @@ def test_eval_sample_plot(run_dir, tmp_path, capsys):
     a, b, c = (np.load(tmp_path / name) for name in ("a.npy", "b.npy", "c.npy"))
     assert a.shape == (50, 2) and np.array_equal(a, b) and not np.allclose(a, c)
     np.testing.assert_allclose(csv, a, rtol=1e-6, atol=1e-6)  # the default seed is 0; CSV keeps ~8 digits
+    # --data naming the model's own built-in set is that set's run: the same split, with its baseline
+    assert main(["eval", "--model", str(run_dir), "--data", "moons", "--steps", "3", "--mmd-points", "0",
+                 "--json", str(tmp_path / "same.json")]) == 0
+    same = json.loads((tmp_path / "same.json").read_text())
+    assert same["nll_steps3"] == metrics["nll_steps3"] and same["gaussian_nll"]["n_train"] == 1500
     assert main(["plot", "--model", str(run_dir), "--out", str(tmp_path / "p.png"), "--n-test", "300"]) == 0
     assert (tmp_path / "p.png").stat().st_size > 10_000
 
@@ -125,9 +130,27 @@ def test_train_on_a_file(tmp_path, capsys):
     np.save(tmp_path / "d.npy", data)
     assert main(["train", "--data", str(tmp_path / "d.npy"), "--out", str(tmp_path / "run"), *SMALL,
                  "--no-plot"]) == 0
-    assert main(["eval", "--model", str(tmp_path / "run")]) == 0
+    assert main(["eval", "--model", str(tmp_path / "run"), "--json", str(tmp_path / "split.json")]) == 0
+    split = json.loads((tmp_path / "split.json").read_text())
+    assert split["n_test"] == 120 and split["gaussian_nll"]["n_train"] == 960   # 10% test, 80% train
     with pytest.raises(SystemExit, match="whose test split is fixed"):  # not silently ignored
         main(["eval", "--model", str(tmp_path / "run"), "--n-test", "50"])
+    # Held-out data in another file is scored whole, against the Gaussian of the model's own
+    # training split (not one fitted to 80% of the held-out file, as eval used to).
+    held = jkofast.datasets.toy("8gaussians", 300, seed=7).astype(np.float64)
+    np.save(tmp_path / "held.npy", held)
+    assert main(["eval", "--model", str(tmp_path / "run"), "--data", str(tmp_path / "held.npy"),
+                 "--json", str(tmp_path / "held.json")]) == 0
+    scored = json.loads((tmp_path / "held.json").read_text())
+    assert scored["n_test"] == 300 and scored["gaussian_nll"]["n_train"] == 960
+    flow = jkofast.Flow.load(tmp_path / "run")
+    assert scored["nll_steps3"]["mean"] == pytest.approx(jkofast.metrics.nll(flow, torch.as_tensor(held))[0], rel=1e-9)
+    with pytest.raises(SystemExit, match="a held-out file is scored whole"):
+        main(["eval", "--model", str(tmp_path / "run"), "--data", str(tmp_path / "held.npy"), "--n-test", "50"])
+    # The training file grown after training: its test split, drawn again, would hold training rows.
+    np.save(tmp_path / "d.npy", np.concatenate([data, held[:10]]))
+    with pytest.raises(SystemExit, match="has changed since the model was trained"):
+        main(["eval", "--model", str(tmp_path / "run")])
 
 
 def test_errors_are_messages_not_tracebacks(run_dir, tmp_path, capsys):

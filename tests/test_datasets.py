@@ -201,8 +201,13 @@ def test_load_npy_roundtrip(tmp_path):
     assert datasets.load_array(str(tmp_path / "b.npy")).dtype == np.float32
     np.save(tmp_path / "c.npy", np.arange(6).reshape(3, 2))
     got = datasets.load_array(tmp_path / "c.npy")
-    assert got.dtype == np.float32
+    assert got.dtype == np.float64
     np.testing.assert_array_equal(got, [[0, 1], [2, 3], [4, 5]])
+    # Integers as float64, as a .csv is read: timestamps near 1.7e9 seven apart are 1,000 distinct
+    # values, which float32 (a step of 128 there) collapsed onto 56.
+    stamps = (1_700_000_000 + 7 * np.arange(1000)).reshape(-1, 1)
+    np.save(tmp_path / "t.npy", stamps)
+    np.testing.assert_array_equal(datasets.load_array(tmp_path / "t.npy"), stamps)
 
 
 @pytest.mark.parametrize("header", ["", "x,y,z\n"])
@@ -338,3 +343,21 @@ def test_get_unknown_lists_names(tmp_path):
         datasets.get("banana")
     with pytest.raises(ValueError, match=r"not an existing file.*8gaussians"):
         datasets.get(str(tmp_path / "missing.npy"))
+
+
+@pytest.mark.parametrize("sep", [",", ";", "\t"])
+def test_load_csv_separators(tmp_path, sep):
+    # Spreadsheets in many locales export semicolons; a semicolon file used to lose its first data
+    # row as a "header" and then fail on the next line.
+    path = tmp_path / "a.csv"
+    path.write_text(sep.join(["x", "y"]) + "\n" + "\n".join(sep.join(r) for r in [["1.5", "-2"], ["3", "4e-3"]]) + "\n")
+    np.testing.assert_array_equal(datasets.load_array(path), [[1.5, -2.0], [3.0, 4e-3]])
+    path.write_text("1.5" + sep + "-2\n3" + sep + "4e-3\n")   # no header
+    np.testing.assert_array_equal(datasets.load_array(path), [[1.5, -2.0], [3.0, 4e-3]])
+
+
+def test_load_csv_warns_of_a_pandas_index_column(tmp_path):
+    path = tmp_path / "a.csv"
+    path.write_text(",a,b\n0,1.5,2\n1,3,4\n")
+    with pytest.warns(UserWarning, match=r"to_csv\(index=False\)"):
+        assert datasets.load_array(path).shape == (2, 3)

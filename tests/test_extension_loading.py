@@ -92,6 +92,24 @@ def test_without_the_extension_the_torch_engine_runs_and_warns_once(tmp_path, er
     assert refused and refused[0].startswith("COMPILED REFUSED") and reason in refused[0], out.stdout
 
 
+def test_a_source_checkout_shadowing_the_install_is_named(tmp_path):
+    # Python started in a clone imports its jkofast/ (no _C) before the installed package: the
+    # reason given names that, not only "build it", which the user has just done.
+    import shutil
+    import jkofast
+
+    shutil.copytree(os.path.dirname(jkofast.__file__), tmp_path / "jkofast",
+                    ignore=shutil.ignore_patterns("_C*", "__pycache__"))
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'jkofast'\n")
+    (tmp_path / "csrc").mkdir()
+    out = run_python("import jkofast, jkofast._backend as b; print('FILE', jkofast.__file__); print('WHY', b.COMPILED_ERROR)",
+                     tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert f"FILE {tmp_path / 'jkofast'}" in out.stdout, out.stdout
+    assert f"imported from the source checkout {tmp_path / 'jkofast'}" in out.stdout, out.stdout
+    assert "start Python in another directory" in out.stdout
+
+
 def test_switched_off_extension_runs_quietly_even_on_a_mismatched_build(tmp_path):
     out = run_python(FAKE_BUILD + USE_ENGINE, tmp_path, JKOFAST_COMPILED="0")
     assert out.returncode == 0, out.stderr

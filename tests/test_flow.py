@@ -116,8 +116,12 @@ def test_input_errors_name_the_problem():
         flow.log_prob(torch.randn(3, 2, dtype=torch.float64, device="meta"))
     with pytest.raises(ValueError, match="n must be"):
         flow.sample(-1)
+    with pytest.raises(TypeError, match=r"got ndarray \(convert it with torch.as_tensor\(x\)\)"):
+        flow.log_prob(np.zeros((3, 2)))   # float64, the model's: as it is
     with pytest.raises(TypeError, match=r"got ndarray \(convert it with torch.as_tensor\(x, dtype=torch.float64\)\)"):
-        flow.log_prob(np.zeros((3, 2)))
+        flow.log_prob(np.zeros((3, 2), np.float32))   # narrower than the model: the model's dtype
+    with pytest.raises(TypeError, match=r"got ndarray \(convert it with torch.as_tensor\(x\)\)"):
+        flow.float().log_prob(np.zeros((3, 2)))   # float64 data for a float32 model: kept, not rounded
     with pytest.raises(ValueError, match="scale"):
         Flow(2, scale=torch.tensor([1.0, 0.0]))
 

@@ -310,3 +310,46 @@ def test_val_patience_ends_the_first_pass_once_validation_only_rises(tmp_path, m
     assert early.num_blocks == every.num_blocks == 1 + int(np.argmin(nll[:stall[0]]))
     # it follows the selection: with every block kept, every block is trained
     assert jkofast.train(x, val=val, progress=False, select_blocks="all", **opts).num_blocks == 6
+
+
+@pytest.mark.parametrize("method", ["jko-iflow", "interpolant", "jko-flow"])
+@pytest.mark.parametrize("streamed", [False, True])
+def test_constant_columns_are_refused_and_small_units_are_not(tmp_path, method, streamed):
+    # "Constant" is min == max. A threshold on the std (1e-12, absolute below |mean| 1) refused
+    # varying columns in small units (1e-13 farads) and offsets (1e6 +/- 1e-7) as constant.
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(300, 2))
+
+    def data(column):
+        x = np.c_[z[:, :1], column]
+        if not streamed:
+            return x
+        np.save(tmp_path / "x.npy", x)
+        return str(tmp_path / "x.npy")
+
+    opts = dict(budget="quick", iters=1, progress=False, **({"blocks": 1} if method == "jko-iflow" else {}))
+    for column in (1e-13 * z[:, 1], 1e6 + 1e-7 * z[:, 1]):
+        flow = jkofast.train(data(column), method, **opts)
+        assert float(flow.scale[1]) == pytest.approx(column.std(ddof=1), rel=1e-5)
+    for value in (0.0, 0.3, 1e6):
+        with pytest.raises(ValueError, match=r"column\(s\) \[1\] are constant"):
+            jkofast.train(data(np.full(300, value)), method, **opts)
+
+
+@pytest.mark.parametrize("method", ["jko-iflow", "interpolant", "jko-flow"])
+def test_a_csv_path_and_a_dataframe_train_as_the_array_does(tmp_path, method):
+    pd = pytest.importorskip("pandas")
+    x = np.random.default_rng(1).normal(size=(200, 2)) * [1.0, 3.0] + [0.5, -2.0]
+    (tmp_path / "x.csv").write_text("a,b\n" + "\n".join(f"{a!r},{b!r}" for a, b in x.tolist()) + "\n")
+    opts = dict(budget="quick", iters=2, progress=False, **({"blocks": 1} if method == "jko-iflow" else {}))
+    flows = [jkofast.train(data, method, **opts) for data in (x, str(tmp_path / "x.csv"),
+                                                               pd.DataFrame(x, columns=["a", "b"]))]
+    u = torch.as_tensor(x[:10])
+    for flow in flows[1:]:   # the same data, the same seed: the same model, bit for bit
+        assert torch.equal(flow.scale, flows[0].scale) and torch.equal(flow.log_prob(u), flows[0].log_prob(u))
+
+
+def test_fewer_rows_than_columns_warns_of_a_transposed_array():
+    x = np.random.default_rng(2).normal(size=(5, 40))
+    with pytest.warns(UserWarning, match=r"x has 5 rows and 40 columns.*pass x\.T"):
+        jkofast.train(x, "interpolant", budget="quick", iters=1, progress=False)

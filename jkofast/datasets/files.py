@@ -38,19 +38,36 @@ def _read_csv(path: Path) -> np.ndarray:
     lines = [line for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
     if not lines:
         raise ValueError(f"{str(path)!r} is empty (no rows)")
-    numeric = [_is_number(v) for v in lines[0].split(",")]
+    sep = _separator(lines[1] if len(lines) > 1 else lines[0])
+    fields = lines[0].split(sep)
+    numeric = [_is_number(v) for v in fields]
     if not any(numeric):
         lines = lines[1:]  # a first line without numbers is a header
+        if len(fields) > 1 and not fields[0].strip():
+            import warnings
+
+            warnings.warn(f"the header of {str(path)!r} starts with an empty name, as pandas' to_csv writes its row "
+                          "index: that column is read as data; save with to_csv(index=False) if it is the index",
+                          UserWarning, stacklevel=3)
     elif not all(numeric):  # neither: say so, rather than drop a data row as a "header"
         raise ValueError(f"the first line of {str(path)!r} mixes numbers and other fields ({lines[0][:80]!r}): "
-                         "it is neither a header nor a row of comma-separated numbers")
+                         "it is neither a header nor a row of separated numbers")
     if not lines:
         raise ValueError(f"{str(path)!r} is empty (a header line but no data rows)")
     try:
-        arr = np.loadtxt(lines, delimiter=",", dtype=np.float64, ndmin=2)
+        arr = np.loadtxt(lines, delimiter=sep, dtype=np.float64, ndmin=2)
     except ValueError as e:
-        raise ValueError(f"could not parse {str(path)!r} as comma-separated numbers: {e}") from e
+        raise ValueError(f"could not parse {str(path)!r} as {_SEPARATORS[sep]}-separated numbers: {e}") from e
     return arr  # float64: training standardizes in it before rounding to the model's dtype
+
+
+_SEPARATORS = {",": "comma", ";": "semicolon", "\t": "tab"}
+
+
+def _separator(line: str) -> str:
+    """The field separator of a data line: a comma, else a semicolon (as spreadsheets in many
+    locales export), else a tab; a single column has none (read as a comma)."""
+    return next((sep for sep in _SEPARATORS if sep in line), ",")
 
 
 def _is_number(field: str) -> bool:
@@ -64,7 +81,8 @@ def _is_number(field: str) -> bool:
 def load_array(path) -> np.ndarray:
     """Load a data matrix from a ``.npy`` or ``.csv`` file.
 
-    A ``.csv`` is comma-separated with one sample per line, read as float64; a first line with
+    A ``.csv`` is comma-separated (or semicolon- or tab-separated, told by its second line) with
+    one sample per line, read as float64; a first line with
     no number in it is taken as a header and skipped (one that mixes numbers and other fields is
     an error: it may be a damaged data row), blank lines are ignored. A single-column
     ``.csv`` gives shape (N, 1). A ``.npy`` is read with ``allow_pickle=False``.
@@ -74,7 +92,7 @@ def load_array(path) -> np.ndarray:
 
     Returns:
         arr: array of shape (N, d) with N >= 1 rows, all finite; float64 if the ``.npy`` holds
-        float64, float32 otherwise (integer and other float types are converted).
+        float64 or integers (exact up to 2^53), float32 for the narrower float types.
 
     Raises:
         FileNotFoundError: no file at ``path``.
@@ -92,7 +110,10 @@ def load_array(path) -> np.ndarray:
         raise ValueError(f"data in {str(p)!r} must be a 2-D array (rows, features), got shape {arr.shape}")
     if arr.size == 0:
         raise ValueError(f"data in {str(p)!r} is empty (shape {arr.shape}); need at least one row and one column")
-    arr = arr.astype(np.float64 if arr.dtype == np.float64 else np.float32, copy=False)
+    # Integers as float64, like a .csv: float32 holds them exactly only up to 2^24 (timestamps,
+    # counts and ids above that would collapse onto float32's coarser grid without a word).
+    wide = arr.dtype == np.float64 or arr.dtype.kind in "iub"
+    arr = arr.astype(np.float64 if wide else np.float32, copy=False)
     _finite_rows(arr, f"data in {str(p)!r}")
     return arr
 

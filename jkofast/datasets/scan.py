@@ -28,12 +28,14 @@ _SCAN_BLOCK = 64  # chunks per block summary: what the ranks exchange stays ~1 K
 @dataclass
 class Summary:
     """What :func:`scan` found: row count, per-column mean and standard deviation (float64,
-    ddof 1), the fingerprint (sha256 hex) and which columns hold whole numbers only."""
+    ddof 1), the fingerprint (sha256 hex), which columns hold whole numbers only and which hold
+    one value only (min == max: exact, where a std compared with a threshold is not)."""
     n: int
     mean: np.ndarray
     std: np.ndarray
     fingerprint: str
     whole: np.ndarray | None = None
+    constant: np.ndarray | None = None
 
 
 def _chunk_summary(rows: Tensor) -> tuple:
@@ -46,26 +48,36 @@ def _chunk_summary(rows: Tensor) -> tuple:
     if bad:
         x = x[finite]
     whole = whole_number_columns(x).cpu().numpy()
+    extremes = (x.amin(0).cpu().numpy(), x.amax(0).cpu().numpy()) if x.shape[0] else None
     mean = x.mean(0) if x.shape[0] else x.new_zeros(x.shape[1])
     m2 = x.sub_(mean).square_().sum(0)
     digest = hashlib.sha256(memoryview(np.ascontiguousarray(rows.cpu().numpy())).cast("B")).digest()
-    return x.shape[0], mean.cpu().numpy(), m2.cpu().numpy(), digest, bad, first_bad, whole
+    return x.shape[0], mean.cpu().numpy(), m2.cpu().numpy(), digest, bad, first_bad, whole, extremes
+
+
+def _fold_extremes(a, b):
+    """Per-column (min, max) of two parts' (min, max); None for a part without rows."""
+    if a is None or b is None:
+        return a if b is None else b
+    return np.minimum(a[0], b[0]), np.maximum(a[1], b[1])
 
 
 def _block_summary(rows: Rows, b: int) -> tuple:
     """Chunks b * _SCAN_BLOCK ... merged in order: (b, n, mean, M2, digest, bad rows, first bad row,
-    whole-number columns)."""
-    moments, digest, bad, first = [], hashlib.sha256(), 0, -1
+    whole-number columns, (min, max) per column)."""
+    moments, digest, bad, first, extremes = [], hashlib.sha256(), 0, -1, None
     whole = np.ones(rows.dim, dtype=bool)
     for c in range(b * _SCAN_BLOCK, min((b + 1) * _SCAN_BLOCK, rows.num_chunks)):
-        n, mean, m2, chunk_digest, chunk_bad, chunk_first, chunk_whole = _chunk_summary(rows.read_chunk(c))
+        n, mean, m2, chunk_digest, chunk_bad, chunk_first, chunk_whole, chunk_extremes = \
+            _chunk_summary(rows.read_chunk(c))
         moments.append((n, mean, m2))
         whole &= chunk_whole
+        extremes = _fold_extremes(extremes, chunk_extremes)
         digest.update(chunk_digest)
         if chunk_bad and first < 0:
             first = rows.base_index(c, chunk_first)
         bad += chunk_bad
-    return b, *merge_moments(moments), digest.digest(), bad, first, whole
+    return b, *merge_moments(moments), digest.digest(), bad, first, whole, extremes
 
 
 def scan(rows: Rows, dist=None, *, progress: bool = False) -> Summary:
@@ -90,10 +102,11 @@ def scan(rows: Rows, dist=None, *, progress: bool = False) -> Summary:
     parts = sorted((p for part in (dist.gather(mine, f"scanning {rows.name}") if dist else [mine]) for p in part),
                    key=lambda p: p[0])
     digest = hashlib.sha256(f"{(len(rows), rows.dim)}{rows.dtype_name}".encode())
-    bad, first = 0, -1
+    bad, first, extremes = 0, -1, None
     whole = np.ones(rows.dim, dtype=bool)
-    for _, _, _, _, block_digest, block_bad, block_first, block_whole in parts:
+    for _, _, _, _, block_digest, block_bad, block_first, block_whole, block_extremes in parts:
         whole &= block_whole
+        extremes = _fold_extremes(extremes, block_extremes)
         digest.update(block_digest)
         bad += block_bad
         first = block_first if first < 0 else first
@@ -101,4 +114,5 @@ def scan(rows: Rows, dist=None, *, progress: bool = False) -> Summary:
         raise ValueError(f"{rows.name} has {bad} row(s) with NaN or inf values (first: row {first})")
     n, mean, m2 = merge_moments(p[1:4] for p in parts)  # in block order: the same bits on any world size
     std = np.sqrt(m2 / (n - 1)) if n > 1 else np.full(rows.dim, np.nan)
-    return Summary(n, mean, std, digest.hexdigest(), whole)
+    constant = extremes[0] == extremes[1] if extremes is not None else np.ones(rows.dim, dtype=bool)
+    return Summary(n, mean, std, digest.hexdigest(), whole, constant)

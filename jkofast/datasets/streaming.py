@@ -61,7 +61,8 @@ def open_npy(path) -> np.memmap:
         raise ValueError(f"{str(p)!r} is not a single .npy array (an .npz archive?)")
     if arr.ndim != 2 or arr.dtype.kind != "f":
         raise ValueError(f"{str(p)!r} must hold a 2-D float array (rows, features), got shape {arr.shape} and "
-                         f"dtype {arr.dtype}; convert it, e.g. np.save(path, a.reshape(len(a), -1).astype(np.float32))")
+                         f"dtype {arr.dtype}; convert it, e.g. np.save(path, a.reshape(len(a), -1).astype(np.float64)) "
+                         f"(float32 halves the file but holds integers exactly only up to 2^24)")
     if arr.size == 0:
         raise ValueError(f"data in {str(p)!r} is empty (shape {arr.shape}); need at least one row and one column")
     return arr
@@ -195,8 +196,10 @@ class _Deal:
 
 def as_rows(x, name: str, dim: int | None = None) -> Rows:
     """Check user data and wrap it: a numpy array or memory map, a tensor, a path of a ``.npy``
-    file (opened with :func:`open_npy`), or :class:`Rows` (a shallow copy, named ``name``: the
-    same rows); 2-D, numeric, non-empty."""
+    file (opened with :func:`open_npy`) or of a ``.csv`` file (read whole:
+    :func:`~jkofast.datasets.load_array`), a table with ``to_numpy()`` (a pandas DataFrame), or
+    :class:`Rows` (a shallow copy, named ``name``: the same rows); 2-D, numeric, non-empty."""
+    x = table_or_path_as_array(x)
     if isinstance(x, (str, os.PathLike)):
         x = open_npy(x)
     if isinstance(x, Rows):
@@ -211,7 +214,7 @@ def as_rows(x, name: str, dim: int | None = None) -> Rows:
         rows = None
     else:
         raise TypeError(f"{name} must be a numpy array or a torch.Tensor of shape (N, d), or the path of a .npy "
-                        f"file, got {type(x).__name__}")
+                        f"or .csv file, got {type(x).__name__}")
     if rows is None:
         if x.ndim != 2:
             raise ValueError(f"{name} must have shape (N, d), got shape {tuple(x.shape)}")
@@ -225,6 +228,18 @@ def as_rows(x, name: str, dim: int | None = None) -> Rows:
                          "one row is needed")
     rows.name = name
     return rows
+
+
+def table_or_path_as_array(x):
+    """A ``.csv`` path read into an array, a table with ``to_numpy()`` (pandas) as its array;
+    anything else as it is (a ``.npy`` path stays a path, to be memory-mapped)."""
+    if isinstance(x, (str, os.PathLike)) and Path(os.fspath(x)).suffix.lower() == ".csv":
+        from .files import load_array
+
+        return load_array(x)
+    if not isinstance(x, (np.ndarray, Tensor, Rows)) and callable(getattr(x, "to_numpy", None)):
+        return np.asarray(x.to_numpy())
+    return x
 
 
 def split_rows(data, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0):
