@@ -45,12 +45,57 @@ _TRAIN_OPTIONS = {"blocks": int, "hidden": int, "layers": int, "activation": str
                   "h_growth": float, "stop_tol": float, "val_patience": int, "divergence": str, "probes": int,
                   "reparam_rounds": int, "refine_rounds": int, "retrain_iters": int, "dtype": str,
                   "tableau": str, "transport": str, "time": bool, "free_block": bool, "warm_start": bool,
-                  "pushed_storage": str, "scratch_dir": str, "select_blocks": str}
+                  "pushed_storage": str, "scratch_dir": str, "select_blocks": str, "clip": float, "h_max": float,
+                  "reparam_eta": float, "standardize": bool}
 # CLI flag -> option of the other methods (jkofast.train checks which method has which).
 _METHOD_OPTIONS = {"rounds": (int, "jko-flow"), "alpha": (float, "jko-flow"), "alpha_r": (float, "jko-flow"),
                    "init": (str, "jko-flow"), "interpolant": (str, "interpolant"),
                    "time_beta": (float, "interpolant"), "lr_final": (float, "all methods"),
-                   "checkpoint_every": (int, "interpolant")}
+                   "checkpoint_every": (int, "interpolant"), "val_every": (int, "interpolant"),
+                   "kl_points": (int, "jko-flow")}
+# What each option does, for --help (the settings classes' docstrings say more).
+_HELP = {
+    "blocks": "blocks (JKO steps) in the first pass, at most",
+    "hidden": "width of each block's MLP", "layers": "weight layers of each block's MLP",
+    "activation": "the MLP's activation", "beta": "softplus sharpness",
+    "steps": "RK4 steps per block (or per unit time) in training",
+    "eval_steps": "a finer RK4 grid the test NLL is also reported on",
+    "iters": "optimizer steps per block (jko-iflow), per round, or in all",
+    "batch": "samples per optimizer step (the global batch under torchrun)", "lr": "Adam's learning rate",
+    "h0": "first block's JKO step size h_1", "h_growth": "h_k = min(h0 * h_growth^(k-1), h_max)",
+    "h_max": "largest JKO step size", "stop_tol": "end the pass once a block moves the data less than this (0: off)",
+    "val_patience": "end the pass after this many blocks without a better validation NLL (0: never)",
+    "divergence": "exact trace, or Hutchinson's estimate (large d)", "probes": "Hutchinson probes per sample",
+    "reparam_rounds": "rounds of the adaptive time reparametrization", "reparam_eta": "damping of the time reparametrization, in [0, 1]",
+    "refine_rounds": "rounds that split every block in two and retrain",
+    "retrain_iters": "optimizer steps per block when retraining (None: --iters)",
+    "dtype": "the model's floating-point type", "tableau": "Runge-Kutta tableau",
+    "transport": "transport cost: |x(1) - x(0)|^2 (endpoint) or the path's kinetic energy",
+    "time": "t as an input of each block's field", "free_block": "append one block without transport penalty",
+    "warm_start": "start each block from the previous one's weights",
+    "pushed_storage": "where each process keeps its pushed samples", "scratch_dir": "folder for --pushed-storage disk",
+    "select_blocks": "keep every block, or the prefix with the best validation NLL (auto: val with validation data)",
+    "clip": "gradient norm clipping", "standardize": "store the data's mean and std in the model and train on "
+    "standardized data", "rounds": "JKO rounds", "alpha": "weight of the transport cost",
+    "alpha_r": "weight of the HJB regularizer", "init": "first round's initialization",
+    "interpolant": "the interpolant x_t between data and noise", "time_beta": "Beta(A, B) law of the training times",
+    "lr_final": "cosine decay of the learning rate to lr * lr_final", "checkpoint_every": "steps between checkpoints",
+    "val_every": "steps between validation NLLs", "kl_points": "training points carried through the rounds",
+}
+
+
+def _choices() -> dict:
+    """The options with a fixed set of values, for argparse's choices (a typo fails at once)."""
+    from .divergence import DIVERGENCE_METHODS
+    from .interpolants import INTERPOLANTS
+    from .jko_flow_config import INITS
+    from .jko_iflow_config import SELECT_BLOCKS
+    from .jko_loss import TRANSPORT_COSTS
+    from .reference import ACTIVATIONS, TABLEAUS
+    from .shard import STORAGES
+    return {"activation": sorted(ACTIVATIONS), "divergence": DIVERGENCE_METHODS, "dtype": ("float32", "float64"),
+            "tableau": sorted(TABLEAUS), "transport": TRANSPORT_COSTS, "pushed_storage": STORAGES,
+            "select_blocks": SELECT_BLOCKS, "init": INITS, "interpolant": sorted(INTERPOLANTS)}
 
 
 def _load_data(spec: dict):
@@ -111,7 +156,8 @@ def _print_evaluation(metrics: dict, steps: list[int]) -> None:
         m = metrics["mmd"]
         print(f"MMD^2 ({m['n']} samples vs {m['n']} test points, Gaussian kernel, V-statistic): "
               f"{m['mmd_c']:.3e} at bandwidth 0.1 x median = {0.1 * m['median_distance']:.4g} (MMD-c); "
-              f"{m['mmd_m']:.3e} at the median (MMD-m)")
+              f"{m['mmd_m']:.3e} at the median (MMD-m); {m['mmd_u']:.3e} at the median of the standardized points "
+              "(MMD-u: every column on its own scale)")
     t = metrics.get("training") or {}
     if t.get("train_batches") is not None:
         res = t.get("resources") or {}
@@ -148,10 +194,28 @@ def _data_spec(args) -> dict:
         if _memory_map(path, args.mmap):
             return {"name": name, "seed": args.seed, "mmap": True, "n_train": None, "n_val": None, "n_test": None,
                     **_file_identity(path)}
-        return {"name": name, "seed": args.seed, "n_train": args.n_train, "n_val": args.n_val,
-                "n_test": args.n_test, **_file_identity(path)}
-    spec = {"name": name, "seed": args.seed, "n_train": args.n_train, "n_val": args.n_val, "n_test": args.n_test}
+        return {"name": name, "seed": args.seed, **_sizes(args), **_file_identity(path)}
+    spec = {"name": name, "seed": args.seed, **_sizes(args)}
     return _with_root(spec, name, args)
+
+
+_SIZES = {"n_train": 50_000, "n_val": 5_000, "n_test": 20_000}
+
+
+def _sizes(args) -> dict:
+    """--n-train/--n-val/--n-test, or their defaults."""
+    return {k: default if getattr(args, k) is None else getattr(args, k) for k, default in _SIZES.items()}
+
+
+def _ignored_sizes(args, spec: dict) -> str | None:
+    """A note where --n-train/--n-val/--n-test were given for a set whose splits are fixed (a
+    file, a real set): they size only the toy sets' and patches' draws."""
+    given = [f"--{k.replace('_', '-')}" for k in _SIZES if getattr(args, k, None) is not None]
+    drawn = datasets.canonical_name(spec["name"]) is not None or datasets.real_name(spec["name"]) == "patches"
+    if not given or drawn:
+        return None
+    how = "is split 80/10/10 by --seed" if datasets.builtin_name(spec["name"]) is None else "has fixed splits"
+    return f"{'/'.join(given)} ignored: they size the draws of the 2-D sets and patches; {spec['name']} {how}"
 
 
 def _file_identity(path: Path) -> dict:
@@ -221,6 +285,9 @@ def _train_and_report(args, dist) -> int:
     out = Path(args.out)
     say = print if dist.main else (lambda *a, **k: None)
     processes = f", {dist.world} processes" if dist.world > 1 else ""
+    ignored = _ignored_sizes(args, spec)
+    if ignored and dist.main:
+        print(f"jkofast: note: {ignored}", file=sys.stderr)
     say(f"jkofast {__version__}: {args.method} on {spec['name']} (train {_shape(x_train)}, "
         f"test {_shape(x_test)}{processes}) -> {out}", flush=True)
     start = time.perf_counter()
@@ -373,8 +440,9 @@ def cmd_info(args) -> int:
 
 
 def _defaults_help(flag: str) -> str:
-    """An option's help: its default under every method that has it."""
-    return "(default: " + ", ".join(f"{m} {v}" for m, v in option_defaults(flag).items()) + ")"
+    """An option's help: what it does, and its default under every method that has it."""
+    defaults = "(default: " + ", ".join(f"{m} {v}" for m, v in option_defaults(flag).items()) + ")"
+    return f"{_HELP[flag]} {defaults}" if flag in _HELP else defaults
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -390,18 +458,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--budget", default="default", choices=sorted(BUDGETS))
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    choices = _choices()
     for flag, kind in _TRAIN_OPTIONS.items():
         name, preset = "--" + flag.replace("_", "-"), _defaults_help(flag)
         if kind is bool:
             t.add_argument(name, dest=flag, action=argparse.BooleanOptionalAction, default=None, help=preset)
         else:
-            t.add_argument(name, dest=flag, type=kind, default=None, help=preset)
+            t.add_argument(name, dest=flag, type=kind, default=None, help=preset, choices=choices.get(flag))
     for flag, (kind, _) in _METHOD_OPTIONS.items():
         t.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, default=None, help=_defaults_help(flag),
-                       **({"nargs": 2, "metavar": ("A", "B")} if flag == "time_beta" else {}))
-    t.add_argument("--n-train", type=int, default=50_000, help="built-in sets: training points")
-    t.add_argument("--n-val", type=int, default=5_000, help="built-in sets: validation points")
-    t.add_argument("--n-test", type=int, default=20_000, help="built-in sets: test points")
+                       choices=choices.get(flag), **({"nargs": 2, "metavar": ("A", "B")} if flag == "time_beta" else {}))
+    for k, what in (("n_train", "training"), ("n_val", "validation"), ("n_test", "test")):
+        t.add_argument(f"--{k.replace('_', '-')}", type=int, default=None,
+                       help=f"2-D sets and patches: {what} points drawn (default: {_SIZES[k]:,})")
     t.add_argument("--mmap", action=argparse.BooleanOptionalAction, default=None,
                    help=".npy files: read through a memory map in chunks and split without copying "
                         "(default: for a file of 1 GiB or more)")

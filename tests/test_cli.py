@@ -130,6 +130,8 @@ def test_train_on_a_file(tmp_path, capsys):
     np.save(tmp_path / "d.npy", data)
     assert main(["train", "--data", str(tmp_path / "d.npy"), "--out", str(tmp_path / "run"), *SMALL,
                  "--no-plot"]) == 0
+    # SMALL's sizes do not apply to a file: said, not silently dropped
+    assert "--n-train/--n-val/--n-test ignored" in capsys.readouterr().err
     assert main(["eval", "--model", str(tmp_path / "run"), "--json", str(tmp_path / "split.json")]) == 0
     split = json.loads((tmp_path / "split.json").read_text())
     assert split["n_test"] == 120 and split["gaussian_nll"]["n_train"] == 960   # 10% test, 80% train
@@ -211,3 +213,20 @@ def test_restart_ignores_the_checkpoint(run_dir, tmp_path, capsys):
     assert main(["train", "--data", "moons", "--out", str(copy), *SMALL, "--no-plot", "--restart"]) == 0
     log = json.loads((copy / "log.json").read_text())
     assert log["resumed"] is False and len(log["blocks"]) >= 1
+
+
+def test_train_help_says_what_each_option_does(capsys):
+    from jkofast import cli
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for flag in [*cli._TRAIN_OPTIONS, *cli._METHOD_OPTIONS]:
+        assert flag in cli._HELP, f"--{flag} has no description"
+        assert " ".join(cli._HELP[flag].split()) in text
+    # Options the error messages name (clip, standardize, h_max, reparam_eta, val_every) have flags.
+    assert all(f"--{f}" in text for f in ("clip", "no-standardize", "h-max", "reparam-eta", "val-every"))
+    with pytest.raises(SystemExit) as exc:   # a misspelt choice fails at once, listing the valid ones
+        main(["train", "--data", "moons", "--out", "x", "--divergence", "hutch"])
+    err = capsys.readouterr().err   # (the quoting of the choices varies with the Python version)
+    assert exc.value.code == 2 and "invalid choice: 'hutch'" in err and "hutchinson" in err

@@ -69,6 +69,22 @@ def test_mmd_is_the_v_statistic_and_standardized_nll_the_shifted_one():
     assert scores["mmd"]["n"] == 100 and scores["mmd"]["mmd_m"] >= 0
 
 
+def test_mmd_u_does_not_depend_on_the_columns_units():
+    # The same data and model in other units (column 2 in thousandths, column 0 x 31): the data-space
+    # MMD-m changes, being decided by the largest column; MMD-u, in the standardized space, does not.
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(600, 1))
+    x = torch.as_tensor(np.c_[a, 0.8 * a + 0.6 * rng.normal(size=(600, 1)), rng.lognormal(size=(600, 1))])
+    units = torch.tensor([31.0, 1.0, 1e-3], dtype=torch.float64)
+    reports = []
+    for c in (torch.ones(3, dtype=torch.float64), units):
+        flow = jkofast.Flow(3, dict(hidden=4, layers=1), loc=x.mean(0) * c, scale=x.std(0) * c).double()
+        reports.append(evaluate(flow, x * c, mmd_points=400, seed=5)["mmd"])
+    assert reports[0]["mmd_u"] == pytest.approx(reports[1]["mmd_u"], rel=1e-9)
+    assert reports[0]["mmd_u"] > 1e-3   # the independent Gaussian misses the correlation and the skew
+    assert reports[0]["mmd_m"] != pytest.approx(reports[1]["mmd_m"], rel=1e-2)
+
+
 def test_gaussian_baseline_is_the_maximum_likelihood_gaussian():
     # Against the closed form in numpy: mean, unbiased covariance (torch.cov's), log-density.
     rng = np.random.default_rng(0)
