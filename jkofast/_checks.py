@@ -2,6 +2,7 @@
 and what came (no ``assert``: ``python -O`` strips those)."""
 from __future__ import annotations
 
+import collections
 import numbers
 
 import numpy as np
@@ -72,10 +73,15 @@ def plain(value):
         return value.item()
     if isinstance(value, np.ndarray):
         return value.tolist()
+    if isinstance(value, numbers.Number) and not isinstance(value, (bool, int, float, complex)):
+        return float(value) if isinstance(value, numbers.Real) else complex(value)  # Fraction, Decimal
     if isinstance(value, dict):
-        return type(value)((k, plain(v)) for k, v in value.items())
-    if isinstance(value, (list, tuple)) and type(value) in (list, tuple):
-        return type(value)(plain(v) for v in value)
+        # a plain dict (or OrderedDict, a state dict's type): a subclass's constructor may not take
+        # pairs (Counter counts them, defaultdict wants a factory)
+        kind = collections.OrderedDict if type(value) is collections.OrderedDict else dict
+        return kind((k, plain(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return (tuple if isinstance(value, tuple) else list)(plain(v) for v in value)
     return value
 
 
@@ -136,7 +142,7 @@ def whole_number_columns(x: Tensor) -> Tensor:
     return (x == x.round()).all(0)
 
 
-def warn_lattice_columns(whole, std, name: str = "x") -> None:
+def warn_lattice_columns(whole, std, name: str = "x", stacklevel: int = 3) -> None:
     """Warn about columns of whole numbers whose spacing (1) is not small next to their spread:
     a continuous density can pile its mass onto the lattice points, and its NLL then falls
     without bound (a Gaussian fit stays near the discrete entropy). Spacing under 5% of the
@@ -148,14 +154,14 @@ def warn_lattice_columns(whole, std, name: str = "x") -> None:
         warnings.warn(f"{name} column(s) {cols} hold whole numbers only, spaced 1 apart against a spread of "
                       f"{', '.join(f'{float(std[i]):.3g}' for i in cols)}: a flow's density can pile up on the "
                       "integers, and its NLL then means little; dequantize first (add uniform noise: "
-                      "x + np.random.rand(*x.shape)), as the built-in digits set is", UserWarning, stacklevel=3)
+                      "x + np.random.rand(*x.shape)), as the built-in digits set is", UserWarning, stacklevel=stacklevel)
 
 
-def warn_fewer_rows_than_columns(n: int, d: int, name: str = "x") -> None:
+def warn_fewer_rows_than_columns(n: int, d: int, name: str = "x", stacklevel: int = 3) -> None:
     """Warn where the data has fewer rows than columns: most often an array passed transposed
     (samples as columns), which would train a d-dimensional flow on n points without a word."""
     import warnings
 
     if n < d:
         warnings.warn(f"{name} has {n} rows and {d} columns: a flow of dimension {d} fitted to {n} points. If your "
-                      f"samples are the columns, pass {name}.T", UserWarning, stacklevel=3)
+                      f"samples are the columns, pass {name}.T", UserWarning, stacklevel=stacklevel)

@@ -106,9 +106,17 @@ def _source_checkout_note() -> str | None:
     """Where jkofast was imported from a source checkout (Python started in the clone: its
     ``jkofast/`` comes before the installed package on ``sys.path``), the reason to give: the
     build advice alone would send a user who has just installed it round in a circle."""
+    import importlib.metadata
+
     package = Path(__file__).resolve().parent
     if not ((package.parent / "pyproject.toml").is_file() and (package.parent / "csrc").is_dir()):
         return None
+    try:  # an installed copy elsewhere: else the build advice is the right one
+        installed = Path(importlib.metadata.distribution("jkofast").locate_file("jkofast")).resolve()
+    except (importlib.metadata.PackageNotFoundError, OSError, TypeError):
+        return None
+    if installed == package or not installed.is_dir():
+        return None
     return (f"jkofast was imported from the source checkout {package} (Python was started in "
-            f"{package.parent}), which has no compiled extension and hides the installed package; start Python in "
-            "another directory to use the installed one")
+            f"{package.parent}), which has no compiled extension and hides the installed package at {installed}; "
+            "start Python in another directory to use that one")

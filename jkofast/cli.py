@@ -226,23 +226,25 @@ def _file_identity(path: Path) -> dict:
     return {"file_bytes": st.st_size, "file_mtime_ns": st.st_mtime_ns}
 
 
-def _check_unchanged(spec: dict) -> None:
-    """Refuse to re-split a recorded data file that has changed size since training; warn where
-    only its time stamp has changed."""
+def _check_unchanged(spec: dict, *, split: bool = True) -> None:
+    """Refuse a recorded data file that has changed size since training; note where only its time
+    stamp has changed. ``split``: its test split is drawn again (else only its training split
+    serves, for the baseline)."""
     if "file_bytes" not in spec:
         return
     path = Path(spec["name"])
+    risk = ("its test split, drawn again by the recorded seed, would hold training rows" if split else
+            "the Gaussian baseline would be fitted to other rows than the model's")
     if not path.is_file():
-        raise SystemExit(f"error: the model was trained on {str(path)!r}, which is no longer there; pass --data "
-                         "with its new place, or with held-out data to score whole")
+        raise SystemExit(f"error: the model was trained on {str(path)!r}, which is no longer there: put it back "
+                         "to score its test split, or pass held-out data with --data")
     st = path.stat()
     if st.st_size != spec["file_bytes"]:
         raise SystemExit(f"error: {str(path)!r} has changed since the model was trained ({spec['file_bytes']} bytes "
-                         f"then, {st.st_size} now): its test split, drawn again by the recorded seed, would hold "
-                         "training rows. Pass held-out data with --data to score it whole")
+                         f"then, {st.st_size} now): {risk}. Pass held-out data with --data to score it whole")
     if st.st_mtime_ns != spec["file_mtime_ns"]:
         print(f"jkofast: note: {str(path)!r} was modified after the model was trained (same size); if its rows "
-              "changed, its test split may hold training rows", file=sys.stderr)
+              f"changed, {risk}", file=sys.stderr)
 
 
 def _with_root(spec: dict, name: str, args) -> dict:
@@ -327,13 +329,13 @@ def _train_and_report(args, dist) -> int:
 
 
 def _flow_and_data(args):
-    """The model, its recorded data spec (with --data-root; None where it records none), and the
-    test data to score or plot: the recorded set's test split, a built-in set's fresh test draw
-    (--data NAME), or a held-out file scored whole (--data FILE, any file but the one it was
-    trained on)."""
+    """The model, its recorded data spec (None where it records none), and the test data to score
+    or plot: the recorded set's test split, a built-in set's fresh test draw (--data NAME), or a
+    held-out file scored whole (--data FILE, any file but the one it was trained on)."""
     flow = Flow.load(args.model, map_location=_device(args))
-    recorded = dict(flow.info.get("data", {}))
-    recorded = _with_root(recorded, recorded["name"], args) if "name" in recorded else None
+    recorded = dict(flow.info.get("data", {})) or None
+    if recorded is not None and "name" not in recorded:
+        recorded = None
     given = getattr(args, "data", None)
     n_test = getattr(args, "n_test", None)
     if given is not None and not _same_data(given, recorded):
@@ -342,7 +344,7 @@ def _flow_and_data(args):
             if not path.is_file():
                 raise SystemExit(f"error: --data {given!r} is neither a built-in data set "
                                  f"({', '.join(datasets.DATA_NAMES)}) nor an existing .npy/.csv file")
-            if n_test:
+            if n_test and args.command == "eval":
                 raise SystemExit("error: --n-test sizes a built-in set's test draw; a held-out file is scored whole")
             return flow, recorded, (as_rows(str(path), "test") if _memory_map(path, None) else datasets.load_array(path))
         name = datasets.builtin_name(given)
@@ -351,7 +353,9 @@ def _flow_and_data(args):
         return flow, recorded, _load_data(spec)[2]
     if recorded is None:
         raise SystemExit("error: this model does not record its data set; pass --data")
+    recorded = _with_root(recorded, recorded["name"], args)
     _check_unchanged(recorded)
+    recorded["checked"] = True
     if n_test:
         if datasets.builtin_name(recorded["name"]) is None:
             raise SystemExit(f"error: --n-test sizes a built-in set's test draw; {recorded['name']} is a file, whose "
@@ -370,18 +374,21 @@ def _same_data(given: str, recorded: dict | None) -> bool:
     return Path(given).resolve() == Path(recorded["name"])
 
 
-def _training_rows(recorded: dict | None):
+def _training_rows(recorded: dict | None, args):
     """The model's training split, for the report's Gaussian baseline; None (with a note) where
-    it cannot be had: no record, a file gone or changed, a MAF set without --data-root."""
+    it cannot be had: no record, a file gone or changed, a MAF set without --data-root, an
+    optional package missing. (For a memory-mapped set, one streamed pass over its rows.)"""
     if recorded is None:
         print("jkofast: note: no Gaussian baseline: the model does not record its training data", file=sys.stderr)
         return None
     try:
-        if "file_bytes" in recorded:
-            _check_unchanged(recorded)
+        if "root" not in recorded:
+            recorded = _with_root(dict(recorded), recorded["name"], args)
+        if not recorded.get("checked"):
+            _check_unchanged(recorded, split=False)
         train = _load_data(recorded)[0]
-    except (SystemExit, OSError, ValueError) as exc:
-        print(f"jkofast: note: no Gaussian baseline: the training data could not be read again ({exc})",
+    except (SystemExit, Exception) as exc:  # noqa: BLE001 - the baseline is a courtesy: never the reason eval fails
+        print(f"jkofast: note: no Gaussian baseline: the model's training data could not be read again ({exc})",
               file=sys.stderr)
         return None
     return _baseline_train(train)
@@ -389,7 +396,7 @@ def _training_rows(recorded: dict | None):
 
 def cmd_eval(args) -> int:
     flow, recorded, test = _flow_and_data(args)
-    baseline_train = _training_rows(recorded)
+    baseline_train = _training_rows(recorded, args)
     steps = args.steps or [flow.steps]
     if isinstance(test, Rows):  # a memory-mapped data set: NLL streamed in chunks, no MMD
         metrics = evaluate_sharded(flow, test, steps=steps, baseline_train=baseline_train)

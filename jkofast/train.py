@@ -87,13 +87,18 @@ def _as_data(x, name: str, *, dtype: torch.dtype, device, dim: int | None = None
     return x.to(device)
 
 
+_STD_ROWS = 65536  # rows per block of the standardization's second pass
+
+
 def _standardization(x: Tensor) -> tuple[Tensor, Tensor]:
     if x.shape[0] < 2:
         raise ValueError(f"need at least 2 training rows to standardize the data, got {x.shape[0]}")
     # Two passes: torch's one-pass std along dim 0 loses digits to a large offset (1e-4 relative
-    # for 1e6 +/- 1e-7 in float64); the deviations from the mean keep them, as the scan does.
+    # for 1e6 +/- 1e-7 in float64); the deviations from the mean keep them, as the scan does. In
+    # row blocks, so the deviations never need a second copy of the data.
     loc = x.mean(0)
-    scale = (x - loc).std(0)
+    m2 = sum((block - loc).square().sum(0) for block in x.split(_STD_ROWS))
+    scale = (m2 / (x.shape[0] - 1)).sqrt()
     # min == max, exact: a threshold on the std refused varying columns of small units (1e-13 F)
     const = (x.amin(0) == x.amax(0)).nonzero().flatten().tolist()
     if const:
@@ -240,8 +245,8 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
         # float64 until standardized (Flow.standardize); the model's dtype from there on
         x = _as_data(x, "x", dtype=torch.float64, device=device)
         val = None if val is None else _as_data(val, "val", dtype=torch.float64, device=device, dim=x.shape[1])
+        warn_fewer_rows_than_columns(*x.shape)  # before a transposed array meets the constant-column error
         loc, scale = _standardization(x) if cfg.standardize else (None, None)
-        warn_fewer_rows_than_columns(*x.shape)
         if x.shape[0] > 1:
             warn_lattice_columns(whole_number_columns(x).tolist(), x.std(0).tolist())
         flow = Flow(x.shape[1], cfg.field_config(), steps=cfg.steps, tableau=cfg.tableau, loc=loc, scale=scale,

@@ -1,5 +1,7 @@
 """Checkpoint files: corrupt, truncated, foreign, newer or malicious files give clear errors and
 never execute code."""
+import collections
+import fractions
 import pickle
 
 import numpy as np
@@ -95,8 +97,11 @@ def test_numpy_numbers_as_settings_are_saved_readable(tmp_path, method):
     assert torch.equal(loaded.log_prob(u), flow.log_prob(u))
     again = jkofast.train(x, method, out=tmp_path / "run", **opts)   # resumes from the finished run's state
     assert torch.equal(again.log_prob(u), flow.log_prob(u))
-    flow.info["extra"] = {"n": np.int64(3), "values": np.arange(2.0)}   # a user's own notes
-    Flow.load(flow.save(tmp_path / "noted.pt"))
+    # a user's own notes: numpy values, a Counter, a defaultdict, a Fraction
+    flow.info["extra"] = {"n": np.int64(3), "values": np.arange(2.0), "counts": collections.Counter(a=2),
+                          "lists": collections.defaultdict(list, b=[1]), "third": fractions.Fraction(1, 3)}
+    extra = Flow.load(flow.save(tmp_path / "noted.pt")).info["extra"]
+    assert extra == {"n": 3, "values": [0.0, 1.0], "counts": {"a": 2}, "lists": {"b": [1]}, "third": 1 / 3}
     assert flow.sample(np.int64(3)).shape == (3, 2)
 
 

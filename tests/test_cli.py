@@ -1,5 +1,6 @@
 """The jkofast command line, run in-process as a user would (and once as a subprocess)."""
 import json
+import os
 import subprocess
 import sys
 
@@ -149,10 +150,23 @@ def test_train_on_a_file(tmp_path, capsys):
     assert scored["nll_steps3"]["mean"] == pytest.approx(jkofast.metrics.nll(flow, torch.as_tensor(held))[0], rel=1e-9)
     with pytest.raises(SystemExit, match="a held-out file is scored whole"):
         main(["eval", "--model", str(tmp_path / "run"), "--data", str(tmp_path / "held.npy"), "--n-test", "50"])
+    # Touched, same size: noted once, and scored.
+    capsys.readouterr()
+    os.utime(tmp_path / "d.npy", ns=(1, 1))
+    assert main(["eval", "--model", str(tmp_path / "run"), "--mmd-points", "0"]) == 0
+    assert capsys.readouterr().err.count("was modified after the model was trained") == 1
     # The training file grown after training: its test split, drawn again, would hold training rows.
     np.save(tmp_path / "d.npy", np.concatenate([data, held[:10]]))
     with pytest.raises(SystemExit, match="has changed since the model was trained"):
         main(["eval", "--model", str(tmp_path / "run")])
+    # Gone: its split cannot be scored; held-out data still can, without the baseline (a note says why).
+    (tmp_path / "d.npy").unlink()
+    with pytest.raises(SystemExit, match="no longer there"):
+        main(["eval", "--model", str(tmp_path / "run")])
+    assert main(["eval", "--model", str(tmp_path / "run"), "--data", str(tmp_path / "held.npy"),
+                 "--json", str(tmp_path / "gone.json")]) == 0
+    assert "no Gaussian baseline" in capsys.readouterr().err
+    assert "gaussian_nll" not in json.loads((tmp_path / "gone.json").read_text())
 
 
 def test_errors_are_messages_not_tracebacks(run_dir, tmp_path, capsys):

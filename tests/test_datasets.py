@@ -356,6 +356,15 @@ def test_load_csv_separators(tmp_path, sep):
     np.testing.assert_array_equal(datasets.load_array(path), [[1.5, -2.0], [3.0, 4e-3]])
 
 
+def test_load_csv_semicolons_with_decimal_commas_and_mixed_separators(tmp_path):
+    path = tmp_path / "a.csv"
+    path.write_text("x;y\n1,5;-2\n3;0,004\n")
+    np.testing.assert_array_equal(datasets.load_array(path), [[1.5, -2.0], [3.0, 0.004]])
+    path.write_text("1\t2\n3,4\n5,6\n")   # not a header: a data row with another separator
+    with pytest.raises(ValueError, match="separated by tabs, the next by commas"):
+        datasets.load_array(path)
+
+
 def test_load_csv_warns_of_a_pandas_index_column(tmp_path):
     path = tmp_path / "a.csv"
     path.write_text(",a,b\n0,1.5,2\n1,3,4\n")

@@ -107,7 +107,7 @@ def test_a_source_checkout_shadowing_the_install_is_named(tmp_path):
     assert out.returncode == 0, out.stderr
     assert f"FILE {tmp_path / 'jkofast'}" in out.stdout, out.stdout
     assert f"imported from the source checkout {tmp_path / 'jkofast'}" in out.stdout, out.stdout
-    assert "start Python in another directory" in out.stdout
+    assert "hides the installed package at" in out.stdout and "start Python in another directory" in out.stdout
 
 
 def test_switched_off_extension_runs_quietly_even_on_a_mismatched_build(tmp_path):

@@ -353,3 +353,15 @@ def test_fewer_rows_than_columns_warns_of_a_transposed_array():
     x = np.random.default_rng(2).normal(size=(5, 40))
     with pytest.warns(UserWarning, match=r"x has 5 rows and 40 columns.*pass x\.T"):
         jkofast.train(x, "interpolant", budget="quick", iters=1, progress=False)
+
+
+def test_a_table_with_text_columns_is_named_and_integer_npy_trains(tmp_path):
+    pd = pytest.importorskip("pandas")
+    table = pd.DataFrame({"a": [1.0, 2.0, 3.5], "label": ["x", "y", "z"], "n": pd.array([1, 2, 4], dtype="Int64")})
+    with pytest.raises(TypeError, match=r"column\(s\) \['label'\] are not numeric"):
+        jkofast.train(table, "interpolant", budget="quick", iters=1, progress=False)
+    # an integer .npy through jko-iflow's reader (a memory map serves floats only): read whole, float64
+    ints = (np.arange(400).reshape(200, 2) * 7 + np.random.default_rng(0).integers(0, 50, (200, 2))) * 1000
+    np.save(tmp_path / "ints.npy", ints)
+    flow = jkofast.train(str(tmp_path / "ints.npy"), budget="quick", blocks=1, iters=1, progress=False)
+    assert torch.allclose(flow.loc.double(), torch.as_tensor(ints.mean(0), dtype=torch.float64), rtol=1e-6)

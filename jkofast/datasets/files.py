@@ -39,8 +39,14 @@ def _read_csv(path: Path) -> np.ndarray:
     if not lines:
         raise ValueError(f"{str(path)!r} is empty (no rows)")
     sep = _separator(lines[1] if len(lines) > 1 else lines[0])
+    if sep == ";":  # a semicolon file's commas are decimal marks (1,5;2 is 1.5 and 2)
+        lines = [line.replace(",", ".") for line in lines]
     fields = lines[0].split(sep)
     numeric = [_is_number(v) for v in fields]
+    own = _separator(lines[0])
+    if not any(numeric) and own != sep and all(_is_number(v) for v in lines[0].split(own)):
+        raise ValueError(f"the first line of {str(path)!r} is separated by {_SEPARATORS[own]}s, the next by "
+                         f"{_SEPARATORS[sep]}s: use one separator throughout")
     if not any(numeric):
         lines = lines[1:]  # a first line without numbers is a header
         if len(fields) > 1 and not fields[0].strip():
@@ -65,9 +71,10 @@ _SEPARATORS = {",": "comma", ";": "semicolon", "\t": "tab"}
 
 
 def _separator(line: str) -> str:
-    """The field separator of a data line: a comma, else a semicolon (as spreadsheets in many
-    locales export), else a tab; a single column has none (read as a comma)."""
-    return next((sep for sep in _SEPARATORS if sep in line), ",")
+    """The field separator of a data line: a semicolon where there is one (as spreadsheets export
+    in the locales whose decimal mark is a comma), else a tab, else a comma; a single column has
+    none (read as a comma)."""
+    return next((sep for sep in (";", "\t") if sep in line), ",")
 
 
 def _is_number(field: str) -> bool:
@@ -81,8 +88,8 @@ def _is_number(field: str) -> bool:
 def load_array(path) -> np.ndarray:
     """Load a data matrix from a ``.npy`` or ``.csv`` file.
 
-    A ``.csv`` is comma-separated (or semicolon- or tab-separated, told by its second line) with
-    one sample per line, read as float64; a first line with
+    A ``.csv`` is comma-separated (or semicolon-separated, with decimal points or commas, or
+    tab-separated, told by its second line) with one sample per line, read as float64; a first line with
     no number in it is taken as a header and skipped (one that mixes numbers and other fields is
     an error: it may be a damaged data row), blank lines are ignored. A single-column
     ``.csv`` gives shape (N, 1). A ``.npy`` is read with ``allow_pickle=False``.

@@ -233,13 +233,49 @@ def as_rows(x, name: str, dim: int | None = None) -> Rows:
 def table_or_path_as_array(x):
     """A ``.csv`` path read into an array, a table with ``to_numpy()`` (pandas) as its array;
     anything else as it is (a ``.npy`` path stays a path, to be memory-mapped)."""
-    if isinstance(x, (str, os.PathLike)) and Path(os.fspath(x)).suffix.lower() == ".csv":
+    if isinstance(x, (str, os.PathLike)):
         from .files import load_array
 
-        return load_array(x)
+        path = Path(os.fspath(x))
+        if path.suffix.lower() == ".csv" or (path.suffix.lower() == ".npy" and _small_integer_npy(path)):
+            return load_array(path)  # read whole, as float64
+        return x
     if not isinstance(x, (np.ndarray, Tensor, Rows)) and callable(getattr(x, "to_numpy", None)):
-        return np.asarray(x.to_numpy())
+        return _table_as_array(x)
     return x
+
+
+# An integer .npy this size or larger is refused (open_npy says how to convert it) rather than
+# read whole into float64; smaller, it is read whole as the CLI reads it (a memory map serves
+# float rows only).
+_INTEGER_NPY_BYTES = 2**30
+
+
+def _small_integer_npy(path: Path) -> bool:
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError):
+        return False  # open_npy gives the reason
+    return isinstance(arr, np.ndarray) and arr.dtype.kind in "iub" and path.stat().st_size < _INTEGER_NPY_BYTES
+
+
+def _table_as_array(table) -> np.ndarray:
+    """A pandas DataFrame (anything with ``to_numpy``) as a float64 array; a column that is not
+    numeric is an error that names it."""
+    try:
+        return np.asarray(table.to_numpy(dtype=np.float64, na_value=np.nan))
+    except (TypeError, ValueError):
+        try:
+            arr = np.asarray(table.to_numpy(dtype=np.float64))
+        except (TypeError, ValueError):
+            columns = getattr(table, "columns", None)
+            kinds = getattr(table, "dtypes", None)
+            # (pandas' own dtypes have a numpy-style kind too: "O" for strings, "M" for dates)
+            bad = [str(c) for c, k in zip(columns, kinds) if getattr(k, "kind", "O") not in "iufb"] \
+                if columns is not None and kinds is not None else []
+            named = f": column(s) {bad} are not numeric" if bad else ""
+            raise TypeError(f"the table could not be read as numbers{named}; drop or encode them first") from None
+        return arr
 
 
 def split_rows(data, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0):
