@@ -429,7 +429,7 @@ def cmd_plot(args) -> int:
     from .plotting import plot_flow
     flow, recorded, test = _flow_and_data(args)
     title = args.data or (recorded or {}).get("name", "")
-    path = plot_flow(flow, _as_array(test, args.n_test), args.out, seed=args.seed, title=str(title))
+    path = plot_flow(flow, _as_array(test), args.out, n_points=args.n_test or 5000, seed=args.seed, title=str(title))
     print(f"wrote {path}")
     return 0
 
@@ -500,7 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "its test split); a built-in name draws that set's test points, any other .npy/.csv "
                            "file is held-out data, scored (or plotted) whole")
             _add_data_root(c)
-            c.add_argument("--n-test", type=int, default=None, help="built-in sets: test points")
+            c.add_argument("--n-test", type=int, default=None,
+                           help="built-in sets: test points drawn" + ("" if name == "eval" else
+                                                                       "; and at most this many plotted (default 5,000)"))
     sub.add_parser("info", help="version, the torch it was built for, compiled backends, GPU").set_defaults(func=cmd_info)
     sub.choices["eval"].add_argument("--steps", type=int, nargs="+", default=None, help="RK4 steps per block")
     sub.choices["eval"].add_argument("--json", default=None, help="also write the numbers to this file")

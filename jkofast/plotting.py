@@ -37,7 +37,8 @@ def _bounds(data: np.ndarray, margin: float = 0.15) -> tuple[float, float, float
 def plot_flow(flow, data: np.ndarray, path: str | Path, *, samples: np.ndarray | None = None,
               n_points: int = 5000, resolution: int = 200, seed: int = 0, title: str = "") -> Path:
     """Save a PNG: data, samples, density (top row) and the data pushed through the blocks
-    (bottom row, at most 6 panels from the standardized data to the latent space)."""
+    (bottom row, at most 6 panels from the standardized data to the latent space); at most
+    ``n_points`` of each, the data's drawn at random by ``seed``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -45,7 +46,9 @@ def plot_flow(flow, data: np.ndarray, path: str | Path, *, samples: np.ndarray |
 
     if flow.dim != 2:
         raise ValueError(f"plots are drawn for 2-D data only; this flow has dim {flow.dim}")
-    data = np.asarray(data)[:n_points]
+    data = np.asarray(data)
+    if len(data) > n_points:  # a seeded random subset: a file's first rows may be sorted or grouped
+        data = data[np.sort(np.random.default_rng(seed).choice(len(data), n_points, replace=False))]
     if samples is None:
         g = torch.Generator(device=flow.loc.device).manual_seed(seed)
         samples = flow.sample(len(data), generator=g, dtype=torch.float64).detach().cpu().numpy()

@@ -244,3 +244,21 @@ def test_train_help_says_what_each_option_does(capsys):
         main(["train", "--data", "moons", "--out", "x", "--divergence", "hutch"])
     err = capsys.readouterr().err   # (the quoting of the choices varies with the Python version)
     assert exc.value.code == 2 and "invalid choice: 'hutch'" in err and "hutchinson" in err
+
+
+def test_plot_draws_a_random_subset_of_the_data(tmp_path, monkeypatch):
+    from jkofast.plotting import plot_flow
+
+    flow = jkofast.Flow(2, dict(hidden=4, layers=1))
+    data = np.sort(np.random.default_rng(0).normal(size=(20_000, 2)), axis=0)   # a sorted file
+    seen = {}
+    real = flow.trajectory
+
+    def spy(x, **kw):
+        seen["x"] = x
+        return real(x, **kw)
+
+    monkeypatch.setattr(flow, "trajectory", spy)
+    plot_flow(flow, data, tmp_path / "p.png", n_points=500)
+    x = seen["x"][:, 0].numpy()
+    assert len(x) == 500 and x.min() < -2 and x.max() > 2   # spans the data, not its first 500 rows
