@@ -7,7 +7,7 @@ The public API (see README.md)::
     x1, logdet, kinetic = jkofast.rk4(field, x, t0, t1, steps)
     flow = jkofast.train(x_train, method="jko-iflow", val=x_val)   # or "jko-flow", "interpolant"
     scores = jkofast.evaluate(flow, x_test)                        # NLL +/- s.e., MMD, training cost
-    scores = jkofast.evaluate_sharded(flow, "test.npy", baseline_train="train.npy")  # streamed, no MMD
+    scores = jkofast.evaluate_sharded(flow, "test.npy", baseline_train="train.npy")  # streamed (mmd_points=: MMD too)
     z, logdet = flow.transform(x); x = flow.inverse(z); flow.log_prob(x); flow.sample(n)
     flow.save(path); flow = jkofast.Flow.load(path)
     x = jkofast.datasets.toy("moons", n, seed=0)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import collections
 import numbers
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -165,3 +167,19 @@ def warn_fewer_rows_than_columns(n: int, d: int, name: str = "x", stacklevel: in
     if n < d:
         warnings.warn(f"{name} has {n} rows and {d} columns: a flow of dimension {d} fitted to {n} points. If your "
                       f"samples are the columns, pass {name}.T", UserWarning, stacklevel=stacklevel)
+
+
+def check_folder(path, name: str) -> Path:
+    """``path`` as a folder this process can create or write into: a file in its place or among
+    its parents, or a folder without write permission, is an error that names it (rather than
+    an OSError at the first checkpoint, perhaps hours into training). Creates nothing."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                where = "is a file" if p == path else f"is under {p}, which is a file"
+                raise ValueError(f"{name} {path} {where}, not a folder; pass a folder")
+            if not os.access(p, os.W_OK | os.X_OK):
+                raise ValueError(f"{name} {path}: no permission to write in {p}")
+            break
+    return path

@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
+import io
 import json
 import logging
 import os
 import select
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -108,9 +112,10 @@ def _load_data(spec: dict):
                         root=spec.get("root"), allow_pickle=spec.get("allow_pickle", False))
 
 
-def _as_array(data, n: int | None = None) -> np.ndarray:
-    """An in-memory array of (the first n rows of) data, for plots."""
-    return data.head(n or 20_000) if isinstance(data, Rows) else data[:n]
+def _as_array(data, seed: int, n: int = 20_000) -> np.ndarray:
+    """An in-memory array of data, for plots: of a memory-mapped set, a seeded random subset of
+    n rows (plot_flow draws its points from what it is given)."""
+    return data.sample(n, seed) if isinstance(data, Rows) else data
 
 
 # Which likely cause the note names when the flow does not clearly beat the fitted Gaussian: a
@@ -275,6 +280,12 @@ def cmd_train(args) -> int:
         dist.close()
 
 
+def _train_info(spec: dict) -> dict:
+    """What the model records of its data: the spec, and a .csv header's column names."""
+    names = datasets.column_names(spec["name"]) if spec.get("file_bytes") is not None else None
+    return {"data": spec, **({"columns": names} if names else {})}
+
+
 def _shape(data) -> tuple:
     return (len(data), data.dim) if isinstance(data, Rows) else data.shape
 
@@ -295,7 +306,7 @@ def _train_and_report(args, dist) -> int:
     start = time.perf_counter()
     try:
         flow = train(x_train, args.method, val=x_val, out=out, resume=not args.restart, device=dist.device,
-                     budget=args.budget, progress=not args.no_progress, info={"data": spec}, **options)
+                     budget=args.budget, progress=not args.no_progress, info=_train_info(spec), **options)
     except TrainingDivergedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -317,22 +328,23 @@ def _train_and_report(args, dist) -> int:
     np.save(out / "samples.npy", samples)
     if flow.dim == 2 and not args.no_plot:
         from .plotting import plot_flow
-        plot_flow(flow, _as_array(x_test), out / "plot.png", samples=samples,
+        plot_flow(flow, _as_array(x_test, args.seed), out / "plot.png", samples=samples,
                   title=f"{spec['name']}: {flow.num_blocks} blocks")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     _print_evaluation(metrics, grids)
     peak = metrics["peak_memory"]["rss_bytes_max"] / 2**20
     print(f"{flow.num_blocks} block{'s' * (flow.num_blocks != 1)}, training {metrics['train_seconds']:.1f} s, total "
           f"{metrics['total_seconds']:.1f} s, peak memory {peak:.0f} MB per process; wrote "
-          f"{', '.join(sorted(p.name for p in out.iterdir() if p.is_file()))}")
+          f"{', '.join(sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith('.')))}")
     return 0
 
 
-def _flow_and_data(args):
-    """The model, its recorded data spec (None where it records none), and the test data to score
-    or plot: the recorded set's test split, a built-in set's fresh test draw (--data NAME), or a
-    held-out file scored whole (--data FILE, any file but the one it was trained on)."""
-    flow = Flow.load(args.model, map_location=_device(args))
+def _flow_and_data(args, device: torch.device | None = None):
+    """The model (on ``device``, default --device), its recorded data spec (None where it records
+    none), and the test data to score or plot: the recorded set's test split, a built-in set's
+    fresh test draw (--data NAME), or a held-out file scored whole (--data FILE, any file but the
+    one it was trained on)."""
+    flow = Flow.load(args.model, map_location=device or _device(args))
     recorded = dict(flow.info.get("data", {})) or None
     if recorded is not None and "name" not in recorded:
         recorded = None
@@ -395,14 +407,27 @@ def _training_rows(recorded: dict | None, args):
 
 
 def cmd_eval(args) -> int:
-    flow, recorded, test = _flow_and_data(args)
+    dist = distributed.connect(_device(args))  # under torchrun the ranks share the passes; rank 0 reports
+    try:
+        return _evaluate_and_report(args, dist)
+    finally:
+        dist.close()
+
+
+def _evaluate_and_report(args, dist) -> int:
+    flow, recorded, test = _flow_and_data(args, dist.device)
     baseline_train = _training_rows(recorded, args)
     steps = args.steps or [flow.steps]
-    if isinstance(test, Rows):  # a memory-mapped data set: NLL streamed in chunks, no MMD
-        metrics = evaluate_sharded(flow, test, steps=steps, baseline_train=baseline_train)
+    if isinstance(test, Rows) or dist.world > 1:
+        # a memory-mapped set, or several processes: NLLs streamed in chunks (each rank its
+        # shard), the MMD on a random subset of the test rows
+        metrics = evaluate_sharded(flow, test, steps=steps, dist=dist if dist.world > 1 else None,
+                                   baseline_train=baseline_train, mmd_points=args.mmd_points, seed=args.seed)
     else:
         metrics = evaluate(flow, test, steps=steps, mmd_points=args.mmd_points, seed=args.seed,
                            baseline_train=baseline_train)
+    if not dist.main:
+        return 0
     _print_evaluation(metrics, steps)
     if args.json:
         Path(args.json).write_text(json.dumps(metrics, indent=2))
@@ -417,7 +442,9 @@ def cmd_sample(args) -> int:
     g = torch.Generator(device=flow.loc.device).manual_seed(args.seed)
     x = flow.sample(args.n, generator=g, steps=args.steps, dtype=torch.float64).detach().cpu().numpy()
     if out.suffix.lower() == ".csv":
-        np.savetxt(out, x, delimiter=",")
+        names = flow.info.get("columns")  # the training table's header, where it had one
+        header = _csv_header(names) if names and len(names) == flow.dim else ""
+        np.savetxt(out, x, delimiter=",", header=header, comments="")
     else:
         with open(out, "wb") as fh:  # the name as given (np.save on a path adds .npy to "s.NPY")
             np.save(fh, x)
@@ -425,11 +452,20 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def _csv_header(names: list[str]) -> str:
+    """One .csv line of names, quoted where a name holds a comma or a quote (csv module rules)."""
+    line = io.StringIO()
+    csv.writer(line, lineterminator="").writerow(names)
+    return line.getvalue()
+
+
 def cmd_plot(args) -> int:
     from .plotting import plot_flow
     flow, recorded, test = _flow_and_data(args)
     title = args.data or (recorded or {}).get("name", "")
-    path = plot_flow(flow, _as_array(test), args.out, n_points=args.n_test or 5000, seed=args.seed, title=str(title))
+    n_points = args.n_test or 5000
+    path = plot_flow(flow, _as_array(test, args.seed, n_points), args.out, n_points=n_points, seed=args.seed,
+                     title=str(title))
     print(f"wrote {path}")
     return 0
 
@@ -539,6 +575,29 @@ def _notes_on_stderr():
         log.level, log.propagate = before
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, a scheduler, torchrun's teardown) as an exception where the
+    program is, so that the same cleanup runs as for Ctrl-C: the scratch folder of pushed samples
+    is deleted and a checkpoint being written is not left half-written."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    """While a command runs in the main thread, SIGTERM raises :class:`_Terminated`."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers: main thread only
+        yield
+        return
+
+    def terminated(signum, frame):
+        raise _Terminated()
+
+    before = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def _how_to_resume(args) -> str:
     """What the message of an interrupted command says about resuming it."""
     if args.command != "train":
@@ -563,7 +622,7 @@ def _stdout_reader_gone() -> bool:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        with _notes_on_stderr():  # with --no-progress too: a run that stopped early or resumed says so
+        with _notes_on_stderr(), _sigterm_raises():  # notes with --no-progress too: a run that stopped early says so
             code = args.func(args)
         sys.stdout.flush()  # a pipe's reader that went away shows here, in the handler below, not at exit
         return code
@@ -571,9 +630,10 @@ def main(argv: list[str] | None = None) -> int:
             TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"\ninterrupted{_how_to_resume(args)}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        stopped = "terminated (SIGTERM)" if isinstance(exc, _Terminated) else "interrupted"
+        print(f"\n{stopped}{_how_to_resume(args)}", file=sys.stderr)
+        return 143 if isinstance(exc, _Terminated) else 130
     except BrokenPipeError:
         if not _stdout_reader_gone():  # another pipe (a worker's, a socket's) broke: a real failure
             raise
@@ -581,6 +641,9 @@ def main(argv: list[str] | None = None) -> int:
         # interpreter's final flush does not raise again (Python docs, signal: SIGPIPE).
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as exc:  # a full disk, a permission, a path that is a file: the message names it
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

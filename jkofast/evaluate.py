@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from ._checks import check_finite, check_points
 from ._precision import data_dtype
@@ -48,7 +49,7 @@ def evaluate(flow: Flow, test, *, steps: int | list[int] | None = None, mmd_poin
             Gaussian minus flow over the same test points, with the standard error of the
             per-point differences (the one that says whether the gap is real: both NLLs' own
             errors share the test points' spread, which the difference cancels where the two
-            models find the same points hard).
+            models find the same points hard). It needs more rows than columns (ValueError).
 
     Returns:
         ``{"n_test", "nll_steps<S>": {"mean", "se"}, "nll_standardized_steps<S>": {...},
@@ -71,7 +72,7 @@ def evaluate(flow: Flow, test, *, steps: int | list[int] | None = None, mmd_poin
     grids = _grids(flow, steps)
     out: dict = {"n_test": int(x.shape[0])}
     if baseline_train is not None:
-        baseline_train = as_rows(baseline_train, "baseline_train", dim=flow.dim)
+        baseline_train = _baseline_rows(baseline_train, flow.dim)
         gaussian = gaussian_nll_values(baseline_train, x)  # float64, on the CPU
         out["gaussian_nll"] = _baseline_entry(mean_and_se(gaussian), baseline_train, flow.dim)
     for s in grids:
@@ -82,26 +83,19 @@ def evaluate(flow: Flow, test, *, steps: int | list[int] | None = None, mmd_poin
     n = min(int(mmd_points), x.shape[0])
     if n >= 2:
         g = torch.Generator(device=x.device).manual_seed(seed)
-        reference = x[torch.randperm(x.shape[0], generator=g, device=x.device)[:n]]
-        samples = torch.cat([flow.sample(len(c), generator=g, backend=backend, dtype=x.dtype)
-                             for c in torch.arange(n).split(8192)])
-        median = median_distance(reference)
-        # and in the standardized space, where no column's units outweigh another's
-        u_reference, u_samples = flow.standardize(reference).double(), flow.standardize(samples).double()
-        median_u = median_distance(u_reference)
-        out["mmd"] = {"n": n, "mmd_c": mmd(reference, samples, bandwidth=0.1 * median),
-                      "mmd_m": mmd(reference, samples, bandwidth=median), "median_distance": median,
-                      "mmd_u": mmd(u_reference, u_samples, bandwidth=median_u), "median_distance_u": median_u}
+        out["mmd"] = _mmd_entry(flow, x[torch.randperm(x.shape[0], generator=g, device=x.device)[:n]], g, backend)
     out["training"] = training_summary(flow)
     return out
 
 
 @torch.no_grad()
 def evaluate_sharded(flow: Flow, test, *, steps: int | list[int] | None = None, dist=None, backend: str = "auto",
-                     seed: int = 0, baseline_train=None) -> dict:
+                     seed: int = 0, baseline_train=None, mmd_points: int = 0) -> dict:
     """:func:`evaluate`'s NLLs (and with ``baseline_train`` its Gaussian baseline) for test data
     too large to hold, or split over the ranks of a process group, streamed in chunks: nothing
-    per point is kept, so there is no MMD.
+    per point is kept. With ``mmd_points``, also :func:`evaluate`'s MMD on that many test rows
+    drawn uniformly at random from all of ``test`` (one more streamed pass; every rank draws
+    the same rows and gets the same numbers).
 
     Arguments:
         flow, steps, baseline_train: as for :func:`evaluate`; ``test`` and ``baseline_train``
@@ -111,15 +105,16 @@ def evaluate_sharded(flow: Flow, test, *, steps: int | list[int] | None = None, 
             and fits on its shard of the training rows; the sums are merged, so every rank gets
             the same report, that of all rows (:func:`~jkofast.metrics.sharded_scores_by_grid`).
             The rows are read once for all grids.
-        seed: deals the rows to the ranks.
+        seed: deals the rows to the ranks; seeds the MMD's test rows and samples.
+        mmd_points: test rows (and samples) for the MMD; 0 (the default) skips it.
 
     Returns:
-        :func:`evaluate`'s dictionary without ``"mmd"``.
+        :func:`evaluate`'s dictionary, with ``"mmd"`` only where ``mmd_points`` >= 2.
     """
     grids = _grids(flow, steps)
     test = as_rows(test, "test", dim=flow.dim)
     if baseline_train is not None:
-        baseline_train = as_rows(baseline_train, "baseline_train", dim=flow.dim)
+        baseline_train = _baseline_rows(baseline_train, flow.dim)
     gaussian = fitted_gaussian(baseline_train, dist) if baseline_train is not None else None
     by_grid = sharded_scores_by_grid(flow, test, dist, grids=grids, backend=backend, seed=seed,
                                      chunk=rows_per_chunk(flow), gaussian=gaussian)
@@ -130,8 +125,37 @@ def evaluate_sharded(flow: Flow, test, *, steps: int | list[int] | None = None, 
         out.update(nll_entries(flow, s, *scores["flow"]))
         if gaussian is not None:
             out["gaussian_nll"][f"minus_flow_steps{s}"] = _mean_se_entry(scores["gaussian_minus_flow"])
+    if min(int(mmd_points), len(test)) >= 2:
+        reference = torch.from_numpy(test.sample(mmd_points, seed)).to(flow.loc.device)
+        reference = reference.to(data_dtype(reference, flow.loc.dtype))
+        out["mmd"] = _mmd_entry(flow, reference, torch.Generator(device=flow.loc.device).manual_seed(seed), backend)
     out["training"] = training_summary(flow)
     return out
+
+
+def _baseline_rows(train, dim: int):
+    """``baseline_train`` as rows, refused where they cannot fix a full covariance: with N <= d
+    rows the fitted Gaussian is degenerate and its test NLL (1e13 nats, say) means nothing."""
+    rows = as_rows(train, "baseline_train", dim=dim)
+    if len(rows) <= dim:
+        raise ValueError(f"baseline_train has {len(rows)} rows for {dim} columns: a Gaussian's full covariance "
+                         "needs more rows than columns; pass more training rows, or no baseline_train")
+    return rows
+
+
+def _mmd_entry(flow: Flow, reference: Tensor, g: torch.Generator, backend: str) -> dict:
+    """The report's ``"mmd"``: as many flow samples as ``reference`` test points, compared in data
+    space at 0.1 x and 1 x the median distance (MMD-c, MMD-m) and in the standardized space at
+    its median (MMD-u, where no column's units outweigh another's)."""
+    n = reference.shape[0]
+    samples = torch.cat([flow.sample(len(c), generator=g, backend=backend, dtype=reference.dtype)
+                         for c in torch.arange(n).split(8192)])
+    median = median_distance(reference)
+    u_reference, u_samples = flow.standardize(reference).double(), flow.standardize(samples).double()
+    median_u = median_distance(u_reference)
+    return {"n": n, "mmd_c": mmd(reference, samples, bandwidth=0.1 * median),
+            "mmd_m": mmd(reference, samples, bandwidth=median), "median_distance": median,
+            "mmd_u": mmd(u_reference, u_samples, bandwidth=median_u), "median_distance_u": median_u}
 
 
 def _grids(flow: Flow, steps) -> list[int]:

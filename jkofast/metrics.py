@@ -134,7 +134,7 @@ def sharded_scores_by_grid(flow, rows, dist=None, *, grids, backend: str = "auto
     parts = dist.gather(mine, "evaluating the NLL") if dist is not None else [mine]
     bad_rows, scored = sum(p[2] for p in parts), sum(p[3] for p in parts)
     if bad_rows:
-        raise ValueError(f"{rows.name} has {bad_rows} row(s) with NaN or inf values")
+        raise ValueError(f"{rows.label} has {bad_rows} row(s) with NaN or inf values")
     for s in grids:
         n_bad = sum(p[1][s] for p in parts)
         if n_bad:

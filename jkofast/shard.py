@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -26,7 +24,9 @@ from torch import Tensor
 from .datasets.streaming import CHUNK_BYTES, Rows, _release
 from ._precision import standardized
 from .memory import available_bytes
-from .progress import progress_bar
+from ._shuffled_write import bucket_count, write_shuffled
+from .progress import progress_bar, say
+from ._scratch import ScratchFolder
 
 __all__ = ["MemoryShard", "DiskShard", "ShardStore", "STORAGES"]
 
@@ -34,6 +34,7 @@ STORAGES = ("auto", "memory", "disk")
 _PUSH_ROWS = 8192           # rows per push piece (metrics.CHUNK): bounds the tangent rows' memory
 _WINDOW_BYTES = 1 << 20     # disk batches: contiguous windows of this size ...
 _WINDOWS_MIXED = 8          # ... this many at a time, shuffled together (8 MB resident, twice while shuffled)
+_SHUFFLE_STREAM = 0x5EED   # keeps the shard's shuffle apart from other draws from the run's seed
 _BAR_CHUNKS = 64            # passes over at least this many chunks (64 MB from disk) show a progress bar
 
 PushFn = Callable[[Tensor, Tensor | None], tuple[Tensor, Tensor | None]]  # (points, logdet) -> pushed
@@ -108,7 +109,8 @@ class DiskShard:
     def batches(self, batch: int, generator: torch.Generator) -> Iterator[Tensor]:
         """Minibatches read as contiguous windows: each epoch visits the windows in a random
         order, ``_WINDOWS_MIXED`` at a time, and shuffles their rows together. Reads stay large
-        and sequential, and a batch mixes rows from all over the shard."""
+        and sequential; the batches are well mixed because a training shard's rows were written
+        in a random order (:meth:`ShardStore.from_rows`), whatever the order of the data file."""
         batch = min(batch, self.n)
         rng = np.random.default_rng(generator.initial_seed())
         window = max(1, _WINDOW_BYTES // self.row_bytes)
@@ -146,27 +148,31 @@ class ShardStore:
             fits = 3 * shard_bytes <= available_bytes(device) // (2 * max(1, local_world))
             storage = "memory" if fits else "disk"
         self.where, self.dtype, self.device, self.progress = storage, dtype, device, progress
+        self.shard_bytes = shard_bytes
         self._scratch_parent, self._rank, self._folder = scratch, rank, None
         self._names = itertools.count()
 
     def _new_path(self) -> Path:
         if self._folder is None:
-            if self._scratch_parent is not None:
-                Path(self._scratch_parent).mkdir(parents=True, exist_ok=True)
-            self._folder = Path(tempfile.mkdtemp(prefix=f"jkofast-rank{self._rank}-", dir=self._scratch_parent))
-        return self._folder / f"shard{next(self._names)}.bin"
+            self._folder = ScratchFolder(self._scratch_parent, self._rank)
+            if self._folder.removed and self._rank == 0:
+                say(f"removed {len(self._folder.removed)} scratch folder(s) left by runs that were killed: "
+                    + ", ".join(str(p) for p in self._folder.removed), bars=False)
+        return self._folder.path / f"shard{next(self._names)}.bin"
 
     def build(self, pieces: Iterator[tuple[Tensor, Tensor | None]], dim: int, has_logdet: bool, *,
-              total: int = 0, desc: str = ""):
+              total: int = 0, desc: str = "", shuffle_seed: list[int] | None = None):
         """A shard of the (points, logdet) pieces, written as they come; a progress bar over
-        ``total`` pieces when there are many (a pass over data that does not fit in memory)."""
+        ``total`` pieces when there are many (a pass over data that does not fit in memory).
+        ``shuffle_seed``: a disk shard's rows are written in a random order drawn from it."""
         bar = progress_bar(total, desc, enabled=self.progress and total >= _BAR_CHUNKS)
         try:
-            return self._build(_counted(pieces, bar), dim, has_logdet)
+            return self._build(_counted(pieces, bar), dim, has_logdet, shuffle_seed)
         finally:
             bar.close()
 
-    def _build(self, pieces: Iterator[tuple[Tensor, Tensor | None]], dim: int, has_logdet: bool):
+    def _build(self, pieces: Iterator[tuple[Tensor, Tensor | None]], dim: int, has_logdet: bool,
+               shuffle_seed: list[int] | None = None):
         if self.where == "memory":
             points, logdets = [], []
             for p, ld in pieces:
@@ -175,24 +181,37 @@ class ShardStore:
             pts = torch.cat(points) if points else torch.empty(0, dim, dtype=self.dtype, device=self.device)
             ld = (torch.cat(logdets) if logdets else pts.new_zeros(0)) if has_logdet else None
             return MemoryShard(pts, ld)
-        path, n = self._new_path(), 0
-        with open(path, "wb") as fh:
-            for p, ld in pieces:
-                block = p.to(self.dtype) if ld is None else torch.cat([p, ld[:, None]], 1).to(self.dtype)
-                block.detach().cpu().numpy().tofile(fh)
-                n += p.shape[0]
+        path = self._new_path()
+        blocks = (_host_block(p, ld, self.dtype) for p, ld in pieces)
+        try:
+            if shuffle_seed is not None:
+                n = write_shuffled(blocks, path, np.random.default_rng(shuffle_seed), bucket_count(self.shard_bytes))
+            else:
+                n = 0
+                with open(path, "wb") as fh:
+                    for block in blocks:
+                        block.tofile(fh)
+                        n += block.shape[0]
+        except OSError as exc:  # numpy's short write says only "N requested and M written"
+            raise OSError(f"could not write the pushed samples to {path.parent} ({exc}): is that disk full? "
+                          "Free space, or pass scratch_dir (--scratch-dir) on a disk with room for "
+                          f"about {_gib(self.shard_bytes)} per process") from exc
         return DiskShard(path, n, dim, has_logdet, self.dtype, self.device)
 
     def from_rows(self, rows: Rows, loc: Tensor, scale: Tensor, *, rank: int, world: int, seed: int,
                   with_logdet: bool = False):
         """This rank's shard of ``rows``, standardized, u = (x - loc) / scale (a zero logdet
-        column with ``with_logdet``)."""
+        column with ``with_logdet``). On disk, the training shard (no logdet) is written in a
+        random row order (seeded by ``seed`` and ``rank``): its minibatches are read as contiguous
+        windows, which must not follow the file's order (a sorted file). Every later push keeps
+        that order."""
         def pieces():
             for _, x in rows.chunks(rank=rank, world=world, seed=seed):
                 u = standardized(x.to(self.device), loc, scale)  # loc: the model's dtype and device
                 yield u, (u.new_zeros(u.shape[0]) if with_logdet else None)
+        shuffle = None if with_logdet else [seed, rank, _SHUFFLE_STREAM]
         return self.build(pieces(), rows.dim, with_logdet, total=rows.num_chunks,
-                          desc=f"rank {rank}: sharding {rows.name}")
+                          desc=f"rank {rank}: sharding {rows.name}", shuffle_seed=shuffle)
 
     def map(self, shard, fn: PushFn, desc: str = "pushing"):
         """A new shard of ``fn(points, logdet)`` over ``shard``'s chunks (the push through a block)."""
@@ -202,8 +221,17 @@ class ShardStore:
     def close(self) -> None:
         """Delete the scratch folder and every shard file in it."""
         if self._folder is not None:
-            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder.remove()
             self._folder = None
+
+
+def _gib(n: int) -> str:
+    return f"{max(n, 1) / 2**30:.2g} GiB"
+
+
+def _host_block(points: Tensor, logdet: Tensor | None, dtype: torch.dtype) -> np.ndarray:
+    block = points if logdet is None else torch.cat([points, logdet[:, None]], 1)
+    return block.detach().to("cpu", dtype).numpy()
 
 
 def _counted(pieces, bar):

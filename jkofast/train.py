@@ -11,11 +11,12 @@ import torch
 from torch import Tensor
 
 from . import _backend, distributed, training_data
-from ._checks import (check_finite, check_points, warn_fewer_rows_than_columns, warn_lattice_columns,
-                      whole_number_columns)
+from ._checks import (check_finite, check_folder, check_points, warn_fewer_rows_than_columns,
+                      warn_lattice_columns, whole_number_columns)
+from ._locks import held_lock
 from ._version import __version__
 from .checkpoint import write_json
-from .datasets.files import load_array
+from .datasets.files import column_names, load_array
 from .datasets.streaming import table_or_path_as_array
 from .flow import Flow
 from .interpolant import InterpolantTrainer
@@ -117,6 +118,7 @@ def _trained_units(log: dict) -> int:
     return len(log.get("blocks", [])) + len(log.get("segments", []))
 
 
+OUT_LOCK = ".jkofast.lock"   # in the output folder, held while a run trains into it
 _UNITS = {"jko-iflow": "blocks", "jko-flow": "rounds", "interpolant": "training segments"}
 
 
@@ -172,6 +174,7 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
         progress: show progress bars (per block or round).
         backend: engine, ``"auto"``, ``"torch"`` or ``"compiled"``.
         info: extra entries for ``flow.info`` (saved with the model), e.g. where the data came from.
+            ``flow.info["columns"]`` holds the column names of a DataFrame or a ``.csv`` header.
         **options: the method's settings: fields of
             :class:`~jkofast.jko_iflow_config.JKOIFlowConfig` (``blocks``, ``hidden``, ``iters``,
             ``lr``, ``steps``, ``divergence``, ...), :class:`~jkofast.jko_flow_config.JKOFlowConfig`
@@ -216,10 +219,33 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
     if dist.world > 1 and method not in DISTRIBUTED_METHODS:
         raise ValueError(f"method {method!r} trains in one process; distributed training supports "
                          f"{list(DISTRIBUTED_METHODS)}")
+    out = check_folder(out, "out") if out is not None else None
+    # Two runs writing checkpoints into one folder would overwrite each other's: the second is
+    # refused while the first lives (a lock the kernel drops when its process ends).
+    lock = out / OUT_LOCK if out is not None and dist.main else None
+    busy = (f"another jkofast run is training into {out} (it holds {lock}); wait for it to end, or pass "
+            "another output folder")
+    with held_lock(lock, busy):
+        if out is not None and not resume and dist.main and (out / CHECKPOINT_FILE).exists():
+            (out / CHECKPOINT_FILE).unlink()
+        columns = _column_names(x)  # kept with the model: `jkofast sample --out s.csv` writes them as a header
+        info = {**({"columns": columns} if columns else {}), **(info or {})}
+        return _train(x, val, method, cfg, out=out, dist=dist, progress=progress, backend=backend, info=info)
+
+
+def _column_names(x) -> list[str] | None:
+    """The names of x's columns: a DataFrame's, or a .csv file's header; None otherwise."""
+    if isinstance(x, (str, os.PathLike)):
+        return column_names(x)
+    if hasattr(x, "columns") and hasattr(x, "to_numpy"):
+        return [str(c) for c in x.columns]
+    return None
+
+
+def _train(x, val, method: str, cfg, *, out: Path | None, dist, progress: bool, backend: str,
+           info: dict | None) -> Flow:
+    """train()'s work once the settings are checked and the output folder is held."""
     device, dtype = dist.device, getattr(torch, cfg.dtype)
-    out = Path(out) if out is not None else None
-    if out is not None and not resume and dist.main and (out / CHECKPOINT_FILE).exists():
-        (out / CHECKPOINT_FILE).unlink()
     log = {"jkofast_version": __version__, "method": method, "config": cfg.to_dict(), "device": str(device),
            "world_size": dist.world}
     if isinstance(cfg, JKOIFlowConfig):

@@ -16,11 +16,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._checks import warn_fewer_rows_than_columns, warn_lattice_columns
+from ._checks import check_folder, warn_fewer_rows_than_columns, warn_lattice_columns
 from .datasets.scan import Summary, scan
 from .datasets.streaming import Rows, as_rows
 from .distributed import Dist
 from .jko_iflow_config import JKOIFlowConfig
+from .progress import say
 from .shard import ShardStore
 
 __all__ = ["TrainingData", "prepare"]
@@ -71,7 +72,7 @@ def prepare(x, val, cfg: JKOIFlowConfig, dist: Dist, *, progress: bool = False) 
     rows = as_rows(x, "x")
     val_rows = None if val is None else as_rows(val, "val", dim=rows.dim)
     shapes = [(len(r), r.dim, r.dtype_name) for r in (rows, val_rows) if r is not None]
-    dist.check_same((shapes, cfg.to_dict()), "data shapes and settings")
+    dist.check_same({"data shapes (rows, columns, dtype)": shapes, **cfg.to_dict()}, "data shapes and settings")
     progress = progress and dist.main
     summary = scan(rows, dist, progress=progress)
     if dist.main:
@@ -91,8 +92,14 @@ def prepare(x, val, cfg: JKOIFlowConfig, dist: Dist, *, progress: bool = False) 
     n_val = 0 if val_summary is None else val_summary.n
     shard_bytes = itemsize * (math.ceil(summary.n / dist.world) * rows.dim
                               + math.ceil(n_val / dist.world) * (rows.dim + 1))
+    if cfg.scratch_dir is not None:
+        check_folder(cfg.scratch_dir, "scratch_dir")
     store = ShardStore(cfg.pushed_storage, shard_bytes, dtype=dtype, device=device, rank=dist.rank,
                        local_world=dist.local_world, scratch=cfg.scratch_dir, progress=progress)
+    if cfg.scratch_dir is not None and store.where == "memory":
+        say(f"scratch_dir {cfg.scratch_dir} is not used: the pushed samples are kept in memory"
+            + (" (they fit; pushed_storage='disk' puts them there)" if cfg.pushed_storage == "auto" else ""),
+            bars=progress, main=dist.main)
     zero, one = torch.zeros((), dtype=dtype, device=device), torch.ones((), dtype=dtype, device=device)
     shift, div = (loc, scale) if cfg.standardize else (zero, one)
     shard = dict(rank=dist.rank, world=dist.world, seed=cfg.seed)

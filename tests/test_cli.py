@@ -169,6 +169,25 @@ def test_train_on_a_file(tmp_path, capsys):
     assert "gaussian_nll" not in json.loads((tmp_path / "gone.json").read_text())
 
 
+def test_samples_of_a_csv_model_carry_its_header(tmp_path, capsys):
+    data = jkofast.datasets.toy("8gaussians", 1000, seed=1)
+    (tmp_path / "d.csv").write_text('price,"size, m2"\n' + "\n".join(f"{a},{b}" for a, b in data))
+    assert main(["train", "--data", str(tmp_path / "d.csv"), "--out", str(tmp_path / "run"), "--budget", "quick",
+                 "--iters", "5", "--blocks", "1", "--no-progress", "--no-plot"]) == 0
+    assert jkofast.Flow.load(tmp_path / "run").info["columns"] == ["price", "size, m2"]
+    assert main(["sample", "--model", str(tmp_path / "run"), "--n", "7", "--out", str(tmp_path / "s.csv")]) == 0
+    assert (tmp_path / "s.csv").read_text().splitlines()[0] == 'price,"size, m2"'
+    assert jkofast.datasets.load_array(tmp_path / "s.csv").shape == (7, 2)   # read back: a header, 7 rows
+    # a DataFrame's names too, through the library
+    pd = pytest.importorskip("pandas")
+    flow = jkofast.train(pd.DataFrame(data, columns=["a", "b"]), budget="quick", iters=2, blocks=1, progress=False)
+    assert flow.info["columns"] == ["a", "b"]
+    # a header-less file records none, and its samples have no header line
+    np.savetxt(tmp_path / "bare.csv", data, delimiter=",")
+    assert jkofast.datasets.column_names(tmp_path / "bare.csv") is None
+    assert jkofast.datasets.column_names(tmp_path / "x.npy") is None
+
+
 def test_errors_are_messages_not_tracebacks(run_dir, tmp_path, capsys):
     with pytest.raises(SystemExit, match="neither a built-in data set"):
         main(["train", "--data", "no-such-set", "--out", str(tmp_path / "x")])
@@ -187,6 +206,10 @@ def test_errors_are_messages_not_tracebacks(run_dir, tmp_path, capsys):
         assert err.startswith(f"error: --device={device!r}") and "Traceback" not in err, err
         assert main(["eval", "--model", str(run_dir), "--device", device]) == 2
         assert "not a readable checkpoint" not in capsys.readouterr().err
+    # an operating system's refusal (here: --json names a folder) is a message too
+    assert main(["eval", "--model", str(run_dir), "--json", str(tmp_path), "--mmd-points", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: [Errno 21] Is a directory") and "Traceback" not in err, err
 
 
 def test_interrupted_training_says_how_to_resume(tmp_path, monkeypatch, capsys):

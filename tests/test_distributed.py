@@ -142,6 +142,23 @@ def test_torchrun_cli_writes_one_model_and_matches_one_process(cli_runs):
     assert m2["peak_memory"]["rss_bytes_max"] > 50 * 2**20 and len(m2["peak_memory"]["per_rank"]) == 2
 
 
+def test_torchrun_eval_reports_once_what_one_process_does(cli_runs, capsys):
+    one, two, _ = cli_runs
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "jkofast", "eval", "--model", str(two), "--mmd-points", "500", "--json", str(two / "eval2.json")]
+    proc = subprocess.run(cmd, env=_env(), cwd=two, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("test NLL") == 1 and proc.stdout.count("MMD^2") == 1, proc.stdout   # rank 0 alone
+    assert main(["eval", "--model", str(two), "--mmd-points", "500", "--json", str(two / "eval1.json")]) == 0
+    capsys.readouterr()
+    e2, e1 = (json.loads((two / f"eval{n}.json").read_text()) for n in (2, 1))
+    # Each rank scores its shard of the test rows and the sums are merged: the one process's
+    # numbers to rounding of the float64 sums (float32 per-row values: 1e-6 relative).
+    assert e2["n_test"] == e1["n_test"] and e2["nll_steps3"]["mean"] == pytest.approx(e1["nll_steps3"]["mean"], rel=1e-6)
+    assert e2["gaussian_nll"]["mean"] == pytest.approx(e1["gaussian_nll"]["mean"], rel=1e-9)
+    assert e2["mmd"]["n"] == 500 and e2["mmd"]["mmd_m"] > 0   # a random subset of the whole split
+
+
 @pytest.fixture(scope="module")
 def killed_run(tmp_path_factory):
     """Two processes: one DDP gradient step (for the gradient test), then a run in which rank 1
@@ -305,7 +322,12 @@ def test_ranks_started_differently_are_refused():
 
     class TwoRanks(Dist):  # what all_gather_object would return from two ranks
         def gather(self, obj, what=""):
-            return [obj, {**obj, "lr": 0.1}]
+            return [obj, {**obj, "lr": 0.1, "data": [(100, 2, "float32")]}]
 
-    with pytest.raises(DistributedError, match=r"rank\(s\) \[1\] were started with different settings"):
-        TwoRanks(world=2).check_same({"lr": 0.01}, "settings")
+    # the places that differ are named, not the whole settings (dozens of keys) dumped twice
+    settings = {"lr": 0.01, "blocks": 4, "data": [(100, 3, "float32")], "seed": 0}
+    said = r"rank\(s\) \[1\] were started with different settings than rank 0: lr: 0.1 against 0.01; " \
+           r"data\[0\]\[1\]: 2 against 3 \(rank 1 against rank 0\)"
+    with pytest.raises(DistributedError, match=said) as err:
+        TwoRanks(world=2).check_same(settings, "settings")
+    assert "blocks" not in str(err.value) and "seed" not in str(err.value)

@@ -2,6 +2,7 @@
 the one-pass scan, pushed samples kept on disk, and the peak memory of a run."""
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 import jkofast
+import jkofast._shuffled_write
 from jkofast import shard as shard_module
 from jkofast.datasets import streaming
 from jkofast.datasets.scan import scan
@@ -50,7 +52,7 @@ def test_open_npy_refuses_other_files(tmp_path):
     (tmp_path / "x.txt").write_text("1,2\n")
     with pytest.raises(ValueError, match="npz"):
         open_npy(tmp_path / "x.npz")
-    with pytest.raises(ValueError, match="could not read"):
+    with pytest.raises(ValueError, match="x.txt' is not a .npy file"):
         open_npy(tmp_path / "x.txt")
     with pytest.raises(FileNotFoundError):
         open_npy(tmp_path / "nope.npy")
@@ -114,7 +116,8 @@ def test_scan_finds_the_first_bad_row_in_a_late_chunk(tmp_path, small_chunks):
     data = np.ones((2000, 2), np.float32)
     data[1500, 1] = np.nan
     data[1700, 0] = np.inf
-    with pytest.raises(ValueError, match=r"2 row\(s\) with NaN or inf values \(first: row 1500\)"):
+    with pytest.raises(ValueError, match=r"x \(rows of '.*x.npy'\) has 2 row\(s\) with NaN or inf values "
+                                         r"\(first: row 1500 of the file\)"):
         scan(as_rows(_write_npy(tmp_path / "x.npy", data), "x"))
 
 
@@ -259,8 +262,67 @@ def test_evaluate_sharded_with_empty_chunks_and_bad_rows(tmp_path, small_chunks,
     bad = data.copy()
     bad[[int(test.base_index(c, 0)) for c, x in test.chunks() if len(x)][:2], 3] = np.nan
     _, _, bad_test = split_rows(_write_npy(tmp_path / "bad.npy", bad), seed=1)
-    with pytest.raises(ValueError, match="test has 2 row\\(s\\) with NaN or inf values"):
+    with pytest.raises(ValueError, match="test \\(its split of '.*bad.npy'\\) has 2 row\\(s\\) with NaN or inf values"):
         evaluate_sharded(flow, bad_test, steps=2, baseline_train=train)
+
+
+def test_a_baseline_from_no_more_rows_than_columns_is_refused():
+    # A 3-row fit in 3 dimensions is degenerate (the ridge keeps it finite): its NLL would be
+    # some 1e13 nats, a number that means nothing beside the flow's.
+    flow = jkofast.Flow(3, dict(hidden=8, layers=1))
+    test, few = torch.randn(50, 3), np.random.default_rng(0).normal(size=(3, 3))
+    for run in (evaluate, evaluate_sharded):
+        with pytest.raises(ValueError, match="baseline_train has 3 rows for 3 columns"):
+            run(flow, test, steps=2, baseline_train=few)
+    assert "gaussian_nll" in evaluate(flow, test, steps=2, mmd_points=0, baseline_train=np.vstack([few, few[:1] + 1]))
+
+
+def test_a_random_subset_of_rows_is_uniform_seeded_and_streamed(tmp_path, small_chunks):
+    data = np.arange(30_000, dtype=np.float64)[:, None] * np.ones((1, 2))        # sorted: row i holds i
+    rows = as_rows(_write_npy(tmp_path / "x.npy", data), "x")
+    picked = rows.sample(3000, seed=4)
+    values = picked[:, 0]
+    assert picked.shape == (3000, 2) and len(np.unique(values)) == 3000 and np.all(np.diff(values) > 0)
+    assert np.array_equal(picked, rows.sample(3000, seed=4)) and not np.array_equal(picked, rows.sample(3000, seed=5))
+    # uniform over the file, not its first rows: each tenth of it holds about 300 picks (binomial
+    # s.d. 16; 6 s.d. is a bound no uniform draw crosses in practice)
+    assert np.all(np.abs(np.bincount((values // 3000).astype(int), minlength=10) - 300) < 100)
+    assert rows.sample(10**6, seed=0).shape == (30_000, 2)                       # at most every row
+    _, _, test = split_rows(rows.data, seed=1)                                     # a split: its kept rows only
+    kept = np.concatenate([x.numpy() for _, x in test.chunks()])
+    assert np.isin(test.sample(500, seed=0)[:, 0], kept[:, 0]).all()
+
+
+def test_evaluate_sharded_computes_the_mmd_on_a_random_subset(tmp_path, small_chunks):
+    flow = jkofast.Flow(2, dict(hidden=8, layers=1))
+    flow.add_block(flow.new_field(), 0.5)
+    test = as_rows(_write_npy(tmp_path / "t.npy", np.random.default_rng(3).normal(size=(5000, 2)).astype(np.float32)),
+                   "test")
+    assert "mmd" not in evaluate_sharded(flow, test, steps=2)                     # off by default
+    report = evaluate_sharded(flow, test, steps=2, mmd_points=400, seed=7)
+    reference = torch.from_numpy(test.sample(400, 7))
+    expected = importlib.import_module("jkofast.evaluate")._mmd_entry(flow, reference, torch.Generator().manual_seed(7), "auto")
+    assert report["mmd"] == expected and report["mmd"]["n"] == 400 and report["mmd"]["mmd_m"] > 0
+    assert list(report) == ["n_test", "nll_steps2", "nll_standardized_steps2", "mmd", "training"]
+
+
+def test_memory_mapped_data_errors_name_the_file(tmp_path, capsys):
+    from jkofast.cli import main
+
+    np.savetxt(tmp_path / "x.csv", np.ones((5, 2)), delimiter=",")
+    with pytest.raises(ValueError, match=r"x.csv' is not a .npy file.*for a .csv, pass the path itself"):
+        open_npy(tmp_path / "x.csv")                # numpy's own message was about pickled data
+    bad = np.random.default_rng(0).normal(size=(3000, 3)).astype(np.float32)
+    bad[5, 1] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    np.save(tmp_path / "wide.npy", np.zeros((3, 3000), np.float32))    # 3000 points saved as columns
+    args = ["--mmap", "--budget", "quick", "--no-progress", "--no-plot"]
+    assert main(["train", "--data", str(tmp_path / "nan.npy"), "--out", str(tmp_path / "o"), *args]) == 2
+    said = f"x (its split of {str(tmp_path / 'nan.npy')!r}) has 1 row(s) with NaN or inf values (first: row 5 of the file)"
+    assert said in capsys.readouterr().err
+    assert main(["train", "--data", str(tmp_path / "wide.npy"), "--out", str(tmp_path / "o"), *args]) == 2
+    err = capsys.readouterr().err
+    assert f"(its split of {str(tmp_path / 'wide.npy')!r}) is empty" in err and "is it transposed" in err, err
 
 
 def test_scan_of_huge_values_stays_finite(small_chunks):
@@ -321,6 +383,35 @@ def test_disk_and_memory_shards_hold_the_same_rows(tmp_path, small_chunks, monke
     assert not torch.equal(epoch[:100], mem[0][:100])              # shuffled across windows
 
 
+def _sorted_disk_shard(tmp_path, seed=0, rank=0, n=6000):
+    """A disk training shard of rows sorted by their first column (0..n-1), in 4 buckets."""
+    x = np.stack([np.arange(n), np.zeros(n), np.ones(n)], 1).astype(np.float32)
+    store = ShardStore("disk", 4 * 4096, dtype=torch.float32, device=torch.device("cpu"),
+                       scratch=tmp_path / f"scratch{seed}-{rank}")
+    return store.from_rows(Rows(x), torch.zeros(3), torch.ones(3), rank=rank, world=1, seed=seed)
+
+
+def test_disk_training_shard_is_a_seeded_shuffle_of_a_sorted_file(tmp_path, monkeypatch):
+    # Disk batches are read as contiguous windows, so the shard's rows must be in random order
+    # (a sorted file once gave batches from 8 narrow slices: test NLL 3.61 against 3.41 in memory).
+    monkeypatch.setattr(shard_module, "_WINDOW_BYTES", 1024)           # 85 rows of 12 bytes
+    monkeypatch.setattr(jkofast._shuffled_write, "_BUCKET_BYTES", 4096)
+    first = _sorted_disk_shard(tmp_path)
+    rows = torch.cat([p for p, _ in first.chunks()])[:, 0]
+    assert torch.equal(rows.sort().values, torch.arange(6000.0))       # a permutation: no row lost
+    assert not list(first.path.parent.glob("*.bucket*"))               # the bucket files removed
+    assert torch.equal(rows, torch.cat([p for p, _ in _sorted_disk_shard(tmp_path).chunks()])[:, 0])
+    for other in (_sorted_disk_shard(tmp_path, seed=1), _sorted_disk_shard(tmp_path, rank=1)):
+        assert not torch.equal(rows, torch.cat([p for p, _ in other.chunks()])[:, 0])
+    # Each of the first windows spans the data: all ten deciles present in its 85 rows (for a
+    # uniform random order a decile is missed with probability 10 * 0.9**85 = 1.3e-3 per window).
+    assert all(len(set((rows[a:a + 85] // 600).tolist())) == 10 for a in range(0, 850, 85))
+    # And so does every batch of 200 (a decile missed with probability 7e-9 per batch); in file
+    # order 8 windows of 85 rows could cover 8 deciles at most.
+    batches = first.batches(200, torch.Generator().manual_seed(0))
+    assert all(len(set((next(batches)[:, 0] // 600).tolist())) == 10 for _ in range(60))
+
+
 def test_auto_storage_rule(tmp_path):
     small = ShardStore("auto", 1 << 20, dtype=torch.float32, device=torch.device("cpu"))
     huge = ShardStore("auto", 1 << 50, dtype=torch.float32, device=torch.device("cpu"))
@@ -363,6 +454,7 @@ def test_cli_trains_on_a_memory_mapped_file(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"{metrics['n_test']} points" in out and "(standardized)" in out and "training (jko-iflow)" in out
     assert f"scores {g['mean']:.4f} +/- {g['se']:.4f} nats on the same test points" in out
+    assert f"MMD^2 ({min(10_000, metrics['n_test'])} samples vs" in out            # on a random subset of the split
     np.save(tmp_path / "ints.npy", np.arange(10).reshape(5, 2))
     assert main(["train", "--data", str(tmp_path / "ints.npy"), "--mmap", "--out", str(tmp_path / "bad"), *args]) == 2
     assert "must hold a 2-D float array" in capsys.readouterr().err

@@ -23,13 +23,13 @@ import numpy as np
 
 from ._checks import check_count
 from .builtin import REAL_NAMES, load, real_name
-from .files import SUFFIXES, load_array, split
+from .files import SUFFIXES, column_names, load_array, split
 from .streaming import open_npy, split_rows
 from .tabular import TABULAR_NAMES, load_tabular, tabular_name
 from .toy import TOY_NAMES, canonical_name, toy
 
-__all__ = ["toy", "TOY_NAMES", "load", "REAL_NAMES", "load_tabular", "TABULAR_NAMES", "load_array", "split",
-           "get", "builtin_name", "DATA_NAMES", "open_npy", "split_rows"]
+__all__ = ["toy", "TOY_NAMES", "load", "REAL_NAMES", "load_tabular", "TABULAR_NAMES", "load_array", "column_names",
+           "split", "get", "builtin_name", "DATA_NAMES", "open_npy", "split_rows"]
 
 DATA_NAMES: tuple[str, ...] = TOY_NAMES + REAL_NAMES + TABULAR_NAMES  # every name get() knows
 

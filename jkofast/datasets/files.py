@@ -1,13 +1,15 @@
 """Loading user data from ``.npy`` / ``.csv`` files and splitting it into train / val / test."""
 from __future__ import annotations
 
+import csv
+import itertools
 import math
 import os
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["load_array", "split", "SUFFIXES"]
+__all__ = ["load_array", "column_names", "split", "SUFFIXES"]
 
 SUFFIXES = (".npy", ".csv")
 
@@ -33,31 +35,52 @@ def _read_npy(path: Path) -> np.ndarray:
     return arr
 
 
-def _read_csv(path: Path) -> np.ndarray:
+def _csv_lines(path: Path, limit: int | None = None) -> list[str]:
+    """The non-blank lines of a .csv (the first ``limit`` of them)."""
     # utf-8-sig: spreadsheet exports often start with a byte-order mark.
-    lines = [line for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    if limit is None:
+        lines = [line for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    else:
+        with open(path, encoding="utf-8-sig") as fh:
+            lines = list(itertools.islice((line.rstrip("\r\n") for line in fh if line.strip()), limit))
     if not lines:
         raise ValueError(f"{str(path)!r} is empty (no rows)")
+    return lines
+
+
+def _csv_layout(lines: list[str], path: Path) -> tuple[str, list[str] | None]:
+    """The separator and the header's fields (None where the first line is data) of a .csv's
+    non-blank ``lines``, semicolon files' decimal commas already turned into points."""
     sep = _separator(lines[1] if len(lines) > 1 else lines[0])
-    if sep == ";":  # a semicolon file's commas are decimal marks (1,5;2 is 1.5 and 2)
-        lines = [line.replace(",", ".") for line in lines]
     fields = lines[0].split(sep)
     numeric = [_is_number(v) for v in fields]
     own = _separator(lines[0])
     if not any(numeric) and own != sep and all(_is_number(v) for v in lines[0].split(own)):
         raise ValueError(f"the first line of {str(path)!r} is separated by {_SEPARATORS[own]}s, the next by "
                          f"{_SEPARATORS[sep]}s: use one separator throughout")
-    if not any(numeric):
+    if any(numeric) and not all(numeric):  # neither: say so, rather than drop a data row as a "header"
+        raise ValueError(f"the first line of {str(path)!r} mixes numbers and other fields ({lines[0][:80]!r}): "
+                         "it is neither a header nor a row of separated numbers")
+    return sep, None if all(numeric) else fields
+
+
+def _decimal_points(lines: list[str]) -> list[str]:
+    """A semicolon file's commas are decimal marks (1,5;2 is 1.5 and 2)."""
+    sep = _separator(lines[1] if len(lines) > 1 else lines[0])
+    return [line.replace(",", ".") for line in lines] if sep == ";" else lines
+
+
+def _read_csv(path: Path) -> np.ndarray:
+    lines = _decimal_points(_csv_lines(path))
+    sep, header = _csv_layout(lines, path)
+    if header is not None:
         lines = lines[1:]  # a first line without numbers is a header
-        if len(fields) > 1 and not fields[0].strip():
+        if len(header) > 1 and not header[0].strip():
             import warnings
 
             warnings.warn(f"the header of {str(path)!r} starts with an empty name, as pandas' to_csv writes its row "
                           "index: that column is read as data; save with to_csv(index=False) if it is the index",
                           UserWarning, stacklevel=3)
-    elif not all(numeric):  # neither: say so, rather than drop a data row as a "header"
-        raise ValueError(f"the first line of {str(path)!r} mixes numbers and other fields ({lines[0][:80]!r}): "
-                         "it is neither a header nor a row of separated numbers")
     if not lines:
         raise ValueError(f"{str(path)!r} is empty (a header line but no data rows)")
     try:
@@ -65,6 +88,20 @@ def _read_csv(path: Path) -> np.ndarray:
     except ValueError as e:
         raise ValueError(f"could not parse {str(path)!r} as {_SEPARATORS[sep]}-separated numbers: {e}") from e
     return arr  # float64: training standardizes in it before rounding to the model's dtype
+
+
+def column_names(path) -> list[str] | None:
+    """The column names of a ``.csv`` file's header line (as :func:`load_array` tells a header),
+    read with the csv module's quoting rules; None for a ``.npy`` or a ``.csv`` without a header."""
+    p = Path(os.fspath(path))
+    if p.suffix.lower() != ".csv":
+        return None
+    raw = _csv_lines(p, limit=2)  # the header is told from the first two lines
+    sep, header = _csv_layout(_decimal_points(raw), p)
+    if header is None:
+        return None
+    # the names as written (a semicolon file's commas kept), quoted fields read as the csv module does
+    return [name.strip() for name in next(csv.reader([raw[0]], delimiter=sep, skipinitialspace=True))]
 
 
 _SEPARATORS = {",": "comma", ";": "semicolon", "\t": "tab"}

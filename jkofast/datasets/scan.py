@@ -111,7 +111,8 @@ def scan(rows: Rows, dist=None, *, progress: bool = False) -> Summary:
         bad += block_bad
         first = block_first if first < 0 else first
     if bad:
-        raise ValueError(f"{rows.name} has {bad} row(s) with NaN or inf values (first: row {first})")
+        raise ValueError(f"{rows.label} has {bad} row(s) with NaN or inf values (first: row {first}"
+                         f"{' of the file' if rows.label != rows.name else ''})")
     n, mean, m2 = merge_moments(p[1:4] for p in parts)  # in block order: the same bits on any world size
     std = np.sqrt(m2 / (n - 1)) if n > 1 else np.full(rows.dim, np.nan)
     constant = extremes[0] == extremes[1] if extremes is not None else np.ones(rows.dim, dtype=bool)

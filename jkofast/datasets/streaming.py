@@ -53,12 +53,18 @@ def open_npy(path) -> np.memmap:
     p = Path(os.fspath(path))
     if not p.is_file():
         raise FileNotFoundError(f"data file {str(p)!r} does not exist (or is not a file)")
+    with open(p, "rb") as fh:
+        magic = fh.read(6)
+    if magic.startswith(b"PK"):  # a zip: np.load would return an NpzFile
+        raise ValueError(f"{str(p)!r} is not a single .npy array (an .npz archive?)")
+    if magic != b"\x93NUMPY":  # numpy's own error for a text file speaks of pickles
+        csv = (" (for a .csv, pass the path itself: jkofast.train and --data read it; or convert it once "
+               "with np.save(name, jkofast.datasets.load_array(path)))" if p.suffix.lower() == ".csv" else "")
+        raise ValueError(f"{str(p)!r} is not a .npy file: it does not start with numpy's header{csv}")
     try:
         arr = np.load(p, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as exc:
         raise ValueError(f"could not read {str(p)!r} as a .npy array: {exc}") from exc
-    if not isinstance(arr, np.ndarray):  # np.load returns an NpzFile for a zip archive
-        raise ValueError(f"{str(p)!r} is not a single .npy array (an .npz archive?)")
     if arr.ndim != 2 or arr.dtype.kind != "f":
         raise ValueError(f"{str(p)!r} must hold a 2-D float array (rows, features), got shape {arr.shape} and "
                          f"dtype {arr.dtype}; convert it, e.g. np.save(path, a.reshape(len(a), -1).astype(np.float64)) "
@@ -98,6 +104,14 @@ class Rows:
         self.chunk_rows = max(1, CHUNK_BYTES // (self.dim * itemsize))
         self._len: int | None = None
         self._draws: tuple[int, np.ndarray] | None = None
+
+    @property
+    def label(self) -> str:
+        """The name, with the file a memory map reads, for messages: ``x (its split of 'big.npy')``."""
+        filename = getattr(self.data, "filename", None)
+        if filename is None:
+            return self.name
+        return f"{self.name} ({'its split of' if self.keep is not None else 'rows of'} {str(filename)!r})"
 
     @property
     def num_chunks(self) -> int:
@@ -157,6 +171,23 @@ class Rows:
                 position += rows.shape[0]
                 rows = rows[torch.from_numpy(mine).to(rows.device)]
             yield c, rows
+
+    def sample(self, n: int, seed: int = 0) -> np.ndarray:
+        """A seeded uniform random subset of min(n, len) kept rows, in their order here, as a
+        numpy array: one streamed pass, stopping after the last pick (for plots and the MMD,
+        where the first rows of a file, perhaps sorted or grouped, would not represent it)."""
+        total = len(self)
+        n = min(int(n), total)
+        picks = np.sort(np.random.default_rng(seed).choice(total, n, replace=False))
+        parts, start = [], 0
+        for _, rows in self.chunks():
+            a, b = np.searchsorted(picks, [start, start + rows.shape[0]])
+            if b > a:
+                parts.append(rows[torch.from_numpy(picks[a:b] - start)].cpu().numpy())
+            start += rows.shape[0]
+            if b == n:
+                break
+        return np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
 
     def head(self, n: int) -> np.ndarray:
         """The first n kept rows as a numpy array (for plots)."""
@@ -223,10 +254,13 @@ def as_rows(x, name: str, dim: int | None = None) -> Rows:
         rows = Rows(x, name)
     if dim is not None and rows.dim != dim:
         raise ValueError(f"{name} must have {dim} columns (the model's dimension), got {rows.dim}")
-    if len(rows) == 0:
-        raise ValueError(f"{name} is empty (0 of the {int(rows.data.shape[0])} rows are in its split); at least "
-                         "one row is needed")
     rows.name = name
+    if len(rows) == 0:
+        total = int(rows.data.shape[0])
+        transposed = (f"; the file holds {total} rows of {rows.dim} columns: is it transposed (one column per "
+                      "point)? Save it as a.T" if total < rows.dim else "")
+        raise ValueError(f"{rows.label} is empty (0 of the {total} rows are in its split); at least one row is "
+                         f"needed{transposed}")
     return rows
 
 

@@ -1,0 +1,61 @@
+"""Scratch folders for pushed samples on disk, and the removal of those a killed run left behind.
+
+A run deletes its folder when it ends, on an error or Ctrl-C included. A process killed outright
+(SIGKILL, the OOM killer, a scheduler's time limit, torchrun tearing down its workers) runs no
+cleanup, and its folder, as large as its share of the data, would stay on the disk. So each
+folder holds a lock file that its process keeps locked (``flock``) while it lives: the kernel
+drops the lock when the process dies, however it dies. A new run removes the folders of its
+kind in the same parent whose lock it can take. The lock is taken before the lock file gets its
+name, so a folder whose owner is starting up is never mistaken for an abandoned one; a folder
+without a lock file (being created, or not ours) is left alone.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from ._locks import new_locked_file, try_lock, unlock
+
+__all__ = ["ScratchFolder", "PREFIX"]
+
+PREFIX = "jkofast-rank"
+_LOCK = ".lock"
+
+
+class ScratchFolder:
+    """A new folder ``jkofast-rank{rank}-*`` in ``parent`` (default the system's temporary
+    folder), locked while this object lives; :meth:`remove` deletes it. Creating one first
+    removes the abandoned folders in ``parent`` (``removed`` lists them)."""
+
+    def __init__(self, parent: str | os.PathLike | None, rank: int) -> None:
+        parent = Path(parent) if parent is not None else Path(tempfile.gettempdir())
+        parent.mkdir(parents=True, exist_ok=True)
+        self.removed = remove_abandoned(parent)
+        self.path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{rank}-", dir=parent))
+        self._lock = new_locked_file(self.path / _LOCK)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        unlock(self._lock)
+        self._lock = None
+
+
+def remove_abandoned(parent: Path) -> list[Path]:
+    """Delete the scratch folders in ``parent`` whose process is gone (their lock is free)."""
+    removed = []
+    try:
+        candidates = [p for p in parent.iterdir() if p.name.startswith(PREFIX) and p.is_dir()]
+    except OSError:
+        return []
+    for folder in candidates:
+        try:
+            taken, fd = try_lock(folder / _LOCK, create=False)
+        except OSError:  # no lock file (starting up, or not a folder of ours), or no locks here
+            continue
+        if taken and fd is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+            unlock(fd)
+            removed.append(folder)
+    return removed
