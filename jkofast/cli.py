@@ -108,8 +108,16 @@ def _load_data(spec: dict):
     the memory-mapped file (nothing read yet)."""
     if spec.get("mmap"):
         return split_rows(open_npy(spec["name"]), seed=spec["seed"])
-    return datasets.get(spec["name"], spec["n_train"], spec["n_val"], spec["n_test"], seed=spec["seed"],
-                        root=spec.get("root"), allow_pickle=spec.get("allow_pickle", False))
+    try:
+        return datasets.get(spec["name"], spec["n_train"], spec["n_val"], spec["n_test"], seed=spec["seed"],
+                            root=spec.get("root"), allow_pickle=spec.get("allow_pickle", False))
+    except ValueError as exc:
+        if not str(exc).startswith("too few rows to split"):
+            raise
+        # split()'s advice (test_fraction=0) has no flag here: say what the command needs
+        n = len(datasets.load_array(spec["name"]))  # a file of fewer than 10 rows: cheap to read again
+        raise ValueError(f"{spec['name']} has {n} row(s): the command line splits a file 80/10/10 by --seed and "
+                         "needs at least 10 rows; for fewer, call jkofast.train(x) in Python (no split)") from exc
 
 
 def _as_array(data, seed: int, n: int = 20_000) -> np.ndarray:
@@ -333,7 +341,9 @@ def _train_and_report(args, dist) -> int:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     _print_evaluation(metrics, grids)
     peak = metrics["peak_memory"]["rss_bytes_max"] / 2**20
-    print(f"{flow.num_blocks} block{'s' * (flow.num_blocks != 1)}, training {metrics['train_seconds']:.1f} s, total "
+    # a resumed run's training seconds add up over its processes; the total is this process's
+    total = "this process" if flow.info.get("resumed") else "total"
+    print(f"{flow.num_blocks} block{'s' * (flow.num_blocks != 1)}, training {metrics['train_seconds']:.1f} s, {total} "
           f"{metrics['total_seconds']:.1f} s, peak memory {peak:.0f} MB per process; wrote "
           f"{', '.join(sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith('.')))}")
     return 0

@@ -86,7 +86,9 @@ def test_rerun_resumes_instead_of_retraining(run_dir, capsys):
     trained = jkofast.Flow.load(run_dir).info
     assert main(["train", "--data", "moons", "--out", str(run_dir), *SMALL]) == 0
     assert json.loads((run_dir / "log.json").read_text())["resumed"] is True
-    assert "resuming from" in capsys.readouterr().err
+    said = capsys.readouterr()
+    assert "resuming from" in said.err
+    assert ", this process " in said.out and ", total " not in said.out   # training seconds span processes
     # nothing was trained again: the wall time and memory stay those of the process that trained
     again = jkofast.Flow.load(run_dir).info
     assert again["resources"] == trained["resources"] and again["resources"]["wall_seconds"] > 0
@@ -206,6 +208,11 @@ def test_errors_are_messages_not_tracebacks(run_dir, tmp_path, capsys):
         assert err.startswith(f"error: --device={device!r}") and "Traceback" not in err, err
         assert main(["eval", "--model", str(run_dir), "--device", device]) == 2
         assert "not a readable checkpoint" not in capsys.readouterr().err
+    # a file too small for the 80/10/10 split: the advice is one the command line can follow
+    np.savetxt(tmp_path / "tiny.csv", np.ones((5, 2)), delimiter=",")
+    assert main(["train", "--data", str(tmp_path / "tiny.csv"), "--out", str(tmp_path / "t"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "has 5 row(s)" in err and "needs at least 10 rows" in err and "test_fraction" not in err, err
     # an operating system's refusal (here: --json names a folder) is a message too
     assert main(["eval", "--model", str(run_dir), "--json", str(tmp_path), "--mmd-points", "0"]) == 1
     err = capsys.readouterr().err
