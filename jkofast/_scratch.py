@@ -5,14 +5,17 @@ A run deletes its folder when it ends, on an error or Ctrl-C included. A process
 cleanup, and its folder, as large as its share of the data, would stay on the disk. So each
 folder holds a lock file that its process keeps locked (``flock``) while it lives: the kernel
 drops the lock when the process dies, however it dies. A new run removes the folders of its
-kind in the same parent whose lock it can take. The lock is taken before the lock file gets its
+kind in the same parent whose lock it can take, of its own host only (a network filesystem may
+keep locks per host: another host's live folder could look free from here). The lock is taken before the lock file gets its
 name, so a folder whose owner is starting up is never mistaken for an abandoned one; a folder
 without a lock file (being created, or not ours) is left alone.
 """
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -24,16 +27,28 @@ PREFIX = "jkofast-rank"
 _LOCK = ".lock"
 
 
+def _host() -> str:
+    """This machine's name as it goes into folder names (a shared scratch folder on a network
+    filesystem may hold other hosts' folders, whose locks this host cannot see there: those are
+    never judged, only this host's)."""
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
+
+
+def _owned_here(name: str) -> bool:
+    match = re.fullmatch(rf"{PREFIX}\d+-(.+)-[^-]+", name)
+    return match is not None and match.group(1) == _host()
+
+
 class ScratchFolder:
-    """A new folder ``jkofast-rank{rank}-*`` in ``parent`` (default the system's temporary
+    """A new folder ``jkofast-rank{rank}-{host}-*`` in ``parent`` (default the system's temporary
     folder), locked while this object lives; :meth:`remove` deletes it. Creating one first
-    removes the abandoned folders in ``parent`` (``removed`` lists them)."""
+    removes this host's abandoned folders in ``parent`` (``removed`` lists them)."""
 
     def __init__(self, parent: str | os.PathLike | None, rank: int) -> None:
         parent = Path(parent) if parent is not None else Path(tempfile.gettempdir())
         parent.mkdir(parents=True, exist_ok=True)
         self.removed = remove_abandoned(parent)
-        self.path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{rank}-", dir=parent))
+        self.path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{rank}-{_host()}-", dir=parent))
         self._lock = new_locked_file(self.path / _LOCK)
 
     def remove(self) -> None:
@@ -43,10 +58,10 @@ class ScratchFolder:
 
 
 def remove_abandoned(parent: Path) -> list[Path]:
-    """Delete the scratch folders in ``parent`` whose process is gone (their lock is free)."""
+    """Delete this host's scratch folders in ``parent`` whose process is gone (their lock is free)."""
     removed = []
     try:
-        candidates = [p for p in parent.iterdir() if p.name.startswith(PREFIX) and p.is_dir()]
+        candidates = [p for p in parent.iterdir() if _owned_here(p.name) and p.is_dir()]
     except OSError:
         return []
     for folder in candidates:

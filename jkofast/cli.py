@@ -642,7 +642,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as exc:
         stopped = "terminated (SIGTERM)" if isinstance(exc, _Terminated) else "interrupted"
-        print(f"\n{stopped}{_how_to_resume(args)}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank is stopped: one says so
+            print(f"\n{stopped}{_how_to_resume(args)}", file=sys.stderr)
         return 143 if isinstance(exc, _Terminated) else 130
     except BrokenPipeError:
         if not _stdout_reader_gone():  # another pipe (a worker's, a socket's) broke: a real failure

@@ -235,6 +235,10 @@ def test_interrupted_training_says_how_to_resume(tmp_path, monkeypatch, capsys):
     assert "the same command resumes from it" in capsys.readouterr().err
     assert main(["train", "--data", "moons", "--out", str(out), *SMALL, "--restart"]) == 130
     assert "the same command without --restart resumes" in capsys.readouterr().err
+    monkeypatch.setenv("RANK", "1")  # torchrun stops every rank: rank 0 alone says so
+    assert main(["train", "--data", "moons", "--out", str(out), *SMALL]) == 130
+    assert "interrupted" not in capsys.readouterr().err
+    monkeypatch.delenv("RANK")
     # the command line's notes handler is gone afterwards: a host process's logging is its own
     import logging
     log = logging.getLogger("jkofast")

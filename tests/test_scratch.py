@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import jkofast
-from jkofast._scratch import PREFIX, ScratchFolder
+from jkofast._scratch import PREFIX, ScratchFolder, _host
 from jkofast.cli import main
 from jkofast.shard import ShardStore
 
@@ -40,16 +40,19 @@ def _killed_run_folder(parent) -> str:
 @posix_only
 def test_a_killed_runs_folder_is_removed_by_the_next_and_a_live_one_is_not(tmp_path):
     dead = _killed_run_folder(tmp_path)
-    unlocked = tmp_path / f"{PREFIX}2-starting"              # no lock file yet: not ours to judge
+    unlocked = tmp_path / f"{PREFIX}2-{_host()}-starting"    # no lock file yet: not ours to judge
     unlocked.mkdir()
     other = tmp_path / "someone-elses"
     other.mkdir()
+    elsewhere = tmp_path / f"{PREFIX}0-another.host-abcd1234"  # another host's, its lock free here
+    elsewhere.mkdir()
+    (elsewhere / ".lock").write_text("")
     assert os.path.isdir(dead)
     live = ScratchFolder(tmp_path, rank=1)
     assert [str(p) for p in live.removed] == [dead] and not os.path.exists(dead)
     new = ScratchFolder(tmp_path, rank=0)
     assert new.removed == []                                 # live holds its lock, though in this process
-    assert live.path.is_dir() and unlocked.is_dir() and other.is_dir()
+    assert live.path.is_dir() and unlocked.is_dir() and other.is_dir() and elsewhere.is_dir()
     live.remove(), new.remove()
     assert not live.path.exists() and not new.path.exists()
 
