@@ -180,6 +180,6 @@ def check_folder(path, name: str) -> Path:
                 where = "is a file" if p == path else f"is under {p}, which is a file"
                 raise ValueError(f"{name} {path} {where}, not a folder; pass a folder")
             if not os.access(p, os.W_OK | os.X_OK):
-                raise ValueError(f"{name} {path}: no permission to write in {p}")
+                raise ValueError(f"{name} {path}: cannot write in {p} (no permission, or a read-only filesystem)")
             break
     return path

@@ -58,13 +58,28 @@ def unlock(fd: int | None) -> None:
         os.close(fd)
 
 
+_HELD: dict[Path, int] = {}  # the locks held_lock holds in this process, and how deeply nested
+
+
 @contextlib.contextmanager
 def held_lock(path: Path | None, busy: str) -> Iterator[None]:
     """Hold the lock of ``path`` (created, with its folder) for the block; ValueError ``busy``
-    when another live process holds it. ``path`` None: nothing to lock."""
+    when another live process holds it. Nested calls in one process for the same path share the
+    outer lock (the command line holds its output folder's across train() and the report that
+    follows). A folder created here that holds nothing but the lock file at the end (the run
+    failed before writing) is removed again. ``path`` None: nothing to lock."""
     if path is None:
         yield
         return
+    path = Path(os.path.abspath(path))
+    if path in _HELD:
+        _HELD[path] += 1
+        try:
+            yield
+        finally:
+            _HELD[path] -= 1
+        return
+    created = not path.parent.exists()
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         taken, fd = try_lock(path, create=True)
@@ -72,7 +87,12 @@ def held_lock(path: Path | None, busy: str) -> Iterator[None]:
         taken, fd = True, None
     if not taken:
         raise ValueError(busy)
+    _HELD[path] = 1
     try:
         yield
     finally:
+        del _HELD[path]
+        if created and [p.name for p in path.parent.iterdir()] == [path.name]:
+            path.unlink(missing_ok=True)
+            path.parent.rmdir()
         unlock(fd)

@@ -25,6 +25,9 @@ __all__ = ["ScratchFolder", "PREFIX"]
 
 PREFIX = "jkofast-rank"
 _LOCK = ".lock"
+# This process's own live folders, never judged by their lock: where flock is emulated with POSIX
+# locks (NFS), a second descriptor of the same process takes a lock the first one holds.
+_LIVE: set[Path] = set()
 
 
 def _host() -> str:
@@ -49,19 +52,21 @@ class ScratchFolder:
         parent.mkdir(parents=True, exist_ok=True)
         self.removed = remove_abandoned(parent)
         self.path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{rank}-{_host()}-", dir=parent))
+        _LIVE.add(self.path.resolve())
         self._lock = new_locked_file(self.path / _LOCK)
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
         unlock(self._lock)
         self._lock = None
+        _LIVE.discard(self.path.resolve())
 
 
 def remove_abandoned(parent: Path) -> list[Path]:
     """Delete this host's scratch folders in ``parent`` whose process is gone (their lock is free)."""
     removed = []
     try:
-        candidates = [p for p in parent.iterdir() if _owned_here(p.name) and p.is_dir()]
+        candidates = [p for p in parent.iterdir() if _owned_here(p.name) and p.is_dir() and p.resolve() not in _LIVE]
     except OSError:
         return []
     for folder in candidates:

@@ -40,23 +40,25 @@ def write_shuffled(blocks: Iterable[np.ndarray], path: Path, rng: np.random.Gene
     in a uniformly random order drawn from ``rng``. Bucket files are written next to ``path``
     and removed as they are read. Returns the number of rows."""
     bucket_paths = [path.with_name(f"{path.name}.bucket{k}") for k in range(buckets)]
-    files = [open(p, "wb", buffering=_BUFFER_BYTES) for p in bucket_paths]
     n, row_shape, dtype = 0, None, None
-    try:
-        for block in blocks:
-            row_shape, dtype = block.shape[1:], block.dtype
-            which = rng.integers(buckets, size=block.shape[0])
-            order = np.argsort(which, kind="stable")
-            ends = np.cumsum(np.bincount(which, minlength=buckets))
-            grouped = block[order]
-            for k, (a, b) in enumerate(zip(np.concatenate([[0], ends[:-1]]), ends)):
-                if b > a:
-                    grouped[a:b].tofile(files[k])
-            n += block.shape[0]
-    finally:
-        for fh in files:
-            fh.close()
-    try:
+    try:  # the bucket files go whatever fails, in either pass
+        files = []
+        try:
+            for p in bucket_paths:
+                files.append(open(p, "wb", buffering=_BUFFER_BYTES))
+            for block in blocks:
+                row_shape, dtype = block.shape[1:], block.dtype
+                which = rng.integers(buckets, size=block.shape[0])
+                order = np.argsort(which, kind="stable")
+                ends = np.cumsum(np.bincount(which, minlength=buckets))
+                grouped = block[order]
+                for k, (a, b) in enumerate(zip(np.concatenate([[0], ends[:-1]]), ends)):
+                    if b > a:
+                        grouped[a:b].tofile(files[k])
+                n += block.shape[0]
+        finally:
+            for fh in files:
+                fh.close()
         with open(path, "wb") as out:
             for p in bucket_paths:
                 if dtype is not None:

@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from . import datasets, distributed
-from ._checks import check_device
+from ._checks import check_device, check_folder
+from ._locks import held_lock
 from ._version import __version__
 from .checkpoint import CheckpointError
 from .datasets.streaming import Rows, as_rows, open_npy, split_rows
@@ -41,7 +42,7 @@ from .jko_iflow import TrainingDivergedError
 from .jko_iflow_config import BUDGETS
 from .jko_iflow_state import CHECKPOINT_FILE
 from .memory import peak_memory_of_run
-from .train import METHODS, option_defaults, train
+from .train import METHODS, OUT_LOCK, busy_message, option_defaults, train
 
 # CLI flag -> JKOIFlowConfig field, for the options that go straight through.
 _TRAIN_OPTIONS = {"blocks": int, "hidden": int, "layers": int, "activation": str, "beta": float,
@@ -256,8 +257,7 @@ def _check_unchanged(spec: dict, *, split: bool = True) -> None:
         raise SystemExit(f"error: {str(path)!r} has changed since the model was trained ({spec['file_bytes']} bytes "
                          f"then, {st.st_size} now): {risk}. Pass held-out data with --data to score it whole")
     if st.st_mtime_ns != spec["file_mtime_ns"]:
-        print(f"jkofast: note: {str(path)!r} was modified after the model was trained (same size); if its rows "
-              f"changed, {risk}", file=sys.stderr)
+        _note(f"{str(path)!r} was modified after the model was trained (same size); if its rows changed, {risk}")
 
 
 def _with_root(spec: dict, name: str, args) -> dict:
@@ -283,7 +283,10 @@ def cmd_train(args) -> int:
     device = _device(args, "cuda" if torch.cuda.is_available() else "cpu")
     dist = distributed.connect(device)  # a process group under torchrun, else one process
     try:
-        return _train_and_report(args, dist)
+        # the output folder stays held through the report (samples, plot, metrics), not just train()
+        out = check_folder(args.out, "out")
+        with held_lock(out / OUT_LOCK if dist.main else None, busy_message(out)):
+            return _train_and_report(args, dist)
     finally:
         dist.close()
 
@@ -307,8 +310,8 @@ def _train_and_report(args, dist) -> int:
     say = print if dist.main else (lambda *a, **k: None)
     processes = f", {dist.world} processes" if dist.world > 1 else ""
     ignored = _ignored_sizes(args, spec)
-    if ignored and dist.main:
-        print(f"jkofast: note: {ignored}", file=sys.stderr)
+    if ignored:
+        _note(ignored)
     say(f"jkofast {__version__}: {args.method} on {spec['name']} (train {_shape(x_train)}, "
         f"test {_shape(x_test)}{processes}) -> {out}", flush=True)
     start = time.perf_counter()
@@ -401,7 +404,7 @@ def _training_rows(recorded: dict | None, args):
     it cannot be had: no record, a file gone or changed, a MAF set without --data-root, an
     optional package missing. (For a memory-mapped set, one streamed pass over its rows.)"""
     if recorded is None:
-        print("jkofast: note: no Gaussian baseline: the model does not record its training data", file=sys.stderr)
+        _note("no Gaussian baseline: the model does not record its training data")
         return None
     try:
         if "root" not in recorded:
@@ -410,8 +413,7 @@ def _training_rows(recorded: dict | None, args):
             _check_unchanged(recorded, split=False)
         train = _load_data(recorded)[0]
     except (SystemExit, Exception) as exc:  # noqa: BLE001 - the baseline is a courtesy: never the reason eval fails
-        print(f"jkofast: note: no Gaussian baseline: the model's training data could not be read again ({exc})",
-              file=sys.stderr)
+        _note(f"no Gaussian baseline: the model's training data could not be read again ({exc})")
         return None
     return _baseline_train(train)
 
@@ -585,6 +587,17 @@ def _notes_on_stderr():
         log.level, log.propagate = before
 
 
+def _rank0() -> bool:
+    """Whether this process speaks for the command: always, except torchrun's ranks above 0
+    (the same notes from every rank would only repeat)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _note(message: str) -> None:
+    if _rank0():
+        print(f"jkofast: note: {message}", file=sys.stderr)
+
+
 class _Terminated(KeyboardInterrupt):
     """SIGTERM (``kill``, ``timeout``, a scheduler, torchrun's teardown) as an exception where the
     program is, so that the same cleanup runs as for Ctrl-C: the scratch folder of pushed samples
@@ -642,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as exc:
         stopped = "terminated (SIGTERM)" if isinstance(exc, _Terminated) else "interrupted"
-        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank is stopped: one says so
+        if _rank0():  # under torchrun every rank is stopped: one says so
             print(f"\n{stopped}{_how_to_resume(args)}", file=sys.stderr)
         return 143 if isinstance(exc, _Terminated) else 130
     except BrokenPipeError:

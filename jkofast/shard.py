@@ -12,6 +12,7 @@ accumulated through the blocks so far, stored on disk as a last column.
 """
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 from pathlib import Path
@@ -24,7 +25,7 @@ from torch import Tensor
 from .datasets.streaming import CHUNK_BYTES, Rows, _release
 from ._precision import standardized
 from .memory import available_bytes
-from ._shuffled_write import bucket_count, write_shuffled
+from ._shuffled_write import _BUCKET_BYTES, bucket_count, write_shuffled
 from .progress import progress_bar, say
 from ._scratch import ScratchFolder
 
@@ -192,10 +193,15 @@ class ShardStore:
                     for block in blocks:
                         block.tofile(fh)
                         n += block.shape[0]
-        except OSError as exc:  # numpy's short write says only "N requested and M written"
-            raise OSError(f"could not write the pushed samples to {path.parent} ({exc}): is that disk full? "
+        except OSError as exc:
+            if not _disk_full(exc):
+                raise
+            # a run holds up to three shards at once (the data, the pushed data, the next push)
+            # and, while the first is shuffled, one bucket more
+            need = 3 * self.shard_bytes + min(self.shard_bytes, _BUCKET_BYTES)
+            raise OSError(f"could not write the pushed samples to {path.parent} ({exc}): the disk is full. "
                           "Free space, or pass scratch_dir (--scratch-dir) on a disk with room for "
-                          f"about {_gib(self.shard_bytes)} per process") from exc
+                          f"about {_gib(need)} per process") from exc
         return DiskShard(path, n, dim, has_logdet, self.dtype, self.device)
 
     def from_rows(self, rows: Rows, loc: Tensor, scale: Tensor, *, rank: int, world: int, seed: int,
@@ -223,6 +229,11 @@ class ShardStore:
         if self._folder is not None:
             self._folder.remove()
             self._folder = None
+
+
+def _disk_full(exc: OSError) -> bool:
+    """No space or quota left; numpy's short write (no errno) says only "N requested and M written"."""
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT) or (exc.errno is None and "requested and" in str(exc))
 
 
 def _gib(n: int) -> str:

@@ -223,9 +223,7 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
     # Two runs writing checkpoints into one folder would overwrite each other's: the second is
     # refused while the first lives (a lock the kernel drops when its process ends).
     lock = out / OUT_LOCK if out is not None and dist.main else None
-    busy = (f"another jkofast run is training into {out} (it holds {lock}); wait for it to end, or pass "
-            "another output folder")
-    with held_lock(lock, busy):
+    with held_lock(lock, busy_message(out)):
         if out is not None and not resume and dist.main and (out / CHECKPOINT_FILE).exists():
             (out / CHECKPOINT_FILE).unlink()
         columns = _column_names(x)  # kept with the model: `jkofast sample --out s.csv` writes them as a header
@@ -233,13 +231,30 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
         return _train(x, val, method, cfg, out=out, dist=dist, progress=progress, backend=backend, info=info)
 
 
+def busy_message(out: Path | None) -> str:
+    """The refusal when another live run holds the output folder ``out``."""
+    return (f"another jkofast run is training into {out} (it holds {out and out / OUT_LOCK}); wait for it to "
+            "end, or pass another output folder")
+
+
 def _column_names(x) -> list[str] | None:
-    """The names of x's columns: a DataFrame's, or a .csv file's header; None otherwise."""
+    """The names of x's columns: a .csv file's header, or a DataFrame's column labels where they
+    are names (a label that reads as a number, as the default 0, 1, ... do, would make a header
+    line that a reader takes for data); None otherwise."""
     if isinstance(x, (str, os.PathLike)):
         return column_names(x)
     if hasattr(x, "columns") and hasattr(x, "to_numpy"):
-        return [str(c) for c in x.columns]
+        names = [str(c) for c in x.columns]
+        return None if any(_reads_as_number(n) for n in names) else names
     return None
+
+
+def _reads_as_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _train(x, val, method: str, cfg, *, out: Path | None, dist, progress: bool, backend: str,

@@ -92,10 +92,10 @@ def prepare(x, val, cfg: JKOIFlowConfig, dist: Dist, *, progress: bool = False) 
     n_val = 0 if val_summary is None else val_summary.n
     shard_bytes = itemsize * (math.ceil(summary.n / dist.world) * rows.dim
                               + math.ceil(n_val / dist.world) * (rows.dim + 1))
-    if cfg.scratch_dir is not None:
-        check_folder(cfg.scratch_dir, "scratch_dir")
     store = ShardStore(cfg.pushed_storage, shard_bytes, dtype=dtype, device=device, rank=dist.rank,
                        local_world=dist.local_world, scratch=cfg.scratch_dir, progress=progress)
+    if cfg.scratch_dir is not None and store.where == "disk":
+        check_folder(cfg.scratch_dir, "scratch_dir")  # before the first pass over the data, not after
     if cfg.scratch_dir is not None and store.where == "memory":
         say(f"scratch_dir {cfg.scratch_dir} is not used: the pushed samples are kept in memory"
             + (" (they fit; pushed_storage='disk' puts them there)" if cfg.pushed_storage == "auto" else ""),

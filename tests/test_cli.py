@@ -184,6 +184,9 @@ def test_samples_of_a_csv_model_carry_its_header(tmp_path, capsys):
     pd = pytest.importorskip("pandas")
     flow = jkofast.train(pd.DataFrame(data, columns=["a", "b"]), budget="quick", iters=2, blocks=1, progress=False)
     assert flow.info["columns"] == ["a", "b"]
+    for unnamed in (None, ["x", 2]):  # default labels 0, 1 (and a number among names) would read as data
+        flow = jkofast.train(pd.DataFrame(data, columns=unnamed), budget="quick", iters=2, blocks=1, progress=False)
+        assert "columns" not in flow.info
     # a header-less file records none, and its samples have no header line
     np.savetxt(tmp_path / "bare.csv", data, delimiter=",")
     assert jkofast.datasets.column_names(tmp_path / "bare.csv") is None
@@ -238,7 +241,11 @@ def test_interrupted_training_says_how_to_resume(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RANK", "1")  # torchrun stops every rank: rank 0 alone says so
     assert main(["train", "--data", "moons", "--out", str(out), *SMALL]) == 130
     assert "interrupted" not in capsys.readouterr().err
+    cli._note("said by rank 0 only")                 # notes likewise (eval's, under torchrun)
+    assert capsys.readouterr().err == ""
     monkeypatch.delenv("RANK")
+    cli._note("said by rank 0 only")
+    assert capsys.readouterr().err == "jkofast: note: said by rank 0 only\n"
     # the command line's notes handler is gone afterwards: a host process's logging is its own
     import logging
     log = logging.getLogger("jkofast")

@@ -101,17 +101,41 @@ def test_unwritable_paths_are_errors_before_training(tmp_path, moons, capsys):
 
 
 def test_a_full_scratch_disk_is_named_in_the_error(tmp_path, monkeypatch):
-    def full_disk(*args):
-        raise OSError("5 requested and 0 written")      # all numpy's tofile says on a full disk
-    monkeypatch.setattr(jkofast.shard, "write_shuffled", full_disk)
+    failure = OSError("5 requested and 0 written")           # all numpy's tofile says on a full disk
+
+    def failing(*args):
+        raise failure
+    monkeypatch.setattr(jkofast.shard, "write_shuffled", failing)
     store = ShardStore("disk", 1 << 30, dtype=torch.float32, device=torch.device("cpu"), scratch=tmp_path)
-    with pytest.raises(OSError, match=r"could not write the pushed samples to .*is that disk full.*1 GiB per process"):
+    # three shards at a time and a shuffle bucket: 3 GiB + 64 MiB
+    with pytest.raises(OSError, match=r"could not write the pushed samples to .*the disk is full.*3.1 GiB per process"):
         store.build(iter([(torch.zeros(4, 2), None)]), 2, False, shuffle_seed=[0])
+    failure = OSError(5, "Input/output error", "/data/big.npy")  # not the scratch disk's fault: as raised
+    with pytest.raises(OSError) as err:
+        store.build(iter([(torch.zeros(4, 2), None)]), 2, False, shuffle_seed=[0])
+    assert err.value is failure
     store.close()
+
+
+def test_a_failed_shuffle_leaves_no_bucket_files(tmp_path):
+    from jkofast._shuffled_write import write_shuffled
+
+    def blocks():
+        yield np.zeros((10, 2), np.float32)
+        raise OSError("the source went away")
+    with pytest.raises(OSError, match="went away"):
+        write_shuffled(blocks(), tmp_path / "s.bin", np.random.default_rng(0), buckets=8)
+    assert not list(tmp_path.glob("*.bucket*"))
 
 
 def test_an_unused_scratch_dir_is_said(tmp_path, moons, caplog):
     x = moons[0][:300].numpy()
+    (tmp_path / "afile").write_text("")
+    with caplog.at_level("INFO", logger="jkofast"):     # unused, so not checked: no error for a bad one
+        jkofast.train(x, budget="quick", blocks=1, iters=2, hidden=8, layers=1, progress=False,
+                      scratch_dir=tmp_path / "afile" / "scratch")
+    assert "is not used: the pushed samples are kept in memory (they fit" in caplog.text
+    caplog.clear()
     with caplog.at_level("INFO", logger="jkofast"):
         jkofast.train(x, budget="quick", blocks=1, iters=2, hidden=8, layers=1, progress=False,
                       scratch_dir=tmp_path / "scratch")
@@ -119,16 +143,33 @@ def test_an_unused_scratch_dir_is_said(tmp_path, moons, caplog):
     assert not (tmp_path / "scratch").exists()
 
 
+def _holder(lock_path):
+    """Another process holding ``lock_path``'s flock until its stdin closes."""
+    code = ("import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(lock_path)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
 @posix_only
-def test_two_runs_cannot_train_into_one_output_folder(tmp_path, moons):
-    from jkofast._locks import held_lock
+def test_two_runs_cannot_train_into_one_output_folder(tmp_path, moons, capsys, monkeypatch):
     from jkofast.train import OUT_LOCK
 
     x, out = moons[0][:300].numpy(), tmp_path / "run"
     opts = dict(budget="quick", blocks=1, iters=2, hidden=8, layers=1, progress=False)
-    with held_lock(out / OUT_LOCK, "held"):             # as another live process would hold it
+    out.mkdir()
+    holder = _holder(out / OUT_LOCK)                     # a live run's
+    try:
         with pytest.raises(ValueError, match="another jkofast run is training into .*wait for it to end"):
             jkofast.train(x, out=out, **opts)
+        flags = ["--budget", "quick", "--iters", "2", "--blocks", "1", "--no-progress", "--no-plot", "--samples", "10"]
+        assert main(["train", "--data", "moons", "--out", str(out), *flags]) == 2
+        assert "another jkofast run is training into" in capsys.readouterr().err
+    finally:
+        holder.stdin.close()
+        holder.wait()
     assert not (out / "checkpoint.pt").exists()
     jkofast.train(x, out=out, **opts)                    # free again once its holder is done
     assert (out / "model.pt").exists()
@@ -137,3 +178,30 @@ def test_two_runs_cannot_train_into_one_output_folder(tmp_path, moons):
             "fcntl.flock(fd, fcntl.LOCK_EX); os.kill(os.getpid(), signal.SIGKILL)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == -signal.SIGKILL
     jkofast.train(x, out=out, resume=False, **opts)
+    # The command line holds the folder through its report (samples, plot, metrics.json), after
+    # train() has returned: another process cannot take the lock while metrics.json is written.
+    seen = []
+    real = jkofast.cli._print_evaluation
+
+    def report(*a, **k):
+        probe = subprocess.run([sys.executable, "-c", (
+            "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR)\n"
+            "try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); print('free')\n"
+            "except BlockingIOError: print('held')"), str(out / OUT_LOCK)], capture_output=True, text=True)
+        seen.append(probe.stdout.strip())
+        return real(*a, **k)
+    monkeypatch.setattr(jkofast.cli, "_print_evaluation", report)
+    assert main(["train", "--data", "moons", "--out", str(out), *flags, "--restart"]) == 0
+    assert seen == ["held"]
+
+
+def test_a_run_that_fails_before_writing_leaves_no_output_folder(tmp_path):
+    bad = np.ones((50, 2))
+    bad[5, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        jkofast.train(bad, out=tmp_path / "run", budget="quick", progress=False)
+    assert not (tmp_path / "run").exists()              # not even its lock file
+    (tmp_path / "kept").mkdir()                          # a folder that was there stays, lock file and all
+    with pytest.raises(ValueError, match="NaN"):
+        jkofast.train(bad, out=tmp_path / "kept", budget="quick", progress=False)
+    assert (tmp_path / "kept").is_dir()
