@@ -16,7 +16,7 @@ from ._checks import (check_finite, check_folder, check_points, warn_fewer_rows_
 from ._locks import held_lock
 from ._version import __version__
 from .checkpoint import write_json
-from .datasets.files import column_names, load_array
+from .datasets.files import column_names, load_array, reads_as_number
 from .datasets.streaming import table_or_path_as_array
 from .flow import Flow
 from .interpolant import InterpolantTrainer
@@ -245,16 +245,9 @@ def _column_names(x) -> list[str] | None:
         return column_names(x)
     if hasattr(x, "columns") and hasattr(x, "to_numpy"):
         names = [str(c) for c in x.columns]
-        return None if any(_reads_as_number(n) for n in names) else names
+        return None if any(reads_as_number(n) for n in names) else names
     return None
 
-
-def _reads_as_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _train(x, val, method: str, cfg, *, out: Path | None, dist, progress: bool, backend: str,

@@ -53,9 +53,9 @@ def _csv_layout(lines: list[str], path: Path) -> tuple[str, list[str] | None]:
     non-blank ``lines``, semicolon files' decimal commas already turned into points."""
     sep = _separator(lines[1] if len(lines) > 1 else lines[0])
     fields = lines[0].split(sep)
-    numeric = [_is_number(v) for v in fields]
+    numeric = [reads_as_number(v) for v in fields]
     own = _separator(lines[0])
-    if not any(numeric) and own != sep and all(_is_number(v) for v in lines[0].split(own)):
+    if not any(numeric) and own != sep and all(reads_as_number(v) for v in lines[0].split(own)):
         raise ValueError(f"the first line of {str(path)!r} is separated by {_SEPARATORS[own]}s, the next by "
                          f"{_SEPARATORS[sep]}s: use one separator throughout")
     if any(numeric) and not all(numeric):  # neither: say so, rather than drop a data row as a "header"
@@ -114,7 +114,8 @@ def _separator(line: str) -> str:
     return next((sep for sep in (";", "\t") if sep in line), ",")
 
 
-def _is_number(field: str) -> bool:
+def reads_as_number(field: str) -> bool:
+    """Whether ``float()`` parses ``field`` (how a .csv's header line is told from data)."""
     try:
         float(field)
     except ValueError:
