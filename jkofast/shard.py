@@ -15,6 +15,8 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -25,7 +27,7 @@ from torch import Tensor
 from .datasets.streaming import CHUNK_BYTES, Rows, _release
 from ._precision import standardized
 from .memory import available_bytes
-from ._shuffled_write import _BUCKET_BYTES, bucket_count, write_shuffled
+from ._shuffled_write import bucket_count, write_shuffled
 from .progress import progress_bar, say
 from ._scratch import ScratchFolder
 
@@ -153,6 +155,24 @@ class ShardStore:
         self._scratch_parent, self._rank, self._folder = scratch, rank, None
         self._names = itertools.count()
 
+    @property
+    def disk_bytes_needed(self) -> int:
+        """Scratch space this process needs at its peak on disk: three shards at once (the data,
+        the pushed data, the next push being written)."""
+        return 3 * self.shard_bytes
+
+    def check_free_space(self, processes: int = 1) -> None:
+        """Refuse, before any pass over the data, a scratch disk without room for ``processes``
+        processes' peak (ValueError naming the folder, the free and the needed space)."""
+        parent = Path(self._scratch_parent) if self._scratch_parent is not None else Path(tempfile.gettempdir())
+        existing = next((p for p in (parent, *parent.parents) if p.exists()), parent)
+        free, need = shutil.disk_usage(existing).free, self.disk_bytes_needed * max(1, processes)
+        if free < need:
+            per = f" ({processes} processes on this host)" if processes > 1 else ""
+            raise ValueError(f"the pushed samples go to disk under {parent}, which has {_gib(free)} free; they need "
+                             f"about {_gib(need)}{per} (three copies of each process's shard). Free space, or pass "
+                             "scratch_dir (--scratch-dir) on a larger disk")
+
     def _new_path(self) -> Path:
         if self._folder is None:
             self._folder = ScratchFolder(self._scratch_parent, self._rank)
@@ -196,12 +216,9 @@ class ShardStore:
         except OSError as exc:
             if not _disk_full(exc):
                 raise
-            # a run holds up to three shards at once (the data, the pushed data, the next push)
-            # and, while the first is shuffled, one bucket more
-            need = 3 * self.shard_bytes + min(self.shard_bytes, _BUCKET_BYTES)
             raise OSError(f"could not write the pushed samples to {path.parent} ({exc}): the disk is full. "
                           "Free space, or pass scratch_dir (--scratch-dir) on a disk with room for "
-                          f"about {_gib(need)} per process") from exc
+                          f"about {_gib(self.disk_bytes_needed)} per process") from exc
         return DiskShard(path, n, dim, has_logdet, self.dtype, self.device)
 
     def from_rows(self, rows: Rows, loc: Tensor, scale: Tensor, *, rank: int, world: int, seed: int,

@@ -94,8 +94,10 @@ def prepare(x, val, cfg: JKOIFlowConfig, dist: Dist, *, progress: bool = False) 
                               + math.ceil(n_val / dist.world) * (rows.dim + 1))
     store = ShardStore(cfg.pushed_storage, shard_bytes, dtype=dtype, device=device, rank=dist.rank,
                        local_world=dist.local_world, scratch=cfg.scratch_dir, progress=progress)
-    if cfg.scratch_dir is not None and store.where == "disk":
-        check_folder(cfg.scratch_dir, "scratch_dir")  # before the first pass over the data, not after
+    if store.where == "disk":  # before the first pass over the data, not hours later
+        if cfg.scratch_dir is not None:
+            check_folder(cfg.scratch_dir, "scratch_dir")
+        store.check_free_space(dist.local_world)
     if cfg.scratch_dir is not None and store.where == "memory":
         say(f"scratch_dir {cfg.scratch_dir} is not used: the pushed samples are kept in memory"
             + (" (they fit; pushed_storage='disk' puts them there)" if cfg.pushed_storage == "auto" else ""),
