@@ -62,9 +62,9 @@ _HELD: dict[Path, int] = {}  # the locks held_lock holds in this process, and ho
 
 
 @contextlib.contextmanager
-def held_lock(path: Path | None, busy: str) -> Iterator[None]:
-    """Hold the lock of ``path`` (created, with its folder) for the block; ValueError ``busy``
-    when another live process holds it. Nested calls in one process for the same path share the
+def held_lock(path: Path | None) -> Iterator[None]:
+    """Hold the lock of ``path`` (created, with its folder: an output folder's lock file) for the
+    block; a ValueError naming the folder when another live process holds it. Nested calls in one process for the same path share the
     outer lock (the command line holds its output folder's across train() and the report that
     follows). A folder created here that holds nothing but the lock file at the end (the run
     failed before writing) is removed again. ``path`` None: nothing to lock."""
@@ -86,7 +86,8 @@ def held_lock(path: Path | None, busy: str) -> Iterator[None]:
     except OSError:  # a filesystem without locks (some network mounts): go on unguarded
         taken, fd = True, None
     if not taken:
-        raise ValueError(busy)
+        raise ValueError(f"another jkofast run is training into {path.parent} (it holds {path}); wait for it to "
+                         "end, or pass another output folder")
     _HELD[path] = 1
     try:
         yield

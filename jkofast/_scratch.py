@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ._locks import new_locked_file, try_lock, unlock
 
-__all__ = ["ScratchFolder", "PREFIX"]
+__all__ = ["ScratchFolder", "PREFIX", "scratch_parent"]
 
 PREFIX = "jkofast-rank"
 _LOCK = ".lock"
@@ -42,13 +42,18 @@ def _owned_here(name: str) -> bool:
     return match is not None and match.group(1) == _host()
 
 
+def scratch_parent(parent: str | os.PathLike | None) -> Path:
+    """Where the scratch folders go: ``parent``, default the system's temporary folder."""
+    return Path(parent) if parent is not None else Path(tempfile.gettempdir())
+
+
 class ScratchFolder:
     """A new folder ``jkofast-rank{rank}-{host}-*`` in ``parent`` (default the system's temporary
     folder), locked while this object lives; :meth:`remove` deletes it. Creating one first
     removes this host's abandoned folders in ``parent`` (``removed`` lists them)."""
 
     def __init__(self, parent: str | os.PathLike | None, rank: int) -> None:
-        parent = Path(parent) if parent is not None else Path(tempfile.gettempdir())
+        parent = scratch_parent(parent)
         parent.mkdir(parents=True, exist_ok=True)
         self.removed = remove_abandoned(parent)
         self.path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{rank}-{_host()}-", dir=parent))

@@ -42,7 +42,7 @@ from .jko_iflow import TrainingDivergedError
 from .jko_iflow_config import BUDGETS
 from .jko_iflow_state import CHECKPOINT_FILE
 from .memory import peak_memory_of_run
-from .train import METHODS, OUT_LOCK, busy_message, option_defaults, train
+from .train import METHODS, OUT_LOCK, option_defaults, train
 
 # CLI flag -> JKOIFlowConfig field, for the options that go straight through.
 _TRAIN_OPTIONS = {"blocks": int, "hidden": int, "layers": int, "activation": str, "beta": float,
@@ -285,7 +285,7 @@ def cmd_train(args) -> int:
     try:
         # the output folder stays held through the report (samples, plot, metrics), not just train()
         out = check_folder(args.out, "out")
-        with held_lock(out / OUT_LOCK if dist.main else None, busy_message(out)):
+        with held_lock(out / OUT_LOCK if dist.main else None):
             return _train_and_report(args, dist)
     finally:
         dist.close()

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .datasets.streaming import seeded_picks
+
 __all__ = ["density_grid", "plot_flow"]
 
 
@@ -48,7 +50,7 @@ def plot_flow(flow, data: np.ndarray, path: str | Path, *, samples: np.ndarray |
         raise ValueError(f"plots are drawn for 2-D data only; this flow has dim {flow.dim}")
     data = np.asarray(data)
     if len(data) > n_points:  # a seeded random subset: a file's first rows may be sorted or grouped
-        data = data[np.sort(np.random.default_rng(seed).choice(len(data), n_points, replace=False))]
+        data = data[seeded_picks(len(data), n_points, seed)]
     if samples is None:
         g = torch.Generator(device=flow.loc.device).manual_seed(seed)
         samples = flow.sample(len(data), generator=g, dtype=torch.float64).detach().cpu().numpy()

@@ -16,7 +16,6 @@ import errno
 import itertools
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -29,7 +28,7 @@ from ._precision import standardized
 from .memory import available_bytes
 from ._shuffled_write import bucket_count, write_shuffled
 from .progress import progress_bar, say
-from ._scratch import ScratchFolder
+from ._scratch import ScratchFolder, scratch_parent
 
 __all__ = ["MemoryShard", "DiskShard", "ShardStore", "STORAGES"]
 
@@ -164,7 +163,7 @@ class ShardStore:
     def check_free_space(self, processes: int = 1) -> None:
         """Refuse, before any pass over the data, a scratch disk without room for ``processes``
         processes' peak (ValueError naming the folder, the free and the needed space)."""
-        parent = Path(self._scratch_parent) if self._scratch_parent is not None else Path(tempfile.gettempdir())
+        parent = scratch_parent(self._scratch_parent)
         existing = next((p for p in (parent, *parent.parents) if p.exists()), parent)
         free, need = shutil.disk_usage(existing).free, self.disk_bytes_needed * max(1, processes)
         if free < need:

@@ -223,18 +223,12 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
     # Two runs writing checkpoints into one folder would overwrite each other's: the second is
     # refused while the first lives (a lock the kernel drops when its process ends).
     lock = out / OUT_LOCK if out is not None and dist.main else None
-    with held_lock(lock, busy_message(out)):
+    with held_lock(lock):
         if out is not None and not resume and dist.main and (out / CHECKPOINT_FILE).exists():
             (out / CHECKPOINT_FILE).unlink()
         columns = _column_names(x)  # kept with the model: `jkofast sample --out s.csv` writes them as a header
         info = {**({"columns": columns} if columns else {}), **(info or {})}
         return _train(x, val, method, cfg, out=out, dist=dist, progress=progress, backend=backend, info=info)
-
-
-def busy_message(out: Path | None) -> str:
-    """The refusal when another live run holds the output folder ``out``."""
-    return (f"another jkofast run is training into {out} (it holds {out and out / OUT_LOCK}); wait for it to "
-            "end, or pass another output folder")
 
 
 def _column_names(x) -> list[str] | None:
@@ -247,7 +241,6 @@ def _column_names(x) -> list[str] | None:
         names = [str(c) for c in x.columns]
         return None if any(reads_as_number(n) for n in names) else names
     return None
-
 
 
 def _train(x, val, method: str, cfg, *, out: Path | None, dist, progress: bool, backend: str,

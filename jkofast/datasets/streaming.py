@@ -178,7 +178,7 @@ class Rows:
         where the first rows of a file, perhaps sorted or grouped, would not represent it)."""
         total = len(self)
         n = min(int(n), total)
-        picks = np.sort(np.random.default_rng(seed).choice(total, n, replace=False))
+        picks = seeded_picks(total, n, seed)
         parts, start = [], 0
         for _, rows in self.chunks():
             a, b = np.searchsorted(picks, [start, start + rows.shape[0]])
@@ -223,6 +223,11 @@ class _Deal:
             sel = blocks == blk
             out[sel] = self._orders(int(blk))[group[sel] - blk * self.groups, slot[sel]]
         return out
+
+
+def seeded_picks(total: int, n: int, seed: int) -> np.ndarray:
+    """n distinct row indices of ``total``, drawn uniformly by ``seed``, in increasing order."""
+    return np.sort(np.random.default_rng(seed).choice(total, n, replace=False))
 
 
 def as_rows(x, name: str, dim: int | None = None) -> Rows:
