@@ -3,10 +3,13 @@ distributed statistic in jkofast (the scan's standardization, the streamed NLLs,
 baseline) combines its parts without holding the rows."""
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["moments", "merge_moments"]
+__all__ = ["moments", "merge_moments", "fold_extremes", "mean_and_se", "mean_and_se_of"]
 
 
 def moments(values: Tensor) -> tuple:
@@ -35,3 +38,23 @@ def merge_moments(parts) -> tuple:
             square = torch.outer(delta, delta) if isinstance(m2r, Tensor) and m2r.ndim == 2 else delta * delta
             mean, m2, n = mean + delta * (nr / total), m2 + m2r + square * (n * nr / total), total
     return n, mean, m2
+
+
+def fold_extremes(a, b):
+    """Per-column (min, max) of two parts' (min, max), numpy arrays or tensors alike; None
+    stands for a part without rows."""
+    if a is None or b is None:
+        return a if b is None else b
+    lib = torch if isinstance(a[0], Tensor) else np
+    return lib.minimum(a[0], b[0]), lib.maximum(a[1], b[1])
+
+
+def mean_and_se(values: Tensor) -> tuple[float, float]:
+    """Mean of per-point values and its standard error std / sqrt(N) (NaN for one point)."""
+    se = float(values.std() / math.sqrt(values.numel())) if values.numel() > 1 else float("nan")
+    return float(values.mean()), se
+
+
+def mean_and_se_of(n: int, mean: float, m2: float) -> tuple[float, float]:
+    """:func:`mean_and_se` from merged moments."""
+    return float(mean), (math.sqrt(m2 / (n - 1) / n) if n > 1 else float("nan"))

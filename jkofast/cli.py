@@ -37,6 +37,7 @@ from .checkpoint import CheckpointError
 from .datasets.streaming import Rows, as_rows, open_npy, split_rows
 from .distributed import DistributedError
 from .evaluate import evaluate, evaluate_sharded
+from .gaussian_baseline import GaussianFit
 from .flow import Flow
 from .jko_iflow import TrainingDivergedError
 from .jko_iflow_config import BUDGETS
@@ -140,6 +141,13 @@ def _baseline_train(x_train):
     A memory-mapped split is streamed: one more pass over its rows, cheap beside scoring the flow."""
     dim = x_train.dim if isinstance(x_train, Rows) else x_train.shape[1]
     return x_train if len(x_train) > dim else None
+
+
+def _recorded_or(flow, training_rows):
+    """The Gaussian baseline's fit that train() kept with the model, else ``training_rows()`` to
+    fit it to (a model from before jkofast kept it, or of more than 512 columns)."""
+    fit = GaussianFit.recorded(flow)
+    return fit if fit is not None else training_rows()
 
 
 def _print_baseline(g: dict, steps: int) -> None:
@@ -325,10 +333,11 @@ def _train_and_report(args, dist) -> int:
         print(f"error: {exc}\n(pass --restart to start over, or choose another --out)", file=sys.stderr)
         return 2
     grids = flow.info["eval_grids"]
+    baseline = _recorded_or(flow, lambda: _baseline_train(x_train))
     if dist.world > 1 or isinstance(x_test, Rows):
-        metrics = evaluate_sharded(flow, x_test, steps=grids, dist=dist, baseline_train=_baseline_train(x_train))
+        metrics = evaluate_sharded(flow, x_test, steps=grids, dist=dist, baseline_train=baseline)
     else:
-        metrics = evaluate(flow, x_test, steps=grids, mmd_points=0, baseline_train=_baseline_train(x_train))
+        metrics = evaluate(flow, x_test, steps=grids, mmd_points=0, baseline_train=baseline)
     metrics.update(blocks=flow.num_blocks, train_seconds=flow.info["train_seconds"], world_size=dist.world,
                    total_seconds=round(time.perf_counter() - start, 3), peak_memory=peak_memory_of_run(dist))
     if not dist.main:
@@ -428,7 +437,7 @@ def cmd_eval(args) -> int:
 
 def _evaluate_and_report(args, dist) -> int:
     flow, recorded, test = _flow_and_data(args, dist.device)
-    baseline_train = _training_rows(recorded, args)
+    baseline_train = _recorded_or(flow, lambda: _training_rows(recorded, args))
     steps = args.steps or [flow.steps]
     if isinstance(test, Rows) or dist.world > 1:
         # a memory-mapped set, or several processes: NLLs streamed in chunks (each rank its

@@ -23,8 +23,8 @@ from ._checks import check_finite, check_points
 from ._precision import data_dtype
 from .datasets.streaming import as_rows
 from .flow import Flow
-from .metrics import (fitted_gaussian, gaussian_nll_values, mean_and_se, median_distance, mmd, nll_values,
-                      rows_per_chunk, sharded_scores_by_grid)
+from .gaussian_baseline import GaussianFit, gaussian_fit, gaussian_nll_values
+from .metrics import mean_and_se, median_distance, mmd, nll_values, rows_per_chunk, sharded_scores_by_grid
 
 __all__ = ["evaluate", "evaluate_sharded", "nll_entries", "training_summary", "TRAINING_KEYS"]
 
@@ -44,8 +44,10 @@ def evaluate(flow: Flow, test, *, steps: int | list[int] | None = None, mmd_poin
         mmd_points: n for the MMD (min(n, N) test points against as many samples); 0 skips it.
         seed: seeds the samples and the choice of test points for the MMD.
         baseline_train: training data (N, d), in memory or streamed (anything
-            :func:`~jkofast.datasets.streaming.as_rows` takes); with it, the test NLL of the
-            Gaussian fitted to it (:func:`~jkofast.metrics.fitted_gaussian`) and, per grid, the paired difference
+            :func:`~jkofast.datasets.streaming.as_rows` takes), or the Gaussian already fitted to
+            it (a :class:`~jkofast.gaussian_baseline.GaussianFit`: ``train()`` keeps one with the
+            flow, ``GaussianFit.recorded(flow)``); with it, the test NLL of the
+            Gaussian fitted to it (:func:`~jkofast.gaussian_baseline.gaussian_fit`) and, per grid, the paired difference
             Gaussian minus flow over the same test points, with the standard error of the
             per-point differences (the one that says whether the gap is real: both NLLs' own
             errors share the test points' spread, which the difference cancels where the two
@@ -72,9 +74,9 @@ def evaluate(flow: Flow, test, *, steps: int | list[int] | None = None, mmd_poin
     grids = _grids(flow, steps)
     out: dict = {"n_test": int(x.shape[0])}
     if baseline_train is not None:
-        baseline_train = _baseline_rows(baseline_train, flow.dim)
-        gaussian = gaussian_nll_values(baseline_train, x)  # float64, on the CPU
-        out["gaussian_nll"] = _baseline_entry(mean_and_se(gaussian), baseline_train, flow.dim)
+        fit = _baseline_fit(baseline_train, flow.dim)
+        gaussian = gaussian_nll_values(fit, x)  # float64, on the CPU
+        out["gaussian_nll"] = _baseline_entry(mean_and_se(gaussian), fit)
     for s in grids:
         values = nll_values(flow, x, steps=s, backend=backend, chunk=rows_per_chunk(flow))
         out.update(nll_entries(flow, s, *mean_and_se(values)))
@@ -113,14 +115,13 @@ def evaluate_sharded(flow: Flow, test, *, steps: int | list[int] | None = None, 
     """
     grids = _grids(flow, steps)
     test = as_rows(test, "test", dim=flow.dim)
-    if baseline_train is not None:
-        baseline_train = _baseline_rows(baseline_train, flow.dim)
-    gaussian = fitted_gaussian(baseline_train, dist) if baseline_train is not None else None
+    fit = _baseline_fit(baseline_train, flow.dim, dist) if baseline_train is not None else None
+    gaussian = fit.distribution() if fit is not None else None
     by_grid = sharded_scores_by_grid(flow, test, dist, grids=grids, backend=backend, seed=seed,
                                      chunk=rows_per_chunk(flow), gaussian=gaussian)
     out: dict = {"n_test": len(test)}  # the keys in evaluate's order
     if gaussian is not None:
-        out["gaussian_nll"] = _baseline_entry(by_grid[grids[0]]["gaussian"], baseline_train, flow.dim)
+        out["gaussian_nll"] = _baseline_entry(by_grid[grids[0]]["gaussian"], fit)
     for s, scores in by_grid.items():
         out.update(nll_entries(flow, s, *scores["flow"]))
         if gaussian is not None:
@@ -133,14 +134,19 @@ def evaluate_sharded(flow: Flow, test, *, steps: int | list[int] | None = None, 
     return out
 
 
-def _baseline_rows(train, dim: int):
-    """``baseline_train`` as rows, refused where they cannot fix a full covariance: with N <= d
-    rows the fitted Gaussian is degenerate and its test NLL (1e13 nats, say) means nothing."""
+def _baseline_fit(train, dim: int, dist=None) -> GaussianFit:
+    """The Gaussian of ``baseline_train``: given, or fitted to its rows, which are refused where
+    they cannot fix a full covariance: with N <= d rows the fitted Gaussian is degenerate and its
+    test NLL (1e13 nats, say) means nothing."""
+    if isinstance(train, GaussianFit):
+        if train.dim != dim:
+            raise ValueError(f"baseline_train is a Gaussian over {train.dim} columns; the flow has {dim}")
+        return train
     rows = as_rows(train, "baseline_train", dim=dim)
     if len(rows) <= dim:
         raise ValueError(f"baseline_train has {len(rows)} rows for {dim} columns: a Gaussian's full covariance "
                          "needs more rows than columns; pass more training rows, or no baseline_train")
-    return rows
+    return gaussian_fit(rows, dist)
 
 
 def _mmd_entry(flow: Flow, reference: Tensor, g: torch.Generator, backend: str) -> dict:
@@ -169,9 +175,9 @@ def _mean_se_entry(mean_se: tuple[float, float]) -> dict:
     return dict(zip(("mean", "se"), mean_se))
 
 
-def _baseline_entry(mean_se: tuple[float, float], train, dim: int) -> dict:
+def _baseline_entry(mean_se: tuple[float, float], fit: GaussianFit) -> dict:
     """The report's ``"gaussian_nll"`` entry before its per-grid gaps."""
-    return {**_mean_se_entry(mean_se), "n_train": len(train), "dim": dim}
+    return {**_mean_se_entry(mean_se), "n_train": fit.n_train, "dim": fit.dim}
 
 
 def nll_entries(flow: Flow, steps: int, mean: float, se: float) -> dict:

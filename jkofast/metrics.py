@@ -2,16 +2,18 @@
 sample-quality distances (MMD, energy distance)."""
 from __future__ import annotations
 
-import math
 import torch
 from torch import Tensor
 
-from ._moments import merge_moments, moments
+from ._moments import mean_and_se, mean_and_se_of, merge_moments, moments
 from ._precision import data_dtype
+# the Gaussian baseline's functions, also public here (where they were first)
+from .gaussian_baseline import fitted_gaussian, gaussian_fit, gaussian_nll, gaussian_nll_values
 from .reference import LOG_2PI
 
 __all__ = ["push", "rows_per_chunk", "standard_normal_nll", "nll", "nll_values", "sharded_nll", "sharded_scores",
-           "sharded_scores_by_grid", "mean_and_se", "fitted_gaussian", "gaussian_nll", "gaussian_nll_values", "mmd", "median_distance", "energy_distance"]
+           "sharded_scores_by_grid", "mean_and_se", "fitted_gaussian", "gaussian_fit", "gaussian_nll",
+           "gaussian_nll_values", "mmd", "median_distance", "energy_distance"]
 
 # Rows per chunk when pushing whole data sets: bounds the memory of the d tangent rows
 # (chunk x (d + 1) x width floats per layer) while keeping the matrix products large.
@@ -140,109 +142,10 @@ def sharded_scores_by_grid(flow, rows, dist=None, *, grids, backend: str = "auto
         if n_bad:
             at = f" at {s} RK4 steps per block" if s is not None else ""
             raise FloatingPointError(f"the flow gave a non-finite log-likelihood on {n_bad} of {scored} points{at}")
-    merged = {k: _mean_and_se_of(*merge_moments(p[0][k] for p in parts)) for k in keys}
+    merged = {k: mean_and_se_of(*merge_moments(p[0][k] for p in parts)) for k in keys}
     return {s: {name: merged[name, None if name == "gaussian" else s] for name in
                 (("flow",) if gaussian is None else ("flow", "gaussian", "gaussian_minus_flow"))}
             for s in grids}
-
-
-@torch.no_grad()
-def fitted_gaussian(train, dist=None) -> torch.distributions.MultivariateNormal:
-    """The maximum-likelihood Gaussian of ``train`` (N, d), full covariance (unbiased, as
-    ``torch.cov``), in float64: the bar a flow has to clear (it matches every mean and covariance;
-    only what a flow learns beyond them scores lower).
-
-    ``train`` is anything :func:`~jkofast.datasets.streaming.as_rows` takes (an array, a tensor,
-    a memory-mapped ``.npy`` file or its path, a :class:`~jkofast.datasets.streaming.Rows` split)
-    and is read chunk by chunk, so a large set is never copied whole; with ``dist`` (a process
-    group's :class:`~jkofast.distributed.Dist`) each rank reads its shard and the ranks' moments
-    are merged, so every rank gets the same Gaussian, that of all rows (to rounding). A constant
-    column (its min equals its max) gets its value as its mean and no covariances. A ridge of 1e-9
-    of each column's own variance (of the mean variance for a constant column) keeps a rank-deficient
-    covariance (N <= d, collinear columns) positive definite without favouring columns of large
-    scale over small ones."""
-    from .datasets.streaming import Rows, as_rows
-
-    rows = as_rows(train, train.name if isinstance(train, Rows) else "train")
-    rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
-    parts = []  # per chunk: (count, mean, M2) and each column's min and max
-    for _, x in rows.chunks(rank=rank, world=world):
-        if len(x):
-            x = x.to("cpu", torch.float64)
-            parts.append((moments(x), x.amin(0), x.amax(0)))
-    (n, mean, m2), low, high = merge_moments(p[0] for p in parts), *_extremes(parts)
-    if dist is not None:
-        n, mean, m2, low, high = _merged_over_ranks(dist, n, mean, m2, low, high, rows.dim)
-    if n < 2:
-        raise ValueError(f"fitting a Gaussian needs (N, d) data with N >= 2 rows, got {n} row(s) of {rows.dim}")
-    if not bool(torch.isfinite(m2).all() and torch.isfinite(low).all() and torch.isfinite(high).all()):
-        raise ValueError(f"{rows.name} holds NaN or inf values: no Gaussian fits it")
-    # A constant column (min == max, exact in any chunking) gets its value as its mean and no
-    # variance or covariance: the merged moments' rounding noise, which follows the chunking and
-    # the world size, would otherwise enter the NLL divided by the ridge.
-    varies = high > low
-    mean = torch.where(varies, mean, low)
-    cov = m2 / (n - 1) * torch.outer(varies, varies)
-    var = cov.diagonal()
-    floor = var.mean().clamp_min(1e-300)
-    cov = cov + torch.diag(1e-9 * torch.where(varies, var, floor))
-    return torch.distributions.MultivariateNormal(mean, cov, validate_args=False)
-
-
-def _merged_over_ranks(dist, n: int, mean, m2, low, high, dim: int) -> tuple:
-    """(count, mean, M2, min, max) of all ranks' rows from each rank's own. The small parts
-    (count, mean, extremes) are gathered and the d x d M2 summed in one all-reduce, so no rank
-    receives world x d^2 values (75 MB per rank at d = 3072): M2 = sum_r M2_r + n_r (mean_r -
-    mean)(mean_r - mean)^T, Chan's merge written as one sum over the ranks."""
-    everyone = dist.gather((n, mean, low, high), "fitting the Gaussian baseline")
-    total, mean_all, _ = merge_moments((nr, mr, 0.0) for nr, mr, _, _ in everyone)
-    own = torch.zeros(dim, dim, dtype=torch.float64)
-    if n:
-        delta = mean - mean_all
-        own = m2 + n * torch.outer(delta, delta)
-    m2_all = dist.sum(own, "fitting the Gaussian baseline").cpu()
-    low, high = _extremes([(None, lo, hi) for _, _, lo, hi in everyone])
-    return total, mean_all, m2_all, low, high
-
-
-def _extremes(parts) -> tuple:
-    """Each column's min and max over parts (moments, min, max); None for no parts."""
-    parts = [p for p in parts if p[1] is not None]  # a rank that read no rows
-    if not parts:
-        return None, None
-    return torch.stack([p[1] for p in parts]).amin(0), torch.stack([p[2] for p in parts]).amax(0)
-
-
-@torch.no_grad()
-def gaussian_nll_values(train, test) -> Tensor:
-    """-log p of every row of ``test`` under :func:`fitted_gaussian` of ``train``, (N_test,)
-    float64; both (N, d) tables in data space (anything
-    :func:`~jkofast.datasets.streaming.as_rows` takes), with the same d."""
-    from .datasets.streaming import as_rows
-
-    rows = as_rows(test, "test")
-    gaussian = fitted_gaussian(train)
-    if rows.dim != gaussian.loc.shape[0]:
-        raise ValueError(f"test has {rows.dim} columns, the training data {gaussian.loc.shape[0]}")
-    pieces = [-gaussian.log_prob(x.to("cpu", torch.float64)) for _, x in rows.chunks() if len(x)]
-    return torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.float64)
-
-
-def gaussian_nll(train, test) -> tuple[float, float]:
-    """Mean NLL in nats (and its standard error) of ``test`` under :func:`fitted_gaussian` of
-    ``train``."""
-    return mean_and_se(gaussian_nll_values(train, test))
-
-
-def mean_and_se(values: Tensor) -> tuple[float, float]:
-    """Mean of per-point values and its standard error std / sqrt(N) (NaN for one point)."""
-    se = float(values.std() / math.sqrt(values.numel())) if values.numel() > 1 else float("nan")
-    return float(values.mean()), se
-
-
-def _mean_and_se_of(n: int, mean: float, m2: float) -> tuple[float, float]:
-    """:func:`mean_and_se` from merged moments."""
-    return float(mean), (math.sqrt(m2 / (n - 1) / n) if n > 1 else float("nan"))
 
 
 def _sq_dists(a: Tensor, b: Tensor) -> Tensor:

@@ -19,6 +19,7 @@ from .checkpoint import write_json
 from .datasets.files import column_names, load_array, reads_as_number
 from .datasets.streaming import table_or_path_as_array
 from .flow import Flow
+from .gaussian_baseline import RECORDED_FIT_MAX_DIM, gaussian_fit
 from .interpolant import InterpolantTrainer
 from .interpolant_config import InterpolantConfig
 from .jko_flow import JKOFlowTrainer
@@ -185,7 +186,9 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
     Returns:
         The trained :class:`~jkofast.Flow`, on ``device``; ``flow.info`` holds the settings,
         validation NLLs, the number of training batches (``train_batches`` of ``batch_size``),
-        training seconds, this process's wall time and peak memory (``resources``).
+        training seconds, this process's wall time and peak memory (``resources``), and the
+        Gaussian fitted to ``x`` (``gaussian_baseline``, up to 512 columns: what
+        :func:`~jkofast.evaluate` reports beside the flow, ``GaussianFit.recorded(flow)``).
 
     Distributed: launched by torchrun (``WORLD_SIZE`` > 1 in the environment), or with a
     process group the caller initialized, every process calls ``train`` with the same
@@ -243,6 +246,17 @@ def _column_names(x) -> list[str] | None:
     return None
 
 
+def _recorded_baseline(rows, n: int, dim: int, dist) -> dict:
+    """``flow.info``'s ``"gaussian_baseline"``: the Gaussian fitted to the training data, kept
+    with the model so that an evaluation needs neither the data nor another pass over it (one
+    pass here, small beside training). Left out where it would be large (over
+    RECORDED_FIT_MAX_DIM columns) or degenerate (no more rows than columns: evaluate refuses
+    those)."""
+    if dim > RECORDED_FIT_MAX_DIM or n <= dim:
+        return {}
+    return {"gaussian_baseline": gaussian_fit(rows, dist if dist.world > 1 else None).state()}
+
+
 def _train(x, val, method: str, cfg, *, out: Path | None, dist, progress: bool, backend: str,
            info: dict | None) -> Flow:
     """train()'s work once the settings are checked and the output folder is held."""
@@ -268,6 +282,7 @@ def _train(x, val, method: str, cfg, *, out: Path | None, dist, progress: bool, 
 
         def val_nll(steps):
             return sharded_nll(flow, data.val_rows, dist, steps=steps, backend=backend, seed=cfg.seed)
+        train_rows, dim = data.rows, data.dim
     else:
         # float64 until standardized (Flow.standardize); the model's dtype from there on
         x = _as_data(x, "x", dtype=torch.float64, device=device)
@@ -289,6 +304,7 @@ def _train(x, val, method: str, cfg, *, out: Path | None, dist, progress: bool, 
 
         def val_nll(steps):
             return nll(flow, val, steps=steps, backend=backend)
+        train_rows, dim = x, x.shape[1]
     log = trainer.log
     log.update(resumed=resumed, world_size=dist.world)
     # Training seconds and batches add up across resumed processes; wall time and peak memory
@@ -312,7 +328,8 @@ def _train(x, val, method: str, cfg, *, out: Path | None, dist, progress: bool, 
                  "batch_size": min(cfg.batch, n_train), "resources": log["resources"],
                  "eval_grids": cfg.eval_grids(), "val_nll": log.get("val_nll"), "world_size": dist.world,
                  "pushed_storage": log.get("pushed_storage"), "peak_memory": log["peak_memory"],
-                 "resumed": bool(resumed), "jkofast_version": __version__, **(info or {})}
+                 "resumed": bool(resumed), "jkofast_version": __version__,
+                 **_recorded_baseline(train_rows, n_train, dim, dist), **(info or {})}
     selected = [e["select_blocks"] for e in log.get("events", []) if "select_blocks" in e]
     if selected:  # config["blocks"] was the budget; this says how many were kept and why
         flow.info["select_blocks"] = selected[-1]

@@ -28,6 +28,7 @@ from jkofast.datasets.streaming import open_npy, split_rows
 from jkofast.distributed import Dist
 from jkofast.jko_iflow import JKOIFlowTrainer
 from jkofast.jko_iflow_config import JKOIFlowConfig
+from jkofast.gaussian_baseline import GaussianFit
 from jkofast.metrics import fitted_gaussian
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -124,6 +125,11 @@ def test_torchrun_cli_writes_one_model_and_matches_one_process(cli_runs):
     g1, g2 = m1["gaussian_nll"], m2["gaussian_nll"]
     assert (g2["n_train"], g2["dim"]) == (g1["n_train"], 2) and g2["mean"] == pytest.approx(g1["mean"], rel=1e-12)
     assert g2["se"] == pytest.approx(g1["se"], rel=1e-9)
+    # train() kept the Gaussian it fitted over both ranks' shards: the one process's, to rounding
+    kept_one, kept_two = (GaussianFit.recorded(jkofast.Flow.load(d)) for d in (one, two))
+    assert kept_two.n_train == kept_one.n_train == DATA["n_train"]
+    assert torch.allclose(kept_two.mean, kept_one.mean, rtol=1e-12, atol=1e-14)
+    assert torch.allclose(kept_two.covariance, kept_one.covariance, rtol=1e-12, atol=1e-14)
     x, _, test = moons()
     # The two-rank report against evaluate() of the same model in one process: the flow's NLL, the
     # paired gap and their standard errors, each merged from the ranks' (count, mean, M2); a wrong

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .._checks import whole_number_columns
-from .._moments import merge_moments
+from .._moments import fold_extremes, merge_moments
 from ..progress import progress_bar
 from .streaming import Rows
 
@@ -55,13 +55,6 @@ def _chunk_summary(rows: Tensor) -> tuple:
     return x.shape[0], mean.cpu().numpy(), m2.cpu().numpy(), digest, bad, first_bad, whole, extremes
 
 
-def _fold_extremes(a, b):
-    """Per-column (min, max) of two parts' (min, max); None for a part without rows."""
-    if a is None or b is None:
-        return a if b is None else b
-    return np.minimum(a[0], b[0]), np.maximum(a[1], b[1])
-
-
 def _block_summary(rows: Rows, b: int) -> tuple:
     """Chunks b * _SCAN_BLOCK ... merged in order: (b, n, mean, M2, digest, bad rows, first bad row,
     whole-number columns, (min, max) per column)."""
@@ -72,7 +65,7 @@ def _block_summary(rows: Rows, b: int) -> tuple:
             _chunk_summary(rows.read_chunk(c))
         moments.append((n, mean, m2))
         whole &= chunk_whole
-        extremes = _fold_extremes(extremes, chunk_extremes)
+        extremes = fold_extremes(extremes, chunk_extremes)
         digest.update(chunk_digest)
         if chunk_bad and first < 0:
             first = rows.base_index(c, chunk_first)
@@ -106,7 +99,7 @@ def scan(rows: Rows, dist=None, *, progress: bool = False) -> Summary:
     whole = np.ones(rows.dim, dtype=bool)
     for _, _, _, _, block_digest, block_bad, block_first, block_whole, block_extremes in parts:
         whole &= block_whole
-        extremes = _fold_extremes(extremes, block_extremes)
+        extremes = fold_extremes(extremes, block_extremes)
         digest.update(block_digest)
         bad += block_bad
         first = block_first if first < 0 else first
