@@ -145,8 +145,15 @@ def _baseline_train(x_train):
 
 def _recorded_or(flow, training_rows):
     """The Gaussian baseline's fit that train() kept with the model, else ``training_rows()`` to
-    fit it to (a model from before jkofast kept it, or of more than 512 columns)."""
-    fit = GaussianFit.recorded(flow)
+    fit it to (a model from before jkofast kept it, of more than 512 columns, or whose kept fit
+    does not read: the baseline is a courtesy, never the reason a report fails)."""
+    try:
+        fit = GaussianFit.recorded(flow)
+        if fit is not None and fit.dim != flow.dim:
+            raise ValueError(f"it has {fit.dim} columns, the model {flow.dim}")
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        _note(f"the model's kept Gaussian baseline is unreadable ({type(exc).__name__}: {exc}); fitting it again")
+        fit = None
     return fit if fit is not None else training_rows()
 
 

@@ -51,7 +51,8 @@ def evaluate(flow: Flow, test, *, steps: int | list[int] | None = None, mmd_poin
             Gaussian minus flow over the same test points, with the standard error of the
             per-point differences (the one that says whether the gap is real: both NLLs' own
             errors share the test points' spread, which the difference cancels where the two
-            models find the same points hard). It needs more rows than columns (ValueError).
+            models find the same points hard). Rows need to be more than columns (ValueError).
+            The flow's kept fit is not used unless passed: ``GaussianFit.recorded(flow)``.
 
     Returns:
         ``{"n_test", "nll_steps<S>": {"mean", "se"}, "nll_standardized_steps<S>": {...},
@@ -105,7 +106,8 @@ def evaluate_sharded(flow: Flow, test, *, steps: int | list[int] | None = None, 
             anything :func:`~jkofast.datasets.streaming.as_rows` takes.
         dist: a :class:`~jkofast.distributed.Dist`: each rank scores its shard of the test rows
             and fits on its shard of the training rows; the sums are merged, so every rank gets
-            the same report, that of all rows (:func:`~jkofast.metrics.sharded_scores_by_grid`).
+            the same report, that of all rows (:func:`~jkofast.metrics.sharded_scores_by_grid`);
+            a :class:`~jkofast.gaussian_baseline.GaussianFit` is used as it is.
             The rows are read once for all grids.
         seed: deals the rows to the ranks; seeds the MMD's test rows and samples.
         mmd_points: test rows (and samples) for the MMD; 0 (the default) skips it.

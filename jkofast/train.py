@@ -187,8 +187,9 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
         The trained :class:`~jkofast.Flow`, on ``device``; ``flow.info`` holds the settings,
         validation NLLs, the number of training batches (``train_batches`` of ``batch_size``),
         training seconds, this process's wall time and peak memory (``resources``), and the
-        Gaussian fitted to ``x`` (``gaussian_baseline``, up to 512 columns: what
-        :func:`~jkofast.evaluate` reports beside the flow, ``GaussianFit.recorded(flow)``).
+        Gaussian fitted to ``x`` (``gaussian_baseline``, for up to 512 columns and more rows than
+        columns; ``GaussianFit.recorded(flow)`` reads it, for :func:`~jkofast.evaluate`'s
+        ``baseline_train``).
 
     Distributed: launched by torchrun (``WORLD_SIZE`` > 1 in the environment), or with a
     process group the caller initialized, every process calls ``train`` with the same
@@ -328,8 +329,9 @@ def _train(x, val, method: str, cfg, *, out: Path | None, dist, progress: bool, 
                  "batch_size": min(cfg.batch, n_train), "resources": log["resources"],
                  "eval_grids": cfg.eval_grids(), "val_nll": log.get("val_nll"), "world_size": dist.world,
                  "pushed_storage": log.get("pushed_storage"), "peak_memory": log["peak_memory"],
-                 "resumed": bool(resumed), "jkofast_version": __version__,
-                 **_recorded_baseline(train_rows, n_train, dim, dist), **(info or {})}
+                 "resumed": bool(resumed), "jkofast_version": __version__, **(info or {}),
+                 # after info: a "gaussian_baseline" copied from another model's info is not this data's
+                 **_recorded_baseline(train_rows, n_train, dim, dist)}
     selected = [e["select_blocks"] for e in log.get("events", []) if "select_blocks" in e]
     if selected:  # config["blocks"] was the budget; this says how many were kept and why
         flow.info["select_blocks"] = selected[-1]

@@ -150,6 +150,23 @@ def test_train_on_a_file(tmp_path, capsys):
     assert scored["n_test"] == 300 and scored["gaussian_nll"]["n_train"] == 960
     flow = jkofast.Flow.load(tmp_path / "run")
     assert scored["nll_steps3"]["mean"] == pytest.approx(jkofast.metrics.nll(flow, torch.as_tensor(held))[0], rel=1e-9)
+    # A model without the kept fit (saved by jkofast before it kept one) fits the training split
+    # again: the kept fit's numbers, to rounding of the float64 sums.
+    del flow.info["gaussian_baseline"]
+    flow.save(tmp_path / "old.pt")
+    assert main(["eval", "--model", str(tmp_path / "old.pt"), "--data", str(tmp_path / "held.npy"),
+                 "--json", str(tmp_path / "refit.json")]) == 0
+    refit = json.loads((tmp_path / "refit.json").read_text())["gaussian_nll"]
+    assert refit["n_train"] == 960 and refit["mean"] == pytest.approx(scored["gaussian_nll"]["mean"], rel=1e-12)
+    # A kept fit that does not read (a damaged file): noted, and fitted again
+    broken = jkofast.Flow.load(tmp_path / "run")
+    broken.info["gaussian_baseline"]["covariance"] = [[1.0]]
+    broken.save(tmp_path / "broken.pt")
+    capsys.readouterr()
+    assert main(["eval", "--model", str(tmp_path / "broken.pt"), "--data", str(tmp_path / "held.npy"),
+                 "--json", str(tmp_path / "broken.json")]) == 0
+    assert "kept Gaussian baseline is unreadable (ValueError" in capsys.readouterr().err
+    assert json.loads((tmp_path / "broken.json").read_text())["gaussian_nll"] == refit
     with pytest.raises(SystemExit, match="a held-out file is scored whole"):
         main(["eval", "--model", str(tmp_path / "run"), "--data", str(tmp_path / "held.npy"), "--n-test", "50"])
     # Touched, same size: noted once, and scored.
@@ -171,9 +188,7 @@ def test_train_on_a_file(tmp_path, capsys):
                  "--json", str(tmp_path / "gone.json")]) == 0
     assert "no Gaussian baseline" not in capsys.readouterr().err
     assert json.loads((tmp_path / "gone.json").read_text())["gaussian_nll"] == scored["gaussian_nll"]
-    # A model without the kept fit (saved by jkofast before it kept one) needs the file: a note says why not.
-    del flow.info["gaussian_baseline"]
-    flow.save(tmp_path / "old.pt")
+    # A model without the kept fit needs the file: a note says why there is no baseline.
     assert main(["eval", "--model", str(tmp_path / "old.pt"), "--data", str(tmp_path / "held.npy"),
                  "--json", str(tmp_path / "old.json")]) == 0
     assert "no Gaussian baseline" in capsys.readouterr().err

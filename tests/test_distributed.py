@@ -150,8 +150,14 @@ def test_torchrun_cli_writes_one_model_and_matches_one_process(cli_runs):
 
 def test_torchrun_eval_reports_once_what_one_process_does(cli_runs, capsys):
     one, two, _ = cli_runs
+    # Two ranks evaluate a model without the kept Gaussian fit (as saved before jkofast kept it),
+    # so they fit it again over their shares of the training rows; one process uses the kept fit.
+    old = jkofast.Flow.load(two)
+    del old.info["gaussian_baseline"]
+    old.save(two / "old.pt")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "jkofast", "eval", "--model", str(two), "--mmd-points", "500", "--json", str(two / "eval2.json")]
+           "-m", "jkofast", "eval", "--model", str(two / "old.pt"), "--mmd-points", "500",
+           "--json", str(two / "eval2.json")]
     proc = subprocess.run(cmd, env=_env(), cwd=two, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("test NLL") == 1 and proc.stdout.count("MMD^2") == 1, proc.stdout   # rank 0 alone
@@ -162,6 +168,7 @@ def test_torchrun_eval_reports_once_what_one_process_does(cli_runs, capsys):
     # numbers to rounding of the float64 sums (float32 per-row values: 1e-6 relative).
     assert e2["n_test"] == e1["n_test"] and e2["nll_steps3"]["mean"] == pytest.approx(e1["nll_steps3"]["mean"], rel=1e-6)
     assert e2["gaussian_nll"]["mean"] == pytest.approx(e1["gaussian_nll"]["mean"], rel=1e-9)
+    assert e2["gaussian_nll"]["n_train"] == e1["gaussian_nll"]["n_train"] == DATA["n_train"]
     assert e2["mmd"]["n"] == 500 and e2["mmd"]["mmd_m"] > 0   # a random subset of the whole split
 
 
@@ -192,7 +199,7 @@ def test_the_gaussian_baseline_fitted_over_ranks_is_the_whole_splits(killed_run)
     assert torch.equal(g0["loc"], g1["loc"]) and torch.equal(g0["cov"], g1["cov"])   # the same on every rank
     whole = fitted_gaussian(split_rows(open_npy(root / "data.npy"), seed=0)[0])
     assert g0["rows_read"] + g1["rows_read"] == len(split_rows(open_npy(root / "data.npy"), seed=0)[0])
-    assert 0.4 < g0["rows_read"] / (g0["rows_read"] + g1["rows_read"]) < 0.6          # each read a shard
+    assert 0.4 < g0["rows_read"] / (g0["rows_read"] + g1["rows_read"]) < 0.6          # each read its share
     # two shards' moments merged against one pass, float64: rounding of the sums only
     assert torch.allclose(g0["loc"], whole.loc, rtol=1e-12, atol=1e-14)
     assert torch.allclose(g0["cov"], whole.covariance_matrix, rtol=1e-12, atol=1e-14)

@@ -337,17 +337,20 @@ def test_evaluate_sharded_reports_what_evaluate_does(tmp_path, small_chunks, moo
     flow.add_block(flow.new_field(), 0.5)
     train, test = moons[0][:2000].numpy(), moons[2][:1500].numpy()
     whole = evaluate(flow, test, steps=[2, 3], mmd_points=0, baseline_train=train)
-    reads = []  # (rows' name, chunks read): each file is read once, whatever the number of grids
-    chunks = Rows.chunks
+    reads = []  # (rows' name, chunk read): each file is read once, whatever the number of grids
+    read_chunk = Rows.read_chunk
 
-    def counted(self, *a, **kw):
-        reads.append(self.name)
-        return chunks(self, *a, **kw)
+    def counted(self, c):
+        reads.append((self.name, c))
+        return read_chunk(self, c)
 
-    monkeypatch.setattr(Rows, "chunks", counted)
-    streamed = evaluate_sharded(flow, _write_npy(tmp_path / "test.npy", test), steps=[2, 3],
-                                baseline_train=_write_npy(tmp_path / "train.npy", train))
-    assert sorted(reads) == ["baseline_train", "test"], reads
+    test_file, train_file = _write_npy(tmp_path / "test.npy", test), _write_npy(tmp_path / "train.npy", train)
+    monkeypatch.setattr(Rows, "read_chunk", counted)
+    streamed = evaluate_sharded(flow, test_file, steps=[2, 3], baseline_train=train_file)
+    monkeypatch.setattr(Rows, "read_chunk", read_chunk)
+    for name, path in (("test", test_file), ("baseline_train", train_file)):
+        chunks = as_rows(path, name).num_chunks
+        assert chunks > 1 and sorted(c for n, c in reads if n == name) == list(range(chunks)), reads
     assert list(streamed) == list(whole) and streamed["n_test"] == 1500   # the same keys, in the same order
     g, h = streamed["gaussian_nll"], whole["gaussian_nll"]
     assert g.keys() == h.keys() and (g["n_train"], g["dim"]) == (2000, 2)
