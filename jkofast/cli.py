@@ -37,7 +37,7 @@ from .checkpoint import CheckpointError
 from .datasets.streaming import Rows, as_rows, open_npy, split_rows
 from .distributed import DistributedError
 from .evaluate import evaluate, evaluate_sharded
-from .gaussian_baseline import GaussianFit
+from .gaussian_baseline import GaussianFit, fixes_a_covariance
 from .flow import Flow
 from .jko_iflow import TrainingDivergedError
 from .jko_iflow_config import BUDGETS
@@ -139,8 +139,7 @@ def _baseline_train(x_train):
     """The training data to fit the report's Gaussian baseline to (see evaluate), or None where
     the training rows cannot fix a covariance (no more rows than columns: eval --data loads 1).
     A memory-mapped split is streamed: one more pass over its rows, cheap beside scoring the flow."""
-    dim = x_train.dim if isinstance(x_train, Rows) else x_train.shape[1]
-    return x_train if len(x_train) > dim else None
+    return x_train if fixes_a_covariance(*_shape(x_train)) else None
 
 
 def _recorded_or(flow, training_rows):
@@ -149,8 +148,6 @@ def _recorded_or(flow, training_rows):
     does not read: the baseline is a courtesy, never the reason a report fails)."""
     try:
         fit = GaussianFit.recorded(flow)
-        if fit is not None and fit.dim != flow.dim:
-            raise ValueError(f"it has {fit.dim} columns, the model {flow.dim}")
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         _note(f"the model's kept Gaussian baseline is unreadable ({type(exc).__name__}: {exc}); fitting it again")
         fit = None

@@ -23,7 +23,7 @@ from ._checks import check_finite, check_points
 from ._precision import data_dtype
 from .datasets.streaming import as_rows
 from .flow import Flow
-from .gaussian_baseline import GaussianFit, gaussian_fit, gaussian_nll_values
+from .gaussian_baseline import GaussianFit, fixes_a_covariance, gaussian_fit, gaussian_nll_values
 from .metrics import mean_and_se, median_distance, mmd, nll_values, rows_per_chunk, sharded_scores_by_grid
 
 __all__ = ["evaluate", "evaluate_sharded", "nll_entries", "training_summary", "TRAINING_KEYS"]
@@ -138,14 +138,13 @@ def evaluate_sharded(flow: Flow, test, *, steps: int | list[int] | None = None, 
 
 def _baseline_fit(train, dim: int, dist=None) -> GaussianFit:
     """The Gaussian of ``baseline_train``: given, or fitted to its rows, which are refused where
-    they cannot fix a full covariance: with N <= d rows the fitted Gaussian is degenerate and its
-    test NLL (1e13 nats, say) means nothing."""
+    they cannot fix a full covariance (:func:`~jkofast.gaussian_baseline.fixes_a_covariance`)."""
     if isinstance(train, GaussianFit):
         if train.dim != dim:
             raise ValueError(f"baseline_train is a Gaussian over {train.dim} columns; the flow has {dim}")
         return train
     rows = as_rows(train, "baseline_train", dim=dim)
-    if len(rows) <= dim:
+    if not fixes_a_covariance(len(rows), dim):
         raise ValueError(f"baseline_train has {len(rows)} rows for {dim} columns: a Gaussian's full covariance "
                          "needs more rows than columns; pass more training rows, or no baseline_train")
     return gaussian_fit(rows, dist)

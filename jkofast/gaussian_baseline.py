@@ -17,11 +17,18 @@ from torch import Tensor
 from ._moments import fold_extremes, mean_and_se, merge_moments, moments
 
 __all__ = ["GaussianFit", "gaussian_fit", "fitted_gaussian", "gaussian_nll_values", "gaussian_nll",
-           "RECORDED_FIT_MAX_DIM"]
+           "fixes_a_covariance", "RECORDED_FIT_MAX_DIM"]
 
 # Above this many columns train() does not keep the fit with the model: its covariance, d^2
 # float64 values (2 MB at 512), would outweigh most flows' weights; an evaluation fits it again.
 RECORDED_FIT_MAX_DIM = 512
+
+
+def fixes_a_covariance(n: int, dim: int) -> bool:
+    """Whether n rows of dim columns fix a full covariance: with n <= dim the fit is degenerate
+    (only the ridge keeps it invertible) and its test NLL (1e13 nats, say) means nothing, so no
+    report shows one."""
+    return n > dim
 
 
 @dataclass(frozen=True, eq=False)  # (a generated == would compare tensors elementwise and fail)
@@ -57,9 +64,16 @@ class GaussianFit:
     @classmethod
     def recorded(cls, flow) -> "GaussianFit | None":
         """The fit ``train()`` kept with ``flow``, or None (a flow from before jkofast kept it,
-        one of more than :data:`RECORDED_FIT_MAX_DIM` columns, or too few training rows)."""
+        one of more than :data:`RECORDED_FIT_MAX_DIM` columns, or too few training rows).
+        ValueError (KeyError, TypeError) where the kept entry does not read as a fit of the
+        flow's columns."""
         state = flow.info.get("gaussian_baseline")
-        return cls.from_state(state) if state else None
+        if not state:
+            return None
+        fit = cls.from_state(state)
+        if fit.dim != flow.dim:
+            raise ValueError(f"the kept fit has {fit.dim} columns, the flow {flow.dim}")
+        return fit
 
 
 @torch.no_grad()

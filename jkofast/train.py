@@ -19,7 +19,7 @@ from .checkpoint import write_json
 from .datasets.files import column_names, load_array, reads_as_number
 from .datasets.streaming import table_or_path_as_array
 from .flow import Flow
-from .gaussian_baseline import RECORDED_FIT_MAX_DIM, gaussian_fit
+from .gaussian_baseline import RECORDED_FIT_MAX_DIM, fixes_a_covariance, gaussian_fit
 from .interpolant import InterpolantTrainer
 from .interpolant_config import InterpolantConfig
 from .jko_flow import JKOFlowTrainer
@@ -253,7 +253,7 @@ def _recorded_baseline(rows, n: int, dim: int, dist) -> dict:
     pass here, small beside training). Left out where it would be large (over
     RECORDED_FIT_MAX_DIM columns) or degenerate (no more rows than columns: evaluate refuses
     those)."""
-    if dim > RECORDED_FIT_MAX_DIM or n <= dim:
+    if dim > RECORDED_FIT_MAX_DIM or not fixes_a_covariance(n, dim):
         return {}
     return {"gaussian_baseline": gaussian_fit(rows, dist if dist.world > 1 else None).state()}
 
@@ -283,7 +283,7 @@ def _train(x, val, method: str, cfg, *, out: Path | None, dist, progress: bool, 
 
         def val_nll(steps):
             return sharded_nll(flow, data.val_rows, dist, steps=steps, backend=backend, seed=cfg.seed)
-        train_rows, dim = data.rows, data.dim
+        train_rows = data.rows
     else:
         # float64 until standardized (Flow.standardize); the model's dtype from there on
         x = _as_data(x, "x", dtype=torch.float64, device=device)
@@ -305,7 +305,7 @@ def _train(x, val, method: str, cfg, *, out: Path | None, dist, progress: bool, 
 
         def val_nll(steps):
             return nll(flow, val, steps=steps, backend=backend)
-        train_rows, dim = x, x.shape[1]
+        train_rows = x
     log = trainer.log
     log.update(resumed=resumed, world_size=dist.world)
     # Training seconds and batches add up across resumed processes; wall time and peak memory
@@ -331,7 +331,7 @@ def _train(x, val, method: str, cfg, *, out: Path | None, dist, progress: bool, 
                  "pushed_storage": log.get("pushed_storage"), "peak_memory": log["peak_memory"],
                  "resumed": bool(resumed), "jkofast_version": __version__, **(info or {}),
                  # after info: a "gaussian_baseline" copied from another model's info is not this data's
-                 **_recorded_baseline(train_rows, n_train, dim, dist)}
+                 **_recorded_baseline(train_rows, n_train, flow.dim, dist)}
     selected = [e["select_blocks"] for e in log.get("events", []) if "select_blocks" in e]
     if selected:  # config["blocks"] was the budget; this says how many were kept and why
         flow.info["select_blocks"] = selected[-1]

@@ -71,6 +71,13 @@ def test_evaluating_against_the_kept_fit_is_fitting_again():
         evaluate(flow, test, baseline_train=wrong)
 
 
+def test_a_kept_fit_of_other_columns_is_refused():
+    flow = jkofast.train(_data(), **QUICK)
+    flow.info["gaussian_baseline"] = gaussian_fit(_data()[:, :2]).state()
+    with pytest.raises(ValueError, match="the kept fit has 2 columns, the flow 3"):
+        GaussianFit.recorded(flow)
+
+
 def test_a_fit_from_a_bad_state_is_refused():
     with pytest.raises(ValueError, match=r"a mean \(d,\) and a covariance \(d, d\), got \(3,\) and \(2, 2\)"):
         GaussianFit.from_state({"mean": torch.zeros(3), "covariance": torch.eye(2), "n_train": 5})
