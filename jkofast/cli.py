@@ -43,7 +43,7 @@ from .jko_iflow import TrainingDivergedError
 from .jko_iflow_config import BUDGETS
 from .jko_iflow_state import CHECKPOINT_FILE
 from .memory import peak_memory_of_run
-from .train import METHODS, OUT_LOCK, option_defaults, train
+from .train import METHODS, OUT_LOCK, option_defaults, settings, train
 
 # CLI flag -> JKOIFlowConfig field, for the options that go straight through.
 _TRAIN_OPTIONS = {"blocks": int, "hidden": int, "layers": int, "activation": str, "beta": float,
@@ -292,6 +292,10 @@ def _device(args, default: str = "cpu") -> torch.device:
 
 
 def cmd_train(args) -> int:
+    # The options first: a mistyped one is refused before a data file is read or a process group
+    # joined (the same check train() makes; every rank has the same command line).
+    with distributed.alike_on_every_rank():
+        settings(args.method, args.budget, **_train_options(args))
     device = _device(args, "cuda" if torch.cuda.is_available() else "cpu")
     dist = distributed.connect(device)  # a process group under torchrun, else one process
     try:
@@ -313,11 +317,16 @@ def _shape(data) -> tuple:
     return (len(data), data.dim) if isinstance(data, Rows) else data.shape
 
 
+def _train_options(args) -> dict:
+    """train()'s keyword options from the command line: the flags given, and the seed."""
+    options = {k: getattr(args, k) for k in [*_TRAIN_OPTIONS, *_METHOD_OPTIONS] if getattr(args, k) is not None}
+    return {**options, "seed": args.seed}
+
+
 def _train_and_report(args, dist) -> int:
     spec = _data_spec(args)
     x_train, x_val, x_test = _load_data(spec)
-    options = {k: getattr(args, k) for k in [*_TRAIN_OPTIONS, *_METHOD_OPTIONS] if getattr(args, k) is not None}
-    options["seed"] = args.seed
+    options = _train_options(args)
     out = Path(args.out)
     say = print if dist.main else (lambda *a, **k: None)
     processes = f", {dist.world} processes" if dist.world > 1 else ""
@@ -331,10 +340,10 @@ def _train_and_report(args, dist) -> int:
         flow = train(x_train, args.method, val=x_val, out=out, resume=not args.restart, device=dist.device,
                      budget=args.budget, progress=not args.no_progress, info=_train_info(spec), **options)
     except TrainingDivergedError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _print_error(exc)
         return 2
     except CheckpointError as exc:
-        print(f"error: {exc}\n(pass --restart to start over, or choose another --out)", file=sys.stderr)
+        _print_error(exc, "\n(pass --restart to start over, or choose another --out)")
         return 2
     grids = flow.info["eval_grids"]
     baseline = _recorded_or(flow, lambda: _baseline_train(x_train))
@@ -606,6 +615,30 @@ def _rank0() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+# How long a rank above 0 waits before exiting with an error that rank 0 prints: torchrun stops
+# every rank once one has exited with an error, and rank 0, stopped before it printed, left no
+# message at all (seen in 1 of 2 two-rank runs without the wait). The ranks meet such an error
+# together (arguments checked before any work, a collective's answer), so a moment suffices; when
+# rank 0 exits first, torchrun ends the wait.
+RANK0_PRINTS_WITHIN_S = 5.0
+
+
+def _print_error(exc: BaseException, more: str = "") -> None:
+    """``error: ...`` on stderr. Under torchrun an error that every rank raises alike (an option
+    checked, rank 0's checkpoint error sent to all: distributed.raised_on_every_rank) is printed
+    by rank 0 alone, and any other by the rank that raised it, named: one rank's own failure (a
+    file missing on its host, its GPU out of memory) is never hidden behind rank 0's."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world in ("", "1"):
+        print(f"error: {exc}{more}", file=sys.stderr)
+    elif not distributed.is_raised_on_every_rank(exc):
+        print(f"error (rank {os.environ.get('RANK', '?')} of {world}): {exc}{more}", file=sys.stderr)
+    elif _rank0():
+        print(f"error: {exc}{more}", file=sys.stderr)
+    else:
+        time.sleep(RANK0_PRINTS_WITHIN_S)
+
+
 def _note(message: str) -> None:
     if _rank0():
         print(f"jkofast: note: {message}", file=sys.stderr)
@@ -664,7 +697,7 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except (CheckpointError, DistributedError, FileNotFoundError, FloatingPointError, ImportError, ValueError,
             TypeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _print_error(exc)
         return 2
     except KeyboardInterrupt as exc:
         stopped = "terminated (SIGTERM)" if isinstance(exc, _Terminated) else "interrupted"
@@ -679,7 +712,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except OSError as exc:  # a full disk, a permission, a path that is a file: the message names it
-        print(f"error: {exc}", file=sys.stderr)
+        _print_error(exc)
         return 1
 
 

@@ -40,7 +40,8 @@ from torch import Tensor, nn
 
 from ._checks import check_device
 
-__all__ = ["Dist", "DistributedError", "connect", "TIMEOUT_ENV"]
+__all__ = ["Dist", "DistributedError", "connect", "TIMEOUT_ENV", "raised_on_every_rank", "alike_on_every_rank",
+           "is_raised_on_every_rank"]
 
 TIMEOUT_ENV = "JKOFAST_DIST_TIMEOUT"
 _DEFAULT_TIMEOUT_S = 600.0
@@ -48,6 +49,38 @@ _DEFAULT_TIMEOUT_S = 600.0
 
 class DistributedError(RuntimeError):
     """Another process of the run died, hung past the timeout, or disagrees with this one."""
+
+
+# The mark of an error that every process of a run raises alike (see raised_on_every_rank): an
+# attribute, so that it travels with the exception through pickling (BaseException.__reduce__
+# keeps the instance's __dict__), as rank 0's checkpoint error does to the other ranks.
+_EVERY_RANK = "jkofast_raised_on_every_rank"
+
+
+def raised_on_every_rank(exc: BaseException) -> BaseException:
+    """Mark ``exc`` as raised alike by every process of the run, and return it: a check of
+    arguments that every rank was given the same (torchrun gives each the same command line),
+    rank 0's answer sent to every rank, a comparison of all ranks' values. The command line
+    prints such an error from rank 0 alone, and any other error from the rank that raised it,
+    naming that rank: a rank's own failure (a file missing on its host) is never hidden."""
+    setattr(exc, _EVERY_RANK, True)
+    return exc
+
+
+def is_raised_on_every_rank(exc: BaseException) -> bool:
+    """Whether ``exc`` carries the mark of :func:`raised_on_every_rank`."""
+    return bool(getattr(exc, _EVERY_RANK, False))
+
+
+@contextlib.contextmanager
+def alike_on_every_rank():
+    """Mark what the block raises with :func:`raised_on_every_rank`: wrap only checks that
+    depend on nothing but arguments every rank shares (no files, no devices, no data)."""
+    try:
+        yield
+    except Exception as exc:
+        raised_on_every_rank(exc)
+        raise
 
 
 def _timeout() -> datetime.timedelta:
@@ -143,10 +176,10 @@ class Dist:
         data shapes): a silent mismatch would train on inconsistent shards."""
         values = self.gather(value, f"comparing {what}")
         odd = [r for r, v in enumerate(values) if v != values[0]]
-        if odd:
-            raise DistributedError(f"rank(s) {odd} were started with different {what} than rank 0: "
+        if odd:  # every rank gathered the same values, so each raises this same error
+            raise raised_on_every_rank(DistributedError(f"rank(s) {odd} were started with different {what} than rank 0: "
                                    f"{_differences(values[odd[0]], values[0])} (rank {odd[0]} against rank 0); "
-                                   "start every process the same way")
+                                   "start every process the same way"))
 
     @contextlib.contextmanager
     def data_parallel(self, module: nn.Module):

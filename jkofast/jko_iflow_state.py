@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import distributed
 from .checkpoint import CheckpointError, load_payload, refuse_other_run, require, save_payload, write_json
 from .flow import Flow
 from .jko_iflow_config import JKOIFlowConfig
@@ -71,8 +72,8 @@ def restore_state(trainer) -> bool:
     else:
         found = None
     kind, value = trainer.dist.broadcast(found, "reading the checkpoint")
-    if kind == "error":
-        raise value
+    if kind == "error":  # rank 0's, on every rank: the command line prints it once
+        raise distributed.raised_on_every_rank(value)
     if value is None:
         return False
     restored = Flow.from_payload(value["flow"], trainer.out / CHECKPOINT_FILE, map_location=trainer.device)

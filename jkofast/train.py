@@ -32,7 +32,7 @@ from .progress import say
 from .metrics import nll, sharded_nll
 from .resources import ResourceMeter
 
-__all__ = ["train", "METHODS"]
+__all__ = ["train", "settings", "METHODS"]
 
 # method name -> (its settings dataclass, its trainer). Every trainer takes (flow, config, u_train,
 # u_val, out=, data_id=, progress=, backend=, log=), has resume() and run(), and logs entries with
@@ -56,8 +56,16 @@ def option_defaults(name: str, budget: str = "default") -> dict[str, object]:
     return {m: getattr(cls.from_options(budget), name) for m, (cls, _) in _METHODS.items() if name in option_names(m)}
 
 
-def _settings(method: str, budget: str, options: dict):
-    """The method's settings from the budget preset and the options; errors list what is valid."""
+def settings(method: str = "jko-iflow", budget: str = "default", **options):
+    """The settings ``train(x, method, budget=budget, **options)`` trains with (a
+    :class:`~jkofast.jko_iflow_config.JKOIFlowConfig`, ``JKOFlowConfig`` or ``InterpolantConfig``),
+    or the error it would raise for them (ValueError, TypeError; the messages list what is
+    valid), without data: ``jkofast train`` checks its options this way before it reads a file.
+
+    Examples:
+        >>> settings("jko-iflow", "quick", blocks=3).blocks
+        3
+    """
     if method not in _METHODS:
         raise ValueError(f"unknown method {method!r}; must be one of {list(METHODS)}")
     unknown = sorted(set(options) - option_names(method))
@@ -212,17 +220,20 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
         M. S. Albergo, E. Vanden-Eijnden. Building normalizing flows with stochastic interpolants.
         ICLR 2023, arXiv:2209.15571.
     """
-    cfg = _settings(method, budget, options)
-    _backend.check_backend(backend)
-    if backend == "compiled" and _block_kind(cfg) != "velocity":
-        raise ValueError(f"backend='compiled' runs MLP velocity fields only; {method}'s OT-Flow potential runs "
-                         "on the torch engine: use backend='auto' or 'torch'")
+    # Checks of the arguments alone, which every process of a run shares: marked, so that the
+    # command line prints their errors once under torchrun, not once per rank (distributed.py).
+    with distributed.alike_on_every_rank():
+        cfg = settings(method, budget, **options)
+        _backend.check_backend(backend)
+        if backend == "compiled" and _block_kind(cfg) != "velocity":
+            raise ValueError(f"backend='compiled' runs MLP velocity fields only; {method}'s OT-Flow potential "
+                             "runs on the torch engine: use backend='auto' or 'torch'")
     if device is None:
         device = x.device if isinstance(x, Tensor) else "cpu"
     dist = distributed.connect(device)  # a process group from torchrun or the caller, or one process
     if dist.world > 1 and method not in DISTRIBUTED_METHODS:
-        raise ValueError(f"method {method!r} trains in one process; distributed training supports "
-                         f"{list(DISTRIBUTED_METHODS)}")
+        raise distributed.raised_on_every_rank(ValueError(
+            f"method {method!r} trains in one process; distributed training supports {list(DISTRIBUTED_METHODS)}"))
     out = check_folder(out, "out") if out is not None else None
     # Two runs writing checkpoints into one folder would overwrite each other's: the second is
     # refused while the first lives (a lock the kernel drops when its process ends).

@@ -19,7 +19,7 @@ from torch import Tensor
 from ._checks import check_folder, warn_fewer_rows_than_columns, warn_lattice_columns
 from .datasets.scan import Summary, scan
 from .datasets.streaming import Rows, as_rows
-from .distributed import Dist
+from .distributed import Dist, alike_on_every_rank
 from .jko_iflow_config import JKOIFlowConfig
 from .progress import say
 from .shard import ShardStore
@@ -79,11 +79,14 @@ def prepare(x, val, cfg: JKOIFlowConfig, dist: Dist, *, progress: bool = False) 
         warn_fewer_rows_than_columns(summary.n, rows.dim, rows.name, stacklevel=4)  # the user's train() call
         warn_lattice_columns(summary.whole, summary.std, rows.name, stacklevel=4)
     val_summary = None if val_rows is None else scan(val_rows, dist, progress=progress)
-    if summary.n < dist.world:
-        raise ValueError(f"x has {summary.n} rows, fewer than the {dist.world} processes: every process needs a shard")
+    with alike_on_every_rank():  # checks of the summaries, which every rank holds whole (scan gathers them)
+        if summary.n < dist.world:
+            raise ValueError(f"x has {summary.n} rows, fewer than the {dist.world} processes: every process needs "
+                             "a shard")
+        standardization = _standardization(summary) if cfg.standardize else None
     dtype, device = getattr(torch, cfg.dtype), dist.device
-    if cfg.standardize:
-        loc, scale = (torch.as_tensor(a, dtype=dtype, device=device) for a in _standardization(summary))
+    if standardization is not None:
+        loc, scale = (torch.as_tensor(a, dtype=dtype, device=device) for a in standardization)
     else:
         loc, scale = None, None
     fingerprint = hashlib.sha256(summary.fingerprint.encode())

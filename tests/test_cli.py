@@ -246,6 +246,39 @@ def test_errors_are_messages_not_tracebacks(run_dir, tmp_path, capsys):
     assert err.startswith("error: [Errno 21] Is a directory") and "Traceback" not in err, err
 
 
+def test_a_mistyped_option_is_refused_before_the_data_is_read(tmp_path, capsys):
+    # The data file does not exist: read first, it would end the command with its own error.
+    absent = str(tmp_path / "absent.csv")
+    assert main(["train", "--data", absent, "--out", str(tmp_path / "o"), "--blocks", "0"]) == 2
+    assert capsys.readouterr().err == "error: blocks must be an integer >= 1, got 0\n"
+    assert main(["train", "--data", absent, "--out", str(tmp_path / "o"), "--method", "interpolant", "--rounds", "2"]) == 2
+    assert "unknown interpolant option(s) ['rounds']" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_under_torchrun_an_error_of_every_rank_is_printed_once(tmp_path, monkeypatch, capsys):
+    from jkofast import cli, distributed
+
+    waited = []
+    monkeypatch.setattr(cli.time, "sleep", waited.append)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        cli._print_error(distributed.raised_on_every_rank(ValueError("the same on every rank")))
+        cli._print_error(ValueError("this rank's own"))
+    # rank 0 prints the shared error, rank 1 waits for it to; each prints its own, named
+    assert capsys.readouterr().err == ("error: the same on every rank\nerror (rank 0 of 2): this rank's own\n"
+                                       "error (rank 1 of 2): this rank's own\n")
+    assert waited == [cli.RANK0_PRINTS_WITHIN_S]
+    # The command line's option check marks its errors (it runs before the process group is
+    # joined, so these variables alone make a rank here): rank 1 leaves it to rank 0.
+    assert main(["train", "--data", "moons", "--out", str(tmp_path / "o"), "--blocks", "0"]) == 2
+    assert capsys.readouterr().err == "" and len(waited) == 2
+    monkeypatch.setenv("RANK", "0")
+    assert main(["train", "--data", "moons", "--out", str(tmp_path / "o"), "--blocks", "0"]) == 2
+    assert capsys.readouterr().err == "error: blocks must be an integer >= 1, got 0\n" and len(waited) == 2
+
+
 def test_interrupted_training_says_how_to_resume(tmp_path, monkeypatch, capsys):
     from jkofast import cli
 

@@ -172,6 +172,29 @@ def test_torchrun_eval_reports_once_what_one_process_does(cli_runs, capsys):
     assert e2["mmd"]["n"] == 500 and e2["mmd"]["mmd_m"] > 0   # a random subset of the whole split
 
 
+def test_torchrun_prints_an_error_of_every_rank_once(cli_runs, tmp_path):
+    _, two, _ = cli_runs
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+                "jkofast", "train"]
+    x = jkofast.datasets.toy("moons", 400, seed=0)
+    x[123, 1] = np.nan
+    np.save(tmp_path / "nan.npy", x)
+    # An option refused before the data is read (each rank checks it); a resume refused by rank 0,
+    # which read the checkpoint and sent the error to rank 1; NaN rows that the ranks' scans of a
+    # memory-mapped file count together. Before, every rank printed them; a first try at rank 0
+    # alone sometimes printed nothing (torchrun stopped rank 0 when rank 1 exited first).
+    for extra, said in ((["--out", str(two), "--blocks", "0"], "error: blocks must be an integer >= 1, got 0"),
+                        (["--out", str(two), "--lr", "0.02"], "error: " + re.escape(str(two / "checkpoint.pt")) +
+                         r" is from a run with different settings \(lr: 0.01 there, 0.02 here\)"),
+                        (["--out", str(tmp_path / "o"), "--data", str(tmp_path / "nan.npy"), "--mmap"],
+                         r"error: x \(its split of .*\) has 1 row\(s\) with NaN or inf values \(first: row 123 of "
+                         "the file\\)")):
+        cmd = [*torchrun, *CLI_FLAGS, *extra]   # (the last --data wins)
+        proc = subprocess.run(cmd, env=_env(), cwd=two, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
+        assert proc.returncode != 0
+        assert len(re.findall(said, proc.stderr)) == 1 and "error (rank" not in proc.stderr, proc.stderr[-3000:]
+
+
 @pytest.fixture(scope="module")
 def killed_run(tmp_path_factory):
     """Two processes: one DDP gradient step (for the gradient test), then a run in which rank 1
@@ -344,3 +367,10 @@ def test_ranks_started_differently_are_refused():
     with pytest.raises(DistributedError, match=said) as err:
         TwoRanks(world=2).check_same(settings, "settings")
     assert "blocks" not in str(err.value) and "seed" not in str(err.value)
+    # every rank gathered the same values and raises this same error: the command line prints it
+    # once; the mark survives pickling, as rank 0's errors travel to the other ranks
+    import pickle
+
+    from jkofast.distributed import is_raised_on_every_rank
+    assert is_raised_on_every_rank(err.value) and is_raised_on_every_rank(pickle.loads(pickle.dumps(err.value)))
+    assert not is_raised_on_every_rank(ValueError("a rank's own"))

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from .._checks import whole_number_columns
 from .._moments import fold_extremes, merge_moments
+from ..distributed import raised_on_every_rank
 from ..progress import progress_bar
 from .streaming import Rows
 
@@ -103,9 +104,9 @@ def scan(rows: Rows, dist=None, *, progress: bool = False) -> Summary:
         digest.update(block_digest)
         bad += block_bad
         first = block_first if first < 0 else first
-    if bad:
-        raise ValueError(f"{rows.label} has {bad} row(s) with NaN or inf values (first: row {first}"
-                         f"{' of the file' if rows.label != rows.name else ''})")
+    if bad:  # counted over every rank's parts: every rank raises this same error
+        raise raised_on_every_rank(ValueError(f"{rows.label} has {bad} row(s) with NaN or inf values (first: row "
+                                              f"{first}{' of the file' if rows.label != rows.name else ''})"))
     n, mean, m2 = merge_moments(p[1:4] for p in parts)  # in block order: the same bits on any world size
     std = np.sqrt(m2 / (n - 1)) if n > 1 else np.full(rows.dim, np.nan)
     constant = extremes[0] == extremes[1] if extremes is not None else np.ones(rows.dim, dtype=bool)
