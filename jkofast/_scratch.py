@@ -12,6 +12,7 @@ without a lock file (being created, or not ours) is left alone.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import shutil
@@ -27,7 +28,9 @@ PREFIX = "jkofast-rank"
 _LOCK = ".lock"
 # This process's own live folders, never judged by their lock: where flock is emulated with POSIX
 # locks (NFS), a second descriptor of the same process takes a lock the first one holds.
-_LIVE: set[Path] = set()
+# Each maps to the process id that made it: a forked child inherits the dict (and the exit
+# handler below), and must not delete its parent's folders when it exits.
+_LIVE: dict[Path, int] = {}
 
 
 def _host() -> str:
@@ -47,6 +50,16 @@ def scratch_parent(parent: str | os.PathLike | None) -> Path:
     return Path(parent) if parent is not None else Path(tempfile.gettempdir())
 
 
+@atexit.register
+def _remove_live_folders() -> None:
+    """At the interpreter's exit, this process's folders that no :meth:`ScratchFolder.remove`
+    reached (a Ctrl-C or SIGTERM between writing the shards and the code that closes them): the
+    process is ending, so no shard is in use any more."""
+    for path, pid in list(_LIVE.items()):
+        if pid == os.getpid():
+            shutil.rmtree(path, ignore_errors=True)
+
+
 class ScratchFolder:
     """A new folder ``jkofast-rank{rank}-{host}-*`` in ``parent`` (default the system's temporary
     folder), locked while this object lives; :meth:`remove` deletes it. Creating one first
@@ -57,14 +70,14 @@ class ScratchFolder:
         parent.mkdir(parents=True, exist_ok=True)
         self.removed = remove_abandoned(parent)
         self.path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{rank}-{_host()}-", dir=parent))
-        _LIVE.add(self.path.resolve())
+        _LIVE[self.path.resolve()] = os.getpid()
         self._lock = new_locked_file(self.path / _LOCK)
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
         unlock(self._lock)
         self._lock = None
-        _LIVE.discard(self.path.resolve())
+        _LIVE.pop(self.path.resolve(), None)
 
 
 def remove_abandoned(parent: Path) -> list[Path]:

@@ -43,7 +43,7 @@ from .jko_iflow import TrainingDivergedError
 from .jko_iflow_config import BUDGETS
 from .jko_iflow_state import CHECKPOINT_FILE
 from .memory import peak_memory_of_run
-from .train import METHODS, OUT_LOCK, option_defaults, settings, train
+from .train import METHODS, OUT_LOCK, check_world, option_defaults, settings, train
 
 # CLI flag -> JKOIFlowConfig field, for the options that go straight through.
 _TRAIN_OPTIONS = {"blocks": int, "hidden": int, "layers": int, "activation": str, "beta": float,
@@ -293,9 +293,11 @@ def _device(args, default: str = "cpu") -> torch.device:
 
 def cmd_train(args) -> int:
     # The options first: a mistyped one is refused before a data file is read or a process group
-    # joined (the same check train() makes; every rank has the same command line).
-    with distributed.alike_on_every_rank():
+    # joined (the checks train() makes). Marked as every rank's only where every rank runs this
+    # same command line: one torchrun starts them all (on several hosts, each host's its own).
+    with distributed.alike_on_every_rank() if _one_command_line() else contextlib.nullcontext():
         settings(args.method, args.budget, **_train_options(args))
+        check_world(args.method, _world())
     device = _device(args, "cuda" if torch.cuda.is_available() else "cpu")
     dist = distributed.connect(device)  # a process group under torchrun, else one process
     try:
@@ -615,28 +617,50 @@ def _rank0() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-# How long a rank above 0 waits before exiting with an error that rank 0 prints: torchrun stops
-# every rank once one has exited with an error, and rank 0, stopped before it printed, left no
-# message at all (seen in 1 of 2 two-rank runs without the wait). The ranks meet such an error
-# together (arguments checked before any work, a collective's answer), so a moment suffices; when
-# rank 0 exits first, torchrun ends the wait.
-RANK0_PRINTS_WITHIN_S = 5.0
+def _world() -> int:
+    """The number of processes torchrun started (1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE") or 1)
 
 
-def _print_error(exc: BaseException, more: str = "") -> None:
+def _one_command_line() -> bool:
+    """Whether every rank runs this same command line: one torchrun (one host) started them all."""
+    return os.environ.get("LOCAL_WORLD_SIZE", "1") == os.environ.get("WORLD_SIZE", "1")
+
+
+# How long a rank above 0 waits, with an error that rank 0 prints, before it prints the error
+# itself and exits. torchrun stops every rank once one has exited with an error: a rank 0 stopped
+# before it printed left no message at all (seen in 1 of 2 two-rank runs without a wait). When
+# rank 0 exits first, torchrun ends the wait, so a long one costs nothing; it is long because the
+# ranks can meet an error some seconds apart (the option check runs as each rank starts).
+RANK0_PRINTS_WITHIN_S = 20.0
+
+
+def _rank0_had_time_to_print() -> bool:
+    """Wait RANK0_PRINTS_WITHIN_S; False if stopped meanwhile (torchrun's SIGTERM once rank 0
+    has exited, Ctrl-C): the rank then leaves quietly."""
+    try:
+        time.sleep(RANK0_PRINTS_WITHIN_S)
+    except KeyboardInterrupt:  # (_Terminated too: SIGTERM where _sigterm_raises is active)
+        return False
+    return True
+
+
+def _print_error(exc, more: str = "") -> None:
     """``error: ...`` on stderr. Under torchrun an error that every rank raises alike (an option
     checked, rank 0's checkpoint error sent to all: distributed.raised_on_every_rank) is printed
-    by rank 0 alone, and any other by the rank that raised it, named: one rank's own failure (a
-    file missing on its host, its GPU out of memory) is never hidden behind rank 0's."""
-    world = os.environ.get("WORLD_SIZE", "1")
-    if world in ("", "1"):
-        print(f"error: {exc}{more}", file=sys.stderr)
-    elif not distributed.is_raised_on_every_rank(exc):
-        print(f"error (rank {os.environ.get('RANK', '?')} of {world}): {exc}{more}", file=sys.stderr)
-    elif _rank0():
-        print(f"error: {exc}{more}", file=sys.stderr)
+    by rank 0 alone (ranks above 0 print it too only if rank 0 has not ended the run after
+    RANK0_PRINTS_WITHIN_S), and any other by the rank that raised it, named: one rank's own
+    failure (a file missing on its host, its GPU out of memory) is never hidden behind rank 0's."""
+    world, rank = _world(), os.environ.get("RANK", "?")
+    text, label = f"{exc}{more}", f"rank {rank} of {world}"
+    if world == 1 or (distributed.is_raised_on_every_rank(exc) and _rank0()):
+        print(f"error: {text}", file=sys.stderr)
+    elif distributed.is_raised_on_every_rank(exc) and not _rank0_had_time_to_print():
+        return
+    elif text.startswith(label):  # a DistributedError names its rank already
+        print(f"error: {text}", file=sys.stderr)
     else:
-        time.sleep(RANK0_PRINTS_WITHIN_S)
+        print(f"error ({label}): {text}", file=sys.stderr)
 
 
 def _note(message: str) -> None:
@@ -714,6 +738,15 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # a full disk, a permission, a path that is a file: the message names it
         _print_error(exc)
         return 1
+    except (torch.OutOfMemoryError, MemoryError) as exc:
+        hint = "\n(a smaller --batch or --hidden needs less memory)" if args.command == "train" else ""
+        _print_error(str(exc) or "out of memory", hint)
+        return 1
+    except SystemExit as exc:
+        if isinstance(exc.code, str) and _world() > 1:  # one of our refusals ("error: ..."): name the rank
+            _print_error(exc.code.removeprefix("error: "))
+            return 1
+        raise
 
 
 if __name__ == "__main__":  # pragma: no cover

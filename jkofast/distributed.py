@@ -52,8 +52,8 @@ class DistributedError(RuntimeError):
 
 
 # The mark of an error that every process of a run raises alike (see raised_on_every_rank): an
-# attribute, so that it travels with the exception through pickling (BaseException.__reduce__
-# keeps the instance's __dict__), as rank 0's checkpoint error does to the other ranks.
+# attribute, which also survives pickling (BaseException.__reduce__ keeps the instance's
+# __dict__), should an error marked on one rank be sent to the others.
 _EVERY_RANK = "jkofast_raised_on_every_rank"
 
 
@@ -75,7 +75,8 @@ def is_raised_on_every_rank(exc: BaseException) -> bool:
 @contextlib.contextmanager
 def alike_on_every_rank():
     """Mark what the block raises with :func:`raised_on_every_rank`: wrap only checks that
-    depend on nothing but arguments every rank shares (no files, no devices, no data)."""
+    depend on nothing but arguments every rank shares or values every rank received from one
+    collective (no files, no devices, no rank's own data)."""
     try:
         yield
     except Exception as exc:
@@ -177,9 +178,10 @@ class Dist:
         values = self.gather(value, f"comparing {what}")
         odd = [r for r, v in enumerate(values) if v != values[0]]
         if odd:  # every rank gathered the same values, so each raises this same error
-            raise raised_on_every_rank(DistributedError(f"rank(s) {odd} were started with different {what} than rank 0: "
-                                   f"{_differences(values[odd[0]], values[0])} (rank {odd[0]} against rank 0); "
-                                   "start every process the same way"))
+            raise raised_on_every_rank(DistributedError(
+                f"rank(s) {odd} were started with different {what} than rank 0: "
+                f"{_differences(values[odd[0]], values[0])} (rank {odd[0]} against rank 0); "
+                "start every process the same way"))
 
     @contextlib.contextmanager
     def data_parallel(self, module: nn.Module):

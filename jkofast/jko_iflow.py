@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .distributed import Dist
+from .distributed import Dist, raised_on_every_rank
 from .flow import Flow
 from .jko_iflow_config import JKOIFlowConfig
 from .jko_iflow_pushed import PushedData
@@ -118,10 +118,13 @@ class JKOIFlowTrainer:
         return torch.Generator(device=self.device).manual_seed(seed)
 
     def _diverged(self, what: str, label: str, k: int, it: int) -> TrainingDivergedError:
+        """The error for a loss or weights gone NaN: raised on every rank alike, since the loss is
+        the ranks' mean and the weights are the same on every rank (DDP)."""
         where = f"is in {self.out}" if self.out else "was not kept (no output folder)"
-        return TrainingDivergedError(f"{what} in {label} block {k + 1} at iteration {it}; the last good "
-                                     f"checkpoint {where}. Try a smaller lr, a smaller h0 or more RK4 steps, in another "
-                                     f"output folder or with resume=False (--restart): a run resumes with its own settings.")
+        return raised_on_every_rank(TrainingDivergedError(
+            f"{what} in {label} block {k + 1} at iteration {it}; the last good checkpoint {where}. Try a smaller "
+            "lr, a smaller h0 or more RK4 steps, in another output folder or with resume=False (--restart): a run "
+            "resumes with its own settings."))
 
     def train_block(self, k: int, x, iters: int, label: str) -> dict:
         """Train block k's field in place on x ~ p_{k-1} (this rank's shard); returns the

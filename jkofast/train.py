@@ -77,6 +77,13 @@ def settings(method: str = "jko-iflow", budget: str = "default", **options):
     return _METHODS[method][0].from_options(budget, **options)
 
 
+def check_world(method: str, world: int) -> None:
+    """Refuse a method that trains in one process when ``world`` processes would run it."""
+    if world > 1 and method not in DISTRIBUTED_METHODS:
+        raise ValueError(f"method {method!r} trains in one process; distributed training supports "
+                         f"{list(DISTRIBUTED_METHODS)}")
+
+
 def _as_data(x, name: str, *, dtype: torch.dtype, device, dim: int | None = None) -> Tensor:
     """Validate user data (array-like (N, d), finite, non-empty) and convert it."""
     x = table_or_path_as_array(x)
@@ -224,16 +231,15 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
     # command line prints their errors once under torchrun, not once per rank (distributed.py).
     with distributed.alike_on_every_rank():
         cfg = settings(method, budget, **options)
-        _backend.check_backend(backend)
         if backend == "compiled" and _block_kind(cfg) != "velocity":
             raise ValueError(f"backend='compiled' runs MLP velocity fields only; {method}'s OT-Flow potential "
                              "runs on the torch engine: use backend='auto' or 'torch'")
+    _backend.check_backend(backend)  # (not marked: whether the compiled ops load is this host's matter)
     if device is None:
         device = x.device if isinstance(x, Tensor) else "cpu"
     dist = distributed.connect(device)  # a process group from torchrun or the caller, or one process
-    if dist.world > 1 and method not in DISTRIBUTED_METHODS:
-        raise distributed.raised_on_every_rank(ValueError(
-            f"method {method!r} trains in one process; distributed training supports {list(DISTRIBUTED_METHODS)}"))
+    with distributed.alike_on_every_rank():
+        check_world(method, dist.world)
     out = check_folder(out, "out") if out is not None else None
     # Two runs writing checkpoints into one folder would overwrite each other's: the second is
     # refused while the first lives (a lock the kernel drops when its process ends).
@@ -280,12 +286,12 @@ def _train(x, val, method: str, cfg, *, out: Path | None, dist, progress: bool, 
     if method in DISTRIBUTED_METHODS:
         # Sharded, possibly memory-mapped data (training_data.py); one process is a world of 1.
         data = training_data.prepare(x, val, cfg, dist, progress=progress)
-        flow = Flow(data.dim, cfg.field_config(), steps=cfg.steps, tableau=cfg.tableau, loc=data.loc,
-                    scale=data.scale, block=_block_kind(cfg))
-        flow.to(device=device, dtype=dtype)
-        n_train = data.n_train
-        log.update(n_train=n_train, n_val=data.n_val, dim=data.dim, pushed_storage=data.store.where)
-        try:
+        try:  # from here on (a SIGTERM while the flow was built left the scratch folder behind)
+            flow = Flow(data.dim, cfg.field_config(), steps=cfg.steps, tableau=cfg.tableau, loc=data.loc,
+                        scale=data.scale, block=_block_kind(cfg))
+            flow.to(device=device, dtype=dtype)
+            n_train = data.n_train
+            log.update(n_train=n_train, n_val=data.n_val, dim=data.dim, pushed_storage=data.store.where)
             trainer = JKOIFlowTrainer(flow, cfg, data.train, data.val, out=out, data_id=data.data_id,
                                       progress=progress, backend=backend, log=log, dist=dist, store=data.store)
             resumed, done_before, meter = _resume_and_run(trainer, out, method, device, progress, dist.main)

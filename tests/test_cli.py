@@ -251,32 +251,100 @@ def test_a_mistyped_option_is_refused_before_the_data_is_read(tmp_path, capsys):
     absent = str(tmp_path / "absent.csv")
     assert main(["train", "--data", absent, "--out", str(tmp_path / "o"), "--blocks", "0"]) == 2
     assert capsys.readouterr().err == "error: blocks must be an integer >= 1, got 0\n"
-    assert main(["train", "--data", absent, "--out", str(tmp_path / "o"), "--method", "interpolant", "--rounds", "2"]) == 2
+    out = str(tmp_path / "o")
+    assert main(["train", "--data", absent, "--out", out, "--method", "interpolant", "--rounds", "2"]) == 2
     assert "unknown interpolant option(s) ['rounds']" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 
 def test_under_torchrun_an_error_of_every_rank_is_printed_once(tmp_path, monkeypatch, capsys):
     from jkofast import cli, distributed
+    from jkofast.distributed import DistributedError
 
-    waited = []
-    monkeypatch.setattr(cli.time, "sleep", waited.append)
+    waits = []
+
+    def stopped_while_waiting():  # what torchrun does to the other ranks once rank 0 has printed and exited
+        waits.append(1)
+        return False
+
+    monkeypatch.setattr(cli, "_rank0_had_time_to_print", stopped_while_waiting)
     monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    shared = distributed.raised_on_every_rank(ValueError("the same on every rank"))
     for rank in ("0", "1"):
         monkeypatch.setenv("RANK", rank)
-        cli._print_error(distributed.raised_on_every_rank(ValueError("the same on every rank")))
+        cli._print_error(shared)
         cli._print_error(ValueError("this rank's own"))
-    # rank 0 prints the shared error, rank 1 waits for it to; each prints its own, named
+        cli._print_error(DistributedError(f"rank {rank} of 2: a reduction failed"))  # named once, not twice
     assert capsys.readouterr().err == ("error: the same on every rank\nerror (rank 0 of 2): this rank's own\n"
-                                       "error (rank 1 of 2): this rank's own\n")
-    assert waited == [cli.RANK0_PRINTS_WITHIN_S]
-    # The command line's option check marks its errors (it runs before the process group is
-    # joined, so these variables alone make a rank here): rank 1 leaves it to rank 0.
-    assert main(["train", "--data", "moons", "--out", str(tmp_path / "o"), "--blocks", "0"]) == 2
-    assert capsys.readouterr().err == "" and len(waited) == 2
+                                       "error: rank 0 of 2: a reduction failed\n"
+                                       "error (rank 1 of 2): this rank's own\nerror: rank 1 of 2: a reduction failed\n")
+    assert len(waits) == 1  # rank 1 waited for rank 0 to print the shared one
+    monkeypatch.setattr(cli, "_rank0_had_time_to_print", lambda: True)  # rank 0 did not end the run in time:
+    cli._print_error(shared)                                            # rank 1 says it, named
+    assert capsys.readouterr().err == "error (rank 1 of 2): the same on every rank\n"
+    # The command line's option check is marked where one torchrun started every rank (it runs
+    # before the process group is joined, so these variables alone make a rank here).
+    monkeypatch.setattr(cli, "_rank0_had_time_to_print", stopped_while_waiting)
+    bad = ["train", "--data", "moons", "--out", str(tmp_path / "o"), "--blocks", "0"]
+    assert main(bad) == 2 and capsys.readouterr().err == "" and len(waits) == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")  # another host's torchrun: its own command line, its own error
+    assert main(bad) == 2
+    assert capsys.readouterr().err == "error (rank 1 of 2): blocks must be an integer >= 1, got 0\n"
     monkeypatch.setenv("RANK", "0")
-    assert main(["train", "--data", "moons", "--out", str(tmp_path / "o"), "--blocks", "0"]) == 2
-    assert capsys.readouterr().err == "error: blocks must be an integer >= 1, got 0\n" and len(waited) == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert main(bad) == 2 and capsys.readouterr().err == "error: blocks must be an integer >= 1, got 0\n"
+    # a method that trains in one process is refused before the data is read (here there is none)
+    absent = str(tmp_path / "absent.csv")
+    assert main(["train", "--data", absent, "--out", str(tmp_path / "o"), "--method", "interpolant"]) == 2
+    assert "method 'interpolant' trains in one process" in capsys.readouterr().err
+    # our refusals that end the command (SystemExit "error: ..."): named by rank under torchrun,
+    # unchanged for one process
+    def refused(args):
+        raise SystemExit("error: --data power reads your copy of the MAF files")
+
+    monkeypatch.setattr(cli, "cmd_train", refused)
+    monkeypatch.setenv("RANK", "1")
+    assert main(bad) == 1
+    assert capsys.readouterr().err == "error (rank 1 of 2): --data power reads your copy of the MAF files\n"
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(SystemExit, match="^error: --data power"):
+        main(bad)
+
+
+def test_a_rank_waiting_for_rank_0_leaves_quietly_when_stopped(monkeypatch):
+    import signal
+    import time
+
+    from jkofast import cli
+
+    monkeypatch.setattr(cli, "RANK0_PRINTS_WITHIN_S", 0.0)
+    assert cli._rank0_had_time_to_print()
+    monkeypatch.setattr(cli, "RANK0_PRINTS_WITHIN_S", 60.0)
+
+    def interrupted(signum, frame):  # Ctrl-C (or torchrun's SIGTERM under _sigterm_raises) mid-wait
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGALRM, interrupted)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        start = time.monotonic()
+        assert not cli._rank0_had_time_to_print() and time.monotonic() - start < 30
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, before)
+
+
+def test_out_of_memory_is_a_message(tmp_path, monkeypatch, capsys):
+    from jkofast import cli
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(cli, "train", out_of_memory)
+    assert main(["train", "--data", "moons", "--out", str(tmp_path / "o"), *SMALL]) == 1
+    assert capsys.readouterr().err == ("error: CUDA out of memory. Tried to allocate 2.00 GiB\n"
+                                       "(a smaller --batch or --hidden needs less memory)\n")
 
 
 def test_interrupted_training_says_how_to_resume(tmp_path, monkeypatch, capsys):

@@ -173,7 +173,8 @@ def test_torchrun_eval_reports_once_what_one_process_does(cli_runs, capsys):
 
 
 def test_torchrun_prints_an_error_of_every_rank_once(cli_runs, tmp_path):
-    _, two, _ = cli_runs
+    # a copy of the two-rank run (other tests read its files, which a failure here could change)
+    two = Path(shutil.copytree(cli_runs[1], tmp_path / "two"))
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
                 "jkofast", "train"]
     x = jkofast.datasets.toy("moons", 400, seed=0)
@@ -190,7 +191,7 @@ def test_torchrun_prints_an_error_of_every_rank_once(cli_runs, tmp_path):
                          r"error: x \(its split of .*\) has 1 row\(s\) with NaN or inf values \(first: row 123 of "
                          "the file\\)")):
         cmd = [*torchrun, *CLI_FLAGS, *extra]   # (the last --data wins)
-        proc = subprocess.run(cmd, env=_env(), cwd=two, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
+        proc = subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
         assert proc.returncode != 0
         assert len(re.findall(said, proc.stderr)) == 1 and "error (rank" not in proc.stderr, proc.stderr[-3000:]
 
