@@ -13,6 +13,7 @@ without a lock file (being created, or not ours) is left alone.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import re
 import shutil
@@ -57,7 +58,7 @@ def _remove_live_folders() -> None:
     process is ending, so no shard is in use any more."""
     for path, pid in list(_LIVE.items()):
         if pid == os.getpid():
-            shutil.rmtree(path, ignore_errors=True)
+            _delete(path)
 
 
 class ScratchFolder:
@@ -74,7 +75,7 @@ class ScratchFolder:
         self._lock = new_locked_file(self.path / _LOCK)
 
     def remove(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        _delete(self.path)
         unlock(self._lock)
         self._lock = None
         _LIVE.pop(self.path.resolve(), None)
@@ -93,7 +94,30 @@ def remove_abandoned(parent: Path) -> list[Path]:
         except OSError:  # no lock file (starting up, or not a folder of ours), or no locks here
             continue
         if taken and fd is not None:
-            shutil.rmtree(folder, ignore_errors=True)
-            unlock(fd)
+            try:
+                _delete(folder)
+            finally:
+                unlock(fd)
             removed.append(folder)
     return removed
+
+
+def _delete(folder: Path) -> None:
+    """Delete a scratch folder, its lock file last: a deletion stopped halfway (Ctrl-C, SIGKILL)
+    leaves a folder that still has its lock file, which the next run removes; a folder without
+    one is never touched (it may be starting up), so deleting the lock first (rmtree's listing
+    order put it anywhere) could leave its shards on the disk for good."""
+    try:
+        entries = [e for e in folder.iterdir() if e.name != _LOCK]
+    except OSError:
+        return
+    for entry in entries:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                entry.unlink()
+    with contextlib.suppress(OSError):
+        (folder / _LOCK).unlink()
+    with contextlib.suppress(OSError):
+        folder.rmdir()

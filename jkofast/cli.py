@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import csv
 import io
-import json
 import logging
 import os
 import select
@@ -33,7 +32,8 @@ from . import datasets, distributed
 from ._checks import check_device, check_folder
 from ._locks import held_lock
 from ._version import __version__
-from .checkpoint import CheckpointError
+from ._atomic import replaced_atomically
+from .checkpoint import CheckpointError, write_json
 from .datasets.streaming import Rows, as_rows, open_npy, split_rows
 from .distributed import DistributedError
 from .evaluate import evaluate, evaluate_sharded
@@ -325,6 +325,16 @@ def _train_options(args) -> dict:
     return {**options, "seed": args.seed}
 
 
+# What the report writes after training; metrics.json last, so its presence says the report is whole.
+_REPORT_FILES = ("samples.npy", "plot.png", "metrics.json")
+
+
+def _drop_report(out: Path) -> None:
+    """Delete an earlier run's report files from ``out``."""
+    for name in _REPORT_FILES:
+        (out / name).unlink(missing_ok=True)
+
+
 def _train_and_report(args, dist) -> int:
     spec = _data_spec(args)
     x_train, x_val, x_test = _load_data(spec)
@@ -338,6 +348,8 @@ def _train_and_report(args, dist) -> int:
     say(f"jkofast {__version__}: {args.method} on {spec['name']} (train {_shape(x_train)}, "
         f"test {_shape(x_test)}{processes}) -> {out}", flush=True)
     start = time.perf_counter()
+    if args.restart and dist.main:  # (train() drops the model and the log)
+        _drop_report(out)
     try:
         flow = train(x_train, args.method, val=x_val, out=out, resume=not args.restart, device=dist.device,
                      budget=args.budget, progress=not args.no_progress, info=_train_info(spec), **options)
@@ -347,6 +359,8 @@ def _train_and_report(args, dist) -> int:
     except CheckpointError as exc:
         _print_error(exc, "\n(pass --restart to start over, or choose another --out)")
         return 2
+    if dist.main:  # model.pt is this run's now: an earlier report must not sit beside it while this one is made
+        _drop_report(out)
     grids = flow.info["eval_grids"]
     baseline = _recorded_or(flow, lambda: _baseline_train(x_train))
     if dist.world > 1 or isinstance(x_test, Rows):
@@ -360,12 +374,12 @@ def _train_and_report(args, dist) -> int:
     g = torch.Generator(device=flow.loc.device).manual_seed(args.seed)
     # float64: the de-standardization keeps a large offset exact (Flow.inverse)
     samples = flow.sample(args.samples, generator=g, dtype=torch.float64).detach().cpu().numpy()
-    np.save(out / "samples.npy", samples)
+    _save_npy(out / "samples.npy", samples)
     if flow.dim == 2 and not args.no_plot:
         from .plotting import plot_flow
         plot_flow(flow, _as_array(x_test, args.seed), out / "plot.png", samples=samples,
                   title=f"{spec['name']}: {flow.num_blocks} blocks")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_json(out / "metrics.json", metrics)  # last: its presence says the report is complete
     _print_evaluation(metrics, grids)
     peak = metrics["peak_memory"]["rss_bytes_max"] / 2**20
     # a resumed run's training seconds add up over its processes; the total is this process's
@@ -466,7 +480,7 @@ def _evaluate_and_report(args, dist) -> int:
         return 0
     _print_evaluation(metrics, steps)
     if args.json:
-        Path(args.json).write_text(json.dumps(metrics, indent=2))
+        write_json(args.json, metrics)
     return 0
 
 
@@ -480,12 +494,18 @@ def cmd_sample(args) -> int:
     if out.suffix.lower() == ".csv":
         names = flow.info.get("columns")  # the training table's header, where it had one
         header = _csv_header(names) if names and len(names) == flow.dim else ""
-        np.savetxt(out, x, delimiter=",", header=header, comments="")
+        with replaced_atomically(out) as tmp:
+            np.savetxt(tmp, x, delimiter=",", header=header, comments="")
     else:
-        with open(out, "wb") as fh:  # the name as given (np.save on a path adds .npy to "s.NPY")
-            np.save(fh, x)
+        _save_npy(out, x)
     print(f"wrote {args.n} samples to {out}")
     return 0
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    """np.save, whole or not at all, to the name as given (np.save on a path adds .npy to "s.NPY")."""
+    with replaced_atomically(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, array)
 
 
 def _csv_header(names: list[str]) -> str:

@@ -303,14 +303,18 @@ def connect(device: str | torch.device = "cpu") -> Dist:
     except (RuntimeError, tdist.DistError) as exc:
         raise DistributedError(f"rank {os.environ['RANK']} of {world} could not join the process group at "
                                f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} ({backend}): {exc}") from exc
-    dist = Dist(rank=tdist.get_rank(), world=tdist.get_world_size(), local_rank=local_rank,
-                local_world=_env_int("LOCAL_WORLD_SIZE", 1), device=device,
-                made=weakref.ref(tdist.group.WORLD))
-    # A library caller (``jkofast.train`` under torchrun) never calls close(): without this the
-    # group would live until finalization, where destroying it can abort the process (close()).
-    # atexit handlers run before finalization, while gloo's threads can still take the GIL;
-    # close() is idempotent, so an explicit close first makes this a no-op.
-    atexit.register(dist.close)
+    try:  # (a Ctrl-C before the exit handler is registered must not leave the group to finalization)
+        dist = Dist(rank=tdist.get_rank(), world=tdist.get_world_size(), local_rank=local_rank,
+                    local_world=_env_int("LOCAL_WORLD_SIZE", 1), device=device,
+                    made=weakref.ref(tdist.group.WORLD))
+        # A library caller (``jkofast.train`` under torchrun) never calls close(): without this the
+        # group would live until finalization, where destroying it can abort the process (close()).
+        # atexit handlers run before finalization, while gloo's threads can still take the GIL;
+        # close() is idempotent, so an explicit close first makes this a no-op.
+        atexit.register(dist.close)
+    except BaseException:
+        tdist.destroy_process_group()
+        raise
     return dist
 
 

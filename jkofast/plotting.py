@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ._atomic import replaced_atomically
 from .datasets.streaming import seeded_picks
 
 __all__ = ["density_grid", "plot_flow"]
@@ -83,7 +84,8 @@ def plot_flow(flow, data: np.ndarray, path: str | Path, *, samples: np.ndarray |
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with replaced_atomically(path) as tmp:  # (a stopped savefig left a truncated PNG)
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return path
 

@@ -18,7 +18,7 @@ from ._version import __version__
 from .checkpoint import write_json
 from .datasets.files import column_names, load_array, reads_as_number
 from .datasets.streaming import table_or_path_as_array
-from .flow import Flow
+from .flow import MODEL_FILE, Flow
 from .gaussian_baseline import RECORDED_FIT_MAX_DIM, fixes_a_covariance, gaussian_fit
 from .interpolant import InterpolantTrainer
 from .interpolant_config import InterpolantConfig
@@ -245,8 +245,11 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
     # refused while the first lives (a lock the kernel drops when its process ends).
     lock = out / OUT_LOCK if out is not None and dist.main else None
     with held_lock(lock):
-        if out is not None and not resume and dist.main and (out / CHECKPOINT_FILE).exists():
-            (out / CHECKPOINT_FILE).unlink()
+        if out is not None and not resume and dist.main:
+            # Starting over: the earlier run's model and log go with its checkpoint, so that no
+            # reader (Flow.load, jkofast eval) takes them for this run's while it trains.
+            for name in (CHECKPOINT_FILE, MODEL_FILE, LOG_FILE):
+                (out / name).unlink(missing_ok=True)
         columns = _column_names(x)  # kept with the model: `jkofast sample --out s.csv` writes them as a header
         info = {**({"columns": columns} if columns else {}), **(info or {})}
         return _train(x, val, method, cfg, out=out, dist=dist, progress=progress, backend=backend, info=info)

@@ -111,8 +111,8 @@ def prepare(x, val, cfg: JKOIFlowConfig, dist: Dist, *, progress: bool = False) 
     try:
         train = store.from_rows(rows, shift, div, **shard)
         val_shard = None if val_rows is None else store.from_rows(val_rows, shift, div, with_logdet=True, **shard)
+        return TrainingData(rows.dim, summary.n, n_val, loc, scale, fingerprint.hexdigest(), train, val_shard,
+                            rows, val_rows, store)
     except BaseException:
         store.close()
         raise
-    return TrainingData(rows.dim, summary.n, n_val, loc, scale, fingerprint.hexdigest(), train, val_shard,
-                        rows, val_rows, store)

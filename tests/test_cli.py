@@ -1,6 +1,7 @@
 """The jkofast command line, run in-process as a user would (and once as a subprocess)."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -345,6 +346,36 @@ def test_out_of_memory_is_a_message(tmp_path, monkeypatch, capsys):
     assert main(["train", "--data", "moons", "--out", str(tmp_path / "o"), *SMALL]) == 1
     assert capsys.readouterr().err == ("error: CUDA out of memory. Tried to allocate 2.00 GiB\n"
                                        "(a smaller --batch or --hidden needs less memory)\n")
+
+
+def test_no_earlier_output_sits_beside_a_run_that_replaces_it(run_dir, tmp_path, monkeypatch):
+    from jkofast import cli
+
+    report = {"samples.npy", "plot.png", "metrics.json"}
+    # A finished run done again: once train() has saved its model, the earlier report goes, so
+    # an interrupted report leaves no metrics.json that reads as this model's.
+    again = tmp_path / "again"
+    shutil.copytree(run_dir, again)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "evaluate", interrupted)
+    assert main(["train", "--data", "moons", "--out", str(again), *SMALL]) == 130
+    names = {p.name for p in again.iterdir()}
+    assert not names & report and {"model.pt", "log.json", "checkpoint.pt"} <= names
+    # --restart: the earlier run's model, log, checkpoint and report go before training starts
+    restarted = tmp_path / "restarted"
+    shutil.copytree(run_dir, restarted)
+    nan_rows = np.full((50, 2), np.nan)
+    with pytest.raises(ValueError, match="NaN"):  # a failure after the start: nothing old is left
+        jkofast.train(nan_rows, out=restarted, resume=False, budget="quick", progress=False)
+    assert not {p.name for p in restarted.iterdir()} & {"model.pt", "log.json", "checkpoint.pt"}
+    shutil.rmtree(restarted)
+    shutil.copytree(run_dir, restarted)
+    monkeypatch.setattr(cli, "train", interrupted)
+    assert main(["train", "--data", "moons", "--out", str(restarted), *SMALL, "--restart"]) == 130
+    assert not {p.name for p in restarted.iterdir()} & report
 
 
 def test_interrupted_training_says_how_to_resume(tmp_path, monkeypatch, capsys):

@@ -86,6 +86,35 @@ def test_sigterm_stops_training_and_removes_the_scratch_folder(tmp_path):
     assert list(scratch.iterdir()) == []
 
 
+@posix_only
+def test_a_deletion_stopped_halfway_keeps_the_lock_file_for_the_next_run(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from jkofast import _scratch
+
+    folder = ScratchFolder(tmp_path, rank=0)
+    for i in range(3):
+        (folder.path / f"shard{i}.bin").write_bytes(b"0" * 100)
+    real_unlink, calls = Path.unlink, []
+
+    def stopped_at_the_second(self, *args, **kwargs):  # Ctrl-C (or SIGKILL) during the deletion
+        calls.append(self.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", stopped_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        folder.remove()
+    monkeypatch.setattr(Path, "unlink", real_unlink)
+    # the lock file is deleted last: the half-deleted folder still has it, so it is not mistaken
+    # for a folder being created (which has none, and which no run touches)
+    assert (folder.path / ".lock").exists() and ".lock" not in calls
+    _scratch.unlock(folder._lock)                # as when its process has gone
+    _scratch._LIVE.pop(folder.path.resolve())
+    assert _scratch.remove_abandoned(tmp_path) == [folder.path] and not folder.path.exists()
+
+
 def test_a_folder_no_remove_reached_is_deleted_at_exit_by_its_own_process(tmp_path):
     # A SIGTERM between the shards' writing and the code that closes them left the folder behind
     # (seen once in CI, in the test above); the exit handler deletes it, but only in the process
