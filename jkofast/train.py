@@ -183,7 +183,8 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
         out: folder for ``checkpoint.pt`` and ``log.json`` (after every block, round, or
             ``checkpoint_every`` interpolant steps) and ``model.pt``. A killed run started again
             with the same ``out`` resumes from its last checkpoint.
-        resume: continue from ``out/checkpoint.pt`` if present (``False`` starts over).
+        resume: continue from ``out/checkpoint.pt`` if present (``False`` starts over, deleting
+            the earlier run's checkpoint, model.pt and log.json from ``out``).
         device: where to train; default: the device of ``x`` if it is a tensor, else the CPU.
             Under a process group, ``"cuda"`` means this process's GPU, ``cuda:LOCAL_RANK``.
         budget: preset, ``"quick"`` (seconds), ``"default"`` or ``"paper"``; options override it.
