@@ -13,6 +13,8 @@ timing are the hardware's.
 """
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -29,6 +31,11 @@ from _op_cases import assert_within_float32_rule
 sys.path.insert(0, str(Path(__file__).resolve().parent / "cuda_emulation"))
 from driver import Emulator, build  # noqa: E402
 
+# Set by .ci/emulation_sanitized, which builds the emulation with AddressSanitizer and UBSan.
+SANITIZED = os.environ.get("JKOFAST_EMULATION_SANITIZED") == "1"
+# The float64 cases run under two schedules (ascending, descending), so that a missing barrier
+# changes a result; the sanitized run looks for memory errors, which do not depend on the order.
+SCHEDULES = (0,) if SANITIZED else (0, 1)
 F64 = dict(rtol=1e-10, atol=1e-12)
 # TF32 products (10 mantissa bits, float accumulation): |error| / max|truth| far below this on these
 # O(1) fields (measured about 1e-3); a wrong index or a lost term gives O(1).
@@ -37,7 +44,45 @@ TF32_REL = 1e-2
 
 @pytest.fixture(scope="module")
 def emu(tmp_path_factory):
-    return Emulator(build())
+    emulator = Emulator(build())
+    if SANITIZED and not emulator.address_sanitized:
+        pytest.fail("JKOFAST_EMULATION_SANITIZED=1 but the emulation was built without -fsanitize=address "
+                    "(JKOFAST_EMULATION_FLAGS): this run would check no memory access")
+    return emulator
+
+
+# A kernel told that x holds one sample more than it does reads past x's end (and writes past its
+# outputs'): the sanitized run must stop there with AddressSanitizer's report. Without it the
+# checks of the other tests could be silently absent (a runtime not loaded, torch's allocations
+# not seen). Run in a child process: the report ends the process.
+OVERFLOW_CHILD = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import torch
+from driver import Emulator, build
+emu = Emulator(build())
+call = emu._call
+def claim_one_more_sample(fn, ints, reals, ptrs):
+    ints[5] += 1  # batch
+    return call(fn, ints, reals, ptrs)
+emu._call = claim_one_more_sample
+ws = [torch.randn(16, 3, dtype=torch.float64), torch.randn(3, 16, dtype=torch.float64)]
+bs = [torch.randn(16, dtype=torch.float64), torch.randn(3, dtype=torch.float64)]
+emu.field(torch.randn(37, 3, dtype=torch.float64), None, ws, bs, rows=16, grid=2)
+print("no report")
+"""
+
+
+@pytest.mark.skipif(not SANITIZED, reason="the sanitized run only (.ci/emulation_sanitized): elsewhere "
+                    "the kernel's reads past the end would be undefined behaviour, not a report")
+def test_sanitized_run_reports_a_kernel_reading_past_its_input(emu, tmp_path):
+    env = dict(os.environ, ASAN_OPTIONS=f"detect_leaks=0:log_path={tmp_path / 'asan'}")
+    child = subprocess.run([sys.executable, "-c", OVERFLOW_CHILD, str(Path(__file__).parent / "cuda_emulation")],
+                           env=env, capture_output=True, text=True, timeout=300)
+    reports = "".join(f.read_text() for f in tmp_path.glob("asan*"))
+    assert child.returncode != 0 and "no report" not in child.stdout, child.stdout + child.stderr
+    assert "ERROR: AddressSanitizer: heap-buffer-overflow" in reports, reports + child.stderr
+    assert "mlp_field_forward_kernel" in reports, reports
 
 
 def mlp(dim, hidden, layers, time=True, dtype=torch.float64, scale=0.7):
@@ -99,7 +144,7 @@ def test_field_kernels_match_reference_float64(emu, case):
     probes = torch.randn(batch, k, dim, dtype=torch.float64) if k else None
     grad_f, grad_div = torch.randn(batch, dim, dtype=torch.float64), torch.randn(batch, dtype=torch.float64)
     want = flat(reference_field(x, t, ws, bs, activation, 1.7, divergence, probes, grad_f, grad_div))
-    for schedule in (0, 1):
+    for schedule in SCHEDULES:
         emu.set_schedule(schedule)
         got = flat(emulated_field(emu, x, t, ws, bs, activation, 1.7, divergence, probes, grad_f, grad_div,
                                   rows=rows, grid=grid))
@@ -211,7 +256,7 @@ def test_rk4_block_kernels_match_reference_float64(emu, case):
     grads = [torch.randn(batch, dim, dtype=torch.float64), torch.randn(batch, dtype=torch.float64),
              torch.randn(batch, dtype=torch.float64)]
     want = reference_rk4(field, x, t0, t1, 3, divergence, k, tableau, grads)
-    for schedule in (0, 1):
+    for schedule in SCHEDULES:
         emu.set_schedule(schedule)
         got = emulated_rk4(emu, field, x, t0, t1, 3, divergence, k, tableau, grads, rows=rows, grid=grid)
         for i, (g, w) in enumerate(zip(got, want)):
@@ -278,7 +323,7 @@ def test_jko_block_loss_kernel_matches_reference_float64(emu, case):
     field = moderate_field(dim, hidden, layers, activation, time, beta=1.3)
     x = torch.randn(batch, dim, dtype=torch.float64)
     want = reference_jko_loss(field, x, 3, ew, pw, divergence, k, tableau)
-    for schedule in (0, 1):
+    for schedule in SCHEDULES:
         emu.set_schedule(schedule)
         got = emulated_jko_loss(emu, field, x, 3, ew, pw, divergence, k, tableau, rows=rows, grid=grid)
         for i, (g, w) in enumerate(zip(got, want)):

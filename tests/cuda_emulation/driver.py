@@ -4,6 +4,10 @@ and calls the kernels on CPU tensors through ctypes, filling the parameters as t
 Each call takes the stack height ``rows`` (8, 16, ... 128; what ops/tile_plan.h would pick on a GPU
 is ``choose_rows``) and the ``grid`` (blocks; each loops over its tiles), so tests can force the
 chunked tangent rows and the per-block gradient parts that small problems would not reach.
+
+``JKOFAST_EMULATION_FLAGS`` adds compiler flags to the build (.ci/emulation_sanitized passes
+AddressSanitizer's and UBSan's: the kernels' out-of-bounds accesses and undefined behaviour, on
+tensors torch allocated and on each block's shared memory, are then reported where they happen).
 """
 from __future__ import annotations
 
@@ -32,7 +36,8 @@ def sources() -> list[Path]:
 
 def build(cache_dir: Path | None = None, extra_flags: tuple[str, ...] = ()) -> Path:
     """Compile the emulation library (cached by a hash of its sources and flags)."""
-    flags = ("-std=c++20", "-O1", "-g", "-pthread", "-fPIC", "-shared", *extra_flags)
+    flags = ("-std=c++20", "-O1", "-g", "-pthread", "-fPIC", "-shared", *extra_flags,
+             *os.environ.get("JKOFAST_EMULATION_FLAGS", "").split())
     digest = hashlib.sha256(" ".join(flags).encode())
     for path in sources():
         digest.update(path.read_bytes())
@@ -59,6 +64,7 @@ class Emulator:
                            ctypes.POINTER(ctypes.c_void_p)]
             fn.restype = ctypes.c_int
         self.lib.emu_fault.restype = ctypes.c_char_p
+        self.address_sanitized = bool(self.lib.emu_address_sanitized())
         self.lib.emu_plan.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int, ctypes.c_int,
                                                              ctypes.POINTER(ctypes.c_int64)]
         self.lib.emu_choose_rows.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int, ctypes.c_int64]

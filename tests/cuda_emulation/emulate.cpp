@@ -307,6 +307,16 @@ void emu_set_smem_offset(int bytes) { g_smem_offset = bytes; }
 // What the last launch broke, when an entry point returned 2.
 const char* emu_fault() { return emu::fault.c_str(); }
 
+// 1 when this library was built with -fsanitize=address (.ci/emulation_sanitized): lets the tests
+// refuse a sanitized run whose library was not, which would pass without checking anything.
+int emu_address_sanitized() {
+#if defined(__SANITIZE_ADDRESS__)
+  return 1;
+#else
+  return 0;
+#endif
+}
+
 // 0: released threads run in ascending index order, 1: descending, >= 2: shuffled (seed).
 void emu_set_schedule(int schedule) { g_schedule = schedule; }
 
