@@ -28,14 +28,16 @@ from jkofast.divergence import draw_probes
 from conftest import random_field
 from _op_cases import assert_within_float32_rule
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "cuda_emulation"))
+EMULATION = Path(__file__).resolve().parent / "cuda_emulation"
+sys.path.insert(0, str(EMULATION))
 from driver import Emulator, build  # noqa: E402
 
-# Set by .ci/emulation_sanitized, which builds the emulation with AddressSanitizer and UBSan.
-SANITIZED = os.environ.get("JKOFAST_EMULATION_SANITIZED") == "1"
+# Set by .ci/emulation_sanitized, which builds the emulation with a sanitizer: "address"
+# (AddressSanitizer and UBSan) or "thread" (ThreadSanitizer).
+SANITIZER = os.environ.get("JKOFAST_EMULATION_SANITIZER") or None
 # The float64 cases run under two schedules (ascending, descending), so that a missing barrier
-# changes a result; the sanitized run looks for memory errors, which do not depend on the order.
-SCHEDULES = (0,) if SANITIZED else (0, 1)
+# changes a result; a sanitized run looks for memory errors and races, which it sees in any order.
+SCHEDULES = (0,) if SANITIZER else (0, 1)
 F64 = dict(rtol=1e-10, atol=1e-12)
 # TF32 products (10 mantissa bits, float accumulation): |error| / max|truth| far below this on these
 # O(1) fields (measured about 1e-3); a wrong index or a lost term gives O(1).
@@ -45,10 +47,21 @@ TF32_REL = 1e-2
 @pytest.fixture(scope="module")
 def emu(tmp_path_factory):
     emulator = Emulator(build())
-    if SANITIZED and not emulator.address_sanitized:
-        pytest.fail("JKOFAST_EMULATION_SANITIZED=1 but the emulation was built without -fsanitize=address "
-                    "(JKOFAST_EMULATION_FLAGS): this run would check no memory access")
+    if SANITIZER != emulator.sanitizer:
+        pytest.fail(f"JKOFAST_EMULATION_SANITIZER={SANITIZER} but the emulation was built with sanitizer "
+                    f"{emulator.sanitizer} (JKOFAST_EMULATION_FLAGS): this run would not check what it says")
     return emulator
+
+
+def run_child(code: str, tmp_path: Path, options: str) -> tuple[subprocess.CompletedProcess, str]:
+    """Run `code` in a Python child with the emulation's folder as its argument, the sanitizer's
+    reports sent to tmp_path (options: the ASAN_OPTIONS/TSAN_OPTIONS variable, then its value);
+    returns the child and its reports."""
+    name, value = options.split("=", 1)
+    env = dict(os.environ, **{name: f"{value}:log_path={tmp_path / 'report'}"})
+    child = subprocess.run([sys.executable, "-c", code, str(EMULATION)], env=env, capture_output=True,
+                           text=True, timeout=300)
+    return child, "".join(f.read_text() for f in tmp_path.glob("report*"))
 
 
 # A kernel told that x holds one sample more than it does reads past x's end (and writes past its
@@ -73,16 +86,37 @@ print("no report")
 """
 
 
-@pytest.mark.skipif(not SANITIZED, reason="the sanitized run only (.ci/emulation_sanitized): elsewhere "
-                    "the kernel's reads past the end would be undefined behaviour, not a report")
-def test_sanitized_run_reports_a_kernel_reading_past_its_input(emu, tmp_path):
-    env = dict(os.environ, ASAN_OPTIONS=f"detect_leaks=0:log_path={tmp_path / 'asan'}")
-    child = subprocess.run([sys.executable, "-c", OVERFLOW_CHILD, str(Path(__file__).parent / "cuda_emulation")],
-                           env=env, capture_output=True, text=True, timeout=300)
-    reports = "".join(f.read_text() for f in tmp_path.glob("asan*"))
+@pytest.mark.skipif(SANITIZER != "address", reason="the AddressSanitizer run only (.ci/emulation_sanitized): "
+                    "elsewhere the kernel's reads past the end would be undefined behaviour, not a report")
+def test_address_sanitized_run_reports_a_kernel_reading_past_its_input(emu, tmp_path):
+    child, reports = run_child(OVERFLOW_CHILD, tmp_path, "ASAN_OPTIONS=detect_leaks=0")
     assert child.returncode != 0 and "no report" not in child.stdout, child.stdout + child.stderr
     assert "ERROR: AddressSanitizer: heap-buffer-overflow" in reports, reports + child.stderr
     assert "mlp_field_forward_kernel" in reports, reports
+
+
+# ThreadSanitizer's counterpart: emulate.cpp's race probe (a shared word read in the phase another
+# thread writes it; the same behind a barrier; two blocks adding to one device word) must be
+# reported exactly where the hardware gives no order, or a clean run would mean nothing.
+RACE_CHILD = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from driver import Emulator, build
+print("probe", Emulator(build()).lib.emu_race_probe(int(sys.argv[2])))
+"""
+
+
+@pytest.mark.skipif(SANITIZER != "thread", reason="the ThreadSanitizer run only (.ci/emulation_sanitized)")
+@pytest.mark.parametrize("kind, racy", [(0, True), (1, False), (2, True)],
+                         ids=["shared-word-without-barrier", "shared-word-behind-barrier", "two-blocks-one-word"])
+def test_thread_sanitized_run_reports_exactly_the_unordered_accesses(emu, tmp_path, kind, racy):
+    child, reports = run_child(RACE_CHILD.replace("sys.argv[2]", repr(str(kind))), tmp_path, "TSAN_OPTIONS=exitcode=66")
+    assert "probe" in child.stdout, child.stdout + child.stderr
+    if racy:
+        assert child.returncode == 66 and "WARNING: ThreadSanitizer: data race" in reports, reports + child.stderr
+        assert "race_probe_kernel" in reports, reports
+    else:
+        assert child.returncode == 0 and reports == "", reports + child.stderr
 
 
 def mlp(dim, hidden, layers, time=True, dtype=torch.float64, scale=0.7):

@@ -14,6 +14,15 @@
 // as smem's base). What it cannot check: that the PTX ISA's fragment layout, written out here,
 // is the hardware's; the memory model, timing, coalescing, occupancy, registers;
 // compute-sanitizer on the GPU stays the real check of memory and races.
+//
+// Built with -fsanitize=thread (.ci/emulation_sanitized), each emulated thread is a ThreadSanitizer
+// fiber and the only orders between them are the hardware's: a barrier (every thread's accesses
+// before it happen before every thread's after it), a launch's end (before the next launch). So
+// two threads touching one address, one of them writing, with no barrier between them is
+// reported: in shared memory what racecheck calls a hazard; in device memory also between
+// threads of different blocks, which racecheck does not look at. The emulation's own
+// bookkeeping (which thread runs, the barriers' lists, the launch's indices) is shared by all
+// fibers by construction and is read and written unchecked (tsan::Unchecked).
 #pragma once
 
 #include <ucontext.h>
@@ -42,6 +51,47 @@
 #define __launch_bounds__(...)
 #define __align__(n)
 
+#if defined(__SANITIZE_THREAD__)
+extern "C" {
+void* __tsan_get_current_fiber(void);
+void* __tsan_create_fiber(unsigned flags);
+void __tsan_destroy_fiber(void* fiber);
+void __tsan_switch_to_fiber(void* fiber, unsigned flags);
+void __tsan_acquire(void* addr);
+void __tsan_release(void* addr);
+void __tsan_ignore_thread_begin(void);
+void __tsan_ignore_thread_end(void);
+}
+#endif
+
+namespace emu::tsan {
+#if defined(__SANITIZE_THREAD__)
+inline void* current_fiber() { return __tsan_get_current_fiber(); }
+inline void* create_fiber() { return __tsan_create_fiber(0); }
+inline void destroy_fiber(void* fiber) { __tsan_destroy_fiber(fiber); }
+// Flag 1 (__tsan_switch_to_fiber_no_sync): a switch orders nothing. Every switch goes through the
+// scheduler's own context, so a switch that synchronized would order every thread after every
+// other and hide every race.
+inline void switch_to(void* fiber) { __tsan_switch_to_fiber(fiber, 1); }
+inline void happens_before(void* sync) { __tsan_release(sync); }  // what this fiber did so far...
+inline void happens_after(void* sync) { __tsan_acquire(sync); }   // ...precedes what this one does next
+struct Unchecked {  // the emulation's bookkeeping, in scope: not the kernel's accesses
+  Unchecked() { __tsan_ignore_thread_begin(); }
+  ~Unchecked() { __tsan_ignore_thread_end(); }
+  Unchecked(const Unchecked&) = delete;
+  Unchecked& operator=(const Unchecked&) = delete;
+};
+#else
+inline void* current_fiber() { return nullptr; }
+inline void* create_fiber() { return nullptr; }
+inline void destroy_fiber(void*) {}
+inline void switch_to(void*) {}
+inline void happens_before(void*) {}
+inline void happens_after(void*) {}
+struct Unchecked {};
+#endif
+}  // namespace emu::tsan
+
 namespace emu {
 
 struct Dim3 {
@@ -58,6 +108,11 @@ class Scheduler;
 struct Barrier {
   int size = 0;
   std::vector<int> waiting;
+  // ThreadSanitizer's synchronization objects, one per phase parity: a thread released by this
+  // phase's barrier may still be to resume (and acquire) when a faster one already arrives at the
+  // next; one object would hand it that thread's next-phase accesses as ordered.
+  int phase = 0;
+  char sync[2] = {};
 };
 
 struct Block {
@@ -71,16 +126,40 @@ struct Block {
 };
 
 inline Dim3 thread_idx, block_idx, grid_dim;
-inline std::string fault;  // the first rule a launch broke (empty: none); see check_vector_alignment
+inline std::string fault;  // the first rule a launch broke (empty: none); see record_fault
 inline Block* block = nullptr;
+// Launch-wide order for ThreadSanitizer: the host's work before a block starts (its buffers filled
+// with NaN, its parameters) happens before the block's threads run; every thread of a launch
+// happens before what the host does after it (end_launch: the next launch, reading the results,
+// freeing). Blocks of one launch are not ordered with each other, as on the GPU.
+inline char launch_start_sync, launch_end_sync;
+
+// The bookkeeping's shared state, read by the kernels' threads through these (see tsan::Unchecked).
+template <typename T>
+inline T bookkeeping(const T& value) {
+  tsan::Unchecked unchecked;
+  return value;
+}
+inline Block& current_block() { return *bookkeeping(block); }
+
+inline void record_fault(const char* text) {
+  tsan::Unchecked unchecked;
+  if (fault.empty()) fault = text;
+}
+
+// The host's side of a launch's end: after every block has run, before reading or freeing anything
+// the blocks touched.
+inline void end_launch() { tsan::happens_after(&launch_end_sync); }
 
 class Scheduler {
  public:
   Scheduler(Block& blk, int threads, int schedule, std::function<void()> body)
       : block_(blk), body_(std::move(body)), schedule_(schedule), rng_(uint32_t(schedule) * 2654435761u + 1u) {
+    main_fiber_ = tsan::current_fiber();
     fibers_.resize(threads);
     for (int t = 0; t < threads; ++t) {
       Fiber& f = fibers_[t];
+      f.sanitizer_fiber = tsan::create_fiber();
       f.stack.reset(new char[kStack]);
       getcontext(&f.context);
       f.context.uc_stack.ss_sp = f.stack.get();
@@ -93,13 +172,20 @@ class Scheduler {
     release(all);
   }
 
+  ~Scheduler() {
+    for (Fiber& f : fibers_) tsan::destroy_fiber(f.sanitizer_fiber);
+  }
+
   void run() {
+    tsan::happens_before(&launch_start_sync);
+    tsan::Unchecked unchecked;
     current_scheduler() = this;
     while (!ready_.empty()) {
       const int t = ready_.front();
       ready_.pop_front();
       current_ = t;
       thread_idx = {unsigned(t), 0, 0};
+      tsan::switch_to(fibers_[t].sanitizer_fiber);
       swapcontext(&main_, &fibers_[t].context);
     }
     for (const Fiber& f : fibers_) {
@@ -111,14 +197,26 @@ class Scheduler {
   }
 
   void wait(Barrier& b) {
-    b.waiting.push_back(current_);
-    if (int(b.waiting.size()) == b.size) {
-      std::vector<int> released;
-      released.swap(b.waiting);
-      release(released);
+    void* sync = nullptr;
+    {
+      tsan::Unchecked unchecked;
+      sync = &b.sync[b.phase % 2];
     }
-    swapcontext(&fibers_[current_].context, &main_);
-    thread_idx = {unsigned(current_), 0, 0};
+    tsan::happens_before(sync);
+    {
+      tsan::Unchecked unchecked;
+      b.waiting.push_back(current_);
+      if (int(b.waiting.size()) == b.size) {
+        std::vector<int> released;
+        released.swap(b.waiting);
+        ++b.phase;
+        release(released);
+      }
+      tsan::switch_to(main_fiber_);
+      swapcontext(&fibers_[current_].context, &main_);
+      thread_idx = {unsigned(current_), 0, 0};
+    }
+    tsan::happens_after(sync);
   }
 
   static Scheduler*& current_scheduler() {
@@ -132,12 +230,23 @@ class Scheduler {
     ucontext_t context;
     std::unique_ptr<char[]> stack;
     bool done = false;
+    void* sanitizer_fiber = nullptr;  // ThreadSanitizer's (nullptr without it)
   };
 
   static void trampoline(int t) {
-    Scheduler* s = current_scheduler();
+    Scheduler* s = bookkeeping(current_scheduler());
+    tsan::happens_after(&launch_start_sync);
     s->body_();
-    s->fibers_[t].done = true;  // then uc_link returns to run()
+    tsan::happens_before(&launch_end_sync);
+    {
+      tsan::Unchecked unchecked;
+      s->fibers_[t].done = true;
+    }
+    // Back to run() by hand, not by returning through uc_link: under ThreadSanitizer this
+    // function's exit would otherwise be recorded on the scheduler's fiber, unbalancing its stack.
+    ucontext_t* main = bookkeeping(&s->main_);
+    tsan::switch_to(bookkeeping(s->main_fiber_));
+    setcontext(main);
   }
 
   void release(std::vector<int>& threads) {
@@ -152,21 +261,25 @@ class Scheduler {
   int schedule_;
   std::mt19937 rng_;
   ucontext_t main_;
+  void* main_fiber_ = nullptr;
   std::vector<Fiber> fibers_;
   std::deque<int> ready_;
   int current_ = 0;
 };
 
-inline Barrier& my_warp_barrier() { return block->warps[thread_idx.x / 32]; }
+inline Barrier& my_warp_barrier() { return current_block().warps[bookkeeping(thread_idx).x / 32]; }
 
 }  // namespace emu
 
-#define threadIdx (emu::thread_idx)
-#define blockIdx (emu::block_idx)
-#define gridDim (emu::grid_dim)
+#define threadIdx (emu::bookkeeping(emu::thread_idx))
+#define blockIdx (emu::bookkeeping(emu::block_idx))
+#define gridDim (emu::bookkeeping(emu::grid_dim))
 
-inline void __syncthreads() { emu::block->scheduler->wait(emu::block->barrier); }
-inline void __syncwarp() { emu::block->scheduler->wait(emu::my_warp_barrier()); }
+inline void __syncthreads() {
+  emu::Block& b = emu::current_block();
+  emu::bookkeeping(b.scheduler)->wait(b.barrier);
+}
+inline void __syncwarp() { emu::bookkeeping(emu::current_block().scheduler)->wait(emu::my_warp_barrier()); }
 
 template <typename T>
 inline T __ldg(const T* p) {
@@ -179,11 +292,12 @@ inline double __longlong_as_double(long long v) { return std::bit_cast<double>(v
 template <typename T>
 inline T __shfl_xor_sync(unsigned, T value, int lane_mask) {
   static_assert(sizeof(T) <= 8);
-  const unsigned me = emu::thread_idx.x, lane = me % 32;
-  std::memcpy(emu::block->slots[me], &value, sizeof(T));
+  const unsigned me = threadIdx.x, lane = me % 32;
+  emu::Block& block = emu::current_block();
+  std::memcpy(block.slots[me], &value, sizeof(T));
   __syncwarp();
   T out;
-  std::memcpy(&out, emu::block->slots[me - lane + (lane ^ unsigned(lane_mask))], sizeof(T));
+  std::memcpy(&out, block.slots[me - lane + (lane ^ unsigned(lane_mask))], sizeof(T));
   __syncwarp();
   return out;
 }
@@ -206,10 +320,10 @@ namespace emu {
 // driver) and goes on, as a fiber cannot unwind.
 inline void check_vector_alignment(const void* p, size_t bytes, const char* what) {
   const size_t misaligned = size_t(reinterpret_cast<std::uintptr_t>(p) % bytes);
-  if (misaligned != 0 && fault.empty()) {
+  if (misaligned != 0) {
     char text[160];
     std::snprintf(text, sizeof(text), "%s: pointer %zu bytes past %zu-byte alignment", what, misaligned, bytes);
-    fault = text;
+    record_fault(text);
   }
 }
 }  // namespace emu
@@ -233,16 +347,17 @@ inline float __float_to_tf32(float v) {
 }  // namespace nvcuda::wmma
 
 namespace jkofast::cuda {
-inline unsigned char* dynamic_smem() { return emu::block->smem; }
+inline unsigned char* dynamic_smem() { return emu::current_block().smem; }
 
 // cvta.to.shared: a generic address as an offset in the shared window (here: from the block's
 // shared memory). For an address outside it the hardware's result is undefined: a fault here.
 inline size_t __cvta_generic_to_shared(const void* p) {
   const auto* c = static_cast<const unsigned char*>(p);
-  if ((c < emu::block->smem || c >= emu::block->smem + emu::block->smem_bytes) && emu::fault.empty()) {
-    emu::fault = "__cvta_generic_to_shared: address outside the block's shared memory";
+  const emu::Block& block = emu::current_block();
+  if (c < block.smem || c >= block.smem + block.smem_bytes) {
+    emu::record_fault("__cvta_generic_to_shared: address outside the block's shared memory");
   }
-  return size_t(c - emu::block->smem);
+  return size_t(c - block.smem);
 }
 
 inline float2 load_pair(const float* p) {
@@ -274,13 +389,13 @@ inline void store_quad(float* p, float4 v) {
 // TF32 first: an error too small for the products' tolerances to see, so a caller that forgot
 // to round (cvt.rna) is a fault here. Products of TF32 values are exact in float.
 inline void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-  const unsigned me = emu::thread_idx.x, lane = me % 32, first = me - lane;
-  uint32_t(&regs)[256][6] = emu::block->mma_registers;
+  const unsigned me = threadIdx.x, lane = me % 32, first = me - lane;
+  uint32_t(&regs)[256][6] = emu::current_block().mma_registers;
   for (int i = 0; i < 4; ++i) regs[me][i] = a[i];
   regs[me][4] = b[0];
   regs[me][5] = b[1];
   for (const uint32_t bits : regs[me]) {
-    if ((bits & 0x1FFFu) != 0 && emu::fault.empty()) emu::fault = "mma_m16n8k8_tf32: an operand not rounded to TF32";
+    if ((bits & 0x1FFFu) != 0) emu::record_fault("mma_m16n8k8_tf32: an operand not rounded to TF32");
   }
   __syncwarp();
   auto value = [](uint32_t bits) { return std::bit_cast<float>(bits & 0xFFFFE000u); };

@@ -5,9 +5,11 @@ Each call takes the stack height ``rows`` (8, 16, ... 128; what ops/tile_plan.h 
 is ``choose_rows``) and the ``grid`` (blocks; each loops over its tiles), so tests can force the
 chunked tangent rows and the per-block gradient parts that small problems would not reach.
 
-``JKOFAST_EMULATION_FLAGS`` adds compiler flags to the build (.ci/emulation_sanitized passes
-AddressSanitizer's and UBSan's: the kernels' out-of-bounds accesses and undefined behaviour, on
-tensors torch allocated and on each block's shared memory, are then reported where they happen).
+``JKOFAST_EMULATION_FLAGS`` adds compiler flags to the build: .ci/emulation_sanitized passes
+AddressSanitizer's and UBSan's (the kernels' out-of-bounds accesses and undefined behaviour, on
+tensors torch allocated and on each block's shared memory, reported where they happen), then
+ThreadSanitizer's (two threads' accesses to one address, one a write, with no barrier between
+them: cuda_shim.h).
 """
 from __future__ import annotations
 
@@ -64,7 +66,10 @@ class Emulator:
                            ctypes.POINTER(ctypes.c_void_p)]
             fn.restype = ctypes.c_int
         self.lib.emu_fault.restype = ctypes.c_char_p
-        self.address_sanitized = bool(self.lib.emu_address_sanitized())
+        self.lib.emu_race_probe.argtypes = [ctypes.c_int]
+        self.lib.emu_race_probe.restype = ctypes.c_float
+        #: the sanitizer the library was built with: None, "address" (with UBSan) or "thread"
+        self.sanitizer = {0: None, 1: "address", 2: "thread"}[self.lib.emu_sanitizer()]
         self.lib.emu_plan.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int, ctypes.c_int,
                                                              ctypes.POINTER(ctypes.c_int64)]
         self.lib.emu_choose_rows.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int, ctypes.c_int64]

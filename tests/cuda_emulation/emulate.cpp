@@ -39,23 +39,36 @@ struct DeviceAllocator {
 template <typename T>
 using DeviceBuffer = std::vector<T, DeviceAllocator<T>>;
 
-// One launch: `grid` blocks of 256 threads, one block at a time.
+// One launch: `grid` blocks of 256 threads, one block at a time. Every block's state lives until
+// the launch ends: under ThreadSanitizer freeing a block's shared memory before end_launch would
+// be a host access unordered with its threads' (and ordering it would order the blocks).
 template <typename Params>
 void run(void (*kernel)(Params), const Params& p, int grid, int64_t smem_bytes) {
-  for (int g = 0; g < grid; ++g) {
+  struct BlockRun {
     emu::Block block;
+    DeviceBuffer<unsigned char> smem;
+    std::unique_ptr<emu::Scheduler> scheduler;
+  };
+  std::vector<std::unique_ptr<BlockRun>> blocks;
+  for (int g = 0; g < grid; ++g) {
+    auto& b = *blocks.emplace_back(std::make_unique<BlockRun>());
+    emu::Block& block = b.block;
     block.barrier.size = tile::kThreads;
     for (auto& warp : block.warps) warp.size = 32;
-    DeviceBuffer<unsigned char> smem(size_t(g_smem_offset + (smem_bytes > 0 ? smem_bytes : 1)), 0xFF);  // NaN bytes
-    block.smem = smem.data() + g_smem_offset;
+    b.smem.assign(size_t(g_smem_offset + (smem_bytes > 0 ? smem_bytes : 1)), 0xFF);  // NaN bytes
+    block.smem = b.smem.data() + g_smem_offset;
     block.smem_bytes = size_t(smem_bytes > 0 ? smem_bytes : 1);
-    emu::block = &block;
-    emu::block_idx = {unsigned(g), 0, 0};
-    emu::grid_dim = {unsigned(grid), 0, 0};
-    emu::Scheduler scheduler(block, tile::kThreads, g_schedule, [&] { kernel(p); });
-    block.scheduler = &scheduler;
-    scheduler.run();
+    {
+      emu::tsan::Unchecked unchecked;  // the bookkeeping the previous block's threads read
+      emu::block = &block;
+      emu::block_idx = {unsigned(g), 0, 0};
+      emu::grid_dim = {unsigned(grid), 0, 0};
+    }
+    b.scheduler = std::make_unique<emu::Scheduler>(block, tile::kThreads, g_schedule, [&] { kernel(p); });
+    block.scheduler = b.scheduler.get();
+    b.scheduler->run();
   }
+  emu::end_launch();
 }
 
 // Shared-memory bank conflict of one request (the 4-byte words it touches): the most distinct words
@@ -285,6 +298,22 @@ int jko_loss(const int64_t* ints, const double* reals, void* const* ptrs) {
   return 0;
 }
 
+// The kernel of emu_race_probe.
+struct RaceProbe {
+  float* out;
+  int kind;
+};
+__global__ void race_probe_kernel(RaceProbe p) {
+  if (p.kind == 2) {
+    if (threadIdx.x == 0) p.out[0] += 1.0f;
+    return;
+  }
+  auto* word = reinterpret_cast<float*>(dynamic_smem());
+  if (threadIdx.x == 0) word[0] = float(blockIdx.x + 1);
+  if (p.kind == 1) __syncthreads();
+  if (threadIdx.x == 1 && blockIdx.x == 0) p.out[0] = word[0];
+}
+
 }  // namespace
 
 namespace {
@@ -307,14 +336,28 @@ void emu_set_smem_offset(int bytes) { g_smem_offset = bytes; }
 // What the last launch broke, when an entry point returned 2.
 const char* emu_fault() { return emu::fault.c_str(); }
 
-// 1 when this library was built with -fsanitize=address (.ci/emulation_sanitized): lets the tests
-// refuse a sanitized run whose library was not, which would pass without checking anything.
-int emu_address_sanitized() {
+// The sanitizer this library was built with (.ci/emulation_sanitized): 0 none, 1 AddressSanitizer
+// (with UBSan), 2 ThreadSanitizer. Lets a sanitized test run refuse a library built without it,
+// which would pass while checking nothing.
+int emu_sanitizer() {
 #if defined(__SANITIZE_ADDRESS__)
   return 1;
+#elif defined(__SANITIZE_THREAD__)
+  return 2;
 #else
   return 0;
 #endif
+}
+
+// Kernels with a race (or, case 1, without), run through the same launches as the real ones: the
+// ThreadSanitizer run's check that it sees the emulated threads' races. 0: thread 1 reads a shared
+// word that thread 0 writes in the same phase (a missing barrier); 1: the same with the barrier;
+// 2: every block's thread 0 adds to one device word (blocks are not ordered). Returns the word.
+float emu_race_probe(int kind) {
+  DeviceBuffer<float> out(1, 0.0f);
+  RaceProbe p{out.data(), kind};
+  run(race_probe_kernel, p, /*grid=*/2, /*smem_bytes=*/64);
+  return out[0];
 }
 
 // 0: released threads run in ascending index order, 1: descending, >= 2: shuffled (seed).
