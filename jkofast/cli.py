@@ -297,7 +297,7 @@ def cmd_train(args) -> int:
     # same command line: one torchrun starts them all (on several hosts, each host's its own).
     with distributed.alike_on_every_rank() if _one_command_line() else contextlib.nullcontext():
         settings(args.method, args.budget, **_train_options(args))
-        check_world(args.method, _world())
+        check_world(args.method, distributed.launched_world())
     device = _device(args, "cuda" if torch.cuda.is_available() else "cpu")
     dist = distributed.connect(device)  # a process group under torchrun, else one process
     try:
@@ -637,11 +637,6 @@ def _rank0() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def _world() -> int:
-    """The number of processes torchrun started (1 without torchrun)."""
-    return int(os.environ.get("WORLD_SIZE") or 1)
-
-
 def _one_command_line() -> bool:
     """Whether every rank runs this same command line: one torchrun (one host) started them all."""
     return os.environ.get("LOCAL_WORLD_SIZE", "1") == os.environ.get("WORLD_SIZE", "1")
@@ -671,7 +666,7 @@ def _print_error(exc, more: str = "") -> None:
     by rank 0 alone (ranks above 0 print it too only if rank 0 has not ended the run after
     RANK0_PRINTS_WITHIN_S), and any other by the rank that raised it, named: one rank's own
     failure (a file missing on its host, its GPU out of memory) is never hidden behind rank 0's."""
-    world, rank = _world(), os.environ.get("RANK", "?")
+    world, rank = distributed.launched_world(), os.environ.get("RANK", "?")
     text, label = f"{exc}{more}", f"rank {rank} of {world}"
     if world == 1 or (distributed.is_raised_on_every_rank(exc) and _rank0()):
         print(f"error: {text}", file=sys.stderr)
@@ -763,7 +758,7 @@ def main(argv: list[str] | None = None) -> int:
         _print_error(str(exc) or "out of memory", hint)
         return 1
     except SystemExit as exc:
-        if isinstance(exc.code, str) and _world() > 1:  # one of our refusals ("error: ..."): name the rank
+        if isinstance(exc.code, str) and distributed.launched_world() > 1:  # one of our refusals ("error: ..."): name the rank
             _print_error(exc.code.removeprefix("error: "))
             return 1
         raise

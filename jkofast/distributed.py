@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from ._checks import check_device
 
 __all__ = ["Dist", "DistributedError", "connect", "TIMEOUT_ENV", "raised_on_every_rank", "alike_on_every_rank",
-           "is_raised_on_every_rank"]
+           "is_raised_on_every_rank", "launched_world"]
 
 TIMEOUT_ENV = "JKOFAST_DIST_TIMEOUT"
 _DEFAULT_TIMEOUT_S = 600.0
@@ -247,6 +247,12 @@ def _env_int(name: str, default: int) -> int:
     return default if raw in (None, "") else int(raw)
 
 
+def launched_world() -> int:
+    """The number of processes torchrun started (its WORLD_SIZE; 1 without torchrun), known
+    before any group is joined."""
+    return _env_int("WORLD_SIZE", 1)
+
+
 def _place(device: torch.device, local_rank: int) -> torch.device:
     """One GPU per process: plain "cuda" means this process's local GPU."""
     if device.type == "cuda" and device.index is None:
@@ -284,7 +290,7 @@ def connect(device: str | torch.device = "cpu") -> Dist:
         local_rank = _env_int("LOCAL_RANK", tdist.get_rank())
         return Dist(rank=tdist.get_rank(), world=tdist.get_world_size(), local_rank=local_rank,
                     local_world=_env_int("LOCAL_WORLD_SIZE", 1), device=_place(device, local_rank))
-    world = _env_int("WORLD_SIZE", 1)
+    world = launched_world()
     if world <= 1:
         return Dist(device=device)
     if not tdist.is_available():

@@ -335,6 +335,17 @@ def test_global_batch_must_split_evenly():
         JKOIFlowTrainer(flow, JKOIFlowConfig(batch=256), torch.zeros(10, 2), dist=Dist(world=3))
 
 
+def test_launched_world_reads_torchruns_world_size(monkeypatch):
+    from jkofast.distributed import launched_world
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert launched_world() == 1
+    monkeypatch.setenv("WORLD_SIZE", "")  # set but empty: as if unset
+    assert launched_world() == 1
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    assert launched_world() == 3
+
+
 def test_torchrun_variables_must_be_complete(monkeypatch):
     from jkofast.distributed import TIMEOUT_ENV, DistributedError, connect
 
