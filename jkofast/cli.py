@@ -639,7 +639,7 @@ def _rank0() -> bool:
 
 def _one_command_line() -> bool:
     """Whether every rank runs this same command line: one torchrun (one host) started them all."""
-    return os.environ.get("LOCAL_WORLD_SIZE", "1") == os.environ.get("WORLD_SIZE", "1")
+    return distributed.launched_local_world() == distributed.launched_world()
 
 
 # How long a rank above 0 waits, with an error that rank 0 prints, before it prints the error

@@ -41,7 +41,8 @@ from torch import Tensor, nn
 from ._checks import check_device
 
 __all__ = ["Dist", "DistributedError", "connect", "TIMEOUT_ENV", "raised_on_every_rank", "alike_on_every_rank",
-           "is_raised_on_every_rank", "launched_world"]
+           "is_raised_on_every_rank", "launched_world",
+           "launched_local_world"]
 
 TIMEOUT_ENV = "JKOFAST_DIST_TIMEOUT"
 _DEFAULT_TIMEOUT_S = 600.0
@@ -253,6 +254,11 @@ def launched_world() -> int:
     return _env_int("WORLD_SIZE", 1)
 
 
+def launched_local_world() -> int:
+    """The number of processes torchrun started on this host (LOCAL_WORLD_SIZE; 1 without)."""
+    return _env_int("LOCAL_WORLD_SIZE", 1)
+
+
 def _place(device: torch.device, local_rank: int) -> torch.device:
     """One GPU per process: plain "cuda" means this process's local GPU."""
     if device.type == "cuda" and device.index is None:
@@ -289,7 +295,7 @@ def connect(device: str | torch.device = "cpu") -> Dist:
     if tdist.is_available() and tdist.is_initialized():
         local_rank = _env_int("LOCAL_RANK", tdist.get_rank())
         return Dist(rank=tdist.get_rank(), world=tdist.get_world_size(), local_rank=local_rank,
-                    local_world=_env_int("LOCAL_WORLD_SIZE", 1), device=_place(device, local_rank))
+                    local_world=launched_local_world(), device=_place(device, local_rank))
     world = launched_world()
     if world <= 1:
         return Dist(device=device)
@@ -311,7 +317,7 @@ def connect(device: str | torch.device = "cpu") -> Dist:
                                f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} ({backend}): {exc}") from exc
     try:  # (a Ctrl-C before the exit handler is registered must not leave the group to finalization)
         dist = Dist(rank=tdist.get_rank(), world=tdist.get_world_size(), local_rank=local_rank,
-                    local_world=_env_int("LOCAL_WORLD_SIZE", 1), device=device,
+                    local_world=launched_local_world(), device=device,
                     made=weakref.ref(tdist.group.WORLD))
         # A library caller (``jkofast.train`` under torchrun) never calls close(): without this the
         # group would live until finalization, where destroying it can abort the process (close()).

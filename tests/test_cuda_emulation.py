@@ -53,13 +53,15 @@ def emu(tmp_path_factory):
     return emulator
 
 
-def run_child(code: str, tmp_path: Path, options: str) -> tuple[subprocess.CompletedProcess, str]:
-    """Run `code` in a Python child with the emulation's folder as its argument, the sanitizer's
-    reports sent to tmp_path (options: the ASAN_OPTIONS/TSAN_OPTIONS variable, then its value);
-    returns the child and its reports."""
+def run_child(code: str, tmp_path: Path, options: str, *args: str) -> tuple[subprocess.CompletedProcess, str]:
+    """Run `code` in a Python child (arguments: the emulation's folder, then args) with every
+    sanitizer's reports sent to tmp_path, not to the run's logs; options: the sanitizer's options
+    variable and its value (ASAN_OPTIONS=...). Returns the child and its reports."""
     name, value = options.split("=", 1)
-    env = dict(os.environ, **{name: f"{value}:log_path={tmp_path / 'report'}"})
-    child = subprocess.run([sys.executable, "-c", code, str(EMULATION)], env=env, capture_output=True,
+    env = dict(os.environ, **{v: f"log_path={tmp_path / 'report'}" for v in ("ASAN_OPTIONS", "UBSAN_OPTIONS",
+                                                                            "TSAN_OPTIONS")})
+    env[name] = f"{value}:log_path={tmp_path / 'report'}"
+    child = subprocess.run([sys.executable, "-c", code, str(EMULATION), *args], env=env, capture_output=True,
                            text=True, timeout=300)
     return child, "".join(f.read_text() for f in tmp_path.glob("report*"))
 
@@ -86,8 +88,12 @@ print("no report")
 """
 
 
-@pytest.mark.skipif(SANITIZER != "address", reason="the AddressSanitizer run only (.ci/emulation_sanitized): "
-                    "elsewhere the kernel's reads past the end would be undefined behaviour, not a report")
+ONLY_ADDRESS = pytest.mark.skipif(SANITIZER != "address", reason="the AddressSanitizer run only "
+                                  "(.ci/emulation_sanitized): elsewhere reads past the end would be undefined "
+                                  "behaviour, not a report")
+
+
+@ONLY_ADDRESS
 def test_address_sanitized_run_reports_a_kernel_reading_past_its_input(emu, tmp_path):
     child, reports = run_child(OVERFLOW_CHILD, tmp_path, "ASAN_OPTIONS=detect_leaks=0")
     assert child.returncode != 0 and "no report" not in child.stdout, child.stdout + child.stderr
@@ -95,26 +101,57 @@ def test_address_sanitized_run_reports_a_kernel_reading_past_its_input(emu, tmp_
     assert "mlp_field_forward_kernel" in reports, reports
 
 
-# ThreadSanitizer's counterpart: emulate.cpp's race probe (a shared word read in the phase another
-# thread writes it; the same behind a barrier; two blocks adding to one device word) must be
-# reported exactly where the hardware gives no order, or a clean run would mean nothing.
+# A thread's local array read one past its end after a barrier: ASan's swapcontext interceptor
+# cleared a resumed fiber's whole stack shadow (redzones too) until the emulation stopped giving
+# it the stack's size; in bounds (index 3) nothing is reported.
+OVERRUN_CHILD = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from driver import Emulator, build
+print("probe", Emulator(build()).lib.emu_local_overrun_probe(int(sys.argv[2])))
+"""
+
+
+@ONLY_ADDRESS
+@pytest.mark.parametrize("index, overrun", [(3, False), (4, True)], ids=["last-element", "one-past-the-end"])
+def test_address_sanitized_run_reports_a_local_overrun_after_a_barrier(emu, tmp_path, index, overrun):
+    child, reports = run_child(OVERRUN_CHILD, tmp_path, "ASAN_OPTIONS=detect_leaks=0", str(index))
+    if overrun:
+        assert child.returncode != 0 and "ERROR: AddressSanitizer: stack-buffer-overflow" in reports, \
+            reports + child.stdout + child.stderr
+        assert "local_overrun_kernel" in reports, reports
+    else:
+        assert child.returncode == 0 and "probe 4.0" in child.stdout, child.stdout + child.stderr
+        assert "ERROR" not in reports, reports
+
+
+# ThreadSanitizer's counterpart: emulate.cpp's race probes must be reported exactly where the
+# hardware gives no order, or a clean run would mean nothing: a shared word read in the phase
+# another thread writes it (the first phase; a later phase, between two barriers: a barrier model
+# that handed a fast thread's next phase to a slow one would hide it), across a shuffle (which
+# moves registers, not memory), one device word that two blocks add to; and not behind a
+# __syncthreads or a __syncwarp.
 RACE_CHILD = """
 import sys
 sys.path.insert(0, sys.argv[1])
 from driver import Emulator, build
 print("probe", Emulator(build()).lib.emu_race_probe(int(sys.argv[2])))
 """
+RACE_PROBES = [("race_in_first_phase_kernel", True), ("ordered_by_syncthreads_kernel", False),
+               ("race_between_blocks_kernel", True), ("race_in_later_phase_kernel", True),
+               ("race_across_shuffle_kernel", True), ("ordered_by_syncwarp_kernel", False)]
 
 
 @pytest.mark.skipif(SANITIZER != "thread", reason="the ThreadSanitizer run only (.ci/emulation_sanitized)")
-@pytest.mark.parametrize("kind, racy", [(0, True), (1, False), (2, True)],
-                         ids=["shared-word-without-barrier", "shared-word-behind-barrier", "two-blocks-one-word"])
-def test_thread_sanitized_run_reports_exactly_the_unordered_accesses(emu, tmp_path, kind, racy):
-    child, reports = run_child(RACE_CHILD.replace("sys.argv[2]", repr(str(kind))), tmp_path, "TSAN_OPTIONS=exitcode=66")
+@pytest.mark.parametrize("kind", range(len(RACE_PROBES)), ids=[name for name, _ in RACE_PROBES])
+def test_thread_sanitized_run_reports_exactly_the_unordered_accesses(emu, tmp_path, kind):
+    kernel, racy = RACE_PROBES[kind]
+    child, reports = run_child(RACE_CHILD, tmp_path, "TSAN_OPTIONS=exitcode=66", str(kind))
     assert "probe" in child.stdout, child.stdout + child.stderr
     if racy:
         assert child.returncode == 66 and "WARNING: ThreadSanitizer: data race" in reports, reports + child.stderr
-        assert "race_probe_kernel" in reports, reports
+        assert kernel in reports, reports
+        assert not any(other in reports for other, _ in RACE_PROBES if other != kernel), reports
     else:
         assert child.returncode == 0 and reports == "", reports + child.stderr
 

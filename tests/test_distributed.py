@@ -8,6 +8,7 @@ and importing torch.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -335,15 +336,15 @@ def test_global_batch_must_split_evenly():
         JKOIFlowTrainer(flow, JKOIFlowConfig(batch=256), torch.zeros(10, 2), dist=Dist(world=3))
 
 
-def test_launched_world_reads_torchruns_world_size(monkeypatch):
-    from jkofast.distributed import launched_world
-
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert launched_world() == 1
-    monkeypatch.setenv("WORLD_SIZE", "")  # set but empty: as if unset
-    assert launched_world() == 1
-    monkeypatch.setenv("WORLD_SIZE", "3")
-    assert launched_world() == 3
+@pytest.mark.parametrize("name, read", [("WORLD_SIZE", "launched_world"), ("LOCAL_WORLD_SIZE", "launched_local_world")])
+def test_launched_world_sizes_read_torchruns_variables(monkeypatch, name, read):
+    read = getattr(importlib.import_module("jkofast.distributed"), read)
+    monkeypatch.delenv(name, raising=False)
+    assert read() == 1
+    monkeypatch.setenv(name, "")  # set but empty: as if unset
+    assert read() == 1
+    monkeypatch.setenv(name, "3")
+    assert read() == 3
 
 
 def test_torchrun_variables_must_be_complete(monkeypatch):

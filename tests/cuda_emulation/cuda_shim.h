@@ -16,13 +16,21 @@
 // compute-sanitizer on the GPU stays the real check of memory and races.
 //
 // Built with -fsanitize=thread (.ci/emulation_sanitized), each emulated thread is a ThreadSanitizer
-// fiber and the only orders between them are the hardware's: a barrier (every thread's accesses
-// before it happen before every thread's after it), a launch's end (before the next launch). So
+// fiber and the only orders between them are the ones CUDA documents for memory: __syncthreads
+// and __syncwarp (every participating thread's accesses before it happen before their accesses
+// after it), a launch's end (before the next launch). Warp exchanges (__shfl_xor_sync, mma.sync)
+// move registers and order no memory, so they wait for the warp without ordering anything. So
 // two threads touching one address, one of them writing, with no barrier between them is
 // reported: in shared memory what racecheck calls a hazard; in device memory also between
 // threads of different blocks, which racecheck does not look at. The emulation's own
-// bookkeeping (which thread runs, the barriers' lists, the launch's indices) is shared by all
-// fibers by construction and is read and written unchecked (tsan::Unchecked).
+// bookkeeping (which thread runs, the barriers' lists, the launch's indices, the registers a
+// warp exchange passes) is shared by all fibers by construction and is read and written
+// unchecked (tsan::Unchecked).
+//
+// Built with -fsanitize=address, the fibers' contexts carry no stack size once made: ASan's
+// swapcontext interceptor would otherwise clear the shadow of the whole stack of the context it
+// resumes (the redzones of a thread's live frames too), and a kernel's overflow of a local
+// array after its first barrier would go unreported.
 #pragma once
 
 #include <ucontext.h>
@@ -166,6 +174,7 @@ class Scheduler {
       f.context.uc_stack.ss_size = kStack;
       f.context.uc_link = &main_;
       makecontext(&f.context, reinterpret_cast<void (*)()>(&Scheduler::trampoline), 1, t);
+      f.context.uc_stack.ss_size = 0;  // made; only ASan's interceptor reads it now (header)
     }
     std::vector<int> all(threads);
     for (int t = 0; t < threads; ++t) all[t] = t;
@@ -196,7 +205,14 @@ class Scheduler {
     }
   }
 
-  void wait(Barrier& b) {
+  // A barrier that orders memory (__syncthreads, __syncwarp). ordered=false: the threads only meet,
+  // as for a warp's register exchange.
+  void wait(Barrier& b, bool ordered = true) {
+    if (!ordered) {
+      tsan::Unchecked unchecked;
+      park(b);
+      return;
+    }
     void* sync = nullptr;
     {
       tsan::Unchecked unchecked;
@@ -205,16 +221,7 @@ class Scheduler {
     tsan::happens_before(sync);
     {
       tsan::Unchecked unchecked;
-      b.waiting.push_back(current_);
-      if (int(b.waiting.size()) == b.size) {
-        std::vector<int> released;
-        released.swap(b.waiting);
-        ++b.phase;
-        release(released);
-      }
-      tsan::switch_to(main_fiber_);
-      swapcontext(&fibers_[current_].context, &main_);
-      thread_idx = {unsigned(current_), 0, 0};
+      park(b);
     }
     tsan::happens_after(sync);
   }
@@ -249,6 +256,20 @@ class Scheduler {
     setcontext(main);
   }
 
+  // Arrive at b and run something else until b releases this thread (bookkeeping: call unchecked).
+  void park(Barrier& b) {
+    b.waiting.push_back(current_);
+    if (int(b.waiting.size()) == b.size) {
+      std::vector<int> released;
+      released.swap(b.waiting);
+      ++b.phase;
+      release(released);
+    }
+    tsan::switch_to(main_fiber_);
+    swapcontext(&fibers_[current_].context, &main_);
+    thread_idx = {unsigned(current_), 0, 0};
+  }
+
   void release(std::vector<int>& threads) {
     std::sort(threads.begin(), threads.end());
     if (schedule_ == 1) std::reverse(threads.begin(), threads.end());
@@ -260,7 +281,7 @@ class Scheduler {
   std::function<void()> body_;
   int schedule_;
   std::mt19937 rng_;
-  ucontext_t main_;
+  ucontext_t main_{};  // (its stack size stays 0: see the header on ASan)
   void* main_fiber_ = nullptr;
   std::vector<Fiber> fibers_;
   std::deque<int> ready_;
@@ -281,6 +302,11 @@ inline void __syncthreads() {
 }
 inline void __syncwarp() { emu::bookkeeping(emu::current_block().scheduler)->wait(emu::my_warp_barrier()); }
 
+namespace emu {
+// The warp's threads meet for a register exchange; memory is not ordered (see the header).
+inline void warp_exchange() { bookkeeping(current_block().scheduler)->wait(my_warp_barrier(), /*ordered=*/false); }
+}  // namespace emu
+
 template <typename T>
 inline T __ldg(const T* p) {
   return *p;
@@ -294,11 +320,17 @@ inline T __shfl_xor_sync(unsigned, T value, int lane_mask) {
   static_assert(sizeof(T) <= 8);
   const unsigned me = threadIdx.x, lane = me % 32;
   emu::Block& block = emu::current_block();
-  std::memcpy(block.slots[me], &value, sizeof(T));
-  __syncwarp();
   T out;
-  std::memcpy(&out, block.slots[me - lane + (lane ^ unsigned(lane_mask))], sizeof(T));
-  __syncwarp();
+  {
+    emu::tsan::Unchecked unchecked;  // registers, not memory
+    std::memcpy(block.slots[me], &value, sizeof(T));
+  }
+  emu::warp_exchange();
+  {
+    emu::tsan::Unchecked unchecked;
+    std::memcpy(&out, block.slots[me - lane + (lane ^ unsigned(lane_mask))], sizeof(T));
+  }
+  emu::warp_exchange();
   return out;
 }
 
@@ -391,27 +423,35 @@ inline void store_quad(float* p, float4 v) {
 inline void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
   const unsigned me = threadIdx.x, lane = me % 32, first = me - lane;
   uint32_t(&regs)[256][6] = emu::current_block().mma_registers;
-  for (int i = 0; i < 4; ++i) regs[me][i] = a[i];
-  regs[me][4] = b[0];
-  regs[me][5] = b[1];
-  for (const uint32_t bits : regs[me]) {
-    if ((bits & 0x1FFFu) != 0) emu::record_fault("mma_m16n8k8_tf32: an operand not rounded to TF32");
+  {
+    emu::tsan::Unchecked unchecked;  // the warp's registers, not memory: the exchange orders nothing
+    for (int i = 0; i < 4; ++i) regs[me][i] = a[i];
+    regs[me][4] = b[0];
+    regs[me][5] = b[1];
   }
-  __syncwarp();
+  for (int i = 0; i < 6; ++i) {
+    if ((emu::bookkeeping(regs[me][i]) & 0x1FFFu) != 0) {
+      emu::record_fault("mma_m16n8k8_tf32: an operand not rounded to TF32");
+    }
+  }
+  emu::warp_exchange();
   auto value = [](uint32_t bits) { return std::bit_cast<float>(bits & 0xFFFFE000u); };
   const int g = int(lane / 4), t = int(lane % 4);
   float out[4];
-  for (int q = 0; q < 4; ++q) {
-    const int row = g + 8 * (q >> 1), col = 2 * t + (q & 1);
-    float acc = d[q];
-    for (int k = 0; k < 8; ++k) {
-      const float av = value(regs[first + 4 * (row % 8) + k % 4][row / 8 + 2 * (k / 4)]);  // A(row, k)
-      const float bv = value(regs[first + 4 * col + k % 4][4 + k / 4]);                  // B(k, col)
-      acc += av * bv;
+  {
+    emu::tsan::Unchecked unchecked;
+    for (int q = 0; q < 4; ++q) {
+      const int row = g + 8 * (q >> 1), col = 2 * t + (q & 1);
+      float acc = d[q];
+      for (int k = 0; k < 8; ++k) {
+        const float av = value(regs[first + 4 * (row % 8) + k % 4][row / 8 + 2 * (k / 4)]);  // A(row, k)
+        const float bv = value(regs[first + 4 * col + k % 4][4 + k / 4]);                  // B(k, col)
+        acc += av * bv;
+      }
+      out[q] = acc;
     }
-    out[q] = acc;
   }
-  __syncwarp();  // every lane has read the registers before any publishes its next ones
+  emu::warp_exchange();  // every lane has read the registers before any publishes its next ones
   for (int q = 0; q < 4; ++q) d[q] = out[q];
 }
 }  // namespace jkofast::cuda

@@ -52,7 +52,10 @@ def build(cache_dir: Path | None = None, extra_flags: tuple[str, ...] = ()) -> P
             raise RuntimeError("no C++ compiler found (set CXX) to build the CUDA emulation")
         tmp = lib.with_suffix(f".{os.getpid()}.tmp")
         cmd = [compiler, *flags, f"-I{REPO / 'csrc'}", f"-I{HERE}", str(HERE / "emulate.cpp"), "-o", str(tmp)]
-        subprocess.run(cmd, check=True)
+        # Not under the sanitizer runtime a sanitized test run preloads (nor with its log path):
+        # the compiler is not what is being checked.
+        env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD" and not k.endswith("SAN_OPTIONS")}
+        subprocess.run(cmd, check=True, env=env)
         tmp.replace(lib)
     return lib
 
@@ -66,8 +69,9 @@ class Emulator:
                            ctypes.POINTER(ctypes.c_void_p)]
             fn.restype = ctypes.c_int
         self.lib.emu_fault.restype = ctypes.c_char_p
-        self.lib.emu_race_probe.argtypes = [ctypes.c_int]
-        self.lib.emu_race_probe.restype = ctypes.c_float
+        for probe in ("emu_race_probe", "emu_local_overrun_probe"):
+            getattr(self.lib, probe).argtypes = [ctypes.c_int]
+            getattr(self.lib, probe).restype = ctypes.c_float
         #: the sanitizer the library was built with: None, "address" (with UBSan) or "thread"
         self.sanitizer = {0: None, 1: "address", 2: "thread"}[self.lib.emu_sanitizer()]
         self.lib.emu_plan.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int, ctypes.c_int,

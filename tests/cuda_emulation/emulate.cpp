@@ -298,20 +298,57 @@ int jko_loss(const int64_t* ints, const double* reals, void* const* ptrs) {
   return 0;
 }
 
-// The kernel of emu_race_probe.
+// The kernel of emu_local_overrun_probe.
+struct OverrunProbe {
+  float* out;
+  int index;
+};
+__global__ void local_overrun_kernel(OverrunProbe p) {
+  float local[4] = {1.0f, 2.0f, 3.0f, 4.0f};
+  // The address through an integer: UBSan's bounds and object-size checks would see it first, and
+  // this probes ASan's redzones.
+  const auto* element = reinterpret_cast<const float*>(reinterpret_cast<uintptr_t>(local) + 4u * unsigned(p.index));
+  __syncthreads();
+  if (threadIdx.x == 0) p.out[0] = *element;
+}
+
+// The kernels of emu_race_probe, one per case so that a report names its case. Thread 0 writes a
+// shared word and thread 1 (the same warp) reads it, or every block's thread 0 adds to one device
+// word; each `racy` case has nothing that orders the two accesses on the GPU.
 struct RaceProbe {
   float* out;
-  int kind;
 };
-__global__ void race_probe_kernel(RaceProbe p) {
-  if (p.kind == 2) {
-    if (threadIdx.x == 0) p.out[0] += 1.0f;
-    return;
-  }
-  auto* word = reinterpret_cast<float*>(dynamic_smem());
-  if (threadIdx.x == 0) word[0] = float(blockIdx.x + 1);
-  if (p.kind == 1) __syncthreads();
-  if (threadIdx.x == 1 && blockIdx.x == 0) p.out[0] = word[0];
+__device__ float* shared_word() { return reinterpret_cast<float*>(dynamic_smem()); }
+__device__ void hand_over(RaceProbe p, bool read) {
+  if (read && threadIdx.x == 1 && blockIdx.x == 0) p.out[0] = shared_word()[0];
+}
+__global__ void race_in_first_phase_kernel(RaceProbe p) {  // racy
+  if (threadIdx.x == 0) shared_word()[0] = 1.0f;
+  hand_over(p, true);
+}
+__global__ void ordered_by_syncthreads_kernel(RaceProbe p) {
+  if (threadIdx.x == 0) shared_word()[0] = 1.0f;
+  __syncthreads();
+  hand_over(p, true);
+}
+__global__ void race_between_blocks_kernel(RaceProbe p) {  // racy
+  if (threadIdx.x == 0) p.out[0] += 1.0f;
+}
+__global__ void race_in_later_phase_kernel(RaceProbe p) {  // racy: barriers before and after
+  __syncthreads();
+  if (threadIdx.x == 0) shared_word()[0] = 1.0f;
+  hand_over(p, true);
+  __syncthreads();
+}
+__global__ void race_across_shuffle_kernel(RaceProbe p) {  // racy: a shuffle orders no memory
+  if (threadIdx.x == 0) shared_word()[0] = 1.0f;
+  const float v = __shfl_xor_sync(0xFFFFFFFFu, 1.0f, 1);
+  hand_over(p, v == 1.0f);
+}
+__global__ void ordered_by_syncwarp_kernel(RaceProbe p) {
+  if (threadIdx.x == 0) shared_word()[0] = 1.0f;
+  __syncwarp();
+  hand_over(p, true);
 }
 
 }  // namespace
@@ -349,14 +386,24 @@ int emu_sanitizer() {
 #endif
 }
 
-// Kernels with a race (or, case 1, without), run through the same launches as the real ones: the
-// ThreadSanitizer run's check that it sees the emulated threads' races. 0: thread 1 reads a shared
-// word that thread 0 writes in the same phase (a missing barrier); 1: the same with the barrier;
-// 2: every block's thread 0 adds to one device word (blocks are not ordered). Returns the word.
-float emu_race_probe(int kind) {
+// A thread's local array overrun after a barrier: the AddressSanitizer run's check that a
+// resumed thread's stack keeps its redzones (cuda_shim.h's header). `index` is the caller's (4:
+// one past the end), so the compiler cannot see the overrun.
+float emu_local_overrun_probe(int index) {
   DeviceBuffer<float> out(1, 0.0f);
-  RaceProbe p{out.data(), kind};
-  run(race_probe_kernel, p, /*grid=*/2, /*smem_bytes=*/64);
+  run(local_overrun_kernel, OverrunProbe{out.data(), index}, /*grid=*/1, /*smem_bytes=*/64);
+  return out[0];
+}
+
+// Runs race probe `kind` (the kernels above, in their order) through the same launches as the real
+// kernels, 2 blocks: the ThreadSanitizer run's check that it reports exactly the unordered
+// accesses (test_cuda_emulation.py). Returns the device word.
+float emu_race_probe(int kind) {
+  static void (*const kernels[])(RaceProbe) = {race_in_first_phase_kernel, ordered_by_syncthreads_kernel,
+                                               race_between_blocks_kernel, race_in_later_phase_kernel,
+                                               race_across_shuffle_kernel, ordered_by_syncwarp_kernel};
+  DeviceBuffer<float> out(1, 0.0f);
+  run(kernels[kind], RaceProbe{out.data()}, /*grid=*/2, /*smem_bytes=*/64);
   return out[0];
 }
 
