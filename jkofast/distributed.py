@@ -41,8 +41,7 @@ from torch import Tensor, nn
 from ._checks import check_device
 
 __all__ = ["Dist", "DistributedError", "connect", "TIMEOUT_ENV", "raised_on_every_rank", "alike_on_every_rank",
-           "is_raised_on_every_rank", "launched_world",
-           "launched_local_world"]
+           "is_raised_on_every_rank", "launched_world", "launched_local_world"]
 
 TIMEOUT_ENV = "JKOFAST_DIST_TIMEOUT"
 _DEFAULT_TIMEOUT_S = 600.0

@@ -53,17 +53,31 @@ def emu(tmp_path_factory):
     return emulator
 
 
+# What every child below starts with: the emulation's driver, from the folder given as its first argument.
+CHILD_PRELUDE = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from driver import Emulator, build
+"""
+
+
 def run_child(code: str, tmp_path: Path, options: str, *args: str) -> tuple[subprocess.CompletedProcess, str]:
-    """Run `code` in a Python child (arguments: the emulation's folder, then args) with every
-    sanitizer's reports sent to tmp_path, not to the run's logs; options: the sanitizer's options
-    variable and its value (ASAN_OPTIONS=...). Returns the child and its reports."""
+    """Run CHILD_PRELUDE + `code` in a Python child (arguments: the emulation's folder, then args)
+    with every sanitizer's reports sent to tmp_path, not to the run's logs; options: the
+    sanitizer's options variable and its value (ASAN_OPTIONS=...). Returns the child and its reports."""
     name, value = options.split("=", 1)
     env = dict(os.environ, **{v: f"log_path={tmp_path / 'report'}" for v in ("ASAN_OPTIONS", "UBSAN_OPTIONS",
                                                                             "TSAN_OPTIONS")})
     env[name] = f"{value}:log_path={tmp_path / 'report'}"
-    child = subprocess.run([sys.executable, "-c", code, str(EMULATION), *args], env=env, capture_output=True,
-                           text=True, timeout=300)
+    child = subprocess.run([sys.executable, "-c", CHILD_PRELUDE + code, str(EMULATION), *args], env=env,
+                           capture_output=True, text=True, timeout=300)
     return child, "".join(f.read_text() for f in tmp_path.glob("report*"))
+
+
+# A probe of emulate.cpp (its name, then its int argument) run in a child: prints "probe <result>".
+PROBE_CHILD = """
+print("probe", getattr(Emulator(build()).lib, sys.argv[2])(int(sys.argv[3])))
+"""
 
 
 # A kernel told that x holds one sample more than it does reads past x's end (and writes past its
@@ -71,10 +85,7 @@ def run_child(code: str, tmp_path: Path, options: str, *args: str) -> tuple[subp
 # checks of the other tests could be silently absent (a runtime not loaded, torch's allocations
 # not seen). Run in a child process: the report ends the process.
 OVERFLOW_CHILD = """
-import sys
-sys.path.insert(0, sys.argv[1])
 import torch
-from driver import Emulator, build
 emu = Emulator(build())
 call = emu._call
 def claim_one_more_sample(fn, ints, reals, ptrs):
@@ -104,18 +115,13 @@ def test_address_sanitized_run_reports_a_kernel_reading_past_its_input(emu, tmp_
 # A thread's local array read one past its end after a barrier: ASan's swapcontext interceptor
 # cleared a resumed fiber's whole stack shadow (redzones too) until the emulation stopped giving
 # it the stack's size; in bounds (index 3) nothing is reported.
-OVERRUN_CHILD = """
-import sys
-sys.path.insert(0, sys.argv[1])
-from driver import Emulator, build
-print("probe", Emulator(build()).lib.emu_local_overrun_probe(int(sys.argv[2])))
-"""
 
 
 @ONLY_ADDRESS
 @pytest.mark.parametrize("index, overrun", [(3, False), (4, True)], ids=["last-element", "one-past-the-end"])
 def test_address_sanitized_run_reports_a_local_overrun_after_a_barrier(emu, tmp_path, index, overrun):
-    child, reports = run_child(OVERRUN_CHILD, tmp_path, "ASAN_OPTIONS=detect_leaks=0", str(index))
+    child, reports = run_child(PROBE_CHILD, tmp_path, "ASAN_OPTIONS=detect_leaks=0", "emu_local_overrun_probe",
+                               str(index))
     if overrun:
         assert child.returncode != 0 and "ERROR: AddressSanitizer: stack-buffer-overflow" in reports, \
             reports + child.stdout + child.stderr
@@ -131,12 +137,6 @@ def test_address_sanitized_run_reports_a_local_overrun_after_a_barrier(emu, tmp_
 # that handed a fast thread's next phase to a slow one would hide it), across a shuffle (which
 # moves registers, not memory), one device word that two blocks add to; and not behind a
 # __syncthreads or a __syncwarp.
-RACE_CHILD = """
-import sys
-sys.path.insert(0, sys.argv[1])
-from driver import Emulator, build
-print("probe", Emulator(build()).lib.emu_race_probe(int(sys.argv[2])))
-"""
 RACE_PROBES = [("race_in_first_phase_kernel", True), ("ordered_by_syncthreads_kernel", False),
                ("race_between_blocks_kernel", True), ("race_in_later_phase_kernel", True),
                ("race_across_shuffle_kernel", True), ("ordered_by_syncwarp_kernel", False)]
@@ -146,7 +146,7 @@ RACE_PROBES = [("race_in_first_phase_kernel", True), ("ordered_by_syncthreads_ke
 @pytest.mark.parametrize("kind", range(len(RACE_PROBES)), ids=[name for name, _ in RACE_PROBES])
 def test_thread_sanitized_run_reports_exactly_the_unordered_accesses(emu, tmp_path, kind):
     kernel, racy = RACE_PROBES[kind]
-    child, reports = run_child(RACE_CHILD, tmp_path, "TSAN_OPTIONS=exitcode=66", str(kind))
+    child, reports = run_child(PROBE_CHILD, tmp_path, "TSAN_OPTIONS=exitcode=66", "emu_race_probe", str(kind))
     assert "probe" in child.stdout, child.stdout + child.stderr
     if racy:
         assert child.returncode == 66 and "WARNING: ThreadSanitizer: data race" in reports, reports + child.stderr
