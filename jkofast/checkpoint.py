@@ -85,10 +85,20 @@ def require(record: dict, keys, path) -> None:
             raise CheckpointError(f"{path} is missing {key!r}; the file is incomplete or corrupt")
 
 
-def refuse_other_run(path, mine: dict, theirs: dict, same_data: bool) -> None:
+def refuse_other_run(path, mine: dict, theirs: dict, same_data: bool, growable: str | None = None) -> None:
     """Refuse to resume the checkpoint at ``path`` unless its settings (``theirs``) and data are
     this run's (``mine``); the message gives both values of each setting that differs, so that
-    a run started under other defaults can be continued by passing its values."""
+    a run started under other defaults can be continued by passing its values. ``growable`` names
+    a budget (of blocks, of rounds) that may grow, the only difference, as the run goes on; it
+    may not shrink."""
+    if growable is not None and same_data and isinstance(theirs.get(growable), int) \
+            and _without(mine, growable) == _without(theirs, growable):
+        then, now = theirs[growable], mine.get(growable)
+        if now is not None and now < then:
+            raise ValueError(f"{path} is from a run of {growable}={then}: {growable} can grow when a run resumes, "
+                             f"not shrink ({now} here); pass another output folder, or restart (resume=False / "
+                             "--restart) to overwrite it")
+        return
     if mine == theirs and same_data:
         return
     changed = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
@@ -99,6 +109,10 @@ def refuse_other_run(path, mine: dict, theirs: dict, same_data: bool) -> None:
         what, fix = "training data", ""
     raise ValueError(f"{path} is from a run with different {what}; {fix}pass another output folder, "
                      "or restart (resume=False / --restart) to overwrite it")
+
+
+def _without(settings: dict, key: str) -> dict:
+    return {k: v for k, v in settings.items() if k != key}
 
 
 def write_json(path: str | os.PathLike, obj) -> None:

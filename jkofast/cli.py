@@ -61,7 +61,7 @@ _METHOD_OPTIONS = {"rounds": (int, "jko-flow"), "alpha": (float, "jko-flow"), "a
                    "kl_points": (int, "jko-flow")}
 # What each option does, for --help (the settings classes' docstrings say more).
 _HELP = {
-    "blocks": "blocks (JKO steps) in the first pass, at most",
+    "blocks": "blocks (JKO steps) in the first pass, at most (a rerun with more adds to a finished run)",
     "hidden": "width of each block's MLP", "layers": "weight layers of each block's MLP",
     "activation": "the MLP's activation", "beta": "softplus sharpness",
     "steps": "RK4 steps per block (or per unit time) in training",
@@ -82,7 +82,7 @@ _HELP = {
     "pushed_storage": "where each process keeps its pushed samples", "scratch_dir": "folder for --pushed-storage disk",
     "select_blocks": "keep every block, or the prefix with the best validation NLL (auto: val with validation data)",
     "clip": "gradient norm clipping", "standardize": "store the data's mean and std in the model and train on "
-    "standardized data", "rounds": "JKO rounds", "alpha": "weight of the transport cost",
+    "standardized data", "rounds": "JKO rounds (a rerun with more adds to a finished run)", "alpha": "weight of the transport cost",
     "alpha_r": "weight of the HJB regularizer", "init": "first round's initialization",
     "interpolant": "the interpolant x_t between data and noise", "time_beta": "Beta(A, B) law of the training times",
     "lr_final": "cosine decay of the learning rate to lr * lr_final", "checkpoint_every": "steps between checkpoints",

@@ -21,7 +21,8 @@ class JKOFlowConfig(MethodConfig):
     is one step of the JKO scheme.
     Rounds: ``rounds`` solves, each on the training data pushed through the previous rounds and
     adding one block to the flow; ``warm_start`` carries the network and Adam's state from round
-    to round (as the paper's code does), else each round starts afresh.
+    to round (as the paper's code does), else each round starts afresh. A resumed run may raise
+    ``rounds`` (and nothing else that changes training): it goes on as a longer run would have.
     Network: OT-Flow's potential with width ``hidden``, ``layers`` ResNet layers (OT-Flow's nTh)
     and a rank-``rank`` quadratic term (None: min(10, d + 1)). ``init="identity"`` starts the
     first round near the identity map (w = 0 and A scaled by 0.1, so v = -grad Phi is small: on

@@ -5,7 +5,7 @@ stopping rule fires, each reparametrization round re-times and retrains every bl
 refinement round splits every block in two and retrains. Block k always trains on the data
 pushed through blocks 1..k-1, pushed once when block k-1 finishes and carried forward
 (jko_iflow_pushed.py). A checkpoint after every block (jko_iflow_state.py) lets a killed run
-resume exactly.
+resume exactly, and a finished one go on with a larger ``blocks`` (JKOIFlowTrainer._grow).
 
 Under a process group (distributed.py) every rank trains the same block on its own shard
 (shard.py) with DistributedDataParallel: each takes ``batch / world`` rows per step, so the
@@ -99,8 +99,54 @@ class JKOIFlowTrainer:
         self.cursor = {"phase": 0, "block": 0, "started": False, "done": False}
 
     def resume(self) -> bool:
-        """Continue from ``out/checkpoint.pt`` if present (see :func:`restore_state`)."""
-        return restore_state(self)
+        """Continue from ``out/checkpoint.pt`` if present (see :func:`restore_state`); with more
+        ``blocks`` than the checkpoint's, the first pass goes on (:meth:`_grow`)."""
+        then = restore_state(self)
+        if then is None:
+            return False
+        if then < self.cfg.blocks:
+            self._grow(then)
+            save_state(self)  # the checkpoint's settings are this run's from here on
+        return True
+
+    def _grow(self, then: int) -> None:
+        """Turn a run restored from a checkpoint of ``blocks=then`` into the run that this
+        ``blocks`` would have trained from the start: the first pass goes on where the smaller
+        budget ended it. Block k's random numbers come from (seed, k, rank), so the blocks it
+        adds are those a fresh run trains (bit for bit on the same machine and world size).
+
+        A pass that the stopping rule or the validation NLL ended before its budget would end
+        there under any larger one: nothing changes. A pass that spent its budget loses the
+        free block that followed it (``free_block``; trained again after the new last block),
+        and the rules that end a pass early are asked again after its last block, which the old
+        budget ended without asking. Once a retraining round (reparametrization, refinement)
+        has begun, the blocks are no longer the first pass's: refused."""
+        cfg, cursor, flow = self.cfg, self.cursor, self.flow
+        grown = f"blocks={cfg.blocks} on resuming a run of blocks={then}"
+        if cursor["phase"] > 1 or (cursor["phase"] == 1 and cursor["started"]):
+            raise raised_on_every_rank(ValueError(
+                f"{grown}: its {self._label(1)} round has begun, and blocks can only be added to the first pass; "
+                "restart (resume=False / --restart) to train more blocks, or pass another output folder"))
+        stopped = [e["stopped"]["block"] for e in self.log.get("events", []) if "stopped" in e]
+        trained = sum(math.isfinite(h) for h in flow.h)
+        if stopped or trained < then:
+            if stopped:
+                say(f"{grown} adds no block: the first pass ended at block {stopped[-1]} before its budget "
+                    "(log.json's events say why), as it would under any budget", bars=self.progress,
+                    main=self.dist.main)
+            return  # still in the pass (or ended early): the larger budget applies from here on
+        if len(self.log["blocks"]) != flow.num_blocks or any(e["phase"] != "initial" for e in self.log["blocks"]):
+            raise RuntimeError(f"inconsistent training state: {flow.num_blocks} blocks, {len(self.log['blocks'])} logged")
+        free = flow.num_blocks > trained
+        flow.blocks, flow.h = nn.ModuleList(list(flow.blocks)[:trained]), flow.h[:trained]
+        del self.log["blocks"][trained:]
+        self.log.setdefault("events", []).append({"grown": {"blocks": [then, cfg.blocks], "free_block_dropped": free}})
+        self.cursor = {"phase": 0, "block": trained - 1, "started": True, "done": False, "free_next": False}
+        self._advance("initial", 0, trained - 1, self.log["blocks"][-1]["ter"])  # may end the pass (and say why)
+        if self.cursor["phase"] == 0 and not self.cursor["free_next"]:
+            again = ", then the free block again" if free else ""
+            say(f"{grown}: the first pass goes on after block {trained}, up to block {cfg.blocks}{again}",
+                bars=self.progress, main=self.dist.main)
 
     # ------------------------------------------------------------------ one block
     def _new_field(self):

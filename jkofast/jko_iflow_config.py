@@ -24,7 +24,8 @@ class JKOIFlowConfig:
 
     Architecture: ``hidden``, ``layers``, ``activation``, ``beta`` (softplus sharpness),
     ``time`` (t as an input of each block's field).
-    Blocks: at most ``blocks`` in the first pass, h_k = min(h0 * h_growth**(k-1), h_max);
+    Blocks: at most ``blocks`` in the first pass, h_k = min(h0 * h_growth**(k-1), h_max) (the
+    one setting a resumed run may raise: its first pass goes on, see JKOIFlowTrainer._grow);
     with ``stop_tol > 0`` the pass stops early once a block moves the data by less than
     ``stop_tol`` (relative: E|x - T_k x|^2 / E|T_k x|^2, the paper's Ter(k)); off by default: at
     these defaults Ter(k) is small and erratic long before the flow has converged (2-D sets

@@ -29,6 +29,8 @@ LOG_FILE = "log.json"
 _KIND = "jkofast.jko-iflow-state"
 # Settings that do not change what is trained: a resumed run may change them.
 RESUMABLE_CHANGES = {"eval_steps", "pushed_storage", "scratch_dir", "select_blocks"}
+# The one setting a resumed run may raise: the first pass goes on (JKOIFlowTrainer.resume).
+GROWABLE = "blocks"
 _CURSOR_KEYS = ("phase", "block", "started", "done")
 
 
@@ -61,9 +63,11 @@ def save_state(trainer) -> None:
     write_json(trainer.out / LOG_FILE, trainer.log)
 
 
-def restore_state(trainer) -> bool:
+def restore_state(trainer) -> int | None:
     """Continue from ``out/checkpoint.pt`` if there is one; refuse one from other settings or
-    data. Rank 0 reads it and sends the record, or the error, to every rank."""
+    data, except a larger ``blocks`` (the checkpoint's is returned: the trainer goes on from
+    there). Rank 0 reads it and sends the record, or the error, to every rank. Returns None
+    without a checkpoint."""
     if trainer.dist.main:
         try:
             found = ("record", _read_checked(trainer))
@@ -75,11 +79,11 @@ def restore_state(trainer) -> bool:
     if kind == "error":  # rank 0's, on every rank: the command line prints it once
         raise distributed.raised_on_every_rank(value)
     if value is None:
-        return False
+        return None
     restored = Flow.from_payload(value["flow"], trainer.out / CHECKPOINT_FILE, map_location=trainer.device)
     trainer.flow.blocks, trainer.flow.h = restored.blocks, restored.h
     trainer.cursor, trainer.log = dict(value["cursor"]), value["log"]
-    return True
+    return value[GROWABLE]
 
 
 def _read_checked(trainer) -> dict | None:
@@ -93,6 +97,7 @@ def _read_checked(trainer) -> dict | None:
     require(record, ("flow", "config", "cursor", "data", "log"), path)
     if not isinstance(record["cursor"], dict) or any(k not in record["cursor"] for k in _CURSOR_KEYS):
         raise CheckpointError(f"{path} has no valid cursor; the file is corrupt (restart to overwrite it)")
-    refuse_other_run(path, _comparable(trainer.cfg.to_dict()), _comparable(record["config"]),
-                     record["data"] == trainer.data_id)
-    return {k: record[k] for k in ("flow", "cursor", "log")}
+    theirs = _comparable(record["config"])
+    refuse_other_run(path, _comparable(trainer.cfg.to_dict()), theirs, record["data"] == trainer.data_id,
+                     growable=GROWABLE)
+    return {"flow": record["flow"], "cursor": record["cursor"], "log": record["log"], GROWABLE: theirs[GROWABLE]}

@@ -32,9 +32,11 @@ def save_run(out: Path | None, *, method: str, flow: Flow, config: dict, cursor:
     write_json(Path(out) / LOG_FILE, log)
 
 
-def load_run(out: Path | None, *, method: str, config: dict, data_id: str, device) -> dict | None:
+def load_run(out: Path | None, *, method: str, config: dict, data_id: str, device,
+             growable: str | None = None) -> dict | None:
     """The checkpoint in ``out`` with its flow rebuilt on ``device`` (key ``"flow"``), or None if
-    there is none; a checkpoint of another method, other settings or other data is refused."""
+    there is none; a checkpoint of another method, other settings or other data is refused, but
+    for a larger ``growable`` budget (the method's trainer goes on from the checkpoint's)."""
     path = None if out is None else Path(out) / CHECKPOINT_FILE
     if path is None or not path.exists():
         return None
@@ -45,6 +47,6 @@ def load_run(out: Path | None, *, method: str, config: dict, data_id: str, devic
                          "or restart (resume=False / --restart) to overwrite it")
     mine = {k: v for k, v in config.items() if k not in RESUMABLE_CHANGES}
     theirs = {k: v for k, v in record["config"].items() if k not in RESUMABLE_CHANGES}
-    refuse_other_run(path, mine, theirs, record["data"] == data_id)
+    refuse_other_run(path, mine, theirs, record["data"] == data_id, growable=growable)
     record["flow"] = Flow.from_payload(record["flow"], path, map_location=device)
     return record

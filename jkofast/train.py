@@ -184,7 +184,9 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
             ``checkpoint_every`` interpolant steps) and ``model.pt``. A killed run started again
             with the same ``out`` resumes from its last checkpoint.
         resume: continue from ``out/checkpoint.pt`` if present (``False`` starts over, deleting
-            the earlier run's checkpoint, model.pt and log.json from ``out``).
+            the earlier run's checkpoint, model.pt and log.json from ``out``). The settings must
+            be the checkpoint's, but for a larger ``blocks`` (jko-iflow) or ``rounds``
+            (jko-flow): a finished run goes on, as a run with that budget would have.
         device: where to train; default: the device of ``x`` if it is a tensor, else the CPU.
             Under a process group, ``"cuda"`` means this process's GPU, ``cuda:LOCAL_RANK``.
         budget: preset, ``"quick"`` (seconds), ``"default"`` or ``"paper"``; options override it.
@@ -328,7 +330,9 @@ def _train(x, val, method: str, cfg, *, out: Path | None, dist, progress: bool, 
             return nll(flow, val, steps=steps, backend=backend)
         train_rows = x
     log = trainer.log
-    log.update(resumed=resumed, world_size=dist.world)
+    # the checkpoint's log holds the settings it began with; a resumed run may have raised its
+    # budget or changed a setting that does not change what is trained
+    log.update(config=cfg.to_dict(), resumed=resumed, world_size=dist.world)
     # Training seconds and batches add up across resumed processes; wall time and peak memory
     # are this process's alone.
     entries = log.get("blocks", []) + log.get("segments", [])

@@ -94,10 +94,11 @@ def killed(args: dict) -> None:
 
 
 def resume(args: dict) -> None:
-    """Resume (and finish) each run folder in turn; save each rank's final weights."""
+    """Resume (and finish) each run folder in turn, with ``blocks`` if given; save each rank's
+    final weights."""
     x, val, _ = moons()
     for out in args["outs"]:
-        flow = jkofast.train(x, val=val, out=out, progress=False, **RUN)
+        flow = jkofast.train(x, val=val, out=out, progress=False, **(RUN | {"blocks": args.get("blocks", RUN["blocks"])}))
         torch.save(flow.state_dict(), Path(out) / f"rank{os.environ['RANK']}.pt")
         sys.stderr.write(f"gloo threads while the group is up: {gloo_threads()}\n")
 

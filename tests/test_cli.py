@@ -99,6 +99,19 @@ def test_rerun_resumes_instead_of_retraining(run_dir, capsys):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_rerun_with_more_blocks_adds_them(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert main(["train", "--data", "moons", "--out", out, *SMALL, "--blocks", "1"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--data", "moons", "--out", out, *SMALL, "--blocks", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "blocks=2 on resuming a run of blocks=1: the first pass goes on after block 1, up to block 2" in err
+    log = json.loads((tmp_path / "run" / "log.json").read_text())
+    assert [b["block"] for b in log["blocks"]] == [1, 2] and log["config"]["blocks"] == 2
+    assert main(["train", "--data", "moons", "--out", out, *SMALL, "--blocks", "1"]) == 2   # a refusal
+    assert "blocks can grow when a run resumes, not shrink" in capsys.readouterr().err
+
+
 def test_eval_sample_plot(run_dir, tmp_path, capsys):
     assert main(["eval", "--model", str(run_dir), "--steps", "6", "3", "--json", str(tmp_path / "e.json")]) == 0
     out = capsys.readouterr().out

@@ -152,6 +152,27 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, monkeypatch):
         jkofast.train(x, "jko-flow", out=tmp_path / "killed", progress=False, **dict(opts, alpha=3.0))
 
 
+def test_more_rounds_on_resume_give_the_longer_run(tmp_path, caplog):
+    """A finished run resumed with more ``rounds`` goes on and equals a run with that many from
+    the start, bit for bit (the generator and Adam's state carry over); fewer are refused."""
+    import logging
+
+    x = torch.as_tensor(jkofast.datasets.get("moons", 500, 10, 10, seed=1)[0])
+    opts = dict(ROUNDS, rounds=2, iters=8)
+    longer = jkofast.train(x, "jko-flow", out=tmp_path / "longer", progress=False, **dict(opts, rounds=3))
+    jkofast.train(x, "jko-flow", out=tmp_path / "grown", progress=False, **opts)
+    caplog.set_level(logging.INFO, logger="jkofast")
+    grown = jkofast.train(x, "jko-flow", out=tmp_path / "grown", progress=False, **dict(opts, rounds=3))
+    assert grown.num_blocks == 3 and grown.state_dict().keys() == longer.state_dict().keys()
+    for key, p in longer.state_dict().items():
+        assert torch.equal(p, grown.state_dict()[key]), key
+    assert "rounds=3 on resuming a run of rounds=2: the run goes on after round 2, up to round 3" in caplog.text
+    log = json.loads((tmp_path / "grown" / "log.json").read_text())
+    assert {"grown": {"rounds": [2, 3]}} in log["events"] and len(log["blocks"]) == 3
+    with pytest.raises(ValueError, match=r"rounds can grow when a run resumes, not shrink \(1 here\)"):
+        jkofast.train(x, "jko-flow", out=tmp_path / "grown", progress=False, **dict(opts, rounds=1))
+
+
 def test_compiled_backend_is_refused_with_the_reason():
     x = torch.randn(50, 2)
     with pytest.raises(ValueError, match="OT-Flow potential runs on the torch engine"):

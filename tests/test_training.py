@@ -1,6 +1,7 @@
 """JKO-iFlow training on real data: the loss goes down, the model fits, runs resume exactly,
 and failures stop loudly."""
 import json
+import logging
 import math
 
 import numpy as np
@@ -138,6 +139,71 @@ def test_resume_across_rounds_and_free_block(tmp_path, moons, monkeypatch):
         assert resumed.h == full.h
         for key, p in full.state_dict().items():
             assert torch.equal(p, resumed.state_dict()[key]), (kill_at, key)
+
+
+def assert_same_flow(a, b):
+    assert a.h == b.h and a.state_dict().keys() == b.state_dict().keys()
+    for key, p in a.state_dict().items():
+        assert torch.equal(p, b.state_dict()[key]), key
+
+
+@pytest.mark.parametrize("free_block", [False, True])
+def test_more_blocks_on_resume_give_the_longer_run(tmp_path, moons, monkeypatch, caplog, free_block):
+    """A finished run resumed with a larger ``blocks`` becomes the run that budget trains from
+    the start, bit for bit: its first pass goes on (a free block that followed it is trained
+    again after the new last block), and so does a run killed in its first pass."""
+    x, val = moons[0][:500], moons[1][:300]
+    opts = QUICK | {"free_block": free_block}
+    longer = jkofast.train(x, val=val, out=tmp_path / "longer", progress=False, **(opts | {"blocks": 4}))
+    jkofast.train(x, val=val, out=tmp_path / "grown", progress=False, **opts)
+    caplog.set_level(logging.INFO, logger="jkofast")  # what train() says (progress=False: as log records)
+    caplog.clear()
+    grown = jkofast.train(x, val=val, out=tmp_path / "grown", progress=False, **(opts | {"blocks": 4}))
+    assert_same_flow(grown, longer)
+    assert grown.num_blocks == 4 + free_block   # no block was cut by its validation NLL here
+    again = ", then the free block again" if free_block else ""
+    assert f"blocks=4 on resuming a run of blocks=2: the first pass goes on after block 2, up to block 4{again}" \
+        in caplog.text
+    log = json.loads((tmp_path / "grown" / "log.json").read_text())
+    assert [e["block"] for e in log["blocks"]] == list(range(1, 5 + free_block))
+    assert {"grown": {"blocks": [2, 4], "free_block_dropped": free_block}} in log["events"]
+    # killed in its first pass (after block 1 of 2), resumed with 4
+    train_killed(monkeypatch, 2, x, val=val, out=tmp_path / "killed", progress=False, **opts)
+    assert_same_flow(jkofast.train(x, val=val, out=tmp_path / "killed", progress=False, **(opts | {"blocks": 4})),
+                     longer)
+
+
+def test_more_blocks_on_resume_ask_the_stopping_rule_again(tmp_path, moons, caplog):
+    """The old budget ended the pass without asking the stopping rule; a larger one asks it
+    after the last block, as a run with that budget from the start would have. A pass the rule
+    ended before its budget gains no block from a larger one."""
+    x = moons[0][:500]
+    opts = QUICK | {"blocks": 1, "stop_tol": 1e9}   # every Ter(k) is below 1e9
+    jkofast.train(x, out=tmp_path, progress=False, **opts)
+    caplog.set_level(logging.INFO, logger="jkofast")
+    caplog.clear()
+    flow = jkofast.train(x, out=tmp_path, progress=False, **(opts | {"blocks": 3}))
+    assert flow.num_blocks == 1 and "stopping rule: block 1 moved the data" in caplog.text
+    assert_same_flow(flow, jkofast.train(x, out=tmp_path / "fresh", progress=False, **(opts | {"blocks": 3})))
+    caplog.clear()
+    flow = jkofast.train(x, out=tmp_path, progress=False, **(opts | {"blocks": 5}))
+    assert flow.num_blocks == 1
+    assert "blocks=5 on resuming a run of blocks=3 adds no block: the first pass ended at block 1" \
+        in caplog.text
+
+
+def test_blocks_cannot_shrink_or_grow_after_a_retraining_round(tmp_path, moons):
+    x = moons[0][:500]
+    jkofast.train(x, out=tmp_path / "a", progress=False, **QUICK)
+    with pytest.raises(ValueError, match="blocks can grow when a run resumes, not shrink"):
+        jkofast.train(x, out=tmp_path / "a", progress=False, **(QUICK | {"blocks": 1}))
+    # another setting changed too: the usual refusal, naming both
+    with pytest.raises(ValueError, match=r"blocks: 2 there, 3 here; lr: 0\.003 there, 0\.1 here"):
+        jkofast.train(x, out=tmp_path / "a", progress=False, **(QUICK | {"blocks": 3, "lr": 0.1}))
+    opts = QUICK | {"reparam_rounds": 1, "retrain_iters": 3}
+    jkofast.train(x, out=tmp_path / "b", progress=False, **opts)
+    with pytest.raises(ValueError, match="its reparam1 round has begun, and blocks can only be added to the first"):
+        jkofast.train(x, out=tmp_path / "b", progress=False, **(opts | {"blocks": 3}))
 
 
 def test_stopping_rule_and_free_block(moons, monkeypatch, capsys, tmp_path):
