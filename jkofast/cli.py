@@ -122,9 +122,9 @@ def _load_data(spec: dict):
                          "needs at least 10 rows; for fewer, call jkofast.train(x) in Python (no split)") from exc
 
 
-def _as_array(data, seed: int, n: int = 20_000) -> np.ndarray:
+def _as_array(data, seed: int, n: int) -> np.ndarray:
     """An in-memory array of data, for plots: of a memory-mapped set, a seeded random subset of
-    n rows (plot_flow draws its points from what it is given)."""
+    n rows, the plot's points (plot_flow draws its own subset of an array with more)."""
     return data.sample(n, seed) if isinstance(data, Rows) else data
 
 
@@ -376,8 +376,8 @@ def _train_and_report(args, dist) -> int:
     samples = flow.sample(args.samples, generator=g, dtype=torch.float64).detach().cpu().numpy()
     _save_npy(out / "samples.npy", samples)
     if flow.dim == 2 and not args.no_plot:
-        from .plotting import plot_flow
-        plot_flow(flow, _as_array(x_test, args.seed), out / "plot.png", samples=samples,
+        from .plotting import PLOT_POINTS, plot_flow
+        plot_flow(flow, _as_array(x_test, args.seed, PLOT_POINTS), out / "plot.png", samples=samples,
                   title=f"{spec['name']}: {flow.num_blocks} blocks")
     write_json(out / "metrics.json", metrics)  # last: its presence says the report is complete
     _print_evaluation(metrics, grids)
@@ -516,10 +516,10 @@ def _csv_header(names: list[str]) -> str:
 
 
 def cmd_plot(args) -> int:
-    from .plotting import plot_flow
+    from .plotting import PLOT_POINTS, plot_flow
     flow, recorded, test = _flow_and_data(args)
     title = args.data or (recorded or {}).get("name", "")
-    n_points = args.n_test or 5000
+    n_points = args.n_test or PLOT_POINTS
     path = plot_flow(flow, _as_array(test, args.seed, n_points), args.out, n_points=n_points, seed=args.seed,
                      title=str(title))
     print(f"wrote {path}")

@@ -66,6 +66,7 @@ class InterpolantTrainer:
         self.data_id, self.progress, self.backend = data_id, progress, backend
         self.log = log if log is not None else {}
         self.log.setdefault("segments", [])
+        self.resume_notes: list[str] = []  # (train() says them; the interpolant has none)
         self.generator = torch.Generator(device=u_train.device).manual_seed(config.seed)
         self.iteration = 0
         self.optimizer_state: dict | None = None

@@ -21,7 +21,7 @@ from .jko_flow_config import JKOFlowConfig
 from .metrics import push, rows_per_chunk, standard_normal_nll
 from .optim_step import check_weights, cosine_lr, optimizer_step, random_rows
 from .ot_flow_loss import ot_flow_loss
-from .progress import progress_bar, say
+from .progress import progress_bar
 from .run_state import load_run, save_run
 
 __all__ = ["JKOFlowTrainer"]
@@ -48,11 +48,13 @@ class JKOFlowTrainer:
         self.round = 0
         self.optimizer_state: dict | None = None
         self.chunk = rows_per_chunk(flow)
+        self.resume_notes: list[str] = []
 
     def resume(self) -> bool:
         """Continue from ``out/checkpoint.pt`` if present; refuse one from other settings or data,
         except more ``rounds``: the run goes on, as a run with that many from the start (its
-        random numbers and Adam's state carry over from round to round in either)."""
+        random numbers and Adam's state carry over from round to round in either). What the
+        resume decided by itself is left in ``resume_notes`` (train() says it)."""
         record = load_run(self.out, method=METHOD, config=self.cfg.to_dict(), data_id=self.data_id,
                           device=self.u_train.device, growable="rounds")
         if record is None:
@@ -62,11 +64,10 @@ class JKOFlowTrainer:
         self.generator.set_state(record["generator"])
         self.log = record["log"]
         then = record["config"].get("rounds", self.cfg.rounds)
-        if then != self.cfg.rounds:
+        if then != self.cfg.rounds:  # (the next checkpoint, after the next round, records it)
             self.log.setdefault("events", []).append({"grown": {"rounds": [then, self.cfg.rounds]}})
-            say(f"rounds={self.cfg.rounds} on resuming a run of rounds={then}: the run goes on after round "
-                f"{self.round}, up to round {self.cfg.rounds}", bars=self.progress)
-            self._save()  # the checkpoint's settings are this run's from here on
+            self.resume_notes.append(f"rounds={self.cfg.rounds} on resuming a run of rounds={then}: the run goes on "
+                                     f"after round {self.round}, up to round {self.cfg.rounds}")
         return True
 
     def _save(self) -> None:

@@ -97,17 +97,38 @@ class JKOIFlowTrainer:
         self.log.setdefault("blocks", [])
         self.phases = ["initial"] + ["reparam"] * config.reparam_rounds + ["refine"] * config.refine_rounds
         self.cursor = {"phase": 0, "block": 0, "started": False, "done": False}
+        self.resume_notes: list[str] = []
 
     def resume(self) -> bool:
         """Continue from ``out/checkpoint.pt`` if present (see :func:`restore_state`); with more
-        ``blocks`` than the checkpoint's, the first pass goes on (:meth:`_grow`)."""
+        ``blocks`` than the checkpoint's, the first pass goes on (:meth:`_grow`). What the resume
+        decided by itself is left in ``resume_notes`` (train() says it after "resuming")."""
         then = restore_state(self)
         if then is None:
             return False
-        if then < self.cfg.blocks:
-            self._grow(then)
-            save_state(self)  # the checkpoint's settings are this run's from here on
+        grows = then["blocks"] < self.cfg.blocks
+        self._check_pass_rules_kept(then, grows)
+        if grows:
+            self._grow(then["blocks"])
         return True
+
+    def _stall_patience(self, select_blocks: str) -> int:
+        """val_patience where the blocks are selected by validation (``select_blocks``), else 0."""
+        return self.cfg.val_patience if self._selects_by_validation(select_blocks) else 0
+
+    def _check_pass_rules_kept(self, then: dict, grows: bool) -> None:
+        """Refuse a changed ``select_blocks`` (a resumable setting) where it would change where
+        the first pass ends: with validation data it turns the val_patience rule on or off, so
+        it may change once the first pass is over, unless the pass goes on (``grows``)."""
+        if self._stall_patience(then["select_blocks"]) == self._stall_patience(self.cfg.select_blocks):
+            return
+        if self.cursor["phase"] == 0 or grows:
+            when = "is not over" if self.cursor["phase"] == 0 else "goes on (blocks grows)"
+            raise raised_on_every_rank(ValueError(
+                f"select_blocks={self.cfg.select_blocks!r} on resuming a run of select_blocks="
+                f"{then['select_blocks']!r}: with validation data and val_patience={self.cfg.val_patience} it also "
+                f"decides where the first pass ends, and that pass {when}; pass select_blocks="
+                f"{then['select_blocks']!r} (it may change once the first pass is over)"))
 
     def _grow(self, then: int) -> None:
         """Turn a run restored from a checkpoint of ``blocks=then`` into the run that this
@@ -116,11 +137,12 @@ class JKOIFlowTrainer:
         adds are those a fresh run trains (bit for bit on the same machine and world size).
 
         A pass that the stopping rule or the validation NLL ended before its budget would end
-        there under any larger one: nothing changes. A pass that spent its budget loses the
-        free block that followed it (``free_block``; trained again after the new last block),
-        and the rules that end a pass early are asked again after its last block, which the old
-        budget ended without asking. Once a retraining round (reparametrization, refinement)
-        has begun, the blocks are no longer the first pass's: refused."""
+        there under any larger one; the old budget ended the pass after its last block without
+        asking those rules, so they are asked now, and where they end it nothing changes
+        either. Otherwise a free block that followed the pass (``free_block``) is dropped (and
+        trained again after the new last block). Once a retraining round (reparametrization,
+        refinement) has begun, the blocks are no longer the first pass's: refused. Nothing is
+        written here: the next checkpoint follows the next block."""
         cfg, cursor, flow = self.cfg, self.cursor, self.flow
         grown = f"blocks={cfg.blocks} on resuming a run of blocks={then}"
         if cursor["phase"] > 1 or (cursor["phase"] == 1 and cursor["started"]):
@@ -129,24 +151,32 @@ class JKOIFlowTrainer:
                 "restart (resume=False / --restart) to train more blocks, or pass another output folder"))
         stopped = [e["stopped"]["block"] for e in self.log.get("events", []) if "stopped" in e]
         trained = sum(math.isfinite(h) for h in flow.h)
-        if stopped or trained < then:
-            if stopped:
-                say(f"{grown} adds no block: the first pass ended at block {stopped[-1]} before its budget "
-                    "(log.json's events say why), as it would under any budget", bars=self.progress,
-                    main=self.dist.main)
-            return  # still in the pass (or ended early): the larger budget applies from here on
+        if stopped:
+            self.resume_notes.append(f"{grown} adds no block: the first pass ended at block {stopped[-1]} before its "
+                                     "budget (log.json's events say why), as it would under any budget")
+            return
+        events = self.log.setdefault("events", [])
+        if trained < then:  # killed in the pass: the larger budget applies from here on
+            events.append({"grown": {"blocks": [then, cfg.blocks], "free_block_dropped": False}})
+            return
         if len(self.log["blocks"]) != flow.num_blocks or any(e["phase"] != "initial" for e in self.log["blocks"]):
             raise RuntimeError(f"inconsistent training state: {flow.num_blocks} blocks, {len(self.log['blocks'])} logged")
+        end = self._early_end(trained - 1, self.log["blocks"][trained - 1]["ter"])
+        if end is not None:
+            event, why, _ = end
+            events.append({"stopped": {"block": trained, **event}})
+            self.resume_notes.append(f"{grown} adds no block: {why}, so the first pass ends there under any budget")
+            return
         free = flow.num_blocks > trained
-        flow.blocks, flow.h = nn.ModuleList(list(flow.blocks)[:trained]), flow.h[:trained]
-        del self.log["blocks"][trained:]
-        self.log.setdefault("events", []).append({"grown": {"blocks": [then, cfg.blocks], "free_block_dropped": free}})
-        self.cursor = {"phase": 0, "block": trained - 1, "started": True, "done": False, "free_next": False}
-        self._advance("initial", 0, trained - 1, self.log["blocks"][-1]["ter"])  # may end the pass (and say why)
-        if self.cursor["phase"] == 0 and not self.cursor["free_next"]:
-            again = ", then the free block again" if free else ""
-            say(f"{grown}: the first pass goes on after block {trained}, up to block {cfg.blocks}{again}",
-                bars=self.progress, main=self.dist.main)
+        if free:  # trained again after the new last block, as a run with this budget does
+            self.log.setdefault("discarded", []).extend(self.log["blocks"][trained:])
+            del self.log["blocks"][trained:]
+            flow.blocks, flow.h = nn.ModuleList(list(flow.blocks)[:trained]), flow.h[:trained]
+        events.append({"grown": {"blocks": [then, cfg.blocks], "free_block_dropped": free}})
+        self.cursor = {"phase": 0, "block": trained, "started": True, "done": False, "free_next": False}
+        again = ", then the free block again" if free else ""
+        self.resume_notes.append(f"{grown}: the first pass goes on after block {trained}, up to block {cfg.blocks}"
+                                 f"{again}")
 
     # ------------------------------------------------------------------ one block
     def _new_field(self):
@@ -299,21 +329,41 @@ class JKOIFlowTrainer:
         self.flow.h = self.flow.h[:keep]
         return True
 
-    def _selects_by_validation(self) -> bool:
-        return self.cfg.select_blocks == "val" or (self.cfg.select_blocks == "auto" and self.data.val is not None)
+    def _selects_by_validation(self, select_blocks: str | None = None) -> bool:
+        """Whether the blocks are selected by their validation NLL under ``select_blocks``
+        (default: this run's)."""
+        select = select_blocks or self.cfg.select_blocks
+        return select == "val" or (select == "auto" and self.data.val is not None)
 
-    def _validation_stalled(self) -> bool:
-        """Whether the last ``val_patience`` blocks of the first pass all left the validation NLL
-        above the best before them (a NaN counts as above), when the blocks are selected by it:
-        blocks past that point are dropped at the end unless the NLL comes back below."""
+    def _validation_stalled(self, k: int) -> bool:
+        """Whether the last ``val_patience`` blocks of the first pass up to block k all left the
+        validation NLL above the best before them (a NaN counts as above), when the blocks are
+        selected by it: blocks past that point are dropped at the end unless the NLL comes back
+        below."""
         patience = self.cfg.val_patience
         if not patience or not self._selects_by_validation():
             return False
-        nll = [e["val_nll_standardized"] for e in self.log["blocks"] if e["phase"] == "initial"]
+        nll = [e["val_nll_standardized"] for e in self.log["blocks"] if e["phase"] == "initial"][:k + 1]
         if len(nll) <= patience:
             return False
         best = min((v for v in nll[:-patience] if math.isfinite(v)), default=math.inf)
         return all(not v <= best for v in nll[-patience:])
+
+    def _early_end(self, k: int, ter: float) -> tuple[dict, str, str] | None:
+        """Why the first pass ends after block k before its budget of blocks, as (the log
+        event, the reason, the setting that turns the rule off), or None where it goes on (and
+        after the budget's last block or the free block, which end it anyway)."""
+        cfg = self.cfg
+        if k + 1 >= cfg.blocks or not math.isfinite(self.flow.h[k]):
+            return None
+        if self._validation_stalled(k):
+            return ({"val_patience": cfg.val_patience},
+                    f"the validation NLL has been above its best for {cfg.val_patience} block(s)", "val_patience=0")
+        if ter < cfg.stop_tol:
+            return ({"ter": ter, "stop_tol": cfg.stop_tol},
+                    f"stopping rule: block {k + 1} moved the data by Ter = {ter:.2g} < stop_tol = {cfg.stop_tol:g}",
+                    "stop_tol=0")
+        return None
 
     def _note_early_end(self, k: int, event: dict, why: str, off: str) -> None:
         """Log and say that the first pass ends after block k, before its budget of blocks."""
@@ -328,15 +378,10 @@ class JKOIFlowTrainer:
         follows; a retraining round ends after its last block."""
         cfg, flow = self.cfg, self.flow
         free = not math.isfinite(flow.h[k])
-        early = phase == "initial" and k + 1 < cfg.blocks and not free
-        stalled = early and self._validation_stalled()
-        stop = k + 1 >= cfg.blocks or ter < cfg.stop_tol or stalled
-        if stalled:
-            self._note_early_end(k, {"val_patience": cfg.val_patience}, "the validation NLL has been above its "
-                                 f"best for {cfg.val_patience} block(s)", "val_patience=0")
-        elif early and ter < cfg.stop_tol:
-            self._note_early_end(k, {"ter": ter, "stop_tol": cfg.stop_tol}, f"stopping rule: block {k + 1} moved "
-                                 f"the data by Ter = {ter:.2g} < stop_tol = {cfg.stop_tol:g}", "stop_tol=0")
+        end = self._early_end(k, ter) if phase == "initial" else None
+        stop = k + 1 >= cfg.blocks or end is not None
+        if end is not None:
+            self._note_early_end(k, *end)
         if phase == "initial" and stop and cfg.free_block and not free:
             self.cursor.update(block=k + 1, free_next=True)
         elif (phase == "initial" and (stop or free)) or (phase != "initial" and k + 1 == flow.num_blocks):

@@ -27,7 +27,9 @@ __all__ = ["CHECKPOINT_FILE", "LOG_FILE", "data_fingerprint", "save_state", "res
 CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "log.json"
 _KIND = "jkofast.jko-iflow-state"
-# Settings that do not change what is trained: a resumed run may change them.
+# Settings that do not change what is trained: a resumed run may change them (select_blocks
+# only once the first pass is over, where it would turn the val_patience rule on or off:
+# JKOIFlowTrainer._check_pass_rules_kept).
 RESUMABLE_CHANGES = {"eval_steps", "pushed_storage", "scratch_dir", "select_blocks"}
 # The one setting a resumed run may raise: the first pass goes on (JKOIFlowTrainer.resume).
 GROWABLE = "blocks"
@@ -47,10 +49,13 @@ def data_fingerprint(*arrays: Tensor | None) -> str:
     return digest.hexdigest()
 
 
-def _comparable(config: dict) -> dict:
+def _with_defaults(config: dict) -> dict:
     # A setting that an older checkpoint lacks did not exist then: the run had its default.
-    defaults = JKOIFlowConfig().to_dict()
-    return {k: v for k, v in {**defaults, **config}.items() if k not in RESUMABLE_CHANGES}
+    return {**JKOIFlowConfig().to_dict(), **config}
+
+
+def _comparable(config: dict) -> dict:
+    return {k: v for k, v in _with_defaults(config).items() if k not in RESUMABLE_CHANGES}
 
 
 def save_state(trainer) -> None:
@@ -63,11 +68,12 @@ def save_state(trainer) -> None:
     write_json(trainer.out / LOG_FILE, trainer.log)
 
 
-def restore_state(trainer) -> int | None:
+def restore_state(trainer) -> dict | None:
     """Continue from ``out/checkpoint.pt`` if there is one; refuse one from other settings or
-    data, except a larger ``blocks`` (the checkpoint's is returned: the trainer goes on from
-    there). Rank 0 reads it and sends the record, or the error, to every rank. Returns None
-    without a checkpoint."""
+    data, except a larger ``blocks`` and the RESUMABLE_CHANGES (the trainer checks those against
+    the checkpoint's settings, which are returned, with the defaults of settings it predates).
+    Rank 0 reads it and sends the record, or the error, to every rank. Returns None without a
+    checkpoint."""
     if trainer.dist.main:
         try:
             found = ("record", _read_checked(trainer))
@@ -83,7 +89,7 @@ def restore_state(trainer) -> int | None:
     restored = Flow.from_payload(value["flow"], trainer.out / CHECKPOINT_FILE, map_location=trainer.device)
     trainer.flow.blocks, trainer.flow.h = restored.blocks, restored.h
     trainer.cursor, trainer.log = dict(value["cursor"]), value["log"]
-    return value[GROWABLE]
+    return value["config"]
 
 
 def _read_checked(trainer) -> dict | None:
@@ -97,7 +103,7 @@ def _read_checked(trainer) -> dict | None:
     require(record, ("flow", "config", "cursor", "data", "log"), path)
     if not isinstance(record["cursor"], dict) or any(k not in record["cursor"] for k in _CURSOR_KEYS):
         raise CheckpointError(f"{path} has no valid cursor; the file is corrupt (restart to overwrite it)")
-    theirs = _comparable(record["config"])
-    refuse_other_run(path, _comparable(trainer.cfg.to_dict()), theirs, record["data"] == trainer.data_id,
-                     growable=GROWABLE)
-    return {"flow": record["flow"], "cursor": record["cursor"], "log": record["log"], GROWABLE: theirs[GROWABLE]}
+    refuse_other_run(path, _comparable(trainer.cfg.to_dict()), _comparable(record["config"]),
+                     record["data"] == trainer.data_id, growable=GROWABLE)
+    return {"flow": record["flow"], "cursor": record["cursor"], "log": record["log"],
+            "config": _with_defaults(record["config"])}

@@ -11,7 +11,11 @@ import torch
 from ._atomic import replaced_atomically
 from .datasets.streaming import seeded_picks
 
-__all__ = ["density_grid", "plot_flow"]
+__all__ = ["density_grid", "plot_flow", "PLOT_POINTS"]
+
+# points of the data, the samples and each trajectory panel: enough to show the shape, few
+# enough that a PNG of rasterized dots stays small
+PLOT_POINTS = 5000
 
 
 @torch.no_grad()
@@ -38,7 +42,7 @@ def _bounds(data: np.ndarray, margin: float = 0.15) -> tuple[float, float, float
 
 
 def plot_flow(flow, data: np.ndarray, path: str | Path, *, samples: np.ndarray | None = None,
-              n_points: int = 5000, resolution: int = 200, seed: int = 0, title: str = "") -> Path:
+              n_points: int = PLOT_POINTS, resolution: int = 200, seed: int = 0, title: str = "") -> Path:
     """Save a PNG: data, samples, density (top row) and the data pushed through the blocks
     (bottom row, at most 6 panels from the standardized data to the latent space); at most
     ``n_points`` of each, the data's drawn at random by ``seed``."""

@@ -35,8 +35,9 @@ from .resources import ResourceMeter
 __all__ = ["train", "settings", "METHODS"]
 
 # method name -> (its settings dataclass, its trainer). Every trainer takes (flow, config, u_train,
-# u_val, out=, data_id=, progress=, backend=, log=), has resume() and run(), and logs entries with
-# "iters" and "seconds" under "blocks" (one per trained block) or "segments" (interpolant).
+# u_val, out=, data_id=, progress=, backend=, log=), has resume() (which leaves what it decided by
+# itself in resume_notes) and run(), and logs entries with "iters" and "seconds" under "blocks" (one
+# per trained block) or "segments" (interpolant), and "discarded" (trained, then dropped).
 _METHODS = {
     "jko-iflow": (JKOIFlowConfig, JKOIFlowTrainer),
     "jko-flow": (JKOFlowConfig, JKOFlowTrainer),
@@ -146,6 +147,11 @@ def _resume_and_run(trainer, out: Path | None, method: str, device, progress: bo
     if resumed:
         say(f"resuming from {out / CHECKPOINT_FILE}: {done} {_UNITS[method]} done (resume=False, or --restart, "
             "starts over)", bars=progress, main=main)
+        for note in trainer.resume_notes:  # what the resume decided (a larger budget)
+            say(note, bars=progress, main=main)
+        # the checkpoint's log holds the settings it began with; a resumed run may have raised its
+        # budget or changed a setting that does not change what is trained
+        trainer.log["config"] = trainer.cfg.to_dict()
     with ResourceMeter(device) as meter:
         trainer.run()
     return resumed, done, meter
@@ -330,12 +336,10 @@ def _train(x, val, method: str, cfg, *, out: Path | None, dist, progress: bool, 
             return nll(flow, val, steps=steps, backend=backend)
         train_rows = x
     log = trainer.log
-    # the checkpoint's log holds the settings it began with; a resumed run may have raised its
-    # budget or changed a setting that does not change what is trained
-    log.update(config=cfg.to_dict(), resumed=resumed, world_size=dist.world)
+    log.update(resumed=resumed, world_size=dist.world)
     # Training seconds and batches add up across resumed processes; wall time and peak memory
     # are this process's alone.
-    entries = log.get("blocks", []) + log.get("segments", [])
+    entries = log.get("blocks", []) + log.get("segments", []) + log.get("discarded", [])  # (a dropped free block)
     log["train_seconds"] = round(sum(entry["seconds"] for entry in entries), 3)
     log["train_batches"] = sum(entry.get("iters", 0) for entry in entries)
     log["resources"] = meter.result()

@@ -167,6 +167,8 @@ def test_more_blocks_on_resume_give_the_longer_run(tmp_path, moons, monkeypatch,
     log = json.loads((tmp_path / "grown" / "log.json").read_text())
     assert [e["block"] for e in log["blocks"]] == list(range(1, 5 + free_block))
     assert {"grown": {"blocks": [2, 4], "free_block_dropped": free_block}} in log["events"]
+    # the dropped free block's work still counts
+    assert len(log.get("discarded", [])) == free_block and log["train_batches"] == QUICK["iters"] * (4 + 2 * free_block)
     # killed in its first pass (after block 1 of 2), resumed with 4
     train_killed(monkeypatch, 2, x, val=val, out=tmp_path / "killed", progress=False, **opts)
     assert_same_flow(jkofast.train(x, val=val, out=tmp_path / "killed", progress=False, **(opts | {"blocks": 4})),
@@ -176,20 +178,46 @@ def test_more_blocks_on_resume_give_the_longer_run(tmp_path, moons, monkeypatch,
 def test_more_blocks_on_resume_ask_the_stopping_rule_again(tmp_path, moons, caplog):
     """The old budget ended the pass without asking the stopping rule; a larger one asks it
     after the last block, as a run with that budget from the start would have. A pass the rule
-    ended before its budget gains no block from a larger one."""
+    ended before its budget gains no block from a larger one. Neither changes the checkpoint:
+    the first command still resumes, and log.json keeps the numbers of the process that trained."""
     x = moons[0][:500]
     opts = QUICK | {"blocks": 1, "stop_tol": 1e9}   # every Ter(k) is below 1e9
-    jkofast.train(x, out=tmp_path, progress=False, **opts)
+    jkofast.train(x, out=tmp_path / "a", progress=False, **opts)
+    trained = json.loads((tmp_path / "a" / "log.json").read_text())["resources"]
     caplog.set_level(logging.INFO, logger="jkofast")
     caplog.clear()
-    flow = jkofast.train(x, out=tmp_path, progress=False, **(opts | {"blocks": 3}))
-    assert flow.num_blocks == 1 and "stopping rule: block 1 moved the data" in caplog.text
-    assert_same_flow(flow, jkofast.train(x, out=tmp_path / "fresh", progress=False, **(opts | {"blocks": 3})))
-    caplog.clear()
-    flow = jkofast.train(x, out=tmp_path, progress=False, **(opts | {"blocks": 5}))
+    flow = jkofast.train(x, out=tmp_path / "a", progress=False, **(opts | {"blocks": 3}))
     assert flow.num_blocks == 1
-    assert "blocks=5 on resuming a run of blocks=3 adds no block: the first pass ended at block 1" \
-        in caplog.text
+    assert "blocks=3 on resuming a run of blocks=1 adds no block: stopping rule: block 1 moved the data" in caplog.text
+    assert caplog.text.index("resuming from") < caplog.text.index("adds no block")
+    assert_same_flow(flow, jkofast.train(x, out=tmp_path / "fresh", progress=False, **(opts | {"blocks": 3})))
+    assert json.loads((tmp_path / "a" / "log.json").read_text())["resources"] == trained
+    jkofast.train(x, out=tmp_path / "a", progress=False, **opts)   # the checkpoint is still the first run's
+    # a pass the rule ended before its budget: the same under any larger one
+    jkofast.train(x, out=tmp_path / "b", progress=False, **(opts | {"blocks": 2}))
+    caplog.clear()
+    assert jkofast.train(x, out=tmp_path / "b", progress=False, **(opts | {"blocks": 5})).num_blocks == 1
+    assert "blocks=5 on resuming a run of blocks=2 adds no block: the first pass ended at block 1 before its " \
+        "budget" in caplog.text
+
+
+def test_select_blocks_may_not_change_where_the_first_pass_ends(tmp_path, moons, monkeypatch):
+    """With validation data select_blocks turns the val_patience rule on ("auto", "val") or off
+    ("all"): it may change on resume once the first pass is over, not while it runs or grows."""
+    x, val = moons[0][:500], moons[1][:300]
+    jkofast.train(x, val=val, out=tmp_path / "done", progress=False, **QUICK)
+    jkofast.train(x, val=val, out=tmp_path / "done", progress=False, **(QUICK | {"select_blocks": "all"}))
+    jkofast.train(x, val=val, out=tmp_path / "done", progress=False, **(QUICK | {"select_blocks": "val"}))
+    with pytest.raises(ValueError, match="select_blocks='all' on resuming a run of select_blocks='auto'.*that "
+                                         r"pass goes on \(blocks grows\)"):
+        jkofast.train(x, val=val, out=tmp_path / "done", progress=False, **(QUICK | {"blocks": 3,
+                                                                                     "select_blocks": "all"}))
+    train_killed(monkeypatch, 2, x, val=val, out=tmp_path / "killed", progress=False, **QUICK)
+    with pytest.raises(ValueError, match="that pass is not over"):
+        jkofast.train(x, val=val, out=tmp_path / "killed", progress=False, **(QUICK | {"select_blocks": "all"}))
+    # without validation data the rule is off under any choice: "all" and "auto" are the same run
+    train_killed(monkeypatch, 2, x, out=tmp_path / "noval", progress=False, **QUICK)
+    jkofast.train(x, out=tmp_path / "noval", progress=False, **(QUICK | {"select_blocks": "all"}))
 
 
 def test_blocks_cannot_shrink_or_grow_after_a_retraining_round(tmp_path, moons):
