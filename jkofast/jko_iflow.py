@@ -107,6 +107,11 @@ class JKOIFlowTrainer:
         if then is None:
             return False
         grows = then["blocks"] < self.cfg.blocks
+        if grows and (self.cursor["phase"] > 1 or (self.cursor["phase"] == 1 and self.cursor["started"])):
+            raise raised_on_every_rank(ValueError(
+                f"blocks={self.cfg.blocks} on resuming a run of blocks={then['blocks']}: its {self._label(1)} round has "
+                "begun, and blocks can only be added to the first pass; restart (resume=False / --restart) to train "
+                "more blocks, or pass another output folder"))
         self._check_pass_rules_kept(then, grows)
         if grows:
             self._grow(then["blocks"])
@@ -122,13 +127,14 @@ class JKOIFlowTrainer:
         it may change once the first pass is over, unless the pass goes on (``grows``)."""
         if self._stall_patience(then["select_blocks"]) == self._stall_patience(self.cfg.select_blocks):
             return
-        if self.cursor["phase"] == 0 or grows:
-            when = "is not over" if self.cursor["phase"] == 0 else "goes on (blocks grows)"
+        in_pass = self.cursor["phase"] == 0 and not self.cursor.get("free_next")  # (no rule after the free block)
+        if in_pass or grows:
+            when = "and that pass is not over" if in_pass else f"which blocks={self.cfg.blocks} asks again"
             raise raised_on_every_rank(ValueError(
                 f"select_blocks={self.cfg.select_blocks!r} on resuming a run of select_blocks="
                 f"{then['select_blocks']!r}: with validation data and val_patience={self.cfg.val_patience} it also "
-                f"decides where the first pass ends, and that pass {when}; pass select_blocks="
-                f"{then['select_blocks']!r} (it may change once the first pass is over)"))
+                f"decides where the first pass ends, {when}; pass select_blocks={then['select_blocks']!r} (it may "
+                "change once the first pass is over, with the same blocks)"))
 
     def _grow(self, then: int) -> None:
         """Turn a run restored from a checkpoint of ``blocks=then`` into the run that this
@@ -140,24 +146,23 @@ class JKOIFlowTrainer:
         there under any larger one; the old budget ended the pass after its last block without
         asking those rules, so they are asked now, and where they end it nothing changes
         either. Otherwise a free block that followed the pass (``free_block``) is dropped (and
-        trained again after the new last block). Once a retraining round (reparametrization,
-        refinement) has begun, the blocks are no longer the first pass's: refused. Nothing is
+        trained again after the new last block). (resume() has refused the grow once a
+        retraining round has begun: the blocks are no longer the first pass's.) Nothing is
         written here: the next checkpoint follows the next block."""
         cfg, cursor, flow = self.cfg, self.cursor, self.flow
         grown = f"blocks={cfg.blocks} on resuming a run of blocks={then}"
-        if cursor["phase"] > 1 or (cursor["phase"] == 1 and cursor["started"]):
-            raise raised_on_every_rank(ValueError(
-                f"{grown}: its {self._label(1)} round has begun, and blocks can only be added to the first pass; "
-                "restart (resume=False / --restart) to train more blocks, or pass another output folder"))
         stopped = [e["stopped"]["block"] for e in self.log.get("events", []) if "stopped" in e]
         trained = sum(math.isfinite(h) for h in flow.h)
-        if stopped:
-            self.resume_notes.append(f"{grown} adds no block: the first pass ended at block {stopped[-1]} before its "
-                                     "budget (log.json's events say why), as it would under any budget")
-            return
         events = self.log.setdefault("events", [])
-        if trained < then:  # killed in the pass: the larger budget applies from here on
+        if not (stopped or cursor["phase"] or cursor.get("free_next")):  # killed in the pass: it goes on
             events.append({"grown": {"blocks": [then, cfg.blocks], "free_block_dropped": False}})
+            self.resume_notes.append(f"{grown}: the first pass goes on, up to block {cfg.blocks}")
+            return
+        if stopped or trained < then:  # (a checkpoint from before the "stopped" events has none)
+            why = " (log.json's events say why)" if stopped else ""
+            self.resume_notes.append(f"{grown} adds no block: the first pass ended at block "
+                                     f"{stopped[-1] if stopped else trained} before its budget{why}, as it would "
+                                     "under any budget")
             return
         if len(self.log["blocks"]) != flow.num_blocks or any(e["phase"] != "initial" for e in self.log["blocks"]):
             raise RuntimeError(f"inconsistent training state: {flow.num_blocks} blocks, {len(self.log['blocks'])} logged")

@@ -263,11 +263,12 @@ def test_resume_with_the_same_and_other_world_sizes(killed_run, cli_runs, tmp_pa
     full_two = torch.load(two / "model.pt", weights_only=True)["state_dict"]
     for rank in (0, 1):
         assert _same_weights(torch.load(tmp_path / "two_to_two" / f"rank{rank}.pt", weights_only=True), full_two)
-    # A finished run of two processes goes on with a larger budget: the same block 3 on both
-    # ranks (the decisions are made on sums over both), blocks 1-2 as they were.
-    _ok(launch("resume", 2, outs=[str(tmp_path / "two_to_two")], blocks=3))
+    # A finished run of two processes goes on with a larger budget: the run two processes train
+    # with that budget from the start, bit for bit, on both ranks; blocks 1-2 as they were.
+    _ok(launch("resume", 2, outs=[str(tmp_path / "two_to_two"), str(tmp_path / "three")], blocks=3))
     grown = [torch.load(tmp_path / "two_to_two" / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]
     assert _same_weights(*grown) and any(k.startswith("blocks.2.") for k in grown[0])
+    assert _same_weights(grown[0], torch.load(tmp_path / "three" / "rank0.pt", weights_only=True))
     assert all(torch.equal(v, grown[0][k]) for k, v in full_two.items() if k.startswith(("blocks.0.", "blocks.1.")))
     log = json.loads((tmp_path / "two_to_two" / "log.json").read_text())
     assert len(log["blocks"]) == 3 and {"grown": {"blocks": [2, 3], "free_block_dropped": False}} in log["events"]

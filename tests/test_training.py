@@ -169,10 +169,20 @@ def test_more_blocks_on_resume_give_the_longer_run(tmp_path, moons, monkeypatch,
     assert {"grown": {"blocks": [2, 4], "free_block_dropped": free_block}} in log["events"]
     # the dropped free block's work still counts
     assert len(log.get("discarded", [])) == free_block and log["train_batches"] == QUICK["iters"] * (4 + 2 * free_block)
-    # killed in its first pass (after block 1 of 2), resumed with 4
-    train_killed(monkeypatch, 2, x, val=val, out=tmp_path / "killed", progress=False, **opts)
-    assert_same_flow(jkofast.train(x, val=val, out=tmp_path / "killed", progress=False, **(opts | {"blocks": 4})),
-                     longer)
+    # killed in its first pass (after block 1 of 2), or in the free block, resumed with 4
+    for name, kill_at in (("killed", 2), ("in_free", 3)) if free_block else (("killed", 2),):
+        train_killed(monkeypatch, kill_at, x, val=val, out=tmp_path / name, progress=False, **opts)
+        caplog.clear()
+        assert_same_flow(jkofast.train(x, val=val, out=tmp_path / name, progress=False, **(opts | {"blocks": 4})),
+                         longer)
+        assert "blocks=4 on resuming a run of blocks=2: the first pass goes on" in caplog.text
+    # A grow killed before its first block is done leaves the finished run as it was (the free
+    # block it dropped included): the first command resumes it, nothing left to train.
+    finished = jkofast.train(x, val=val, out=tmp_path / "first", progress=False, **opts)
+    train_killed(monkeypatch, 1, x, val=val, out=tmp_path / "first", progress=False, **(opts | {"blocks": 4}))
+    caplog.clear()
+    assert_same_flow(jkofast.train(x, val=val, out=tmp_path / "first", progress=False, **opts), finished)
+    assert "the run was already finished" in caplog.text
 
 
 def test_more_blocks_on_resume_ask_the_stopping_rule_again(tmp_path, moons, caplog):
@@ -201,6 +211,32 @@ def test_more_blocks_on_resume_ask_the_stopping_rule_again(tmp_path, moons, capl
         "budget" in caplog.text
 
 
+def test_the_early_end_rules_read_the_first_pass_up_to_the_block_asked(moons):
+    """_early_end(k) reads the validation NLLs of blocks 1..k+1 only: asked again after the last
+    block of a finished pass (a larger budget), the free block that followed must not count; and
+    after the budget's last block or the free block no rule is asked."""
+    from jkofast.jko_iflow import JKOIFlowTrainer
+    from jkofast.jko_iflow_config import JKOIFlowConfig
+
+    cfg = JKOIFlowConfig(**(QUICK | {"blocks": 4, "val_patience": 1, "stop_tol": 0.01}))
+    x = moons[0][:50]
+    trainer = JKOIFlowTrainer(jkofast.Flow(2, cfg.field_config()), cfg, x, x[:20], progress=False)
+    for h in (0.5, 0.7, math.inf):
+        trainer.flow.add_block(trainer.flow.new_field(), h)
+    logged = lambda *nll: [{"phase": "initial", "val_nll_standardized": v} for v in nll]  # noqa: E731
+    trainer.log["blocks"] = logged(2.0, 1.5, 3.0)   # block 2 improved; the free block did not
+    assert trainer._early_end(1, ter=1.0) is None
+    trainer.log["blocks"] = logged(2.0, 2.5, 3.0)   # block 2 did not improve: val_patience=1 ends the pass
+    assert trainer._early_end(1, ter=1.0)[0] == {"val_patience": 1}
+    trainer.log["blocks"] = logged(2.0, 1.5, 3.0)
+    event, why, off = trainer._early_end(1, ter=0.001)  # the stopping rule, asked after the stall rule
+    assert event == {"ter": 0.001, "stop_tol": 0.01} and off == "stop_tol=0" and "stopping rule: block 2" in why
+    assert trainer._early_end(2, ter=0.0) is None       # the free block: no rule
+    trainer.flow.h[2] = 0.9
+    trainer.cfg.blocks = 3
+    assert trainer._early_end(2, ter=0.0) is None       # the budget's last block: no rule
+
+
 def test_select_blocks_may_not_change_where_the_first_pass_ends(tmp_path, moons, monkeypatch):
     """With validation data select_blocks turns the val_patience rule on ("auto", "val") or off
     ("all"): it may change on resume once the first pass is over, not while it runs or grows."""
@@ -208,13 +244,17 @@ def test_select_blocks_may_not_change_where_the_first_pass_ends(tmp_path, moons,
     jkofast.train(x, val=val, out=tmp_path / "done", progress=False, **QUICK)
     jkofast.train(x, val=val, out=tmp_path / "done", progress=False, **(QUICK | {"select_blocks": "all"}))
     jkofast.train(x, val=val, out=tmp_path / "done", progress=False, **(QUICK | {"select_blocks": "val"}))
-    with pytest.raises(ValueError, match="select_blocks='all' on resuming a run of select_blocks='auto'.*that "
-                                         r"pass goes on \(blocks grows\)"):
+    with pytest.raises(ValueError, match="select_blocks='all' on resuming a run of select_blocks='auto'.*ends, "
+                                         "which blocks=3 asks again"):
         jkofast.train(x, val=val, out=tmp_path / "done", progress=False, **(QUICK | {"blocks": 3,
                                                                                      "select_blocks": "all"}))
     train_killed(monkeypatch, 2, x, val=val, out=tmp_path / "killed", progress=False, **QUICK)
     with pytest.raises(ValueError, match="that pass is not over"):
         jkofast.train(x, val=val, out=tmp_path / "killed", progress=False, **(QUICK | {"select_blocks": "all"}))
+    # killed in the free block: no rule is asked after it, so select_blocks may change
+    train_killed(monkeypatch, 3, x, val=val, out=tmp_path / "in_free", progress=False, **(QUICK | {"free_block": True}))
+    jkofast.train(x, val=val, out=tmp_path / "in_free", progress=False, **(QUICK | {"free_block": True,
+                                                                                    "select_blocks": "all"}))
     # without validation data the rule is off under any choice: "all" and "auto" are the same run
     train_killed(monkeypatch, 2, x, out=tmp_path / "noval", progress=False, **QUICK)
     jkofast.train(x, out=tmp_path / "noval", progress=False, **(QUICK | {"select_blocks": "all"}))
@@ -232,6 +272,11 @@ def test_blocks_cannot_shrink_or_grow_after_a_retraining_round(tmp_path, moons):
     jkofast.train(x, out=tmp_path / "b", progress=False, **opts)
     with pytest.raises(ValueError, match="its reparam1 round has begun, and blocks can only be added to the first"):
         jkofast.train(x, out=tmp_path / "b", progress=False, **(opts | {"blocks": 3}))
+    # that reason comes first, before any about a setting changed beside the budget
+    jkofast.train(x, val=moons[1][:300], out=tmp_path / "c", progress=False, **opts)
+    with pytest.raises(ValueError, match="its reparam1 round has begun"):
+        jkofast.train(x, val=moons[1][:300], out=tmp_path / "c", progress=False,
+                      **(opts | {"blocks": 3, "select_blocks": "all"}))
 
 
 def test_stopping_rule_and_free_block(moons, monkeypatch, capsys, tmp_path):
