@@ -82,7 +82,8 @@ _HELP = {
     "pushed_storage": "where each process keeps its pushed samples", "scratch_dir": "folder for --pushed-storage disk",
     "select_blocks": "keep every block, or the prefix with the best validation NLL (auto: val with validation data)",
     "clip": "gradient norm clipping", "standardize": "store the data's mean and std in the model and train on "
-    "standardized data", "rounds": "JKO rounds (a rerun with more adds to a finished run)", "alpha": "weight of the transport cost",
+    "standardized data", "rounds": "JKO rounds (a rerun with more adds to a finished run)",
+    "alpha": "weight of the transport cost",
     "alpha_r": "weight of the HJB regularizer", "init": "first round's initialization",
     "interpolant": "the interpolant x_t between data and noise", "time_beta": "Beta(A, B) law of the training times",
     "lr_final": "cosine decay of the learning rate to lr * lr_final", "checkpoint_every": "steps between checkpoints",

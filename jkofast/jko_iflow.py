@@ -109,9 +109,9 @@ class JKOIFlowTrainer:
         grows = then["blocks"] < self.cfg.blocks
         if grows and (self.cursor["phase"] > 1 or (self.cursor["phase"] == 1 and self.cursor["started"])):
             raise raised_on_every_rank(ValueError(
-                f"blocks={self.cfg.blocks} on resuming a run of blocks={then['blocks']}: its {self._label(1)} round has "
-                "begun, and blocks can only be added to the first pass; restart (resume=False / --restart) to train "
-                "more blocks, or pass another output folder"))
+                f"blocks={self.cfg.blocks} on resuming a run of blocks={then['blocks']}: its {self._label(1)} "
+                "round has begun, and blocks can only be added to the first pass; restart (resume=False / "
+                "--restart) to train more blocks, or pass another output folder"))
         self._check_pass_rules_kept(then, grows)
         if grows:
             self._grow(then["blocks"])
@@ -165,7 +165,8 @@ class JKOIFlowTrainer:
                                      "under any budget")
             return
         if len(self.log["blocks"]) != flow.num_blocks or any(e["phase"] != "initial" for e in self.log["blocks"]):
-            raise RuntimeError(f"inconsistent training state: {flow.num_blocks} blocks, {len(self.log['blocks'])} logged")
+            raise RuntimeError(f"inconsistent training state: {flow.num_blocks} blocks, "
+                               f"{len(self.log['blocks'])} logged")
         end = self._early_end(trained - 1, self.log["blocks"][trained - 1]["ter"])
         if end is not None:
             event, why, _ = end

@@ -98,7 +98,8 @@ def resume(args: dict) -> None:
     final weights."""
     x, val, _ = moons()
     for out in args["outs"]:
-        flow = jkofast.train(x, val=val, out=out, progress=False, **(RUN | {"blocks": args.get("blocks", RUN["blocks"])}))
+        blocks = args.get("blocks", RUN["blocks"])
+        flow = jkofast.train(x, val=val, out=out, progress=False, **(RUN | {"blocks": blocks}))
         torch.save(flow.state_dict(), Path(out) / f"rank{os.environ['RANK']}.pt")
         sys.stderr.write(f"gloo threads while the group is up: {gloo_threads()}\n")
 
