@@ -117,3 +117,13 @@ def train_killed(monkeypatch, kill_at_call: int, *args, **kwargs) -> None:
             jkofast.train(*args, **kwargs)
     finally:
         monkeypatch.setattr(jko_iflow.JKOIFlowTrainer, "train_block", real)
+
+
+def assert_same_flow(a, b, context=None) -> None:
+    """Two trained flows are the same flow, bit for bit: the same step sizes h and the same
+    tensors under the same keys (what "a resumed run equals the uninterrupted one" means)."""
+    assert a.h == b.h, (context, a.h, b.h)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys(), context
+    for key, p in sa.items():
+        assert torch.equal(p, sb[key]), (context, key)

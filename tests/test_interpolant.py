@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import jkofast
+from conftest import assert_same_flow
 from jkofast import interpolant as interpolant_module
 from jkofast.interpolants import INTERPOLANTS, interpolate, sample_times
 
@@ -113,8 +114,7 @@ def test_resume_mid_run_equals_uninterrupted_run(tmp_path, monkeypatch):
     resumed = jkofast.train(x, "interpolant", out=tmp_path / "killed", **opts)
     # Steps 16-40 were redone from the checkpoint at 15 with the saved Adam and generator state.
     assert json.loads((tmp_path / "killed" / "log.json").read_text())["resumed"]
-    for key, p in full.state_dict().items():
-        assert torch.equal(p, resumed.state_dict()[key]), key
+    assert_same_flow(resumed, full)
 
 
 def test_the_compiled_engine_serves_the_interpolant_flow():

@@ -7,6 +7,7 @@ import torch
 from torch.func import grad, hessian, jacrev, vmap
 
 import jkofast
+from conftest import assert_same_flow
 from jkofast import Flow, rk4
 from jkofast.ot_flow_loss import ot_flow_integrate, ot_flow_loss
 from jkofast.ot_flow_model import OTFlowPotential
@@ -146,8 +147,7 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, monkeypatch):
     monkeypatch.setattr(jko_flow.JKOFlowTrainer, "train_round", real)
     resumed = jkofast.train(x, "jko-flow", out=tmp_path / "killed", progress=False, **opts)
     # The Adam state and the generator carried through the checkpoint: bit-identical weights.
-    for key, p in full.state_dict().items():
-        assert torch.equal(p, resumed.state_dict()[key]), key
+    assert_same_flow(resumed, full)
     with pytest.raises(ValueError, match="alpha"):
         jkofast.train(x, "jko-flow", out=tmp_path / "killed", progress=False, **dict(opts, alpha=3.0))
 
@@ -163,9 +163,8 @@ def test_more_rounds_on_resume_give_the_longer_run(tmp_path, caplog):
     jkofast.train(x, "jko-flow", out=tmp_path / "grown", progress=False, **opts)
     caplog.set_level(logging.INFO, logger="jkofast")
     grown = jkofast.train(x, "jko-flow", out=tmp_path / "grown", progress=False, **dict(opts, rounds=3))
-    assert grown.num_blocks == 3 and grown.state_dict().keys() == longer.state_dict().keys()
-    for key, p in longer.state_dict().items():
-        assert torch.equal(p, grown.state_dict()[key]), key
+    assert grown.num_blocks == 3
+    assert_same_flow(grown, longer)
     assert "rounds=3 on resuming a run of rounds=2: the run goes on after round 2, up to round 3" in caplog.text
     log = json.loads((tmp_path / "grown" / "log.json").read_text())
     assert {"grown": {"rounds": [2, 3]}} in log["events"] and len(log["blocks"]) == 3

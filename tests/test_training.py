@@ -12,7 +12,7 @@ import jkofast
 from jkofast import jko_iflow
 from jkofast.jko_iflow import TrainingDivergedError
 from jkofast.metrics import energy_distance, nll
-from conftest import SHORT_RUN, train_killed
+from conftest import SHORT_RUN, assert_same_flow, train_killed
 
 QUICK = dict(blocks=2, hidden=16, layers=2, iters=15, batch=200, eval_steps=None, seed=3)
 
@@ -59,9 +59,7 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, moons, monkeypatch
     resumed = jkofast.train(x, out=tmp_path / "killed", progress=False, **QUICK)
     log = __import__("json").loads((tmp_path / "killed" / "log.json").read_text())
     assert log["resumed"] and len(log["blocks"]) == 2
-    assert full.state_dict().keys() == resumed.state_dict().keys()
-    for key, p in full.state_dict().items():
-        assert torch.equal(p, resumed.state_dict()[key]), key
+    assert_same_flow(resumed, full)
 
 
 def test_resume_refuses_other_settings(tmp_path, moons):
@@ -136,15 +134,7 @@ def test_resume_across_rounds_and_free_block(tmp_path, moons, monkeypatch):
     for kill_at in (3, 4, 7):   # the free block, the first reparam block, the first refine block
         train_killed(monkeypatch, kill_at, x, out=tmp_path / f"k{kill_at}", progress=False, **opts)
         resumed = jkofast.train(x, out=tmp_path / f"k{kill_at}", progress=False, **opts)
-        assert resumed.h == full.h
-        for key, p in full.state_dict().items():
-            assert torch.equal(p, resumed.state_dict()[key]), (kill_at, key)
-
-
-def assert_same_flow(a, b):
-    assert a.h == b.h and a.state_dict().keys() == b.state_dict().keys()
-    for key, p in a.state_dict().items():
-        assert torch.equal(p, b.state_dict()[key]), key
+        assert_same_flow(resumed, full, context=kill_at)
 
 
 @pytest.mark.parametrize("free_block", [False, True])
