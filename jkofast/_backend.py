@@ -17,6 +17,7 @@ import re
 import warnings
 
 import torch
+from torch.autograd import forward_ad
 
 from ._extension import HOW_TO_BUILD, CompiledExtensionWarning, load
 
@@ -107,10 +108,21 @@ def _warn_fallback() -> None:
                   f"compiled ops, {HOW_TO_BUILD}", CompiledExtensionWarning, stacklevel=4)
 
 
-def _misfit(field, x: torch.Tensor) -> str | None:
-    """Why the compiled ops cannot run ``field`` on ``x``, or None if they can."""
+def _misfit(field, x: torch.Tensor, probes: torch.Tensor | None = None) -> str | None:
+    """Why the compiled ops cannot run ``field`` on ``x`` (with Hutchinson ``probes``), or None
+    if they can."""
     from .field import VelocityField  # here: field.py imports this module's users
 
+    # The ops have a backward but no batching or forward-mode rule: torch.func's jvp/jacfwd
+    # would treat them as constants and return zero derivatives (torch's custom-op behaviour,
+    # not an error), vmap/jacrev would refuse them with torch's generic message.
+    if torch._C._are_functorch_transforms_active():
+        return "a torch.func transform (vmap, grad, jacrev, jacfwd, jvp, hessian) is active, and the compiled ops " \
+               "have no batching or forward-mode rule"
+    if not torch.compiler.is_compiling() and forward_ad.unpack_dual(x).tangent is not None:
+        return "x carries a forward-mode tangent (torch.autograd.forward_ad), which the compiled ops do not propagate"
+    if probes is not None and probes.requires_grad:
+        return "the probes require a gradient, which the compiled ops do not compute"
     if not isinstance(field, VelocityField) or any(
             getattr(type(field), name) is not getattr(VelocityField, name)
             for name in ("forward", "velocity_and_divergence")):
@@ -124,15 +136,16 @@ def _misfit(field, x: torch.Tensor) -> str | None:
     return None
 
 
-def choose(backend: str, field, x: torch.Tensor) -> str:
-    """The engine that runs ``field`` on ``x``: ``"compiled"`` or ``"torch"``."""
+def choose(backend: str, field, x: torch.Tensor, probes: torch.Tensor | None = None) -> str:
+    """The engine that runs ``field`` on ``x`` (with Hutchinson ``probes``, if given as a
+    tensor): ``"compiled"`` or ``"torch"``."""
     check_backend(backend)
     if backend == "torch":
         return "torch"
     if not compiled_available():
         _warn_fallback()
         return "torch"
-    why = _misfit(field, x)
+    why = _misfit(field, x, probes)
     if why is None:
         return "compiled"
     if backend == "compiled":

@@ -34,7 +34,7 @@ def check_points(x, name: str, dim: int | None = None, *, like: nn.Module | None
         wider = allow_wider and torch.finfo(x.dtype).bits > torch.finfo(p.dtype).bits
         if x.dtype != p.dtype and not wider:
             raise TypeError(f"{name} has dtype {x.dtype} but the model's parameters are {p.dtype}; "
-                            f"convert one of them (e.g. x.to({p.dtype}) or model.to({x.dtype}))")
+                            f"convert one of them (e.g. {name}.to({p.dtype}) or model.to({x.dtype}))")
         if x.device != p.device:
             raise ValueError(f"{name} is on {x.device} but the model is on {p.device}; move one of them")
     return x

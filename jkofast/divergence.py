@@ -1,6 +1,9 @@
 """``divergence``: the field and its divergence tr(df/dx), exact or by Hutchinson probes."""
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 from torch import Tensor
 
@@ -30,8 +33,30 @@ def draw_probes(x: Tensor, probes: int, noise: str = "rademacher",
     return bits.to(x.dtype).mul_(2).sub_(1)
 
 
+def check_field(field) -> None:
+    """The engine's functions take a :class:`~jkofast.Field`: it holds ``dim`` and the
+    divergence of the torch engine (``velocity_and_divergence``)."""
+    if not isinstance(field, Field):
+        raise TypeError(f"field must be a jkofast.Field, got {type(field).__name__}: subclass jkofast.Field "
+                        "(set self.dim, define forward(x, t) -> (B, dim)) or use jkofast.VelocityField")
+
+
+def check_probes(probes: Tensor, x: Tensor, method: str) -> None:
+    """Hutchinson probes given as a tensor: (B, k, d), k >= 1, real floating point."""
+    if method != "hutchinson":
+        raise ValueError(f"probes given as a tensor are Hutchinson's; method={method!r} takes none "
+                         "(pass method='hutchinson')")
+    if probes.dim() != 3 or probes.shape[0] != x.shape[0] or probes.shape[2] != x.shape[1] or probes.shape[1] < 1:
+        raise ValueError(f"probes must have shape ({x.shape[0]}, k, {x.shape[1]}) with k >= 1, "
+                         f"got {tuple(probes.shape)}")
+    if not probes.is_floating_point():
+        raise TypeError(f"probes must be a floating-point tensor (e.g. +/-1 or N(0, 1) values), got dtype {probes.dtype}")
+
+
 def as_time(t, x: Tensor) -> Tensor:
     """t as a tensor on x's device and dtype: a 0-d tensor or a (B,) vector."""
+    if isinstance(t, numbers.Real) and not math.isfinite(t):
+        raise ValueError(f"t must be finite, got {t}")
     t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
     if t.dim() > 1 or (t.dim() == 1 and t.shape[0] != x.shape[0]):
         raise ValueError(f"t must be a scalar or have shape ({x.shape[0]},), got shape {tuple(t.shape)}")
@@ -64,17 +89,16 @@ def divergence(field: Field, x: Tensor, t=0.0, *, method: str = "exact", probes:
         (torch.Size([4, 3]), torch.Size([4]))
     """
     check_choice(method, "method", DIVERGENCE_METHODS)
+    check_field(field)
     check_points(x, "x", field.dim, like=field)
-    engine = _backend.choose(backend, field, x)
+    given = probes if isinstance(probes, Tensor) else None
+    if given is not None:
+        check_probes(given, x, method)
+    engine = _backend.choose(backend, field, x, given)
     t = as_time(t, x)
     v = None
     if method == "hutchinson":
-        if isinstance(probes, Tensor):
-            if probes.dim() != 3 or probes.shape[0] != x.shape[0] or probes.shape[2] != x.shape[1]:
-                raise ValueError(f"probes must have shape ({x.shape[0]}, k, {x.shape[1]}), got {tuple(probes.shape)}")
-            v = probes.to(dtype=x.dtype, device=x.device)
-        else:
-            v = draw_probes(x, probes, noise, generator)
+        v = given.to(dtype=x.dtype, device=x.device) if given is not None else draw_probes(x, probes, noise, generator)
     if engine == "compiled":
         return _ops.mlp_field_div(x, field._t(t), field.weights, field.biases, field.activation, field.beta, v)
     return field.velocity_and_divergence(x, t, v)

@@ -1,6 +1,8 @@
 """Velocity fields f(x, t): the protocol the integrator needs, and the MLP field of JKO-iFlow."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor, nn
 
@@ -32,7 +34,12 @@ class Field(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """Return ``(f, div)``: f (B, d) and tr(df/dx) (B,), exact or with probes (B, k, d)."""
         grad_enabled = torch.is_grad_enabled()
-        with torch.enable_grad():
+        # Under inference_mode, enable_grad() alone records no graph (f would not depend on x and
+        # the divergence would come out 0): leave it here, with inference tensors copied out.
+        inference = torch.is_inference_mode_enabled()
+        with torch.inference_mode(False) if inference else contextlib.nullcontext(), torch.enable_grad():
+            if inference:
+                x, t, probes = (v.clone() if isinstance(v, Tensor) and v.is_inference() else v for v in (x, t, probes))
             x_in = x if x.requires_grad else x.detach().requires_grad_(True)
             f = self(x_in, t)
             # create_graph only when the caller differentiates through the divergence;

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from ._checks import check_choice, check_points, check_positive_int
 from ._precision import standardized
 from .checkpoint import CheckpointError, load_payload, require, save_payload
+from .divergence import DIVERGENCE_METHODS
 from .field import VelocityField
 from .integrate import rk4
 from .metrics import standard_normal_nll
@@ -72,8 +73,9 @@ class Flow(nn.Module):
             raise TypeError(f"loc and scale must be floating-point, got {loc.dtype} and {scale.dtype}")
         if loc.shape != (dim,) or scale.shape != (dim,):
             raise ValueError(f"loc and scale must have shape ({dim},), got {tuple(loc.shape)} and {tuple(scale.shape)}")
-        if scale.device.type != "meta" and (not bool((scale > 0).all()) or not bool(torch.isfinite(loc).all())):
-            raise ValueError("scale must be positive and loc finite (a constant data column has scale 0)")
+        if scale.device.type != "meta" and not (bool((scale > 0).all()) and bool(torch.isfinite(scale).all())
+                                                and bool(torch.isfinite(loc).all())):
+            raise ValueError("scale must be positive and finite, and loc finite (a constant data column has scale 0)")
         self.register_buffer("loc", loc)
         self.register_buffer("scale", scale)
         self.info: dict = {}  # how the flow was trained (method, data, settings); saved with it
@@ -128,6 +130,7 @@ class Flow(nn.Module):
             ``(z, logdet)``: z = F(x), (B, d); logdet = log|det dF/dx|, (B,).
         """
         self._check_data(x, "x")
+        check_choice(divergence, "divergence", DIVERGENCE_METHODS)  # (push also takes None: no log-determinant)
         z, logdet = self.push(self.standardize(x), divergence=divergence, probes=probes, steps=steps,
                               backend=backend)
         return z, logdet - torch.log(self.scale).sum()
@@ -140,6 +143,8 @@ class Flow(nn.Module):
         last step, x = u * scale + loc, runs in ``dtype``, so ``torch.float64`` keeps data with a
         large offset and a small spread (1e8 +/- 1) that float32 would round to multiples of 8."""
         self._check_input(z, "z")
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise TypeError(f"dtype must be a floating-point torch.dtype (e.g. torch.float64), got {dtype!r}")
         steps = self.steps if steps is None else steps
         for block in reversed(self.blocks):
             z, _, _ = rk4(block, z, 1.0, 0.0, steps, divergence=None, tableau=self.tableau, backend=backend)

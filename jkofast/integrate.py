@@ -9,7 +9,7 @@ from torch import Tensor
 from . import _backend
 from ._backend import compiled_ops as _ops
 from ._checks import check_choice, check_points, check_positive_int
-from .divergence import DIVERGENCE_METHODS, as_time, draw_probes
+from .divergence import DIVERGENCE_METHODS, as_time, check_field, draw_probes
 from .field import Field
 from .reference import TABLEAUS
 
@@ -50,15 +50,14 @@ def rk4(field: Field, x: Tensor, t0: float, t1: float, steps: int, *,
         >>> x1.shape, logdet.shape, kinetic.shape
         (torch.Size([3, 2]), torch.Size([3]), torch.Size([3]))
     """
+    check_field(field)
     check_points(x, "x", field.dim, like=field)
     engine = _backend.choose(backend, field, x)
     check_positive_int(steps, "steps")
     if divergence is not None:
         check_choice(divergence, "divergence", DIVERGENCE_METHODS)
     check_choice(tableau, "tableau", TABLEAUS)
-    t0, t1 = float(t0), float(t1)
-    if not (math.isfinite(t0) and math.isfinite(t1)):
-        raise ValueError(f"t0 and t1 must be finite, got t0={t0}, t1={t1}")
+    t0, t1 = _time_bound(t0, "t0"), _time_bound(t1, "t1")
     if engine == "compiled":
         v = None
         if divergence == "hutchinson":  # the same draws, in the same order, as the loop below
@@ -92,3 +91,19 @@ def rk4(field: Field, x: Tensor, t0: float, t1: float, steps: int, *,
         if divergence is not None:
             logdet = logdet + h * sum(b_i * d_i for b_i, d_i in zip(b, divs))
     return x, logdet, kinetic
+
+
+def _time_bound(value, name: str) -> float:
+    """t0 or t1 as a finite Python float: the step size is a number in every kernel, so a time
+    that wants a gradient (or one per sample) is refused rather than silently detached."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a number (one time for every sample), got a tensor of shape "
+                             f"{tuple(value.shape)}")
+        if value.requires_grad:
+            raise ValueError(f"{name} requires a gradient, which rk4 does not compute (its times are numbers); "
+                             f"pass {name}.item()")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value

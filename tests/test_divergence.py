@@ -115,6 +115,16 @@ def test_bad_method_and_backend():
         divergence(field, x, method="hutchinson", probes=torch.randn(3, 2, 5, dtype=torch.float64))
     with pytest.raises(ValueError, match="t must be"):
         divergence(field, x, torch.zeros(4))
+    with pytest.raises(ValueError, match="t must be finite"):
+        divergence(field, x, float("inf"))
+    with pytest.raises(ValueError, match="k >= 1"):   # (the torch engine averaged over no probe: NaN)
+        divergence(field, x, method="hutchinson", probes=torch.empty(3, 0, 2, dtype=torch.float64))
+    with pytest.raises(TypeError, match="probes must be a floating-point"):   # (bool probes were cast to 0/1)
+        divergence(field, x, method="hutchinson", probes=torch.ones(3, 1, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="method='exact' takes none"):   # (they were ignored)
+        divergence(field, x, probes=torch.randn(3, 1, 2, dtype=torch.float64))
+    with pytest.raises(TypeError, match="must be a jkofast.Field, got Linear: subclass"):
+        divergence(torch.nn.Linear(2, 2).double(), x)
 
 
 def test_field_constructor_checks():
@@ -162,3 +172,55 @@ def test_velocity_input_errors():
         jkofast.velocity(field, torch.randn(4, 3), 0.5)
     with pytest.raises(ValueError, match="backend"):
         jkofast.velocity(field, torch.randn(4, 3, dtype=torch.float64), 0.5, backend="cuda")
+
+
+def test_torch_func_transforms_run_the_torch_engine():
+    """The compiled ops have no forward-mode or batching rule: torch.func's jvp/jacfwd would
+    treat them as constants (zero derivatives, no error) and vmap/jacrev refuse them. Under a
+    transform, "auto" runs the torch engine and "compiled" says why it cannot."""
+    from torch.autograd import forward_ad
+
+    field, x = random_field(2), torch.randn(3, 2, dtype=torch.float64)
+    for fn in (lambda u, b: jkofast.velocity(field, u, 0.3, backend=b),
+               lambda u, b: divergence(field, u, 0.3, backend=b)[1],
+               lambda u, b: jkofast.rk4(field, u, 0.0, 1.0, 2, backend=b)[:2]):
+        want = torch.func.jacrev(lambda u: fn(u, "torch"))(x)
+        for transform in (torch.func.jacfwd, torch.func.jacrev):
+            torch.testing.assert_close(transform(lambda u: fn(u, "auto"))(x), want, rtol=1e-12, atol=1e-12)
+        with pytest.raises(ValueError, match="torch.func transform .* is active"):
+            torch.func.jacfwd(lambda u: fn(u, "compiled"))(x)
+    assert torch.func.jacfwd(lambda u: jkofast.velocity(field, u, 0.3))(x).abs().max() > 0.01
+    torch.testing.assert_close(torch.func.vmap(lambda u: divergence(field, u[None], 0.3)[1])(x)[:, 0],
+                               divergence(field, x, 0.3)[1], rtol=1e-12, atol=1e-12)
+    v = torch.randn_like(x)
+    with forward_ad.dual_level():
+        tangent = forward_ad.unpack_dual(jkofast.velocity(field, forward_ad.make_dual(x, v), 0.3)).tangent
+    torch.testing.assert_close(tangent, torch.func.jvp(lambda u: jkofast.velocity(field, u, 0.3, backend="torch"),
+                                                       (x,), (v,))[1], rtol=1e-12, atol=1e-12)
+
+
+def test_inference_mode_keeps_the_autograd_divergence():
+    """A Field's divergence by autograd under torch.inference_mode (enable_grad() alone records
+    no graph there: it came out 0), also on inputs made in inference mode."""
+    a = torch.tensor([[2.0, 1.0], [0.5, 3.0]], dtype=torch.float64)
+    field, x = LinearField(a), torch.randn(4, 2, dtype=torch.float64)
+    with torch.inference_mode():
+        for probes in (None, torch.randn(4, 3, 2, dtype=torch.float64)):
+            method = "exact" if probes is None else "hutchinson"
+            f, div = divergence(field, torch.randn(4, 2, dtype=torch.float64), torch.zeros(4), method=method,
+                                probes=1 if probes is None else probes)
+            want = torch.full((4,), 5.0, dtype=torch.float64) if probes is None else \
+                torch.einsum("bkd,ed,bke->b", probes, a, probes) / 3
+            torch.testing.assert_close(div, want)
+            assert not f.requires_grad and not div.requires_grad
+        logdet = jkofast.rk4(field, x, 0.0, 1.0, 3)[1]
+    torch.testing.assert_close(logdet, torch.full((4,), 5.0, dtype=torch.float64))
+
+
+def test_probes_that_require_a_gradient_get_it():
+    """The compiled op computes no gradient for the probes: "auto" runs the torch engine then."""
+    field, x = random_field(2), torch.randn(3, 2, dtype=torch.float64)
+    probes = torch.randn(3, 2, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v: divergence(field, x, 0.3, method="hutchinson", probes=v)[1], (probes,))
+    with pytest.raises(ValueError, match="probes require a gradient"):
+        divergence(field, x, 0.3, method="hutchinson", probes=probes, backend="compiled")

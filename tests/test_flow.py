@@ -124,6 +124,14 @@ def test_input_errors_name_the_problem():
         flow.float().log_prob(np.zeros((3, 2)))   # float64 data for a float32 model: kept, not rounded
     with pytest.raises(ValueError, match="scale"):
         Flow(2, scale=torch.tensor([1.0, 0.0]))
+    with pytest.raises(ValueError, match="scale must be positive and finite"):
+        Flow(2, scale=torch.tensor([1.0, float("inf")]))
+    with pytest.raises(ValueError, match="invalid divergence None"):
+        flow.transform(torch.randn(3, 2, dtype=torch.float64), divergence=None)
+    with pytest.raises(TypeError, match="dtype must be a floating-point"):   # (samples were cut to integers)
+        flow.sample(3, dtype=torch.int64)
+    with pytest.raises(TypeError, match=r"e\.g\. z\.to\(torch\.float32\)"):   # the argument's own name
+        flow.inverse(torch.randn(3, 2, dtype=torch.float64))   # (flow.float() above: a float32 model now)
 
 
 def test_a_float32_flow_takes_wider_data_and_standardizes_it_first():

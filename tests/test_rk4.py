@@ -110,9 +110,16 @@ def test_hutchinson_logdet_is_reproducible_and_close():
 @pytest.mark.parametrize("kwargs,match", [
     (dict(steps=0), "steps"), (dict(steps=2.5), "steps"), (dict(divergence="trace"), "divergence"),
     (dict(tableau="euler"), "tableau"), (dict(t1=float("nan")), "finite"),
+    (dict(t0=torch.zeros(3)), "t0 must be a number"),
+    (dict(t1=torch.tensor(1.0, requires_grad=True)), "t1 requires a gradient"),   # (it was detached)
 ])
 def test_argument_errors(kwargs, match):
     args = dict(t0=0.0, t1=1.0, steps=3) | kwargs
     with pytest.raises(ValueError, match=match):
         rk4(random_field(2), torch.randn(3, 2, dtype=torch.float64), args.pop("t0"), args.pop("t1"),
             args.pop("steps"), **args)
+
+
+def test_a_module_that_is_not_a_field_is_named():
+    with pytest.raises(TypeError, match="field must be a jkofast.Field, got Linear"):
+        rk4(torch.nn.Linear(2, 2).double(), torch.randn(3, 2, dtype=torch.float64), 0.0, 1.0, 2)
