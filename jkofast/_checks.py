@@ -173,6 +173,8 @@ def check_folder(path, name: str) -> Path:
     """``path`` as a folder this process can create or write into: a file in its place or among
     its parents, or a folder without write permission, is an error that names it (rather than
     an OSError at the first checkpoint, perhaps hours into training). Creates nothing."""
+    if not os.fspath(path).strip():  # (Path("") is the current folder)
+        raise ValueError(f"{name} is empty; pass a folder")
     path = Path(path)
     for p in (path, *path.parents):
         if p.exists():
@@ -183,3 +185,28 @@ def check_folder(path, name: str) -> Path:
                 raise ValueError(f"{name} {path}: cannot write in {p} (no permission, or a read-only filesystem)")
             break
     return path
+
+
+def check_standardization(n: int, constant, mean, std, dtype: torch.dtype) -> None:
+    """Refuse a training set that cannot be standardized in the model's ``dtype``: fewer than 2
+    rows, constant columns (min == max), and columns whose mean or std falls outside what the
+    arithmetic or the dtype holds (values near 1e200 square to inf; near 1e-200 to 0; a float32
+    model's scale must be a normal float32), naming the columns either way."""
+    if n < 2:
+        raise ValueError(f"need at least 2 training rows to standardize the data, got {n}")
+    const = torch.as_tensor(constant).nonzero().flatten().tolist()
+    if const:
+        raise ValueError(f"training data column(s) {const} are constant: a density over them is degenerate; "
+                         "drop them (or pass standardize=False and add noise)")
+    mean, std = (torch.as_tensor(v, dtype=torch.float64).cpu() for v in (mean, std))
+    held = std.to(dtype)
+    tiny = torch.finfo(dtype).tiny
+    bad = ~(torch.isfinite(mean) & torch.isfinite(std) & torch.isfinite(mean.to(dtype)) & torch.isfinite(held)
+            & (held >= tiny))
+    if bool(bad.any()):
+        cols, kind = bad.nonzero().flatten().tolist(), str(dtype).removeprefix("torch.")
+        seen = "; ".join(f"column {c}: mean {mean[c]:.3g}, std {std[c]:.3g}" for c in cols[:4])
+        wider = " or train in float64 (dtype='float64', --dtype float64)" if dtype != torch.float64 and bool(
+            (torch.isfinite(mean) & torch.isfinite(std) & (std > 0))[cols].all()) else ""
+        raise ValueError(f"training data column(s) {cols} have a scale that {kind} cannot standardize ({seen}): "
+                         f"rescale them (multiply by a power of ten){wider}")

@@ -6,6 +6,7 @@ with ``torch.load(weights_only=True)``: loading a checkpoint never executes code
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import zipfile
@@ -115,7 +116,20 @@ def _without(settings: dict, key: str) -> dict:
     return {k: v for k, v in settings.items() if k != key}
 
 
-def write_json(path: str | os.PathLike, obj) -> None:
-    """Write ``obj`` as JSON atomically, so a reader never sees half a file."""
+def write_json(path: str | os.PathLike, obj, *, strict: bool = False) -> None:
+    """Write ``obj`` as JSON atomically, so a reader never sees half a file. ``strict``: as
+    RFC 8259 JSON, NaN and inf written as null (for reports other tools read: a standard error
+    of one test point is NaN); otherwise Python's NaN/Infinity tokens, which json reads back."""
+    text = json.dumps(_nulls_for_non_finite(plain(obj)) if strict else plain(obj), indent=2, allow_nan=not strict)
     with replaced_atomically(path) as tmp:
-        tmp.write_text(json.dumps(plain(obj), indent=2))
+        tmp.write_text(text)
+
+
+def _nulls_for_non_finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nulls_for_non_finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nulls_for_non_finite(v) for v in value]
+    return value

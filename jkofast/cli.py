@@ -23,6 +23,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -162,7 +163,7 @@ def _print_baseline(g: dict, steps: int) -> None:
     print(f"baseline: a Gaussian fitted to the training data (full covariance) scores {g['mean']:.4f} +/- "
           f"{g['se']:.4f} nats on the same test points; the flow is {gap['mean']:.4f} +/- {gap['se']:.4f} nats "
           f"better (paired, {steps} steps)")
-    if gap["mean"] < 2 * gap["se"]:
+    if not gap["mean"] >= 2 * gap["se"]:  # (also where se is NaN: one test point says nothing)
         per_dim = g["n_train"] / g["dim"]
         why = ("more training may help (--iters, --blocks; --budget quick is a smoke test)"
                if per_dim >= SMALL_DATA_ROWS_PER_DIM else
@@ -357,8 +358,8 @@ def _train_and_report(args, dist) -> int:
     except TrainingDivergedError as exc:
         _print_error(exc)
         return 2
-    except CheckpointError as exc:
-        _print_error(exc, "\n(pass --restart to start over, or choose another --out)")
+    except CheckpointError as exc:  # (the hint, unless the message gives it already)
+        _print_error(exc, "" if "--restart" in str(exc) else "\n(pass --restart to start over, or choose another --out)")
         return 2
     if dist.main:  # model.pt is this run's now: an earlier report must not sit beside it while this one is made
         _drop_report(out)
@@ -380,7 +381,7 @@ def _train_and_report(args, dist) -> int:
         from .plotting import PLOT_POINTS, plot_flow
         plot_flow(flow, _as_array(x_test, args.seed, PLOT_POINTS), out / "plot.png", samples=samples,
                   title=f"{spec['name']}: {flow.num_blocks} blocks")
-    write_json(out / "metrics.json", metrics)  # last: its presence says the report is complete
+    write_json(out / "metrics.json", metrics, strict=True)  # last: its presence says the report is complete
     _print_evaluation(metrics, grids)
     peak = metrics["peak_memory"]["rss_bytes_max"] / 2**20
     # a resumed run's training seconds add up over its processes; the total is this process's
@@ -408,9 +409,13 @@ def _flow_and_data(args, device: torch.device | None = None):
             if not path.is_file():
                 raise SystemExit(f"error: --data {given!r} is neither a built-in data set "
                                  f"({', '.join(datasets.DATA_NAMES)}) nor an existing .npy/.csv file")
-            if n_test and args.command == "eval":
+            if n_test and args.command == "eval":  # (plot: it caps the points plotted)
                 raise SystemExit("error: --n-test sizes a built-in set's test draw; a held-out file is scored whole")
-            return flow, recorded, (as_rows(str(path), "test") if _memory_map(path, None) else datasets.load_array(path))
+            held = as_rows(str(path), "test") if _memory_map(path, None) else datasets.load_array(path)
+            columns = held.dim if isinstance(held, Rows) else held.shape[1]
+            if columns != flow.dim:
+                raise SystemExit(f"error: --data {given!r} has {columns} column(s); the model was trained on {flow.dim}")
+            return flow, recorded, held
         name = datasets.builtin_name(given)
         spec = _with_root({"name": name, "seed": (recorded or {}).get("seed", 0), "n_train": 1, "n_val": 1,
                            "n_test": n_test or 20_000}, name, args)
@@ -420,11 +425,11 @@ def _flow_and_data(args, device: torch.device | None = None):
     recorded = _with_root(recorded, recorded["name"], args)
     _check_unchanged(recorded)
     recorded["checked"] = True
-    if n_test:
-        if datasets.builtin_name(recorded["name"]) is None:
-            raise SystemExit(f"error: --n-test sizes a built-in set's test draw; {recorded['name']} is a file, whose "
-                             "test split is fixed by the recorded seed (10% of its rows)")
+    if n_test and datasets.builtin_name(recorded["name"]) is not None:
         recorded["n_test"] = n_test
+    elif n_test and args.command == "eval":  # (plot: it caps the points plotted)
+        raise SystemExit(f"error: --n-test sizes a built-in set's test draw; {recorded['name']} is a file, whose "
+                         "test split is fixed by the recorded seed (10% of its rows)")
     return flow, recorded, _load_data(recorded)[2]
 
 
@@ -466,6 +471,8 @@ def cmd_eval(args) -> int:
 
 
 def _evaluate_and_report(args, dist) -> int:
+    if args.json is not None:
+        _output_file(args.json, "--json")
     flow, recorded, test = _flow_and_data(args, dist.device)
     baseline_train = _recorded_or(flow, lambda: _training_rows(recorded, args))
     steps = args.steps or [flow.steps]
@@ -481,14 +488,29 @@ def _evaluate_and_report(args, dist) -> int:
         return 0
     _print_evaluation(metrics, steps)
     if args.json:
-        write_json(args.json, metrics)
+        write_json(args.json, metrics, strict=True)
     return 0
 
 
+def _output_file(text: str, flag: str, suffixes: tuple[str, ...] | None = None, what: str = "") -> Path:
+    """A file named on the command line for a command's output, checked before the work: not
+    empty, not a folder, a known ending (``suffixes``: np.save would quietly append .npy, and
+    savefig writes the format it is told whatever the name), in a folder that exists or can be
+    made (replaced_atomically makes it)."""
+    if not text.strip():
+        raise ValueError(f"{flag} is empty; pass a file name")
+    path = Path(text)
+    if path.is_dir():
+        raise ValueError(f"{flag} {text!r} is a folder; pass a file name")
+    if suffixes and path.suffix.lower() not in suffixes:
+        endings = ", ".join(suffixes[:-1]) + f" or {suffixes[-1]}" if len(suffixes) > 1 else suffixes[0]
+        raise ValueError(f"{flag} {text!r}: {what} written as {endings}; end the name in one of those")
+    check_folder(path.parent, flag)
+    return path
+
+
 def cmd_sample(args) -> int:
-    out = Path(args.out)
-    if out.suffix.lower() not in (".npy", ".csv"):  # np.save would quietly append .npy to the name
-        raise ValueError(f"--out {str(out)!r}: the samples are written as .npy or .csv; end the name in one of those")
+    out = _output_file(args.out, "--out", (".npy", ".csv"), "the samples are")
     flow = Flow.load(args.model, map_location=_device(args))
     g = torch.Generator(device=flow.loc.device).manual_seed(args.seed)
     x = flow.sample(args.n, generator=g, steps=args.steps, dtype=torch.float64).detach().cpu().numpy()
@@ -517,7 +539,8 @@ def _csv_header(names: list[str]) -> str:
 
 
 def cmd_plot(args) -> int:
-    from .plotting import PLOT_POINTS, plot_flow
+    from .plotting import PLOT_FORMATS, PLOT_POINTS, plot_flow
+    _output_file(args.out, "--out", tuple("." + f for f in PLOT_FORMATS), "plots are")
     flow, recorded, test = _flow_and_data(args)
     title = args.data or (recorded or {}).get("name", "")
     n_points = args.n_test or PLOT_POINTS
@@ -545,12 +568,25 @@ def _defaults_help(flag: str) -> str:
     return f"{_HELP[flag]} {defaults}" if flag in _HELP else defaults
 
 
+def _count(low: int):
+    """An argparse type: an integer >= low, refused as the command line is read (not after
+    training, where --samples -1 met its check)."""
+    def integer(text: str) -> int:
+        value = int(text)  # (a ValueError reads "invalid integer value: ...")
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+    return integer
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jkofast", description=__doc__.split("\n\n")[0])
+    # allow_abbrev=False: a prefix is not taken for an option (--restar would start over, --sample is not --samples)
+    p = argparse.ArgumentParser(prog="jkofast", description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--version", action="version", version=f"jkofast {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a flow; writes model, checkpoint, log, metrics, samples, plot")
+    t = sub.add_parser("train", help="train a flow; writes model, checkpoint, log, metrics, samples, plot",
+                       allow_abbrev=False)
     t.add_argument("--data", required=True, help=f"built-in set ({', '.join(datasets.DATA_NAMES)}) or a .npy/.csv file")
     _add_data_root(t)
     t.add_argument("--out", required=True, help="output folder (a rerun with the same folder resumes)")
@@ -569,12 +605,12 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, default=None, help=_defaults_help(flag),
                        choices=choices.get(flag), **({"nargs": 2, "metavar": ("A", "B")} if flag == "time_beta" else {}))
     for k, what in (("n_train", "training"), ("n_val", "validation"), ("n_test", "test")):
-        t.add_argument(f"--{k.replace('_', '-')}", type=int, default=None,
+        t.add_argument(f"--{k.replace('_', '-')}", type=_count(1), default=None,
                        help=f"2-D sets and patches: {what} points drawn (default: {_SIZES[k]:,})")
     t.add_argument("--mmap", action=argparse.BooleanOptionalAction, default=None,
                    help=".npy files: read through a memory map in chunks and split without copying "
                         "(default: for a file of 1 GiB or more)")
-    t.add_argument("--samples", type=int, default=10_000, help="samples to write to samples.npy")
+    t.add_argument("--samples", type=_count(1), default=10_000, help="samples to write to samples.npy")
     t.add_argument("--restart", action="store_true", help="ignore a checkpoint in --out and start over")
     t.add_argument("--no-plot", action="store_true")
     t.add_argument("--no-progress", action="store_true")
@@ -583,7 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, fn, helptext in (("eval", cmd_eval, "test NLL in nats with its standard error"),
                                ("plot", cmd_plot, "PNG of data, samples, density and trajectory (2-D)"),
                                ("sample", cmd_sample, "draw samples to a .npy or .csv file")):
-        c = sub.add_parser(name, help=helptext)
+        c = sub.add_parser(name, help=helptext, allow_abbrev=False)
         c.add_argument("--model", required=True, help="model file, or the output folder of `jkofast train`")
         c.add_argument("--device", default=None)
         c.add_argument("--seed", type=int, default=0)
@@ -593,17 +629,18 @@ def build_parser() -> argparse.ArgumentParser:
                            "its test split); a built-in name draws that set's test points, any other .npy/.csv "
                            "file is held-out data, scored (or plotted) whole")
             _add_data_root(c)
-            c.add_argument("--n-test", type=int, default=None,
+            c.add_argument("--n-test", type=_count(1), default=None,
                            help="built-in sets: test points drawn" + ("" if name == "eval" else
                                                                        "; and at most this many plotted (default 5,000)"))
-    sub.add_parser("info", help="version, the torch it was built for, compiled backends, GPU").set_defaults(func=cmd_info)
-    sub.choices["eval"].add_argument("--steps", type=int, nargs="+", default=None, help="RK4 steps per block")
+    sub.add_parser("info", help="version, the torch it was built for, compiled backends, GPU",
+                   allow_abbrev=False).set_defaults(func=cmd_info)
+    sub.choices["eval"].add_argument("--steps", type=_count(1), nargs="+", default=None, help="RK4 steps per block")
     sub.choices["eval"].add_argument("--json", default=None, help="also write the numbers to this file")
-    sub.choices["eval"].add_argument("--mmd-points", type=int, default=10_000,
+    sub.choices["eval"].add_argument("--mmd-points", type=_count(0), default=10_000,
                                      help="samples and test points for the MMD (0: skip it)")
-    sub.choices["plot"].add_argument("--out", required=True, help="PNG file")
-    sub.choices["sample"].add_argument("--n", type=int, default=10_000)
-    sub.choices["sample"].add_argument("--steps", type=int, default=None)
+    sub.choices["plot"].add_argument("--out", required=True, help="image file: .png, .pdf or .svg")
+    sub.choices["sample"].add_argument("--n", type=_count(1), default=10_000)
+    sub.choices["sample"].add_argument("--steps", type=_count(1), default=None)
     sub.choices["sample"].add_argument("--out", required=True, help=".npy or .csv file")
     return p
 
@@ -625,9 +662,22 @@ def _notes_on_stderr():
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
+    shown = warnings.showwarning
+    package = str(Path(__file__).resolve().parent)
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        # jkofast's own warnings (lattice columns, the pure-torch fallback) as notes, not as a
+        # Python source location and line: the command line's user did not write that code
+        if str(Path(filename).resolve()).startswith(package):
+            print(f"jkofast: warning: {message}", file=sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
     try:
         yield
     finally:
+        warnings.showwarning = shown
         log.removeHandler(handler)
         log.level, log.propagate = before
 
@@ -759,9 +809,9 @@ def main(argv: list[str] | None = None) -> int:
         _print_error(str(exc) or "out of memory", hint)
         return 1
     except SystemExit as exc:
-        if isinstance(exc.code, str) and distributed.launched_world() > 1:  # one of our refusals ("error: ..."): name the rank
+        if isinstance(exc.code, str):  # one of our refusals ("error: ..."): as the others, status 2 (named by rank)
             _print_error(exc.code.removeprefix("error: "))
-            return 1
+            return 2
         raise
 
 

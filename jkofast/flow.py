@@ -31,6 +31,15 @@ def _model_path(path: str | os.PathLike) -> Path:
     return path / MODEL_FILE if path.is_dir() else path
 
 
+def _unfinished_run(path: Path) -> None:
+    """Refuse to load a run folder whose training has not finished, saying how to finish it
+    (rather than "no checkpoint at .../model.pt")."""
+    if path.is_dir() and not (path / MODEL_FILE).is_file() and (path / "checkpoint.pt").is_file():
+        raise FileNotFoundError(f"{path} holds no {MODEL_FILE} yet: its training has not finished (checkpoint.pt is "
+                                "there); run the same `jkofast train` command again (or jkofast.train with this out) "
+                                "to resume and finish it")
+
+
 class Flow(nn.Module):
     """A continuous normalizing flow F = T_L o ... o T_1 o standardize, from data to N(0, I).
 
@@ -246,6 +255,7 @@ class Flow(nn.Module):
     def load(cls, path: str | os.PathLike, map_location="cpu") -> "Flow":
         """Load a flow saved by :meth:`save` (a file, or a folder holding ``model.pt``, such as the
         output folder of ``jkofast train``). Never executes code from the file."""
+        _unfinished_run(Path(path))
         path = _model_path(path)
         return cls.from_payload(load_payload(path, _KIND, map_location), path, map_location)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import warnings
 from dataclasses import dataclass, fields
 
 from ._checks import check_choice, check_number, check_positive_int, dtype_name, plain_fields
@@ -132,7 +133,22 @@ class JKOIFlowConfig:
         unknown = sorted(set(options) - valid)
         if unknown:
             raise TypeError(f"unknown jko-iflow option(s) {unknown}; valid options are {sorted(valid)}")
-        return cls(**{**BUDGETS[budget], **options})
+        cfg = cls(**{**BUDGETS[budget], **options})
+        cfg._warn_of_inert(options)
+        return cfg
+
+    def _warn_of_inert(self, given: dict) -> None:
+        """Say where an option the user gave has no effect under the other settings (it is kept
+        and recorded all the same): better than a silent no-op for a setting meant to matter."""
+        inert = []
+        if "probes" in given and self.divergence == "exact":
+            inert.append("probes (Hutchinson's probe count) with divergence='exact'")
+        if "retrain_iters" in given and self.reparam_rounds + self.refine_rounds == 0:
+            inert.append("retrain_iters with reparam_rounds=0 and refine_rounds=0")
+        if "reparam_eta" in given and self.reparam_rounds == 0:
+            inert.append("reparam_eta with reparam_rounds=0")
+        if inert:
+            warnings.warn(f"no effect: {'; '.join(inert)}", UserWarning, stacklevel=3)
 
     def check_validation(self, has_val: bool) -> None:
         """Refuse ``select_blocks="val"`` without validation data (train() asks before it

@@ -16,6 +16,7 @@ __all__ = ["density_grid", "plot_flow", "PLOT_POINTS"]
 # points of the data, the samples and each trajectory panel: enough to show the shape, few
 # enough that a PNG of rasterized dots stays small
 PLOT_POINTS = 5000
+PLOT_FORMATS = ("png", "pdf", "svg")  # by the file's ending
 
 
 @torch.no_grad()
@@ -43,9 +44,13 @@ def _bounds(data: np.ndarray, margin: float = 0.15) -> tuple[float, float, float
 
 def plot_flow(flow, data: np.ndarray, path: str | Path, *, samples: np.ndarray | None = None,
               n_points: int = PLOT_POINTS, resolution: int = 200, seed: int = 0, title: str = "") -> Path:
-    """Save a PNG: data, samples, density (top row) and the data pushed through the blocks
-    (bottom row, at most 6 panels from the standardized data to the latent space); at most
-    ``n_points`` of each, the data's drawn at random by ``seed``."""
+    """Save a figure (PNG, PDF or SVG, by ``path``'s ending): data, samples, density (top row)
+    and the data pushed through the blocks (bottom row, at most 6 panels from the standardized
+    data to the latent space); at most ``n_points`` of each, the data's drawn at random by ``seed``."""
+    path = Path(path)
+    fmt = path.suffix.lower().lstrip(".")
+    if fmt not in PLOT_FORMATS:
+        raise ValueError(f"plot file {str(path)!r}: end the name in one of {['.' + f for f in PLOT_FORMATS]}")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -86,10 +91,8 @@ def plot_flow(flow, data: np.ndarray, path: str | Path, *, samples: np.ndarray |
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with replaced_atomically(path) as tmp:  # (a stopped savefig left a truncated PNG)
-        fig.savefig(tmp, dpi=110, format="png")
+    with replaced_atomically(path) as tmp:  # (a stopped savefig left a truncated file)
+        fig.savefig(tmp, dpi=110, format=fmt)
     plt.close(fig)
     return path
 

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from . import _backend, distributed, training_data
-from ._checks import (check_finite, check_folder, check_points, warn_fewer_rows_than_columns,
+from ._checks import (check_finite, check_folder, check_points, check_standardization, warn_fewer_rows_than_columns,
                       warn_lattice_columns, whole_number_columns)
 from ._locks import held_lock
 from ._version import __version__
@@ -108,9 +108,9 @@ def _as_data(x, name: str, *, dtype: torch.dtype, device, dim: int | None = None
 _STD_ROWS = 65536  # rows per block of the standardization's second pass
 
 
-def _standardization(x: Tensor) -> tuple[Tensor, Tensor]:
-    if x.shape[0] < 2:
-        raise ValueError(f"need at least 2 training rows to standardize the data, got {x.shape[0]}")
+def _standardization(x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    if x.shape[0] < 2:  # (refused, before the moments of no rows are computed)
+        check_standardization(x.shape[0], [], [], [], dtype)
     # Two passes: torch's one-pass std along dim 0 loses digits to a large offset (1e-4 relative
     # for 1e6 +/- 1e-7 in float64); the deviations from the mean keep them, as the scan does. In
     # row blocks, so the deviations never need a second copy of the data.
@@ -118,10 +118,7 @@ def _standardization(x: Tensor) -> tuple[Tensor, Tensor]:
     m2 = sum((block - loc).square().sum(0) for block in x.split(_STD_ROWS))
     scale = (m2 / (x.shape[0] - 1)).sqrt()
     # min == max, exact: a threshold on the std refused varying columns of small units (1e-13 F)
-    const = (x.amin(0) == x.amax(0)).nonzero().flatten().tolist()
-    if const:
-        raise ValueError(f"training data column(s) {const} are constant: a density over them is degenerate; "
-                         "drop them (or pass standardize=False and add noise)")
+    check_standardization(x.shape[0], x.amin(0) == x.amax(0), loc, scale, dtype)
     return loc, scale
 
 
@@ -136,7 +133,11 @@ def _trained_units(log: dict) -> int:
 
 
 OUT_LOCK = ".jkofast.lock"   # in the output folder, held while a run trains into it
-_UNITS = {"jko-iflow": "blocks", "jko-flow": "rounds", "interpolant": "training segments"}
+_UNITS = {"jko-iflow": "block", "jko-flow": "round", "interpolant": "training segment"}
+
+
+def _count_of(n: int, unit: str) -> str:
+    return f"{n} {unit}{'' if n == 1 else 's'}"
 
 
 def _resume_and_run(trainer, out: Path | None, method: str, device, progress: bool, main: bool):
@@ -145,7 +146,7 @@ def _resume_and_run(trainer, out: Path | None, method: str, device, progress: bo
     resumed = trainer.resume()
     done = _trained_units(trainer.log)
     if resumed:
-        say(f"resuming from {out / CHECKPOINT_FILE}: {done} {_UNITS[method]} done (resume=False, or --restart, "
+        say(f"resuming from {out / CHECKPOINT_FILE}: {_count_of(done, _UNITS[method])} done (resume=False, or --restart, "
             "starts over)", bars=progress, main=main)
         for note in trainer.resume_notes:  # what the resume decided (a larger budget)
             say(note, bars=progress, main=main)
@@ -318,7 +319,7 @@ def _train(x, val, method: str, cfg, *, out: Path | None, dist, progress: bool, 
         x = _as_data(x, "x", dtype=torch.float64, device=device)
         val = None if val is None else _as_data(val, "val", dtype=torch.float64, device=device, dim=x.shape[1])
         warn_fewer_rows_than_columns(*x.shape)  # before a transposed array meets the constant-column error
-        loc, scale = _standardization(x) if cfg.standardize else (None, None)
+        loc, scale = _standardization(x, dtype) if cfg.standardize else (None, None)
         if x.shape[0] > 1:
             warn_lattice_columns(whole_number_columns(x).tolist(), x.std(0).tolist())
         flow = Flow(x.shape[1], cfg.field_config(), steps=cfg.steps, tableau=cfg.tableau, loc=loc, scale=scale,

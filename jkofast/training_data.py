@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._checks import check_folder, warn_fewer_rows_than_columns, warn_lattice_columns
+from ._checks import check_folder, check_standardization, warn_fewer_rows_than_columns, warn_lattice_columns
 from .datasets.scan import Summary, scan
 from .datasets.streaming import Rows, as_rows
 from .distributed import Dist, alike_on_every_rank
@@ -49,13 +49,9 @@ class TrainingData:
         self.store.close()
 
 
-def _standardization(summary: Summary) -> tuple[np.ndarray, np.ndarray]:
-    if summary.n < 2:
-        raise ValueError(f"need at least 2 training rows to standardize the data, got {summary.n}")
-    const = np.flatnonzero(summary.constant).tolist()  # min == max: a column of tiny values still varies
-    if const:
-        raise ValueError(f"training data column(s) {const} are constant: a density over them is degenerate; "
-                         "drop them (or pass standardize=False and add noise)")
+def _standardization(summary: Summary, dtype: torch.dtype) -> tuple[np.ndarray, np.ndarray]:
+    # (summary.constant: min == max, so a column of tiny values still varies)
+    check_standardization(summary.n, summary.constant, summary.mean, summary.std, dtype)
     return summary.mean, summary.std
 
 
@@ -83,7 +79,7 @@ def prepare(x, val, cfg: JKOIFlowConfig, dist: Dist, *, progress: bool = False) 
         if summary.n < dist.world:
             raise ValueError(f"x has {summary.n} rows, fewer than the {dist.world} processes: every process needs "
                              "a shard")
-        standardization = _standardization(summary) if cfg.standardize else None
+        standardization = _standardization(summary, getattr(torch, cfg.dtype)) if cfg.standardize else None
     dtype, device = getattr(torch, cfg.dtype), dist.device
     if standardization is not None:
         loc, scale = (torch.as_tensor(a, dtype=dtype, device=device) for a in standardization)

@@ -152,8 +152,8 @@ def test_train_on_a_file(tmp_path, capsys):
     assert main(["eval", "--model", str(tmp_path / "run"), "--json", str(tmp_path / "split.json")]) == 0
     split = json.loads((tmp_path / "split.json").read_text())
     assert split["n_test"] == 120 and split["gaussian_nll"]["n_train"] == 960   # 10% test, 80% train
-    with pytest.raises(SystemExit, match="whose test split is fixed"):  # not silently ignored
-        main(["eval", "--model", str(tmp_path / "run"), "--n-test", "50"])
+    assert main(["eval", "--model", str(tmp_path / "run"), "--n-test", "50"]) == 2  # not silently ignored
+    assert "whose test split is fixed" in capsys.readouterr().err
     # Held-out data in another file is scored whole, against the Gaussian of the model's own
     # training split (not one fitted to 80% of the held-out file, as eval used to).
     held = jkofast.datasets.toy("8gaussians", 300, seed=7).astype(np.float64)
@@ -181,8 +181,8 @@ def test_train_on_a_file(tmp_path, capsys):
                  "--json", str(tmp_path / "broken.json")]) == 0
     assert "kept Gaussian baseline is unreadable (ValueError" in capsys.readouterr().err
     assert json.loads((tmp_path / "broken.json").read_text())["gaussian_nll"] == refit
-    with pytest.raises(SystemExit, match="a held-out file is scored whole"):
-        main(["eval", "--model", str(tmp_path / "run"), "--data", str(tmp_path / "held.npy"), "--n-test", "50"])
+    assert main(["eval", "--model", str(tmp_path / "run"), "--data", str(tmp_path / "held.npy"), "--n-test", "50"]) == 2
+    assert "a held-out file is scored whole" in capsys.readouterr().err
     # Touched, same size: noted once, and scored.
     capsys.readouterr()
     os.utime(tmp_path / "d.npy", ns=(1, 1))
@@ -190,13 +190,13 @@ def test_train_on_a_file(tmp_path, capsys):
     assert capsys.readouterr().err.count("was modified after the model was trained") == 1
     # The training file grown after training: its test split, drawn again, would hold training rows.
     np.save(tmp_path / "d.npy", np.concatenate([data, held[:10]]))
-    with pytest.raises(SystemExit, match="has changed since the model was trained"):
-        main(["eval", "--model", str(tmp_path / "run")])
+    assert main(["eval", "--model", str(tmp_path / "run")]) == 2
+    assert "has changed since the model was trained" in capsys.readouterr().err
     # Gone: its split cannot be scored; held-out data still can, and with the baseline, which
     # the model keeps (the Gaussian train() fitted, not the file read again).
     (tmp_path / "d.npy").unlink()
-    with pytest.raises(SystemExit, match="no longer there"):
-        main(["eval", "--model", str(tmp_path / "run")])
+    assert main(["eval", "--model", str(tmp_path / "run")]) == 2
+    assert "no longer there" in capsys.readouterr().err
     capsys.readouterr()
     assert main(["eval", "--model", str(tmp_path / "run"), "--data", str(tmp_path / "held.npy"),
                  "--json", str(tmp_path / "gone.json")]) == 0
@@ -231,9 +231,9 @@ def test_samples_of_a_csv_model_carry_its_header(tmp_path, capsys):
     assert jkofast.datasets.column_names(tmp_path / "x.npy") is None
 
 
-def test_errors_are_messages_not_tracebacks(run_dir, tmp_path, capsys):
-    with pytest.raises(SystemExit, match="neither a built-in data set"):
-        main(["train", "--data", "no-such-set", "--out", str(tmp_path / "x")])
+def test_errors_are_messages_not_tracebacks(run_dir, tmp_path, capsys, monkeypatch):
+    assert main(["train", "--data", "no-such-set", "--out", str(tmp_path / "x")]) == 2
+    assert "neither a built-in data set" in capsys.readouterr().err
     for garbage in (b"garbage", b"hello"):  # b"hello" made torch's loader raise a bare KeyError
         (tmp_path / "bad.pt").write_bytes(garbage)
         assert main(["eval", "--model", str(tmp_path / "bad.pt")]) == 2
@@ -254,10 +254,21 @@ def test_errors_are_messages_not_tracebacks(run_dir, tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "tiny.csv"), "--out", str(tmp_path / "t"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "has 5 row(s)" in err and "needs at least 10 rows" in err and "test_fraction" not in err, err
-    # an operating system's refusal (here: --json names a folder) is a message too
-    assert main(["eval", "--model", str(run_dir), "--json", str(tmp_path), "--mmd-points", "0"]) == 1
+    # an output file that cannot be written is refused before the evaluation runs
+    assert main(["eval", "--model", str(run_dir), "--json", str(tmp_path), "--mmd-points", "0"]) == 2
+    out, err = capsys.readouterr()
+    assert "is a folder; pass a file name" in err and "test NLL" not in out, (out, err)
+    # an operating system's refusal while writing (a full disk) is a message too
+    import errno
+    from jkofast import cli
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "m.json"))
+
+    monkeypatch.setattr(cli, "write_json", full_disk)
+    assert main(["eval", "--model", str(run_dir), "--json", str(tmp_path / "m.json"), "--mmd-points", "0"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: [Errno 21] Is a directory") and "Traceback" not in err, err
+    assert err.startswith("error: [Errno 28] No space left on device") and "Traceback" not in err, err
 
 
 def test_a_mistyped_option_is_refused_before_the_data_is_read(tmp_path, capsys):
@@ -312,18 +323,17 @@ def test_under_torchrun_an_error_of_every_rank_is_printed_once(tmp_path, monkeyp
     absent = str(tmp_path / "absent.csv")
     assert main(["train", "--data", absent, "--out", str(tmp_path / "o"), "--method", "interpolant"]) == 2
     assert "method 'interpolant' trains in one process" in capsys.readouterr().err
-    # our refusals that end the command (SystemExit "error: ..."): named by rank under torchrun,
-    # unchanged for one process
+    # our refusals that end the command (SystemExit "error: ..."): named by rank under torchrun
     def refused(args):
         raise SystemExit("error: --data power reads your copy of the MAF files")
 
     monkeypatch.setattr(cli, "cmd_train", refused)
     monkeypatch.setenv("RANK", "1")
-    assert main(bad) == 1
+    assert main(bad) == 2
     assert capsys.readouterr().err == "error (rank 1 of 2): --data power reads your copy of the MAF files\n"
     monkeypatch.setenv("WORLD_SIZE", "1")
-    with pytest.raises(SystemExit, match="^error: --data power"):
-        main(bad)
+    assert main(bad) == 2   # status 2, as every refusal of the command as given
+    assert capsys.readouterr().err == "error: --data power reads your copy of the MAF files\n"
 
 
 def test_a_rank_waiting_for_rank_0_leaves_quietly_when_stopped(monkeypatch):
@@ -472,3 +482,67 @@ def test_plot_draws_a_random_subset_of_the_data(tmp_path, monkeypatch):
     plot_flow(flow, data, tmp_path / "p.png", n_points=500)
     x = seen["x"][:, 0].numpy()
     assert len(x) == 500 and x.min() < -2 and x.max() > 2   # spans the data, not its first 500 rows
+
+
+def test_counts_and_outputs_are_checked_before_any_work(run_dir, tmp_path, capsys):
+    """Refused as the command line is read, or before the data and the model are: a count
+    below its least value (--samples -1 met its check after training, and the earlier report
+    was deleted by then), an empty --out (Path("") is the current folder), an option given as a
+    prefix (--restar started over), an output file that cannot be written (a folder, an
+    unknown ending)."""
+    absent = str(tmp_path / "absent.csv")   # read first, it would end the command with its own error
+    for flag, value in (("--samples", "-1"), ("--n-test", "0"), ("--n-train", "0")):
+        with pytest.raises(SystemExit) as stop:
+            main(["train", "--data", absent, "--out", str(tmp_path / "o"), flag, value])
+        assert stop.value.code == 2 and f"{flag}: must be an integer >= 1, got {value}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--data", absent, "--out", str(tmp_path / "o"), "--restar"])
+    assert "unrecognized arguments: --restar" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["eval", "--model", str(run_dir), "--mmd-points", "-5"])
+    assert "--mmd-points: must be an integer >= 0" in capsys.readouterr().err
+    assert main(["train", "--data", "moons", "--out", "", "--budget", "quick"]) == 2
+    assert "error: out is empty; pass a folder" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    assert main(["plot", "--model", str(run_dir), "--out", str(tmp_path / "p.txt")]) == 2
+    assert "plots are written as .png, .pdf or .svg" in capsys.readouterr().err
+    assert main(["sample", "--model", str(run_dir), "--out", ""]) == 2
+    assert "--out is empty; pass a file name" in capsys.readouterr().err
+
+
+def test_outputs_go_into_folders_made_for_them(run_dir, tmp_path, capsys):
+    assert main(["sample", "--model", str(run_dir), "--n", "5", "--out", str(tmp_path / "new" / "s.npy")]) == 0
+    assert np.load(tmp_path / "new" / "s.npy").shape == (5, 2)
+    assert main(["plot", "--model", str(run_dir), "--n-test", "200", "--out", str(tmp_path / "fig" / "p.svg")]) == 0
+    assert (tmp_path / "fig" / "p.svg").read_text().lstrip().startswith("<?xml")
+
+
+def test_one_test_point_gives_the_note_and_strict_json(run_dir, tmp_path, capsys):
+    """With one test point the paired gap has no standard error (NaN): the flow is not shown
+    to beat the Gaussian, and the JSON report holds null there (RFC 8259 has no NaN)."""
+    np.save(tmp_path / "one.npy", np.array([[0.5, 0.25]]))
+    assert main(["eval", "--model", str(run_dir), "--data", str(tmp_path / "one.npy"), "--mmd-points", "0",
+                 "--json", str(tmp_path / "m.json")]) == 0
+    assert "the flow does not clearly beat it" in capsys.readouterr().out
+
+    def refuse(token):
+        raise ValueError(f"not JSON: {token}")
+
+    metrics = json.loads((tmp_path / "m.json").read_text(), parse_constant=refuse)
+    assert metrics["nll_steps3"]["se"] is None and metrics["gaussian_nll"]["minus_flow_steps3"]["se"] is None
+    assert np.isfinite(metrics["nll_steps3"]["mean"])
+
+
+def test_an_unfinished_run_folder_says_how_to_finish_it(run_dir, tmp_path, capsys):
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    shutil.copy(run_dir / "checkpoint.pt", unfinished / "checkpoint.pt")
+    assert main(["eval", "--model", str(unfinished)]) != 0
+    err = capsys.readouterr().err
+    assert "holds no model.pt yet: its training has not finished" in err and "resume and finish it" in err
+
+
+def test_held_out_data_of_another_width_is_named(run_dir, tmp_path, capsys):
+    np.save(tmp_path / "wide.npy", np.zeros((20, 3)))
+    assert main(["eval", "--model", str(run_dir), "--data", str(tmp_path / "wide.npy")]) == 2
+    assert f"--data {str(tmp_path / 'wide.npy')!r} has 3 column(s); the model was trained on 2" in capsys.readouterr().err

@@ -208,6 +208,12 @@ def test_load_npy_roundtrip(tmp_path):
     stamps = (1_700_000_000 + 7 * np.arange(1000)).reshape(-1, 1)
     np.save(tmp_path / "t.npy", stamps)
     np.testing.assert_array_equal(datasets.load_array(tmp_path / "t.npy"), stamps)
+    # A big-endian float64 ('>f8' is not == np.float64) is float64 too: it was cut to float32,
+    # and 1e8 + N(0, 1) then became whole numbers.
+    np.save(tmp_path / "be.npy", (a64 + 1e8).astype(">f8"))
+    got = datasets.load_array(tmp_path / "be.npy")
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, a64 + 1e8)
 
 
 @pytest.mark.parametrize("header", ["", "x,y,z\n"])
@@ -251,6 +257,12 @@ def test_load_rejects_empty(tmp_path):
     np.save(tmp_path / "e.npy", np.zeros((0, 2)))
     with pytest.raises(ValueError, match="empty"):
         datasets.load_array(tmp_path / "e.npy")
+    (tmp_path / "z.npy").write_bytes(b"")   # numpy: EOFError, a traceback on the command line
+    with pytest.raises(ValueError, match=r"not a \.npy file: .* \(the file is empty\)"):
+        datasets.load_array(tmp_path / "z.npy")
+    (tmp_path / "t.npy").write_text("1,2\n3,4\n")   # numpy's own error speaks of pickles
+    with pytest.raises(ValueError, match="does not start with numpy's header"):
+        datasets.load_array(tmp_path / "t.npy")
 
 
 def test_load_rejects_nan_rows(tmp_path):
@@ -370,3 +382,37 @@ def test_load_csv_warns_of_a_pandas_index_column(tmp_path):
     path.write_text(",a,b\n0,1.5,2\n1,3,4\n")
     with pytest.warns(UserWarning, match=r"to_csv\(index=False\)"):
         assert datasets.load_array(path).shape == (2, 3)
+
+
+def test_a_csv_header_names_as_many_columns_as_the_rows_have(tmp_path):
+    path = tmp_path / "a.csv"
+    path.write_text("a,b,c\n1,2\n3,4\n")
+    with pytest.raises(ValueError, match="has 3 name.* but its rows have 2 comma-separated fields"):
+        datasets.load_array(path)
+    # one column written with decimal commas (no semicolon to tell them) split into two
+    path.write_text("Temperatur\n10,38\n9,60\n")
+    with pytest.raises(ValueError, match="1 name.* 2 comma-separated fields .*decimal commas"):
+        datasets.load_array(path)
+
+
+def test_load_csv_reads_pandas_default_column_names_as_a_header(tmp_path):
+    """pd.DataFrame(array).to_csv(index=False) writes 0,1,...,d-1 as its header: not a data row."""
+    pd = pytest.importorskip("pandas")
+    x = np.random.default_rng(0).normal(size=(5, 3))
+    pd.DataFrame(x).to_csv(tmp_path / "a.csv", index=False)
+    np.testing.assert_allclose(datasets.load_array(tmp_path / "a.csv"), x, rtol=1e-15)
+    assert datasets.column_names(tmp_path / "a.csv") == ["0", "1", "2"]
+    pd.DataFrame(x).to_csv(tmp_path / "i.csv")   # the index kept: read as data, with the warning
+    with pytest.warns(UserWarning, match=r"to_csv\(index=False\)"):
+        np.testing.assert_allclose(datasets.load_array(tmp_path / "i.csv")[:, 1:], x, rtol=1e-15)
+    (tmp_path / "d.csv").write_text("0,1\n1,0\n1,1\n")   # over whole numbers (0/1 data): a data row
+    assert datasets.load_array(tmp_path / "d.csv").shape == (3, 2)
+
+
+def test_load_csv_that_is_not_utf8_is_named(tmp_path):
+    (tmp_path / "u.csv").write_text("a,b\n1,2\n3,4\n", encoding="utf-16")
+    with pytest.raises(ValueError, match=r"'.*u\.csv' is not UTF-8 text .*save it as UTF-8"):
+        datasets.load_array(tmp_path / "u.csv")
+    (tmp_path / "l.csv").write_bytes("température,b\n1,2\n".encode("latin-1"))
+    with pytest.raises(ValueError, match="is not UTF-8 text"):
+        datasets.column_names(tmp_path / "l.csv")

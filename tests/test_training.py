@@ -463,6 +463,13 @@ def test_constant_columns_are_refused_and_small_units_are_not(tmp_path, method, 
     for value in (0.0, 0.3, 1e6):
         with pytest.raises(ValueError, match=r"column\(s\) \[1\] are constant"):
             jkofast.train(data(np.full(300, value)), method, **opts)
+    # Not constant, but beyond what the arithmetic (1e200 squares to inf, 1e-200 to 0) or the
+    # model's dtype (a float32 scale of 1e-50 is 0) holds: named, not "scale must be positive".
+    for column, dtype, hint in ((1e200 * z[:, 1], "float64", ""), (1e-200 * z[:, 1], "float64", ""),
+                                (1e-50 * z[:, 1], "float32", "or train in float64")):
+        with pytest.raises(ValueError, match=rf"column\(s\) \[1\] have a scale that {dtype} cannot standardize"
+                                             rf" \(column 1: .*\): rescale them.*{hint}"):
+            jkofast.train(data(column), method, **(opts | {"dtype": dtype}))
 
 
 @pytest.mark.parametrize("method", ["jko-iflow", "interpolant", "jko-flow"])
@@ -494,3 +501,20 @@ def test_a_table_with_text_columns_is_named_and_integer_npy_trains(tmp_path):
     np.save(tmp_path / "ints.npy", ints)
     flow = jkofast.train(str(tmp_path / "ints.npy"), budget="quick", blocks=1, iters=1, progress=False)
     assert torch.allclose(flow.loc.double(), torch.as_tensor(ints.mean(0), dtype=torch.float64), rtol=1e-6)
+
+
+def test_options_without_effect_are_said():
+    """An option given that the other settings make inert (kept and recorded all the same)."""
+    import warnings
+
+    from jkofast.jko_iflow_config import JKOIFlowConfig
+
+    with pytest.warns(UserWarning, match=r"no effect: probes .* with divergence='exact'"):
+        JKOIFlowConfig.from_options("quick", probes=5)
+    with pytest.warns(UserWarning, match="retrain_iters with reparam_rounds=0 and refine_rounds=0; reparam_eta"):
+        JKOIFlowConfig.from_options("quick", reparam_rounds=0, refine_rounds=0, retrain_iters=5, reparam_eta=0.3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # none where they act, nor for the presets' own values
+        JKOIFlowConfig.from_options("quick", probes=5, divergence="hutchinson")
+        JKOIFlowConfig.from_options("paper", retrain_iters=5, reparam_eta=0.3, reparam_rounds=1)
+        JKOIFlowConfig.from_options("default")

@@ -22,14 +22,28 @@ def _finite_rows(arr: np.ndarray, where: str) -> None:
         raise ValueError(f"{where} has {int(bad.sum())} row(s) with NaN or inf values (first: row {first})")
 
 
+def check_npy_header(p: Path) -> None:
+    """Refuse a file that does not start as a .npy array does, before numpy reads it: an .npz
+    (np.load would return an archive), and text or an empty file (numpy's own errors speak of
+    pickles, or end in EOFError)."""
+    with open(p, "rb") as fh:
+        magic = fh.read(6)
+    if magic.startswith(b"PK"):
+        raise ValueError(f"{str(p)!r} is not a single .npy array (an .npz archive?)")
+    if magic != b"\x93NUMPY":
+        csv = (" (for a .csv, pass the path itself: jkofast.train and --data read it; or convert it once "
+               "with np.save(name, jkofast.datasets.load_array(path)))" if p.suffix.lower() == ".csv" else "")
+        empty = " (the file is empty)" if not magic else ""
+        raise ValueError(f"{str(p)!r} is not a .npy file: it does not start with numpy's header{empty}{csv}")
+
+
 def _read_npy(path: Path) -> np.ndarray:
+    check_npy_header(path)
     try:
         # allow_pickle=False: a .npy of objects would run arbitrary code when unpickled.
         arr = np.load(path, allow_pickle=False)
-    except ValueError as e:
+    except (ValueError, OSError, EOFError) as e:  # (EOFError: a header cut short)
         raise ValueError(f"could not read {str(path)!r} as a numeric .npy array: {e}") from e
-    if not isinstance(arr, np.ndarray):  # np.load returns an NpzFile for a zip archive
-        raise ValueError(f"{str(path)!r} is not a single .npy array (an .npz archive?)")
     if arr.dtype.kind not in "biuf":
         raise ValueError(f"{str(path)!r} must hold a numeric array, got dtype {arr.dtype}")
     return arr
@@ -38,11 +52,15 @@ def _read_npy(path: Path) -> np.ndarray:
 def _csv_lines(path: Path, limit: int | None = None) -> list[str]:
     """The non-blank lines of a .csv (the first ``limit`` of them)."""
     # utf-8-sig: spreadsheet exports often start with a byte-order mark.
-    if limit is None:
-        lines = [line for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
-    else:
-        with open(path, encoding="utf-8-sig") as fh:
-            lines = list(itertools.islice((line.rstrip("\r\n") for line in fh if line.strip()), limit))
+    try:
+        if limit is None:
+            lines = [line for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+        else:
+            with open(path, encoding="utf-8-sig") as fh:
+                lines = list(itertools.islice((line.rstrip("\r\n") for line in fh if line.strip()), limit))
+    except UnicodeDecodeError as e:  # (a UTF-16 "Unicode text" export, a Latin-1 header)
+        raise ValueError(f"{str(path)!r} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8 "
+                         "(a spreadsheet's \"CSV UTF-8\") or as a .npy array") from e
     if not lines:
         raise ValueError(f"{str(path)!r} is empty (no rows)")
     return lines
@@ -53,6 +71,8 @@ def _csv_layout(lines: list[str], path: Path) -> tuple[str, list[str] | None]:
     non-blank ``lines``, semicolon files' decimal commas already turned into points."""
     sep = _separator(lines[1] if len(lines) > 1 else lines[0])
     fields = lines[0].split(sep)
+    if _pandas_default_names(fields) and len(lines) > 1 and not _whole_numbers(lines[1].split(sep)):
+        return sep, fields
     numeric = [reads_as_number(v) for v in fields]
     own = _separator(lines[0])
     if not any(numeric) and own != sep and all(reads_as_number(v) for v in lines[0].split(own)):
@@ -62,6 +82,19 @@ def _csv_layout(lines: list[str], path: Path) -> tuple[str, list[str] | None]:
         raise ValueError(f"the first line of {str(path)!r} mixes numbers and other fields ({lines[0][:80]!r}): "
                          "it is neither a header nor a row of separated numbers")
     return sep, None if all(numeric) else fields
+
+
+def _whole_numbers(fields: list[str]) -> bool:
+    return all(reads_as_number(v) and float(v).is_integer() for v in fields)
+
+
+def _pandas_default_names(fields: list[str]) -> bool:
+    """A first line of 0, 1, ..., d-1 (after an empty name where the index was kept): the header
+    that pandas' to_csv writes for a DataFrame of an unnamed array, where the next line holds a
+    number that is not whole (over whole numbers, as 0/1 data, it is read as the data row it may be)."""
+    names = [name.strip() for name in fields]
+    names = names[1:] if names and not names[0] and len(names) > 2 else names
+    return len(names) > 1 and names == [str(i) for i in range(len(names))]
 
 
 def _decimal_points(lines: list[str]) -> list[str]:
@@ -74,7 +107,7 @@ def _read_csv(path: Path) -> np.ndarray:
     lines = _decimal_points(_csv_lines(path))
     sep, header = _csv_layout(lines, path)
     if header is not None:
-        lines = lines[1:]  # a first line without numbers is a header
+        header_line, lines = lines[0], lines[1:]  # a first line without numbers is a header
         if len(header) > 1 and not header[0].strip():
             import warnings
 
@@ -87,6 +120,12 @@ def _read_csv(path: Path) -> np.ndarray:
         arr = np.loadtxt(lines, delimiter=sep, dtype=np.float64, ndmin=2)
     except ValueError as e:
         raise ValueError(f"could not parse {str(path)!r} as {_SEPARATORS[sep]}-separated numbers: {e}") from e
+    names = None if header is None else len(next(csv.reader([header_line], delimiter=sep)))
+    if names is not None and names != arr.shape[1]:
+        single = (" (one column with decimal commas? a comma-separated file needs decimal points; "
+                  "semicolons may separate columns written with decimal commas)" if names == 1 and sep == "," else "")
+        raise ValueError(f"the header of {str(path)!r} has {names} name(s) but its rows have {arr.shape[1]} "
+                         f"{_SEPARATORS[sep]}-separated fields{single}")
     return arr  # float64: training standardizes in it before rounding to the model's dtype
 
 
@@ -127,9 +166,11 @@ def load_array(path) -> np.ndarray:
     """Load a data matrix from a ``.npy`` or ``.csv`` file.
 
     A ``.csv`` is comma-separated (or semicolon-separated, with decimal points or commas, or
-    tab-separated, told by its second line) with one sample per line, read as float64; a first line with
+    tab-separated, told by its second line) with one sample per line, read as float64, UTF-8; a first line with
     no number in it is taken as a header and skipped (one that mixes numbers and other fields is
-    an error: it may be a damaged data row), blank lines are ignored. A single-column
+    an error: it may be a damaged data row), and so is one of 0, 1, ..., d-1 (the names pandas
+    gives an unnamed array's columns) over a line that is not all whole numbers; a header must name as many columns as the rows have;
+    blank lines are ignored. A single-column
     ``.csv`` gives shape (N, 1). A ``.npy`` is read with ``allow_pickle=False``.
 
     Arguments:
@@ -157,7 +198,8 @@ def load_array(path) -> np.ndarray:
         raise ValueError(f"data in {str(p)!r} is empty (shape {arr.shape}); need at least one row and one column")
     # Integers as float64, like a .csv: float32 holds them exactly only up to 2^24 (timestamps,
     # counts and ids above that would collapse onto float32's coarser grid without a word).
-    wide = arr.dtype == np.float64 or arr.dtype.kind in "iub"
+    # (by kind and size: a big-endian float64, '>f8', is not equal to np.float64)
+    wide = (arr.dtype.kind == "f" and arr.dtype.itemsize >= 8) or arr.dtype.kind in "iub"
     arr = arr.astype(np.float64 if wide else np.float32, copy=False)
     _finite_rows(arr, f"data in {str(p)!r}")
     return arr

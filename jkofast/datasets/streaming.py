@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .files import check_npy_header
+
 __all__ = ["open_npy", "Rows", "as_rows", "split_rows", "CHUNK_BYTES"]
 
 # Bytes per chunk read: sequential reads large enough for full disk speed, temporaries small
@@ -53,17 +55,10 @@ def open_npy(path) -> np.memmap:
     p = Path(os.fspath(path))
     if not p.is_file():
         raise FileNotFoundError(f"data file {str(p)!r} does not exist (or is not a file)")
-    with open(p, "rb") as fh:
-        magic = fh.read(6)
-    if magic.startswith(b"PK"):  # a zip: np.load would return an NpzFile
-        raise ValueError(f"{str(p)!r} is not a single .npy array (an .npz archive?)")
-    if magic != b"\x93NUMPY":  # numpy's own error for a text file speaks of pickles
-        csv = (" (for a .csv, pass the path itself: jkofast.train and --data read it; or convert it once "
-               "with np.save(name, jkofast.datasets.load_array(path)))" if p.suffix.lower() == ".csv" else "")
-        raise ValueError(f"{str(p)!r} is not a .npy file: it does not start with numpy's header{csv}")
+    check_npy_header(p)
     try:
         arr = np.load(p, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, EOFError) as exc:
         raise ValueError(f"could not read {str(p)!r} as a .npy array: {exc}") from exc
     if arr.ndim != 2 or arr.dtype.kind != "f":
         raise ValueError(f"{str(p)!r} must hold a 2-D float array (rows, features), got shape {arr.shape} and "
