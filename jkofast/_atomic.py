@@ -31,7 +31,6 @@ def replaced_atomically(path: str | os.PathLike, *, sync: bool = False) -> Itera
     unlike mkstemp's 0600: outputs stay readable by the user's group)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)  # (an output named in a folder not made yet)
     try:
         yield tmp
         if sync:

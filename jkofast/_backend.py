@@ -119,8 +119,9 @@ def _misfit(field, x: torch.Tensor, probes: torch.Tensor | None = None) -> str |
     if torch._C._are_functorch_transforms_active():
         return "a torch.func transform (vmap, grad, jacrev, jacfwd, jvp, hessian) is active, and the compiled ops " \
                "have no batching or forward-mode rule"
-    if not torch.compiler.is_compiling() and forward_ad.unpack_dual(x).tangent is not None:
-        return "x carries a forward-mode tangent (torch.autograd.forward_ad), which the compiled ops do not propagate"
+    # (any dual level: the tangent may ride on x, t, the probes or the field's parameters)
+    if not torch.compiler.is_compiling() and forward_ad._current_level >= 0:
+        return "forward-mode AD (torch.autograd.forward_ad) is active, and the compiled ops propagate no tangents"
     if probes is not None and probes.requires_grad:
         return "the probes require a gradient, which the compiled ops do not compute"
     if not isinstance(field, VelocityField) or any(

@@ -304,7 +304,7 @@ def cmd_train(args) -> int:
     dist = distributed.connect(device)  # a process group under torchrun, else one process
     try:
         # the output folder stays held through the report (samples, plot, metrics), not just train()
-        out = check_folder(args.out, "out")
+        out = check_folder(args.out, "--out")
         with held_lock(out / OUT_LOCK if dist.main else None):
             return _train_and_report(args, dist)
     finally:
@@ -495,8 +495,8 @@ def _evaluate_and_report(args, dist) -> int:
 def _output_file(text: str, flag: str, suffixes: tuple[str, ...] | None = None, what: str = "") -> Path:
     """A file named on the command line for a command's output, checked before the work: not
     empty, not a folder, a known ending (``suffixes``: np.save would quietly append .npy, and
-    savefig writes the format it is told whatever the name), in a folder that exists or can be
-    made (replaced_atomically makes it)."""
+    savefig writes the format it is told whatever the name), in a folder that exists or is made
+    here."""
     if not text.strip():
         raise ValueError(f"{flag} is empty; pass a file name")
     path = Path(text)
@@ -506,6 +506,7 @@ def _output_file(text: str, flag: str, suffixes: tuple[str, ...] | None = None, 
         endings = ", ".join(suffixes[:-1]) + f" or {suffixes[-1]}" if len(suffixes) > 1 else suffixes[0]
         raise ValueError(f"{flag} {text!r}: {what} written as {endings}; end the name in one of those")
     check_folder(path.parent, flag)
+    path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
 
@@ -662,22 +663,22 @@ def _notes_on_stderr():
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
-    shown = warnings.showwarning
-    package = str(Path(__file__).resolve().parent)
+    formatted = warnings.formatwarning
+    package = str(Path(__file__).resolve().parent) + os.sep
 
-    def show(message, category, filename, lineno, file=None, line=None):
+    def format_warning(message, category, filename, lineno, line=None):
         # jkofast's own warnings (lattice columns, the pure-torch fallback) as notes, not as a
-        # Python source location and line: the command line's user did not write that code
+        # Python source location and line: the command line's user did not write that code. (The
+        # format, not the display: warnings recorded by catch_warnings are left alone.)
         if str(Path(filename).resolve()).startswith(package):
-            print(f"jkofast: warning: {message}", file=sys.stderr)
-        else:
-            shown(message, category, filename, lineno, file, line)
+            return f"jkofast: warning: {message}\n"
+        return formatted(message, category, filename, lineno, line)
 
-    warnings.showwarning = show
+    warnings.formatwarning = format_warning
     try:
         yield
     finally:
-        warnings.showwarning = shown
+        warnings.formatwarning = formatted
         log.removeHandler(handler)
         log.level, log.propagate = before
 

@@ -33,10 +33,11 @@ class Field(nn.Module):
         self, x: Tensor, t: Tensor, probes: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         """Return ``(f, div)``: f (B, d) and tr(df/dx) (B,), exact or with probes (B, k, d)."""
-        grad_enabled = torch.is_grad_enabled()
         # Under inference_mode, enable_grad() alone records no graph (f would not depend on x and
-        # the divergence would come out 0): leave it here, with inference tensors copied out.
+        # the divergence would come out 0): leave it here, with inference tensors copied out, and
+        # return no graph, as inference mode records none.
         inference = torch.is_inference_mode_enabled()
+        grad_enabled = torch.is_grad_enabled() and not inference
         with torch.inference_mode(False) if inference else contextlib.nullcontext(), torch.enable_grad():
             if inference:
                 x, t, probes = (v.clone() if isinstance(v, Tensor) and v.is_inference() else v for v in (x, t, probes))

@@ -91,6 +91,7 @@ def plot_flow(flow, data: np.ndarray, path: str | Path, *, samples: np.ndarray |
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     with replaced_atomically(path) as tmp:  # (a stopped savefig left a truncated file)
         fig.savefig(tmp, dpi=110, format=fmt)
     plt.close(fig)

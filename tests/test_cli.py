@@ -502,7 +502,7 @@ def test_counts_and_outputs_are_checked_before_any_work(run_dir, tmp_path, capsy
         main(["eval", "--model", str(run_dir), "--mmd-points", "-5"])
     assert "--mmd-points: must be an integer >= 0" in capsys.readouterr().err
     assert main(["train", "--data", "moons", "--out", "", "--budget", "quick"]) == 2
-    assert "error: out is empty; pass a folder" in capsys.readouterr().err
+    assert "error: --out is empty; pass a folder" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
     assert main(["plot", "--model", str(run_dir), "--out", str(tmp_path / "p.txt")]) == 2
     assert "plots are written as .png, .pdf or .svg" in capsys.readouterr().err
@@ -546,3 +546,17 @@ def test_held_out_data_of_another_width_is_named(run_dir, tmp_path, capsys):
     np.save(tmp_path / "wide.npy", np.zeros((20, 3)))
     assert main(["eval", "--model", str(run_dir), "--data", str(tmp_path / "wide.npy")]) == 2
     assert f"--data {str(tmp_path / 'wide.npy')!r} has 3 column(s); the model was trained on 2" in capsys.readouterr().err
+
+
+def test_jkofast_warnings_are_notes_on_the_command_line(run_dir, tmp_path, capsys):
+    """jkofast's own warnings print as 'jkofast: warning:' lines (not a source location and
+    line of jkofast's code), and stay warnings for whoever records them (pytest.warns)."""
+    rows = np.random.default_rng(0).normal(size=(20, 2))
+    (tmp_path / "held.csv").write_text("0,1\n" + "\n".join(f"{a!r},{b!r}" for a, b in rows.tolist()) + "\n")
+    command = ["eval", "--model", str(run_dir), "--data", str(tmp_path / "held.csv"), "--mmd-points", "0"]
+    shown = subprocess.run([sys.executable, "-m", "jkofast", *command], capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert "jkofast: warning: the first line of" in shown.stderr, shown.stderr
+    assert "UserWarning" not in shown.stderr and "warnings.warn" not in shown.stderr, shown.stderr
+    with pytest.warns(UserWarning, match="is read as a header"):   # in-process, recorded as ever
+        assert main(command) == 0

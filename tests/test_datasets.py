@@ -393,6 +393,12 @@ def test_a_csv_header_names_as_many_columns_as_the_rows_have(tmp_path):
     path.write_text("Temperatur\n10,38\n9,60\n")
     with pytest.raises(ValueError, match="1 name.* 2 comma-separated fields .*decimal commas"):
         datasets.load_array(path)
+    # counted as column_names reads them: quoted names may hold the separator, spaces may follow
+    # it, and a trailing separator adds no name
+    for text, names in (('x, "y, z"\n1.5, 2\n3, 4\n', ["x", "y, z"]), ("a;b;\n1,5;2\n3;4,25\n", ["a", "b"]),
+                        ("a\tb\t\n1\t2\n3\t4\n", ["a", "b"])):
+        path.write_text(text)
+        assert datasets.load_array(path).shape == (2, 2) and datasets.column_names(path) == names, text
 
 
 def test_load_csv_reads_pandas_default_column_names_as_a_header(tmp_path):
@@ -400,7 +406,8 @@ def test_load_csv_reads_pandas_default_column_names_as_a_header(tmp_path):
     pd = pytest.importorskip("pandas")
     x = np.random.default_rng(0).normal(size=(5, 3))
     pd.DataFrame(x).to_csv(tmp_path / "a.csv", index=False)
-    np.testing.assert_allclose(datasets.load_array(tmp_path / "a.csv"), x, rtol=1e-15)
+    with pytest.warns(UserWarning, match=r"'0,1,2', is read as a header: pandas' names .* put a header line above"):
+        np.testing.assert_allclose(datasets.load_array(tmp_path / "a.csv"), x, rtol=1e-15)
     assert datasets.column_names(tmp_path / "a.csv") == ["0", "1", "2"]
     pd.DataFrame(x).to_csv(tmp_path / "i.csv")   # the index kept: read as data, with the warning
     with pytest.warns(UserWarning, match=r"to_csv\(index=False\)"):

@@ -197,6 +197,25 @@ def test_torch_func_transforms_run_the_torch_engine():
         tangent = forward_ad.unpack_dual(jkofast.velocity(field, forward_ad.make_dual(x, v), 0.3)).tangent
     torch.testing.assert_close(tangent, torch.func.jvp(lambda u: jkofast.velocity(field, u, 0.3, backend="torch"),
                                                        (x,), (v,))[1], rtol=1e-12, atol=1e-12)
+    # the tangent on a weight, x plain: forward-mode AD is active all the same
+    name, w = next(iter(field.named_parameters()))
+    dw = torch.randn_like(w)
+
+    class Velocity(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f = field
+
+        def forward(self, u, backend):
+            return jkofast.velocity(self.f, u, 0.3, backend=backend)
+
+    def weight_tangent(backend):
+        with forward_ad.dual_level():
+            out = torch.func.functional_call(Velocity(), {f"f.{name}": forward_ad.make_dual(w, dw)}, (x, backend))
+            return forward_ad.unpack_dual(out).tangent
+
+    torch.testing.assert_close(weight_tangent("auto"), weight_tangent("torch"), rtol=1e-12, atol=1e-12)
+    assert weight_tangent("auto").abs().max() > 1e-3
 
 
 def test_inference_mode_keeps_the_autograd_divergence():

@@ -5,6 +5,7 @@ import csv
 import itertools
 import math
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -108,9 +109,11 @@ def _read_csv(path: Path) -> np.ndarray:
     sep, header = _csv_layout(lines, path)
     if header is not None:
         header_line, lines = lines[0], lines[1:]  # a first line without numbers is a header
+        if _pandas_default_names(header) and header[0].strip():  # (an empty first name: never a data row)
+            warnings.warn(f"the first line of {str(path)!r}, {header_line[:40]!r}, is read as a header: pandas' names "
+                          "0, 1, ... of an unnamed array's columns (to_csv); if it is a data row, put a header line "
+                          "above it", UserWarning, stacklevel=3)
         if len(header) > 1 and not header[0].strip():
-            import warnings
-
             warnings.warn(f"the header of {str(path)!r} starts with an empty name, as pandas' to_csv writes its row "
                           "index: that column is read as data; save with to_csv(index=False) if it is the index",
                           UserWarning, stacklevel=3)
@@ -120,7 +123,7 @@ def _read_csv(path: Path) -> np.ndarray:
         arr = np.loadtxt(lines, delimiter=sep, dtype=np.float64, ndmin=2)
     except ValueError as e:
         raise ValueError(f"could not parse {str(path)!r} as {_SEPARATORS[sep]}-separated numbers: {e}") from e
-    names = None if header is None else len(next(csv.reader([header_line], delimiter=sep)))
+    names = None if header is None else len(_header_names(header_line, sep))
     if names is not None and names != arr.shape[1]:
         single = (" (one column with decimal commas? a comma-separated file needs decimal points; "
                   "semicolons may separate columns written with decimal commas)" if names == 1 and sep == "," else "")
@@ -139,8 +142,16 @@ def column_names(path) -> list[str] | None:
     sep, header = _csv_layout(_decimal_points(raw), p)
     if header is None:
         return None
-    # the names as written (a semicolon file's commas kept), quoted fields read as the csv module does
-    return [name.strip() for name in next(csv.reader([raw[0]], delimiter=sep, skipinitialspace=True))]
+    return _header_names(raw[0], sep)  # as written (a semicolon file's commas kept)
+
+
+def _header_names(line: str, sep: str) -> list[str]:
+    """A header line's names, quoted fields read as the csv module does (``x, "y, z"`` is two
+    names), without a trailing separator's empty names (``a;b;``); the count load_array checks."""
+    names = [name.strip() for name in next(csv.reader([line], delimiter=sep, skipinitialspace=True))]
+    while len(names) > 1 and not names[-1]:
+        names.pop()
+    return names
 
 
 _SEPARATORS = {",": "comma", ";": "semicolon", "\t": "tab"}
