@@ -59,6 +59,25 @@ def check_finite(x: Tensor, name: str) -> None:
         raise ValueError(f"{name} has {int(bad.sum())} row(s) with NaN or inf values (first: row {first})")
 
 
+SEED_LIMIT = 2 ** 62  # torch.manual_seed takes < 2^64; jko-flow seeds round k with seed + k
+
+
+def check_seed(value, name: str = "seed") -> int:
+    """A seed: an integer in [0, 2^62), refused here rather than as torch's 'Overflow when
+    unpacking long long' after some training (jko-flow seeds round k with seed + k)."""
+    value = check_positive_int(value, name, low=0)
+    if value >= SEED_LIMIT:
+        raise ValueError(f"{name} must be an integer in [0, 2**62), got {value}")
+    return value
+
+
+def check_flag(value, name: str) -> bool:
+    """True or False, nothing that merely reads as one ('no' is truthy)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
 def check_positive_int(value, name: str, low: int = 1) -> int:
     """An integer >= low (numpy's integers too) as a Python int; bools are refused."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
@@ -173,9 +192,11 @@ def check_folder(path, name: str) -> Path:
     """``path`` as a folder this process can create or write into: a file in its place or among
     its parents, or a folder without write permission, is an error that names it (rather than
     an OSError at the first checkpoint, perhaps hours into training). Creates nothing."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a folder's path (str or os.PathLike), got {type(path).__name__} {path!r}")
     if not os.fspath(path).strip():  # (Path("") is the current folder)
         raise ValueError(f"{name} is empty; pass a folder")
-    path = Path(path)
+    path = Path(path).expanduser()  # (~ made a folder named "~")
     for p in (path, *path.parents):
         if p.exists():
             if not p.is_dir():

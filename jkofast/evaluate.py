@@ -15,11 +15,13 @@
 """
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import torch
 from torch import Tensor
 
-from ._checks import check_finite, check_points
+from ._checks import check_finite, check_points, check_positive_int, check_seed
 from ._precision import data_dtype
 from .datasets.streaming import as_rows
 from .flow import Flow
@@ -68,6 +70,7 @@ def evaluate(flow: Flow, test, *, steps: int | list[int] | None = None, mmd_poin
         >>> sorted(r)
         ['mmd', 'n_test', 'nll_standardized_steps3', 'nll_steps3', 'training']
     """
+    _check_draws(mmd_points, seed)
     x = torch.as_tensor(np.asarray(test) if not isinstance(test, torch.Tensor) else test, device=flow.loc.device)
     x = x.to(data_dtype(x, flow.loc.dtype))
     check_points(x, "test", flow.dim, allow_empty=False)
@@ -115,6 +118,7 @@ def evaluate_sharded(flow: Flow, test, *, steps: int | list[int] | None = None, 
     Returns:
         :func:`evaluate`'s dictionary, with ``"mmd"`` only where ``mmd_points`` >= 2.
     """
+    _check_draws(mmd_points, seed)
     grids = _grids(flow, steps)
     test = as_rows(test, "test", dim=flow.dim)
     fit = _baseline_fit(baseline_train, flow.dim, dist) if baseline_train is not None else None
@@ -166,10 +170,20 @@ def _mmd_entry(flow: Flow, reference: Tensor, g: torch.Generator, backend: str) 
 
 
 def _grids(flow: Flow, steps) -> list[int]:
-    """The RK4 grids to report: ``steps`` (one or several), else the flow's evaluation grids."""
-    if isinstance(steps, (int, np.integer)):
-        return [int(steps)]
-    return list(steps or flow.info.get("eval_grids") or [flow.steps])
+    """The RK4 grids to report: ``steps`` (one or several, each once), else the flow's
+    evaluation grids."""
+    if steps is None:
+        return list(flow.info.get("eval_grids") or [flow.steps])
+    given = [steps] if isinstance(steps, numbers.Integral) else steps
+    if isinstance(given, (str, bytes)) or not isinstance(given, (list, tuple)) or not given:
+        raise TypeError(f"steps must be an integer >= 1 or a non-empty list of them, got {steps!r}")
+    return list(dict.fromkeys(check_positive_int(s, "steps") for s in given))
+
+
+def _check_draws(mmd_points, seed) -> None:
+    """The MMD's size and the seed, before any NLL pass (they are used after it)."""
+    check_positive_int(mmd_points, "mmd_points", low=0)
+    check_seed(seed)
 
 
 def _mean_se_entry(mean_se: tuple[float, float]) -> dict:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._checks import check_choice, check_number, check_positive_int
+from ._checks import check_choice, check_flag, check_number, check_positive_int
 from .method_config import MethodConfig
 from .reference import TABLEAUS
 
@@ -76,8 +76,7 @@ class JKOFlowConfig(MethodConfig):
             check_number(self.clip, "clip")
         check_choice(self.tableau, "tableau", TABLEAUS)
         check_choice(self.init, "init", INITS)
-        if not isinstance(self.warm_start, bool):
-            raise TypeError(f"warm_start must be True or False, got {self.warm_start!r}")
+        check_flag(self.warm_start, "warm_start")
 
     block = "ot-potential"  # the kind of Flow block this method trains
 

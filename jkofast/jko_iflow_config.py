@@ -7,7 +7,8 @@ import os
 import warnings
 from dataclasses import dataclass, fields
 
-from ._checks import check_choice, check_number, check_positive_int, dtype_name, plain_fields
+from ._checks import (check_choice, check_flag, check_number, check_positive_int, check_seed, dtype_name,
+                      plain_fields)
 from .divergence import DIVERGENCE_METHODS
 from .jko_loss import TRANSPORT_COSTS
 from .reference import ACTIVATIONS, TABLEAUS
@@ -104,8 +105,11 @@ class JKOIFlowConfig:
         plain_fields(self)  # numpy numbers as Python ones: the checkpoint and the log must hold them
         for name in ("blocks", "hidden", "layers", "steps", "iters", "batch", "probes"):
             check_positive_int(getattr(self, name), name)
-        for name in ("reparam_rounds", "refine_rounds", "seed", "val_patience"):
+        for name in ("reparam_rounds", "refine_rounds", "val_patience"):
             check_positive_int(getattr(self, name), name, low=0)
+        check_seed(self.seed)
+        for name in ("time", "free_block", "warm_start", "standardize"):  # ("no" is truthy)
+            check_flag(getattr(self, name), name)
         for name in ("eval_steps", "retrain_iters"):
             if getattr(self, name) is not None:
                 check_positive_int(getattr(self, name), name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from ._checks import check_choice, check_positive_int, dtype_name, plain_fields
+from ._checks import check_choice, check_flag, check_positive_int, check_seed, dtype_name, plain_fields
 
 __all__ = ["MethodConfig"]
 
@@ -51,11 +51,9 @@ class MethodConfig:
         plain_fields(self)
         for name in ("hidden", "layers", "steps", "iters", "batch"):
             check_positive_int(getattr(self, name), name)
-        check_positive_int(self.seed, "seed", low=0)
+        check_seed(self.seed)
         if self.eval_steps is not None:
             check_positive_int(self.eval_steps, "eval_steps")
         self.dtype = dtype_name(self.dtype)
         check_choice(self.dtype, "dtype", ("float32", "float64"))
-        for name in ("standardize",):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        check_flag(self.standardize, "standardize")

@@ -43,7 +43,7 @@ def load_run(out: Path | None, *, method: str, config: dict, data_id: str, devic
     record = load_payload(path, _KIND)  # a jko-iflow checkpoint here is refused, with its kind named
     require(record, _KEYS, path)
     if record["method"] != method:
-        raise ValueError(f"{path} is from a {record['method']} run, not {method}; pass another output folder, "
+        raise ValueError(f"{path} is from a run of {record['method']}, not {method}; pass another output folder, "
                          "or restart (resume=False / --restart) to overwrite it")
     mine = {k: v for k, v in config.items() if k not in RESUMABLE_CHANGES}
     theirs = {k: v for k, v in record["config"].items() if k not in RESUMABLE_CHANGES}

@@ -1,6 +1,7 @@
 """``train``: fit a flow to data with one of jkofast's methods."""
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import json
 import os
@@ -11,8 +12,8 @@ import torch
 from torch import Tensor
 
 from . import _backend, distributed, training_data
-from ._checks import (check_finite, check_folder, check_points, check_standardization, warn_fewer_rows_than_columns,
-                      warn_lattice_columns, whole_number_columns)
+from ._checks import (check_finite, check_flag, check_folder, check_points, check_standardization, plain,
+                      warn_fewer_rows_than_columns, warn_lattice_columns, whole_number_columns)
 from ._locks import held_lock
 from ._version import __version__
 from .checkpoint import write_json
@@ -99,7 +100,7 @@ def _as_data(x, name: str, *, dtype: torch.dtype, device, dim: int | None = None
                         f"or .csv file, got {type(x).__name__}")
     if x.is_complex() or x.dtype == torch.bool:
         raise TypeError(f"{name} must hold real numbers, got unsupported dtype {x.dtype}")
-    x = x.to(dtype)
+    x = x.detach().to(dtype)  # (a graph on the data would be kept in the model, or backpropagated twice)
     check_points(x, name, dim, allow_empty=False)
     check_finite(x, name)
     return x.to(device)
@@ -199,7 +200,9 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
         budget: preset, ``"quick"`` (seconds), ``"default"`` or ``"paper"``; options override it.
         progress: show progress bars (per block or round).
         backend: engine, ``"auto"``, ``"torch"`` or ``"compiled"``.
-        info: extra entries for ``flow.info`` (saved with the model), e.g. where the data came from.
+        info: extra entries for ``flow.info`` (saved with the model), e.g. where the data came from:
+            a dict of strings, numbers, bools, None, lists and dicts (a path is kept as its string).
+            The entries train() records (method, config, ...) are this run's, whatever ``info`` says.
             ``flow.info["columns"]`` holds the column names of a DataFrame or a ``.csv`` header.
         **options: the method's settings: fields of
             :class:`~jkofast.jko_iflow_config.JKOIFlowConfig` (``blocks``, ``hidden``, ``iters``,
@@ -241,12 +244,19 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
     # command line prints their errors once under torchrun, not once per rank (distributed.py).
     with distributed.alike_on_every_rank():
         cfg = settings(method, budget, **options)
+        check_flag(resume, "resume")
+        info = _checked_info(info)
         if backend == "compiled" and _block_kind(cfg) != "velocity":
             raise ValueError(f"backend='compiled' runs MLP velocity fields only; {method}'s OT-Flow potential "
                              "runs on the torch engine: use backend='auto' or 'torch'")
     _backend.check_backend(backend)  # (not marked: whether the compiled ops load is this host's matter)
     if device is None:
         device = x.device if isinstance(x, Tensor) else "cpu"
+    if isinstance(device, (str, torch.device)) and str(device).startswith("meta"):
+        raise ValueError(f"device={str(device)!r} holds no values to train on; use 'cpu' or 'cuda'")
+    for name, data in (("x", x), ("val", val)):
+        if isinstance(data, Tensor) and data.device.type == "meta":
+            raise ValueError(f"{name} is on the meta device, which holds no values")
     dist = distributed.connect(device)  # a process group from torchrun or the caller, or one process
     with distributed.alike_on_every_rank():
         check_world(method, dist.world)
@@ -263,6 +273,31 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
         columns = _column_names(x)  # kept with the model: `jkofast sample --out s.csv` writes them as a header
         info = {**({"columns": columns} if columns else {}), **(info or {})}
         return _train(x, val, method, cfg, out=out, dist=dist, progress=progress, backend=backend, info=info)
+
+
+def _checked_info(info) -> dict | None:
+    """``info`` as what a checkpoint read back with ``weights_only=True`` and JSON can hold,
+    refused before training where it cannot be (a datetime made model.pt unreadable after a
+    finished run); paths become their strings, numpy values Python ones."""
+    if info is None:
+        return None
+    if not isinstance(info, collections.abc.Mapping):
+        raise TypeError(f"info must be a dict of entries for flow.info, got {type(info).__name__}")
+
+    def kept(value, where: str):
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        value = plain(value)
+        if value is None or isinstance(value, (str, bool, int, float)):
+            return value
+        if isinstance(value, (list, tuple)):
+            return [kept(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        if isinstance(value, collections.abc.Mapping) and all(isinstance(k, str) for k in value):
+            return {k: kept(v, f"{where}[{k!r}]") for k, v in value.items()}
+        raise TypeError(f"{where} is a {type(value).__name__}, which the saved model cannot hold: use strings, "
+                        "numbers, bools, None, lists and dicts with string keys")
+
+    return kept(dict(info), "info")
 
 
 def _column_names(x) -> list[str] | None:
@@ -354,13 +389,14 @@ def _train(x, val, method: str, cfg, *, out: Path | None, dist, progress: bool, 
         _keep_training_process_numbers(log, out)
         say("the run was already finished: nothing left to train (resume=False, or --restart, trains it again)",
             bars=progress, main=dist.main)
-    flow.info = {"method": method, "config": cfg.to_dict(), "n_train": n_train,
+    # info first: the entries recorded here are this run's (an info copied from another model's
+    # would otherwise give it that model's method, grids and training cost)
+    flow.info = {**(info or {}), "method": method, "config": cfg.to_dict(), "n_train": n_train,
                  "train_seconds": log["train_seconds"], "train_batches": log["train_batches"],
                  "batch_size": min(cfg.batch, n_train), "resources": log["resources"],
                  "eval_grids": cfg.eval_grids(), "val_nll": log.get("val_nll"), "world_size": dist.world,
                  "pushed_storage": log.get("pushed_storage"), "peak_memory": log["peak_memory"],
-                 "resumed": bool(resumed), "jkofast_version": __version__, **(info or {}),
-                 # after info: a "gaussian_baseline" copied from another model's info is not this data's
+                 "resumed": bool(resumed), "jkofast_version": __version__,
                  **_recorded_baseline(train_rows, n_train, flow.dim, dist)}
     selected = [e["select_blocks"] for e in log.get("events", []) if "select_blocks" in e]
     if selected:  # config["blocks"] was the budget; this says how many were kept and why

@@ -186,6 +186,16 @@ def test_evaluate_takes_one_grid_or_several_and_refuses_bad_test_sets():
                        (torch.tensor([[float("nan"), 1.0]]), "NaN")):
         with pytest.raises(ValueError, match=match):
             jkofast.evaluate(flow, bad, mmd_points=0)
+    assert [k for k in jkofast.evaluate(flow, x, steps=[3, 3], mmd_points=0) if k.startswith("nll_steps")] == \
+        ["nll_steps3"]   # each grid once
+    # the arguments used after the NLL passes are checked before them (they failed after)
+    for kwargs, match in ((dict(steps=2.5), "steps must be an integer >= 1 or a non-empty list"),
+                          (dict(steps=True), "steps must be an integer >= 1"), (dict(seed=None), "seed"),
+                          (dict(seed=2 ** 70), r"seed must be an integer in \[0, 2\*\*62\)"),
+                          (dict(mmd_points=-1), "mmd_points must be an integer >= 0")):
+        for evaluate in (jkofast.evaluate, jkofast.evaluate_sharded):
+            with pytest.raises((TypeError, ValueError), match=match):
+                evaluate(flow, x, **kwargs)
 
 
 def test_a_folder_of_another_method_is_refused_by_name(tmp_path, moons):

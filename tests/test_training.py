@@ -1,8 +1,10 @@
 """JKO-iFlow training on real data: the loss goes down, the model fits, runs resume exactly,
 and failures stop loudly."""
+import copy
 import json
 import logging
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -518,3 +520,46 @@ def test_options_without_effect_are_said():
         JKOIFlowConfig.from_options("quick", probes=5, divergence="hutchinson")
         JKOIFlowConfig.from_options("paper", retrain_iters=5, reparam_eta=0.3, reparam_rounds=1)
         JKOIFlowConfig.from_options("default")
+
+
+def test_arguments_are_checked_before_training(tmp_path, moons):
+    """Refused before any data is prepared: flags that merely read as booleans ('no' is truthy:
+    standardize='no' standardized), seeds torch cannot take (jko-flow failed at round 2 with
+    torch's overflow), a meta device, an info the saved model cannot hold (model.pt was written,
+    then unreadable), an out that is not a path."""
+    x = moons[0][:100]
+    for kwargs, match in ((dict(standardize="no"), "standardize must be True or False"),
+                          (dict(free_block="no"), "free_block must be True or False"),
+                          (dict(time=1), "time must be True or False"),
+                          (dict(resume="no"), "resume must be True or False"),
+                          (dict(seed=2 ** 64 - 1), r"seed must be an integer in \[0, 2\*\*62\)"),
+                          (dict(device="meta"), "device='meta' holds no values"),
+                          (dict(info={"when": __import__("datetime").date(2026, 1, 1)}),
+                           r"info\['when'\] is a date, which the saved model cannot hold"),
+                          (dict(info=[1]), "info must be a dict"),
+                          (dict(out=5), "out must be a folder's path")):
+        with pytest.raises((TypeError, ValueError), match=match):
+            jkofast.train(x, progress=False, **(QUICK | kwargs))
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*62\)"):
+        jkofast.train(x, "jko-flow", progress=False, budget="quick", seed=2 ** 64 - 1)
+    with pytest.raises(ValueError, match="x is on the meta device"):
+        jkofast.train(torch.zeros(10, 2, device="meta"), progress=False, device="cpu", **QUICK)
+
+
+def test_info_is_kept_as_the_model_can_hold_it_and_cannot_rewrite_the_record(tmp_path, moons):
+    x = moons[0][:300]
+    other = {"method": "jko-flow", "eval_grids": [4], "train_batches": 40, "source": Path("data") / "moons.csv"}
+    flow = jkofast.train(x, out=tmp_path, progress=False, info=other, **QUICK)
+    loaded = jkofast.Flow.load(tmp_path)   # (a Path in info made model.pt unreadable)
+    assert loaded.info["source"] == str(Path("data") / "moons.csv")
+    assert loaded.info["method"] == "jko-iflow" and loaded.info["eval_grids"] == [loaded.steps]
+    assert loaded.info["train_batches"] == flow.info["train_batches"] != 40
+
+
+def test_data_that_requires_grad_is_taken_as_values(moons):
+    """x with a graph: the interpolant backpropagated through it twice (an error mid-training),
+    jko-flow kept it in the model (loc with a grad_fn, no deepcopy)."""
+    x = torch.as_tensor(moons[0][:300]).requires_grad_()
+    flow = jkofast.train(x, "interpolant", budget="quick", progress=False, iters=4)
+    assert not flow.loc.requires_grad and not flow.scale.requires_grad
+    copy.deepcopy(flow)
