@@ -341,7 +341,7 @@ def _train_and_report(args, dist) -> int:
     spec = _data_spec(args)
     x_train, x_val, x_test = _load_data(spec)
     options = _train_options(args)
-    out = Path(args.out)
+    out = Path(args.out).expanduser()  # (as check_folder reads it)
     say = print if dist.main else (lambda *a, **k: None)
     processes = f", {dist.world} processes" if dist.world > 1 else ""
     ignored = _ignored_sizes(args, spec)
@@ -762,7 +762,7 @@ def _how_to_resume(args) -> str:
     """What the message of an interrupted command says about resuming it."""
     if args.command != "train":
         return ""
-    if not (Path(args.out) / CHECKPOINT_FILE).exists():
+    if not (Path(args.out).expanduser() / CHECKPOINT_FILE).exists():
         return f"; {args.out} holds no checkpoint yet: the command starts from the beginning"
     again = "the same command without --restart" if args.restart else "the same command"
     return f"; the last checkpoint in {args.out} is kept: {again} resumes from it"

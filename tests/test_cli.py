@@ -560,3 +560,13 @@ def test_jkofast_warnings_are_notes_on_the_command_line(run_dir, tmp_path, capsy
     assert "UserWarning" not in shown.stderr and "warnings.warn" not in shown.stderr, shown.stderr
     with pytest.warns(UserWarning, match="is read as a header"):   # in-process, recorded as ever
         assert main(command) == 0
+
+
+def test_a_quoted_tilde_in_out_is_the_home_folder(tmp_path, monkeypatch, capsys):
+    """--out '~/runs/m' (quoted: the shell left the ~) writes under the home folder, every file of
+    the run, not into a folder named '~'."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--data", "moons", "--out", "~/runs/m", *SMALL, "--no-plot", "--blocks", "1"]) == 0
+    assert {"model.pt", "metrics.json", "samples.npy"} <= {p.name for p in (tmp_path / "home" / "runs" / "m").iterdir()}
+    assert not (tmp_path / "~").exists()
