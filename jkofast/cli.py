@@ -306,7 +306,7 @@ def cmd_train(args) -> int:
         # the output folder stays held through the report (samples, plot, metrics), not just train()
         out = check_folder(args.out, "--out")
         with held_lock(out / OUT_LOCK if dist.main else None):
-            return _train_and_report(args, dist)
+            return _train_and_report(args, dist, out)
     finally:
         dist.close()
 
@@ -337,11 +337,11 @@ def _drop_report(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
-def _train_and_report(args, dist) -> int:
+def _train_and_report(args, dist, out: Path) -> int:
+    """Train into ``out`` (--out as check_folder read it: ~ expanded) and write the report."""
     spec = _data_spec(args)
     x_train, x_val, x_test = _load_data(spec)
     options = _train_options(args)
-    out = Path(args.out).expanduser()  # (as check_folder reads it)
     say = print if dist.main else (lambda *a, **k: None)
     processes = f", {dist.world} processes" if dist.world > 1 else ""
     ignored = _ignored_sizes(args, spec)
@@ -412,7 +412,7 @@ def _flow_and_data(args, device: torch.device | None = None):
             if n_test and args.command == "eval":  # (plot: it caps the points plotted)
                 raise SystemExit("error: --n-test sizes a built-in set's test draw; a held-out file is scored whole")
             held = as_rows(str(path), "test") if _memory_map(path, None) else datasets.load_array(path)
-            columns = held.dim if isinstance(held, Rows) else held.shape[1]
+            columns = _shape(held)[1]
             if columns != flow.dim:
                 raise SystemExit(f"error: --data {given!r} has {columns} column(s); the model was trained on {flow.dim}")
             return flow, recorded, held

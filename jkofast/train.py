@@ -110,8 +110,7 @@ _STD_ROWS = 65536  # rows per block of the standardization's second pass
 
 
 def _standardization(x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    if x.shape[0] < 2:  # (refused, before the moments of no rows are computed)
-        check_standardization(x.shape[0], [], [], [], dtype)
+    # (x has a row at least, _as_data's check; one row, a NaN scale, is refused below for its count)
     # Two passes: torch's one-pass std along dim 0 loses digits to a large offset (1e-4 relative
     # for 1e6 +/- 1e-7 in float64); the deviations from the mean keep them, as the scan does. In
     # row blocks, so the deviations never need a second copy of the data.
