@@ -267,8 +267,26 @@ def test_load_rejects_empty(tmp_path):
 
 def test_load_rejects_nan_rows(tmp_path):
     (tmp_path / "n.csv").write_text("1,2\nnan,3\n4,inf\n5,6\n")
-    with pytest.raises(ValueError, match=r"n\.csv.*2 row\(s\) with NaN or inf.*first: row 1"):
+    with pytest.raises(ValueError, match=r"n\.csv.*2 row\(s\) with NaN or inf.*first: line 2 of the file"):
         datasets.load_array(tmp_path / "n.csv")
+    np.save(tmp_path / "n.npy", np.array([[1.0, 2.0], [np.nan, 3.0]]))   # an array's rows count from 0
+    with pytest.raises(ValueError, match=r"1 row\(s\) with NaN or inf.*first: row 1\)"):
+        datasets.load_array(tmp_path / "n.npy")
+
+
+def test_csv_errors_name_the_line_an_editor_shows(tmp_path):
+    # The header, blank lines and comments are not data rows; numpy's loadtxt counts rows after
+    # them, from 0 for a bad number and from 1 for a ragged row: the file's line is the one to find.
+    path = tmp_path / "e.csv"
+    path.write_text("a,b\n1,2\n\n# a comment\n3,x\n5,6\n")
+    with pytest.raises(ValueError, match=r"line 5 of the file holds 'x', not a number: '3,x'"):
+        datasets.load_array(path)
+    path.write_text("a,b\n1,2\n\n3,4,5\n")
+    with pytest.raises(ValueError, match=r"line 4 of the file has 3 field\(s\), the first row 2"):
+        datasets.load_array(path)
+    path.write_text("1,2\n\n\n4,nan\n")
+    with pytest.raises(ValueError, match=r"first: line 4 of the file"):
+        datasets.load_array(path)
 
 
 def test_load_rejects_unknown_suffix_and_missing_file(tmp_path):
@@ -366,6 +384,25 @@ def test_load_csv_separators(tmp_path, sep):
     np.testing.assert_array_equal(datasets.load_array(path), [[1.5, -2.0], [3.0, 4e-3]])
     path.write_text("1.5" + sep + "-2\n3" + sep + "4e-3\n")   # no header
     np.testing.assert_array_equal(datasets.load_array(path), [[1.5, -2.0], [3.0, 4e-3]])
+
+
+def test_load_csv_written_by_savetxt_or_with_quoted_fields(tmp_path):
+    # np.savetxt's defaults: runs of spaces, 18 digits, a header as a '#' comment line.
+    x = np.random.default_rng(0).normal(size=(7, 3))
+    np.savetxt(tmp_path / "s.csv", x)
+    np.testing.assert_array_equal(datasets.load_array(tmp_path / "s.csv"), x)
+    np.savetxt(tmp_path / "h.csv", x, header="a b c")
+    np.testing.assert_array_equal(datasets.load_array(tmp_path / "h.csv"), x)
+    assert datasets.column_names(tmp_path / "h.csv") is None   # a comment, not a header
+    (tmp_path / "w.csv").write_text("x   y\n 1.5  -2 \n3 4e-3\n")
+    np.testing.assert_array_equal(datasets.load_array(tmp_path / "w.csv"), [[1.5, -2.0], [3.0, 4e-3]])
+    assert datasets.column_names(tmp_path / "w.csv") == ["x", "y"]
+    # Every field quoted (csv.QUOTE_ALL, some database exports): numbers, not a header.
+    (tmp_path / "q.csv").write_text('"x","y, z"\n"1.5","-2"\n"3","4e-3"\n')
+    np.testing.assert_array_equal(datasets.load_array(tmp_path / "q.csv"), [[1.5, -2.0], [3.0, 4e-3]])
+    assert datasets.column_names(tmp_path / "q.csv") == ["x", "y, z"]
+    (tmp_path / "n.csv").write_text('"1.5";"-2"\n"3,5";"4"\n')   # quoted decimal commas
+    np.testing.assert_array_equal(datasets.load_array(tmp_path / "n.csv"), [[1.5, -2.0], [3.5, 4.0]])
 
 
 def test_load_csv_semicolons_with_decimal_commas_and_mixed_separators(tmp_path):

@@ -15,12 +15,14 @@ __all__ = ["load_array", "column_names", "split", "SUFFIXES"]
 SUFFIXES = (".npy", ".csv")
 
 
-def _finite_rows(arr: np.ndarray, where: str) -> None:
-    # A single NaN poisons every gradient step; say which rows so the user can clean the file.
+def _finite_rows(arr: np.ndarray, where: str, line_numbers: list[int] | None = None) -> None:
+    # A single NaN poisons every gradient step; say which rows so the user can clean the file
+    # (for a .csv, by its line number, which an editor shows).
     bad = ~np.isfinite(arr).all(axis=1)
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{where} has {int(bad.sum())} row(s) with NaN or inf values (first: row {first})")
+        at = f"row {first}" if line_numbers is None else f"line {line_numbers[first]} of the file"
+        raise ValueError(f"{where} has {int(bad.sum())} row(s) with NaN or inf values (first: {at})")
 
 
 def check_npy_header(p: Path) -> None:
@@ -51,14 +53,18 @@ def _read_npy(path: Path) -> np.ndarray:
 
 
 def _csv_lines(path: Path, limit: int | None = None) -> list[str]:
-    """The non-blank lines of a .csv (the first ``limit`` of them)."""
+    """The lines of a .csv that hold data or a header (the first ``limit`` of them): blank lines
+    are left out, and so are comment lines, which start with ``#`` as numpy's loadtxt and
+    savetxt have them."""
     # utf-8-sig: spreadsheet exports often start with a byte-order mark.
     try:
         if limit is None:
-            lines = [line for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+            text = path.read_text(encoding="utf-8-sig")
+            lines = [line for line in text.splitlines() if _holds_fields(line)] if "#" in text else \
+                [line for line in text.splitlines() if line.strip()]  # (the common case, twice as fast)
         else:
             with open(path, encoding="utf-8-sig") as fh:
-                lines = list(itertools.islice((line.rstrip("\r\n") for line in fh if line.strip()), limit))
+                lines = list(itertools.islice((line.rstrip("\r\n") for line in fh if _holds_fields(line)), limit))
     except UnicodeDecodeError as e:  # (a UTF-16 "Unicode text" export, a Latin-1 header)
         raise ValueError(f"{str(path)!r} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8 "
                          "(a spreadsheet's \"CSV UTF-8\") or as a .npy array") from e
@@ -67,16 +73,28 @@ def _csv_lines(path: Path, limit: int | None = None) -> list[str]:
     return lines
 
 
+def _holds_fields(line: str) -> bool:
+    """Neither blank nor a comment."""
+    return bool(line.strip()) and not line.lstrip().startswith("#")
+
+
+def _line_numbers(path: Path) -> list[int]:
+    """The file's line numbers (from 1) of the lines :func:`_csv_lines` keeps, for messages:
+    read again, on error paths only."""
+    return [number for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1)
+            if _holds_fields(line)]
+
+
 def _csv_layout(lines: list[str], path: Path) -> tuple[str, list[str] | None]:
     """The separator and the header's fields (None where the first line is data) of a .csv's
     non-blank ``lines``, semicolon files' decimal commas already turned into points."""
     sep = _separator(lines[1] if len(lines) > 1 else lines[0])
-    fields = lines[0].split(sep)
-    if _pandas_default_names(fields) and len(lines) > 1 and not _whole_numbers(lines[1].split(sep)):
+    fields = _fields(lines[0], sep, path)
+    if _pandas_default_names(fields) and len(lines) > 1 and not _whole_numbers(_fields(lines[1], sep, path)):
         return sep, fields
     numeric = [reads_as_number(v) for v in fields]
     own = _separator(lines[0])
-    if not any(numeric) and own != sep and all(reads_as_number(v) for v in lines[0].split(own)):
+    if not any(numeric) and own != sep and all(reads_as_number(v) for v in _fields(lines[0], own, path)):
         raise ValueError(f"the first line of {str(path)!r} is separated by {_SEPARATORS[own]}s, the next by "
                          f"{_SEPARATORS[sep]}s: use one separator throughout")
     if any(numeric) and not all(numeric):  # neither: say so, rather than drop a data row as a "header"
@@ -107,6 +125,7 @@ def _decimal_points(lines: list[str]) -> list[str]:
 def _read_csv(path: Path) -> np.ndarray:
     lines = _decimal_points(_csv_lines(path))
     sep, header = _csv_layout(lines, path)
+    skipped = 0 if header is None else 1
     if header is not None:
         header_line, lines = lines[0], lines[1:]  # a first line without numbers is a header
         if _pandas_default_names(header) and header[0].strip():  # (an empty first name: never a data row)
@@ -120,16 +139,38 @@ def _read_csv(path: Path) -> np.ndarray:
     if not lines:
         raise ValueError(f"{str(path)!r} is empty (a header line but no data rows)")
     try:
-        arr = np.loadtxt(lines, delimiter=sep, dtype=np.float64, ndmin=2)
+        # delimiter None: runs of spaces, as np.savetxt writes; quotechar: "1.5","2" as some exports write.
+        arr = np.loadtxt(lines, delimiter=None if sep == " " else sep, dtype=np.float64, ndmin=2, quotechar='"')
     except ValueError as e:
-        raise ValueError(f"could not parse {str(path)!r} as {_SEPARATORS[sep]}-separated numbers: {e}") from e
-    names = None if header is None else len(_header_names(header_line, sep))
+        where = _first_bad_line(lines, _line_numbers(path)[skipped:], sep, path)
+        raise ValueError(f"could not parse {str(path)!r} as {_SEPARATORS[sep]}-separated numbers: "
+                         f"{where or e}") from e
+    names = None if header is None else len(_header_names(header_line, sep, path))
     if names is not None and names != arr.shape[1]:
         single = (" (one column with decimal commas? a comma-separated file needs decimal points; "
                   "semicolons may separate columns written with decimal commas)" if names == 1 and sep == "," else "")
         raise ValueError(f"the header of {str(path)!r} has {names} name(s) but its rows have {arr.shape[1]} "
                          f"{_SEPARATORS[sep]}-separated fields{single}")
+    if not np.isfinite(arr).all():
+        _finite_rows(arr, f"data in {str(path)!r}", _line_numbers(path)[skipped:])
     return arr  # float64: training standardizes in it before rounding to the model's dtype
+
+
+def _first_bad_line(lines: list[str], numbers: list[int], sep: str, path: Path) -> str | None:
+    """Where numpy's loadtxt failed, said by the file's line number (numpy counts rows after the
+    header, blank and comment lines are gone, and from 0 or 1 by the kind of error): the first
+    line whose field count differs from the first row's, or with a field that is not a number.
+    None where every line reads (numpy's own message is then the one to show)."""
+    width = None
+    for line, number in zip(lines, numbers):
+        fields = _fields(line.split("#", 1)[0], sep, path)  # (loadtxt drops a trailing # comment)
+        width = len(fields) if width is None else width
+        if len(fields) != width:
+            return f"line {number} of the file has {len(fields)} field(s), the first row {width}: {line[:80]!r}"
+        bad = next((v for v in fields if not reads_as_number(v)), None)
+        if bad is not None:
+            return f"line {number} of the file holds {bad[:40]!r}, not a number: {line[:80]!r}"
+    return None
 
 
 def column_names(path) -> list[str] | None:
@@ -142,26 +183,37 @@ def column_names(path) -> list[str] | None:
     sep, header = _csv_layout(_decimal_points(raw), p)
     if header is None:
         return None
-    return _header_names(raw[0], sep)  # as written (a semicolon file's commas kept)
+    return _header_names(raw[0], sep, p)  # as written (a semicolon file's commas kept)
 
 
-def _header_names(line: str, sep: str) -> list[str]:
-    """A header line's names, quoted fields read as the csv module does (``x, "y, z"`` is two
-    names), without a trailing separator's empty names (``a;b;``); the count load_array checks."""
-    names = [name.strip() for name in next(csv.reader([line], delimiter=sep, skipinitialspace=True))]
+def _header_names(line: str, sep: str, path: Path) -> list[str]:
+    """A header line's names (``x, "y, z"`` is two), without a trailing separator's empty names
+    (``a;b;``); the count load_array checks."""
+    names = _fields(line, sep, path)
     while len(names) > 1 and not names[-1]:
         names.pop()
     return names
 
 
-_SEPARATORS = {",": "comma", ";": "semicolon", "\t": "tab"}
+def _fields(line: str, sep: str, path: Path) -> list[str]:
+    """A line's fields as the csv module reads them (quotes taken off; a quoted field may hold the
+    separator), spaces around each stripped; ``sep`` " " splits at runs of spaces."""
+    try:
+        fields = next(csv.reader([line.strip() if sep == " " else line], delimiter=sep, skipinitialspace=True))
+    except csv.Error as e:  # (a NUL byte)
+        raise ValueError(f"could not read {str(path)!r} as text separated by {_SEPARATORS[sep]}s: {e}") from e
+    return [field.strip() for field in fields] or [""]
+
+
+_SEPARATORS = {",": "comma", ";": "semicolon", "\t": "tab", " ": "space"}
 
 
 def _separator(line: str) -> str:
     """The field separator of a data line: a semicolon where there is one (as spreadsheets export
-    in the locales whose decimal mark is a comma), else a tab, else a comma; a single column has
-    none (read as a comma)."""
-    return next((sep for sep in (";", "\t") if sep in line), ",")
+    in the locales whose decimal mark is a comma), else a tab, else a comma, else spaces (numpy's
+    savetxt); a single column has none (read as a comma)."""
+    found = next((sep for sep in (";", "\t", ",") if sep in line), None)
+    return found or (" " if len(line.split()) > 1 else ",")
 
 
 def reads_as_number(field: str) -> bool:
@@ -177,12 +229,14 @@ def load_array(path) -> np.ndarray:
     """Load a data matrix from a ``.npy`` or ``.csv`` file.
 
     A ``.csv`` is comma-separated (or semicolon-separated, with decimal points or commas, or
-    tab-separated, told by its second line) with one sample per line, read as float64, UTF-8; a first line with
-    no number in it is taken as a header and skipped (one that mixes numbers and other fields is
-    an error: it may be a damaged data row), and so is one of 0, 1, ..., d-1 (the names pandas
-    gives an unnamed array's columns) over a line that is not all whole numbers; a header must name as many columns as the rows have;
-    blank lines are ignored. A single-column
-    ``.csv`` gives shape (N, 1). A ``.npy`` is read with ``allow_pickle=False``.
+    tab-separated, or separated by runs of spaces as ``np.savetxt`` writes, told by its second
+    line) with one sample per line, read as float64, UTF-8; fields may be quoted (``"1.5"``); blank
+    lines and lines starting with ``#`` (comments) are skipped. A first line with no number in it
+    is taken as a header and skipped (one that mixes numbers and other fields is an error: it may
+    be a damaged data row), and so is one of 0, 1, ..., d-1 (the names pandas gives an unnamed
+    array's columns) over a line that is not all whole numbers; a header must name as many
+    columns as the rows have. Errors name the file's line (from 1). A single-column ``.csv``
+    gives shape (N, 1). A ``.npy`` is read with ``allow_pickle=False``.
 
     Arguments:
         path: ``str`` or ``os.PathLike`` ending in ``.npy`` or ``.csv``.
