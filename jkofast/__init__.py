@@ -15,6 +15,7 @@ The public API (see README.md)::
 from ._version import __version__
 from . import datasets
 from ._extension import CompiledExtensionWarning
+from ._warn import JkofastWarning
 from .divergence import divergence, velocity
 from .evaluate import evaluate, evaluate_sharded
 from .field import Field, VelocityField
@@ -22,5 +23,5 @@ from .flow import Flow
 from .integrate import rk4
 from .train import train
 
-__all__ = ["__version__", "CompiledExtensionWarning", "datasets", "divergence", "evaluate", "evaluate_sharded", "Field",
+__all__ = ["__version__", "CompiledExtensionWarning", "JkofastWarning", "datasets", "divergence", "evaluate", "evaluate_sharded", "Field",
            "VelocityField", "Flow", "rk4", "train", "velocity"]

@@ -14,12 +14,12 @@ anything else with the same rule.
 from __future__ import annotations
 
 import re
-import warnings
 
 import torch
 from torch.autograd import forward_ad
 
 from ._extension import HOW_TO_BUILD, CompiledExtensionWarning, load
+from ._warn import warn_user
 
 BACKENDS = ("auto", "torch", "compiled")
 COMPILED_DTYPES = (torch.float32, torch.float64)
@@ -104,8 +104,8 @@ def _warn_fallback() -> None:
     if _warned_fallback or EXTENSION.disabled:
         return
     _warned_fallback = True
-    warnings.warn(f"jkofast is running on its pure-torch engine (slower): {COMPILED_ERROR}. To use the "
-                  f"compiled ops, {HOW_TO_BUILD}", CompiledExtensionWarning, stacklevel=4)
+    warn_user(f"jkofast is running on its pure-torch engine (slower): {COMPILED_ERROR}. To use the "
+              f"compiled ops, {HOW_TO_BUILD}", CompiledExtensionWarning)
 
 
 def _misfit(field, x: torch.Tensor, probes: torch.Tensor | None = None) -> str | None:

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ._warn import warn_user
+
 
 def check_points(x, name: str, dim: int | None = None, *, like: nn.Module | None = None,
                  allow_empty: bool = True, allow_wider: bool = False) -> Tensor:
@@ -135,7 +137,7 @@ def check_device(device, name: str = "device") -> torch.device:
     these come from deep inside the first allocation, or name the checkpoint instead)."""
     try:
         dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
+    except (RuntimeError, TypeError):
         raise ValueError(f"{name}={device!r} is not a device name (use 'cpu', 'cuda' or 'cuda:N')") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
@@ -163,29 +165,25 @@ def whole_number_columns(x: Tensor) -> Tensor:
     return (x == x.round()).all(0)
 
 
-def warn_lattice_columns(whole, std, name: str = "x", stacklevel: int = 3) -> None:
+def warn_lattice_columns(whole, std, name: str = "x") -> None:
     """Warn about columns of whole numbers whose spacing (1) is not small next to their spread:
     a continuous density can pile its mass onto the lattice points, and its NLL then falls
     without bound (a Gaussian fit stays near the discrete entropy). Spacing under 5% of the
     standard deviation is left alone: such a column (counts, cents) is as good as continuous."""
-    import warnings
-
     cols = [i for i, (w, s) in enumerate(zip(whole, std)) if w and 0 < s < 20.0]  # std 0: refused as constant
     if cols:
-        warnings.warn(f"{name} column(s) {cols} hold whole numbers only, spaced 1 apart against a spread of "
-                      f"{', '.join(f'{float(std[i]):.3g}' for i in cols)}: a flow's density can pile up on the "
-                      "integers, and its NLL then means little; dequantize first (add uniform noise: "
-                      "x + np.random.rand(*x.shape)), as the built-in digits set is", UserWarning, stacklevel=stacklevel)
+        warn_user(f"{name} column(s) {cols} hold whole numbers only, spaced 1 apart against a spread of "
+                  f"{', '.join(f'{float(std[i]):.3g}' for i in cols)}: a flow's density can pile up on the "
+                  "integers, and its NLL then means little; dequantize first (add uniform noise: "
+                  "x + np.random.rand(*x.shape)), as the built-in digits set is")
 
 
-def warn_fewer_rows_than_columns(n: int, d: int, name: str = "x", stacklevel: int = 3) -> None:
+def warn_fewer_rows_than_columns(n: int, d: int, name: str = "x") -> None:
     """Warn where the data has fewer rows than columns: most often an array passed transposed
     (samples as columns), which would train a d-dimensional flow on n points without a word."""
-    import warnings
-
     if n < d:
-        warnings.warn(f"{name} has {n} rows and {d} columns: a flow of dimension {d} fitted to {n} points. If your "
-                      f"samples are the columns, pass {name}.T", UserWarning, stacklevel=stacklevel)
+        warn_user(f"{name} has {n} rows and {d} columns: a flow of dimension {d} fitted to {n} points. If your "
+                  f"samples are the columns, pass {name}.T")
 
 
 def check_folder(path, name: str) -> Path:

@@ -24,6 +24,7 @@ from types import ModuleType
 import torch
 
 from . import _cpu_target, _torch_abi
+from ._warn import JkofastWarning
 
 SWITCH = "JKOFAST_COMPILED"  # "0": do not load the compiled extension
 
@@ -32,7 +33,7 @@ HOW_TO_BUILD = ("install the jkofast wheel built for your torch, or build jkofas
                 "scikit-build-core)")
 
 
-class CompiledExtensionWarning(UserWarning):
+class CompiledExtensionWarning(JkofastWarning):
     """jkofast runs on its pure-torch engine because the compiled extension is not available."""
 
 

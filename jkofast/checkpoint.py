@@ -18,7 +18,7 @@ from ._atomic import replaced_atomically
 from ._checks import check_device, plain
 from ._version import __version__
 
-__all__ = ["CheckpointError", "FORMAT_VERSION", "save_payload", "load_payload", "refuse_other_run", "write_json"]
+__all__ = ["CheckpointError", "OtherRunError", "FORMAT_VERSION", "save_payload", "load_payload", "refuse_other_run", "write_json"]
 
 # Bump when the layout of a payload changes; readers refuse newer versions instead of guessing.
 FORMAT_VERSION = 1
@@ -26,6 +26,18 @@ FORMAT_VERSION = 1
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing pieces, corrupt, truncated, or from an unknown format."""
+
+
+class OtherRunError(ValueError):
+    """A checkpoint is another run's: other settings, or other training data (``data_differs``,
+    where the settings are the same), so it is not resumed."""
+
+    def __init__(self, message: str, data_differs: bool):
+        super().__init__(message)
+        self.data_differs = data_differs
+
+    def __reduce__(self):  # pickled whole: rank 0 sends it to the other ranks (jko_iflow_state.py)
+        return type(self), (str(self), self.data_differs)
 
 
 def save_payload(payload: dict, path: str | os.PathLike, kind: str) -> Path:
@@ -96,9 +108,9 @@ def refuse_other_run(path, mine: dict, theirs: dict, same_data: bool, growable: 
             and _without(mine, growable) == _without(theirs, growable):
         then, now = theirs[growable], mine.get(growable)
         if now is not None and now < then:
-            raise ValueError(f"{path} is from a run of {growable}={then}: {growable} can grow when a run resumes, "
-                             f"not shrink ({now} here); pass another output folder, or restart (resume=False / "
-                             "--restart) to overwrite it")
+            raise OtherRunError(f"{path} is from a run of {growable}={then}: {growable} can grow when a run "
+                                f"resumes, not shrink ({now} here); pass another output folder, or restart "
+                                "(resume=False / --restart) to overwrite it", data_differs=False)
         return
     if mine == theirs and same_data:
         return
@@ -108,19 +120,19 @@ def refuse_other_run(path, mine: dict, theirs: dict, same_data: bool, growable: 
         what, fix = f"settings ({pairs})", "pass the checkpoint's values to continue it, or "
     else:
         what, fix = "training data", ""
-    raise ValueError(f"{path} is from a run with different {what}; {fix}pass another output folder, "
-                     "or restart (resume=False / --restart) to overwrite it")
+    raise OtherRunError(f"{path} is from a run with different {what}; {fix}pass another output folder, "
+                        "or restart (resume=False / --restart) to overwrite it", data_differs=not changed)
 
 
 def _without(settings: dict, key: str) -> dict:
     return {k: v for k, v in settings.items() if k != key}
 
 
-def write_json(path: str | os.PathLike, obj, *, strict: bool = False) -> None:
-    """Write ``obj`` as JSON atomically, so a reader never sees half a file. ``strict``: as
-    RFC 8259 JSON, NaN and inf written as null (for reports other tools read: a standard error
-    of one test point is NaN); otherwise Python's NaN/Infinity tokens, which json reads back."""
-    text = json.dumps(_nulls_for_non_finite(plain(obj)) if strict else plain(obj), indent=2, allow_nan=not strict)
+def write_json(path: str | os.PathLike, obj) -> None:
+    """Write ``obj`` as JSON atomically, so a reader never sees half a file; strict RFC 8259 JSON,
+    which other tools (jq, JavaScript) read: NaN and inf are written as null (a standard error of
+    one point is NaN; a loss that diverged is logged)."""
+    text = json.dumps(_nulls_for_non_finite(plain(obj)), indent=2, allow_nan=False)
     with replaced_atomically(path) as tmp:
         tmp.write_text(text)
 

@@ -33,8 +33,9 @@ from . import datasets, distributed
 from ._checks import check_device, check_folder
 from ._locks import held_lock
 from ._version import __version__
+from ._warn import JkofastWarning
 from ._atomic import replaced_atomically
-from .checkpoint import CheckpointError, write_json
+from .checkpoint import CheckpointError, OtherRunError, write_json
 from .datasets.streaming import Rows, as_rows, open_npy, split_rows
 from .distributed import DistributedError
 from .evaluate import evaluate, evaluate_sharded
@@ -227,6 +228,24 @@ def _data_spec(args) -> dict:
     return _with_root(spec, name, args)
 
 
+def _what_sets_the_rows(spec: dict, args) -> str:
+    """For a run refused as trained on other data: the flags that choose the command line's
+    training rows, by which a resumed command may differ from the one that started the run."""
+    name = spec["name"]
+    if "file_bytes" not in spec:  # a built-in set: drawn (or, for the MAF sets, read) by --seed and the sizes
+        return (f"the training rows of {name} are set by --seed ({spec['seed']} here) and --n-train/--n-val/--n-test; "
+                "was the run started with others?")
+    if spec.get("mmap"):
+        how = "--mmap" if args.mmap else "by default, as a .npy of 1 GiB or more"
+        way = f"{name} is memory-mapped here ({how}), which splits it otherwise than --no-mmap does"
+    elif Path(name).suffix.lower() == ".npy":
+        way = f"{name} is read whole here, which splits it otherwise than --mmap does"
+    else:
+        way = f"{name} is read whole"
+    return (f"the training rows are {way}, by --seed ({spec['seed']} here); was the run started with "
+            "another split or seed, or has the file changed since?")
+
+
 _SIZES = {"n_train": 50_000, "n_val": 5_000, "n_test": 20_000}
 
 
@@ -361,6 +380,10 @@ def _train_and_report(args, dist, out: Path) -> int:
     except CheckpointError as exc:  # (the hint, unless the message gives it already)
         _print_error(exc, "" if "--restart" in str(exc) else "\n(pass --restart to start over, or choose another --out)")
         return 2
+    except OtherRunError as exc:
+        if not exc.data_differs:
+            raise
+        raise ValueError(f"{exc}\n({_what_sets_the_rows(spec, args)})") from exc
     if dist.main:  # model.pt is this run's now: an earlier report must not sit beside it while this one is made
         _drop_report(out)
     grids = flow.info["eval_grids"]
@@ -381,7 +404,7 @@ def _train_and_report(args, dist, out: Path) -> int:
         from .plotting import PLOT_POINTS, plot_flow
         plot_flow(flow, _as_array(x_test, args.seed, PLOT_POINTS), out / "plot.png", samples=samples,
                   title=f"{spec['name']}: {flow.num_blocks} blocks")
-    write_json(out / "metrics.json", metrics, strict=True)  # last: its presence says the report is complete
+    write_json(out / "metrics.json", metrics)  # last: its presence says the report is complete
     _print_evaluation(metrics, grids)
     peak = metrics["peak_memory"]["rss_bytes_max"] / 2**20
     # a resumed run's training seconds add up over its processes; the total is this process's
@@ -488,7 +511,7 @@ def _evaluate_and_report(args, dist) -> int:
         return 0
     _print_evaluation(metrics, steps)
     if args.json:
-        write_json(args.json, metrics, strict=True)
+        write_json(args.json, metrics)
     return 0
 
 
@@ -668,9 +691,10 @@ def _notes_on_stderr():
 
     def format_warning(message, category, filename, lineno, line=None):
         # jkofast's own warnings (lattice columns, the pure-torch fallback) as notes, not as a
-        # Python source location and line: the command line's user did not write that code. (The
+        # Python source location and line (warn_user points past jkofast: here at runpy or the
+        # console script): the command line's user did not write that code. (The
         # format, not the display: warnings recorded by catch_warnings are left alone.)
-        if str(Path(filename).resolve()).startswith(package):
+        if issubclass(category, JkofastWarning) or str(Path(filename).resolve()).startswith(package):
             return f"jkofast: warning: {message}\n"
         return formatted(message, category, filename, lineno, line)
 

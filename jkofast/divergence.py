@@ -10,7 +10,7 @@ from torch import Tensor
 from . import _backend
 from ._backend import compiled_ops as _ops
 from ._checks import check_choice, check_points, check_positive_int
-from .field import Field
+from .field import Field, refuse_inference_parameters
 
 __all__ = ["divergence", "draw_probes", "velocity"]
 
@@ -39,6 +39,10 @@ def check_field(field) -> None:
     if not isinstance(field, Field):
         raise TypeError(f"field must be a jkofast.Field, got {type(field).__name__}: subclass jkofast.Field "
                         "(set self.dim, define forward(x, t) -> (B, dim)) or use jkofast.VelocityField")
+    # (not while compiling: dynamo cannot trace is_inference_mode_enabled; inference tensors are
+    # not traced in a training graph anyway)
+    if not torch.compiler.is_compiling() and torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
+        refuse_inference_parameters(field, "under torch.no_grad() or inference_mode")
 
 
 def check_probes(probes: Tensor, x: Tensor, method: str) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +37,7 @@ class Field(nn.Module):
         # Under inference_mode, enable_grad() alone records no graph (f would not depend on x and
         # the divergence would come out 0): leave it here, with inference tensors copied out, and
         # return no graph, as inference mode records none.
+        refuse_inference_parameters(self, "")  # (autograd's divergence saves them, in any mode)
         inference = torch.is_inference_mode_enabled()
         grad_enabled = torch.is_grad_enabled() and not inference
         with torch.inference_mode(False) if inference else contextlib.nullcontext(), torch.enable_grad():
@@ -58,6 +60,15 @@ class Field(nn.Module):
         if not grad_enabled:
             f, div = f.detach(), div.detach()
         return f, div
+
+
+def refuse_inference_parameters(field: nn.Module, where_it_works: str) -> None:
+    """Refuse a field whose parameters or buffers were made under torch.inference_mode(): autograd cannot
+    save them, and torch's own error names neither the field nor where its tensors came from."""
+    if any(p.is_inference() for p in itertools.chain(field.parameters(), field.buffers())):
+        also = f", or evaluate it {where_it_works}" if where_it_works else ""
+        raise RuntimeError(f"the {type(field).__name__}'s parameters were made under torch.inference_mode(), so "
+                           f"autograd cannot use them: build (or load) the field outside inference_mode{also}")
 
 
 class VelocityField(Field):

@@ -86,7 +86,8 @@ def gaussian_fit(train, dist=None) -> GaussianFit:
     and is read chunk by chunk, so a large set is never copied whole; with ``dist`` (a process
     group's :class:`~jkofast.distributed.Dist`) each rank reads its share of the chunks and the
     ranks' moments are merged, so every rank gets the same Gaussian, that of all rows (to rounding). A constant
-    column (its min equals its max) gets its value as its mean and no covariances. A ridge of 1e-9
+    column (its min equals its max) gets its value as its mean and no covariances; data whose
+    every column is constant is refused. A ridge of 1e-9
     of each column's own variance (of the mean variance for a constant column) keeps a rank-deficient
     covariance (N <= d, collinear columns) positive definite without favouring columns of large
     scale over small ones."""
@@ -116,6 +117,8 @@ def gaussian_fit(train, dist=None) -> GaussianFit:
     # variance or covariance: the merged moments' rounding noise, which follows the chunking and
     # the world size, would otherwise enter the NLL divided by the ridge.
     varies = high > low
+    if not bool(varies.any()):  # (its ridge would be 0 and every NLL infinite)
+        raise ValueError(f"every column of {rows.name} is constant ({n} copies of one point): no Gaussian fits it")
     mean = torch.where(varies, mean, low)
     cov = m2 / (n - 1) * torch.outer(varies, varies)
     var = cov.diagonal()

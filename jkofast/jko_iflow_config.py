@@ -4,11 +4,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import warnings
 from dataclasses import dataclass, fields
 
 from ._checks import (check_choice, check_flag, check_number, check_positive_int, check_seed, dtype_name,
                       plain_fields)
+from ._warn import warn_user
 from .divergence import DIVERGENCE_METHODS
 from .jko_loss import TRANSPORT_COSTS
 from .reference import ACTIVATIONS, TABLEAUS
@@ -152,7 +152,7 @@ class JKOIFlowConfig:
         if "reparam_eta" in given and self.reparam_rounds == 0:
             inert.append("reparam_eta with reparam_rounds=0")
         if inert:
-            warnings.warn(f"no effect: {'; '.join(inert)}", UserWarning, stacklevel=3)
+            warn_user(f"no effect: {'; '.join(inert)}")
 
     def check_validation(self, has_val: bool) -> None:
         """Refuse ``select_blocks="val"`` without validation data (train() asks before it

@@ -14,7 +14,6 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from . import distributed

@@ -72,8 +72,8 @@ def prepare(x, val, cfg: JKOIFlowConfig, dist: Dist, *, progress: bool = False) 
     progress = progress and dist.main
     summary = scan(rows, dist, progress=progress)
     if dist.main:
-        warn_fewer_rows_than_columns(summary.n, rows.dim, rows.name, stacklevel=4)  # the user's train() call
-        warn_lattice_columns(summary.whole, summary.std, rows.name, stacklevel=4)
+        warn_fewer_rows_than_columns(summary.n, rows.dim, rows.name)
+        warn_lattice_columns(summary.whole, summary.std, rows.name)
     val_summary = None if val_rows is None else scan(val_rows, dist, progress=progress)
     with alike_on_every_rank():  # checks of the summaries, which every rank holds whole (scan gathers them)
         if summary.n < dist.world:

@@ -31,7 +31,6 @@ import jkofast
 from jkofast import _backend
 from jkofast import reference as R
 from jkofast._backend import compiled_ops as O
-from jkofast.divergence import draw_probes
 from conftest import random_field
 from _op_cases import block_loss_outputs, field_outputs, leaf_copies
 

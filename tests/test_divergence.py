@@ -236,6 +236,27 @@ def test_inference_mode_keeps_the_autograd_divergence():
     torch.testing.assert_close(logdet, torch.full((4,), 5.0, dtype=torch.float64))
 
 
+def test_a_field_made_under_inference_mode_is_named_where_autograd_needs_it():
+    """Parameters made under inference_mode cannot be saved for backward: an autograd divergence
+    (any mode) or a training step (grad enabled) says so by the field's name, where torch's error
+    names neither; forward-mode divergence without a graph still serves."""
+    with torch.inference_mode():
+        mlp = jkofast.VelocityField(2, 16, 2).double()
+        linear = LinearField(torch.nn.Parameter(torch.eye(2, dtype=torch.float64)))
+    x = torch.randn(4, 2, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match=r"VelocityField's parameters were made under torch.inference_mode.*"
+                                           r"or evaluate it under torch.no_grad"):
+        divergence(mlp, x, 0.0)
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            torch.testing.assert_close(divergence(mlp, x, 0.0, backend="torch")[1],
+                                       divergence(mlp, x, 0.0, backend="auto")[1])
+            with pytest.raises(RuntimeError, match=r"LinearField's parameters were made under torch.inference_mode\(\), so "
+                                                   r"autograd cannot use them: build \(or load\) the field outside "
+                                                   r"inference_mode$"):
+                divergence(linear, x, 0.0)
+
+
 def test_probes_that_require_a_gradient_get_it():
     """The compiled op computes no gradient for the probes: "auto" runs the torch engine then."""
     field, x = random_field(2), torch.randn(3, 2, dtype=torch.float64)

@@ -193,9 +193,9 @@ def test_evaluate_takes_one_grid_or_several_and_refuses_bad_test_sets():
                           (dict(steps=True), "steps must be an integer >= 1"), (dict(seed=None), "seed"),
                           (dict(seed=2 ** 70), r"seed must be an integer in \[0, 2\*\*62\)"),
                           (dict(mmd_points=-1), "mmd_points must be an integer >= 0")):
-        for evaluate in (jkofast.evaluate, jkofast.evaluate_sharded):
+        for scorer in (jkofast.evaluate, jkofast.evaluate_sharded):
             with pytest.raises((TypeError, ValueError), match=match):
-                evaluate(flow, x, **kwargs)
+                scorer(flow, x, **kwargs)
 
 
 def test_a_folder_of_another_method_is_refused_by_name(tmp_path, moons):

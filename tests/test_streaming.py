@@ -234,6 +234,14 @@ def test_gaussian_fit_of_a_constant_column_does_not_depend_on_the_chunking(monke
     assert torch.allclose(values[0], want + ridge, atol=1e-7)  # the varying column carries its 1e-9 ridge too
 
 
+def test_gaussian_fit_of_all_constant_columns_is_refused():
+    # Every column constant: no variance to scale the ridge by (it came out 0: every NLL infinite).
+    data = np.full((30, 2), 1.5)
+    with pytest.raises(ValueError, match=r"every column of baseline_train is constant \(30 copies of one point\)"):
+        jkofast.evaluate(jkofast.Flow(2).double(), torch.zeros(5, 2, dtype=torch.float64),
+                         baseline_train=data)
+
+
 def test_gaussian_fit_keeps_a_column_of_tiny_spread():
     # 45 rounding steps wide: not constant (min < max), so its own variance, not the ridge
     rng = np.random.default_rng(7)
@@ -458,6 +466,10 @@ def test_cli_trains_on_a_memory_mapped_file(tmp_path, capsys):
     assert f"{metrics['n_test']} points" in out and "(standardized)" in out and "training (jko-iflow)" in out
     assert f"scores {g['mean']:.4f} +/- {g['se']:.4f} nats on the same test points" in out
     assert f"MMD^2 ({min(10_000, metrics['n_test'])} samples vs" in out            # on a random subset of the split
+    # The same command with --no-mmap splits the file otherwise: refused, naming the flag
+    assert main(["train", "--data", str(tmp_path / "d.npy"), "--no-mmap", "--out", str(tmp_path / "run"), *args]) == 2
+    err = capsys.readouterr().err
+    assert "different training data" in err and "read whole here, which splits it otherwise than --mmap does" in err
     np.save(tmp_path / "ints.npy", np.arange(10).reshape(5, 2))
     assert main(["train", "--data", str(tmp_path / "ints.npy"), "--mmap", "--out", str(tmp_path / "bad"), *args]) == 2
     assert "must hold a 2-D float array" in capsys.readouterr().err

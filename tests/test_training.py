@@ -14,7 +14,7 @@ import jkofast
 from jkofast import jko_iflow
 from jkofast.jko_iflow import TrainingDivergedError
 from jkofast.metrics import energy_distance, nll
-from conftest import SHORT_RUN, assert_same_flow, train_killed
+from conftest import assert_same_flow, train_killed
 
 QUICK = dict(blocks=2, hidden=16, layers=2, iters=15, batch=200, eval_steps=None, seed=3)
 
@@ -563,3 +563,34 @@ def test_data_that_requires_grad_is_taken_as_values(moons):
     flow = jkofast.train(x, "interpolant", budget="quick", progress=False, iters=4)
     assert not flow.loc.requires_grad and not flow.scale.requires_grad
     copy.deepcopy(flow)
+
+
+def test_log_json_is_strict_json_where_a_number_is_undefined(tmp_path, moons):
+    """One validation point has no standard error (NaN): the model keeps the NaN, log.json writes
+    null, so that jq or JavaScript read the file (Python's NaN token is not JSON)."""
+    x = torch.as_tensor(moons[0][:300])
+    flow = jkofast.train(x, "jko-iflow", val=torch.as_tensor(moons[1][:1]), out=tmp_path, budget="quick",
+                         progress=False, iters=4, blocks=1)
+    assert math.isnan(flow.info["val_nll"]["steps3"]["se"])
+
+    def refuse(token):
+        raise AssertionError(f"log.json holds {token}")
+    log = json.loads((tmp_path / "log.json").read_text(), parse_constant=refuse)
+    assert log["val_nll"]["steps3"]["se"] is None and math.isfinite(log["val_nll"]["steps3"]["mean"])
+
+
+def test_warnings_point_at_the_users_line(tmp_path, moons):
+    """A warning raised deep in jkofast (a config's inert option, a data file's header, a lattice
+    column found while the data is summarized) names the line that called jkofast, whatever the
+    path through the package: fixed stack levels pointed into train.py."""
+    x = torch.as_tensor(moons[0][:200])
+    with pytest.warns(UserWarning) as caught:
+        jkofast.train(x, "jko-iflow", budget="quick", progress=False, iters=2, blocks=1, probes=3)
+        table = np.column_stack([np.arange(60), np.random.default_rng(0).normal(size=(60, 2))])
+        np.savetxt(tmp_path / "t.csv", table, delimiter=",", header=",0,1", comments="")   # pandas' index kept
+        jkofast.train(str(tmp_path / "t.csv"), "interpolant", budget="quick", progress=False, iters=2)
+    messages = {str(w.message).split(":")[0][:30]: w.filename for w in caught}
+    assert any(m.startswith("no effect") for m in messages) and any("header" in m for m in messages) \
+        and any("column(s) [" in m for m in messages), messages
+    assert set(messages.values()) == {__file__}, messages
+    assert all(issubclass(w.category, jkofast.JkofastWarning) for w in caught)

@@ -5,10 +5,11 @@ import csv
 import itertools
 import math
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
+
+from .._warn import warn_user
 
 __all__ = ["load_array", "column_names", "split", "SUFFIXES"]
 
@@ -129,13 +130,12 @@ def _read_csv(path: Path) -> np.ndarray:
     if header is not None:
         header_line, lines = lines[0], lines[1:]  # a first line without numbers is a header
         if _pandas_default_names(header) and header[0].strip():  # (an empty first name: never a data row)
-            warnings.warn(f"the first line of {str(path)!r}, {header_line[:40]!r}, is read as a header: pandas' names "
-                          "0, 1, ... of an unnamed array's columns (to_csv); if it is a data row, put a header line "
-                          "above it", UserWarning, stacklevel=3)
+            warn_user(f"the first line of {str(path)!r}, {header_line[:40]!r}, is read as a header: pandas' names "
+                      "0, 1, ... of an unnamed array's columns (to_csv); if it is a data row, put a header line "
+                      "above it")
         if len(header) > 1 and not header[0].strip():
-            warnings.warn(f"the header of {str(path)!r} starts with an empty name, as pandas' to_csv writes its row "
-                          "index: that column is read as data; save with to_csv(index=False) if it is the index",
-                          UserWarning, stacklevel=3)
+            warn_user(f"the header of {str(path)!r} starts with an empty name, as pandas' to_csv writes its row "
+                      "index: that column is read as data; save with to_csv(index=False) if it is the index")
     if not lines:
         raise ValueError(f"{str(path)!r} is empty (a header line but no data rows)")
     try:
