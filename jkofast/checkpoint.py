@@ -37,7 +37,7 @@ class OtherRunError(ValueError):
         self.data_differs = data_differs
 
     def __reduce__(self):  # pickled whole: rank 0 sends it to the other ranks (jko_iflow_state.py)
-        return type(self), (str(self), self.data_differs)
+        return type(self), (str(self), self.data_differs), self.__dict__  # (with distributed's mark)
 
 
 def save_payload(payload: dict, path: str | os.PathLike, kind: str) -> Path:

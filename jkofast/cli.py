@@ -228,22 +228,19 @@ def _data_spec(args) -> dict:
     return _with_root(spec, name, args)
 
 
-def _what_sets_the_rows(spec: dict, args) -> str:
-    """For a run refused as trained on other data: the flags that choose the command line's
-    training rows, by which a resumed command may differ from the one that started the run."""
+def _what_sets_the_rows(spec: dict) -> str:
+    """For a run refused as trained on other data (its settings, --seed among them, are this
+    command's): what else chooses the command line's training rows."""
     name = spec["name"]
     if "file_bytes" not in spec:  # a built-in set: drawn (or, for the MAF sets, read) by --seed and the sizes
-        return (f"the training rows of {name} are set by --seed ({spec['seed']} here) and --n-train/--n-val/--n-test; "
-                "was the run started with others?")
+        return f"the training rows of {name} are also chosen by --n-train/--n-val/--n-test: was the run started with others?"
     if spec.get("mmap"):
-        how = "--mmap" if args.mmap else "by default, as a .npy of 1 GiB or more"
-        way = f"{name} is memory-mapped here ({how}), which splits it otherwise than --no-mmap does"
-    elif Path(name).suffix.lower() == ".npy":
-        way = f"{name} is read whole here, which splits it otherwise than --mmap does"
-    else:
-        way = f"{name} is read whole"
-    return (f"the training rows are {way}, by --seed ({spec['seed']} here); was the run started with "
-            "another split or seed, or has the file changed since?")
+        return (f"{name} is memory-mapped here (--mmap, the default for a .npy of 1 GiB or more), which splits it "
+                "otherwise than reading it whole: was the run started with --no-mmap, or has the file changed since?")
+    if Path(name).suffix.lower() == ".npy":
+        return (f"{name} is read whole here, which splits it otherwise than --mmap does: was the run started with "
+                "--mmap, or has the file changed since?")
+    return f"has {name} changed since the run started?"
 
 
 _SIZES = {"n_train": 50_000, "n_val": 5_000, "n_test": 20_000}
@@ -383,7 +380,8 @@ def _train_and_report(args, dist, out: Path) -> int:
     except OtherRunError as exc:
         if not exc.data_differs:
             raise
-        raise ValueError(f"{exc}\n({_what_sets_the_rows(spec, args)})") from exc
+        better = ValueError(f"{exc}\n({_what_sets_the_rows(spec)})")
+        raise (distributed.raised_on_every_rank(better) if distributed.is_raised_on_every_rank(exc) else better) from exc
     if dist.main:  # model.pt is this run's now: an earlier report must not sit beside it while this one is made
         _drop_report(out)
     grids = flow.info["eval_grids"]

@@ -10,7 +10,7 @@ from torch import Tensor
 from . import _backend
 from ._backend import compiled_ops as _ops
 from ._checks import check_choice, check_points, check_positive_int
-from .field import Field, refuse_inference_parameters
+from .field import Field, inference_tensors_named
 
 __all__ = ["divergence", "draw_probes", "velocity"]
 
@@ -39,10 +39,6 @@ def check_field(field) -> None:
     if not isinstance(field, Field):
         raise TypeError(f"field must be a jkofast.Field, got {type(field).__name__}: subclass jkofast.Field "
                         "(set self.dim, define forward(x, t) -> (B, dim)) or use jkofast.VelocityField")
-    # (not while compiling: dynamo cannot trace is_inference_mode_enabled; inference tensors are
-    # not traced in a training graph anyway)
-    if not torch.compiler.is_compiling() and torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
-        refuse_inference_parameters(field, "under torch.no_grad() or inference_mode")
 
 
 def check_probes(probes: Tensor, x: Tensor, method: str) -> None:
@@ -103,9 +99,10 @@ def divergence(field: Field, x: Tensor, t=0.0, *, method: str = "exact", probes:
     v = None
     if method == "hutchinson":
         v = given.to(dtype=x.dtype, device=x.device) if given is not None else draw_probes(x, probes, noise, generator)
-    if engine == "compiled":
-        return _ops.mlp_field_div(x, field._t(t), field.weights, field.biases, field.activation, field.beta, v)
-    return field.velocity_and_divergence(x, t, v)
+    with inference_tensors_named(field):
+        if engine == "compiled":
+            return _ops.mlp_field_div(x, field._t(t), field.weights, field.biases, field.activation, field.beta, v)
+        return field.velocity_and_divergence(x, t, v)
 
 
 def velocity(field: Field, x: Tensor, t=0.0, *, backend: str = "auto") -> Tensor:

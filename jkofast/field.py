@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import itertools
 
 import torch
 from torch import Tensor, nn
@@ -37,10 +36,10 @@ class Field(nn.Module):
         # Under inference_mode, enable_grad() alone records no graph (f would not depend on x and
         # the divergence would come out 0): leave it here, with inference tensors copied out, and
         # return no graph, as inference mode records none.
-        refuse_inference_parameters(self, "")  # (autograd's divergence saves them, in any mode)
         inference = torch.is_inference_mode_enabled()
         grad_enabled = torch.is_grad_enabled() and not inference
-        with torch.inference_mode(False) if inference else contextlib.nullcontext(), torch.enable_grad():
+        with inference_tensors_named(self), torch.inference_mode(False) if inference else contextlib.nullcontext(), \
+                torch.enable_grad():
             if inference:
                 x, t, probes = (v.clone() if isinstance(v, Tensor) and v.is_inference() else v for v in (x, t, probes))
             x_in = x if x.requires_grad else x.detach().requires_grad_(True)
@@ -62,13 +61,30 @@ class Field(nn.Module):
         return f, div
 
 
-def refuse_inference_parameters(field: nn.Module, where_it_works: str) -> None:
-    """Refuse a field whose parameters or buffers were made under torch.inference_mode(): autograd cannot
-    save them, and torch's own error names neither the field nor where its tensors came from."""
-    if any(p.is_inference() for p in itertools.chain(field.parameters(), field.buffers())):
-        also = f", or evaluate it {where_it_works}" if where_it_works else ""
-        raise RuntimeError(f"the {type(field).__name__}'s parameters were made under torch.inference_mode(), so "
-                           f"autograd cannot use them: build (or load) the field outside inference_mode{also}")
+def inference_tensors_named(field: nn.Module):
+    """A context in which torch's "Inference tensors cannot be saved for backward", raised where
+    the field's parameters or buffers were made under torch.inference_mode(), names the field and
+    the cause (torch's error names neither). Only the error is rewritten: a field made that way
+    serves wherever autograd need not save its tensors (frozen, under no_grad, a buffer added)."""
+    if torch.compiler.is_compiling():  # (no error to rewrite in a traced graph)
+        return contextlib.nullcontext()
+    return _InferenceTensorsNamed(field)
+
+
+class _InferenceTensorsNamed(contextlib.AbstractContextManager):
+    def __init__(self, field: nn.Module):
+        self.field = field
+
+    def __exit__(self, kind, exc, tb):
+        if kind is not RuntimeError or "Inference tensors cannot be saved for backward" not in str(exc):
+            return None
+        made = [what for what, tensors in (("parameters", self.field.parameters()), ("buffers", self.field.buffers()))
+                if any(t.is_inference() for t in tensors)]
+        if made:
+            raise RuntimeError(f"the {type(self.field).__name__}'s {' and '.join(made)} were made under "
+                               "torch.inference_mode(), and autograd cannot save them for backward: build (or load) "
+                               "the field outside inference_mode") from exc
+        return None
 
 
 class VelocityField(Field):

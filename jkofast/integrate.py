@@ -10,7 +10,7 @@ from . import _backend
 from ._backend import compiled_ops as _ops
 from ._checks import check_choice, check_points, check_positive_int
 from .divergence import DIVERGENCE_METHODS, as_time, check_field, draw_probes
-from .field import Field
+from .field import Field, inference_tensors_named
 from .reference import TABLEAUS
 
 __all__ = ["rk4"]
@@ -58,6 +58,13 @@ def rk4(field: Field, x: Tensor, t0: float, t1: float, steps: int, *,
         check_choice(divergence, "divergence", DIVERGENCE_METHODS)
     check_choice(tableau, "tableau", TABLEAUS)
     t0, t1 = _time_bound(t0, "t0"), _time_bound(t1, "t1")
+    with inference_tensors_named(field):
+        return _integrate(field, x, t0, t1, steps, engine, divergence, probes, noise, tableau, generator)
+
+
+def _integrate(field: Field, x: Tensor, t0: float, t1: float, steps: int, engine: str, divergence: str | None,
+               probes: int, noise: str, tableau: str, generator) -> tuple[Tensor, Tensor | None, Tensor]:
+    """rk4's integration, its arguments checked."""
     if engine == "compiled":
         v = None
         if divergence == "hutchinson":  # the same draws, in the same order, as the loop below

@@ -287,6 +287,16 @@ def test_csv_errors_name_the_line_an_editor_shows(tmp_path):
     path.write_text("1,2\n\n\n4,nan\n")
     with pytest.raises(ValueError, match=r"first: line 4 of the file"):
         datasets.load_array(path)
+    # lines end at \n, \r\n or \r, as an editor counts them (str.splitlines also breaks at a form feed)
+    path.write_bytes(b"a,b\r\n1,2\x0c\r\n\x0c\r\n4,nan\r\n")
+    with pytest.raises(ValueError, match=r"first: line 4 of the file"):
+        datasets.load_array(path)
+    path.write_text("a,b\n1_000,2\n")   # float() reads it, numpy does not: still the line, not numpy's row
+    with pytest.raises(ValueError, match=r"line 2 of the file holds '1_000', not a number"):
+        datasets.load_array(path)
+    path.write_text("# x,y\n")
+    with pytest.raises(ValueError, match=r"is empty \(no rows: a comment line only\)"):
+        datasets.load_array(path)
 
 
 def test_load_rejects_unknown_suffix_and_missing_file(tmp_path):
@@ -391,9 +401,18 @@ def test_load_csv_written_by_savetxt_or_with_quoted_fields(tmp_path):
     x = np.random.default_rng(0).normal(size=(7, 3))
     np.savetxt(tmp_path / "s.csv", x)
     np.testing.assert_array_equal(datasets.load_array(tmp_path / "s.csv"), x)
-    np.savetxt(tmp_path / "h.csv", x, header="a b c")
+    np.savetxt(tmp_path / "h.csv", x, header="a b c")   # written as "# a b c": the header it is
     np.testing.assert_array_equal(datasets.load_array(tmp_path / "h.csv"), x)
-    assert datasets.column_names(tmp_path / "h.csv") is None   # a comment, not a header
+    assert datasets.column_names(tmp_path / "h.csv") == ["a", "b", "c"]
+    np.savetxt(tmp_path / "c.csv", x, header="x,y,z", delimiter=",")
+    np.testing.assert_array_equal(datasets.load_array(tmp_path / "c.csv"), x)
+    assert datasets.column_names(tmp_path / "c.csv") == ["x", "y", "z"]
+    # A first comment that is not a list of the columns' names is a comment (so are the others)
+    (tmp_path / "k.csv").write_text("# made by hand\n# 2024\nx,y\n1,2 # a, b\n# mid\n3,4\n")
+    np.testing.assert_array_equal(datasets.load_array(tmp_path / "k.csv"), [[1.0, 2.0], [3.0, 4.0]])
+    assert datasets.column_names(tmp_path / "k.csv") == ["x", "y"]
+    (tmp_path / "t.csv").write_text("1 2\n3 4 # a, b\n")   # a trailing comment's commas: not the separator
+    np.testing.assert_array_equal(datasets.load_array(tmp_path / "t.csv"), [[1.0, 2.0], [3.0, 4.0]])
     (tmp_path / "w.csv").write_text("x   y\n 1.5  -2 \n3 4e-3\n")
     np.testing.assert_array_equal(datasets.load_array(tmp_path / "w.csv"), [[1.5, -2.0], [3.0, 4e-3]])
     assert datasets.column_names(tmp_path / "w.csv") == ["x", "y"]

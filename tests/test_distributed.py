@@ -188,6 +188,9 @@ def test_torchrun_prints_an_error_of_every_rank_once(cli_runs, tmp_path):
     for extra, said in ((["--out", str(two), "--blocks", "0"], "error: blocks must be an integer >= 1, got 0"),
                         (["--out", str(two), "--lr", "0.02"], "error: " + re.escape(str(two / "checkpoint.pt")) +
                          r" is from a run with different settings \(lr: 0.01 there, 0.02 here\)"),
+                        (["--out", str(two), "--n-train", "1999"], "error: " + re.escape(str(two / "checkpoint.pt")) +
+                         r" is from a run with different training data; .*\n\(the training rows of moons are also "
+                         r"chosen by --n-train/--n-val/--n-test"),
                         (["--out", str(tmp_path / "o"), "--data", str(tmp_path / "nan.npy"), "--mmap"],
                          r"error: x \(its split of .*\) has 1 row\(s\) with NaN or inf values \(first: row 123 of "
                          "the file\\)")):

@@ -4,7 +4,7 @@ import torch
 from torch.func import jacrev, vmap
 
 import jkofast
-from jkofast import divergence
+from jkofast import Field, divergence
 from conftest import LinearField, random_field
 
 
@@ -237,24 +237,41 @@ def test_inference_mode_keeps_the_autograd_divergence():
 
 
 def test_a_field_made_under_inference_mode_is_named_where_autograd_needs_it():
-    """Parameters made under inference_mode cannot be saved for backward: an autograd divergence
-    (any mode) or a training step (grad enabled) says so by the field's name, where torch's error
-    names neither; forward-mode divergence without a graph still serves."""
+    """Tensors made under inference_mode cannot be saved for backward: where autograd needs to save
+    a field's (training; any autograd divergence), the error names the field and the cause, where
+    torch's names neither. Where it need not (frozen, no_grad, a buffer only added), they serve."""
     with torch.inference_mode():
         mlp = jkofast.VelocityField(2, 16, 2).double()
         linear = LinearField(torch.nn.Parameter(torch.eye(2, dtype=torch.float64)))
+        frozen = jkofast.VelocityField(2, 16, 2).double().requires_grad_(False)
     x = torch.randn(4, 2, dtype=torch.float64)
-    with pytest.raises(RuntimeError, match=r"VelocityField's parameters were made under torch.inference_mode.*"
-                                           r"or evaluate it under torch.no_grad"):
-        divergence(mlp, x, 0.0)
-    for mode in (torch.no_grad, torch.inference_mode):
-        with mode():
-            torch.testing.assert_close(divergence(mlp, x, 0.0, backend="torch")[1],
-                                       divergence(mlp, x, 0.0, backend="auto")[1])
-            with pytest.raises(RuntimeError, match=r"LinearField's parameters were made under torch.inference_mode\(\), so "
-                                                   r"autograd cannot use them: build \(or load\) the field outside "
-                                                   r"inference_mode$"):
-                divergence(linear, x, 0.0)
+    named = r"the {}'s parameters were made under torch.inference_mode\(\), and autograd cannot save them"
+    for backend in ("auto", "torch"):
+        with pytest.raises(RuntimeError, match=named.format("VelocityField")):
+            divergence(mlp, x, 0.0, backend=backend)
+        with pytest.raises(RuntimeError, match=named.format("VelocityField")):
+            jkofast.rk4(mlp, x, 0.0, 1.0, 2, backend=backend)
+        for mode in (torch.no_grad, torch.inference_mode):
+            with mode():
+                torch.testing.assert_close(divergence(mlp, x, 0.0, backend=backend)[1],
+                                           divergence(mlp, x, 0.0, backend="torch")[1])
+                with pytest.raises(RuntimeError, match=named.format("LinearField")):
+                    divergence(linear, x, 0.0, backend=backend)
+        divergence(frozen, x, 0.0, backend=backend)[1].sum()   # frozen, x without a gradient: nothing saved
+
+    class Shifted(Field):   # a buffer made under inference_mode, only subtracted: nothing of it is saved
+        def __init__(self):
+            super().__init__()
+            self.dim, self.lin = 2, torch.nn.Linear(2, 2).double()
+            with torch.inference_mode():
+                self.register_buffer("center", torch.ones(2, dtype=torch.float64))
+
+        def forward(self, u, t):
+            return torch.tanh(self.lin(u - self.center))
+
+    f, div = divergence(Shifted(), x.requires_grad_(), 0.0)
+    (f.sum() + div.sum()).backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
 def test_probes_that_require_a_gradient_get_it():

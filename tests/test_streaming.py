@@ -469,7 +469,7 @@ def test_cli_trains_on_a_memory_mapped_file(tmp_path, capsys):
     # The same command with --no-mmap splits the file otherwise: refused, naming the flag
     assert main(["train", "--data", str(tmp_path / "d.npy"), "--no-mmap", "--out", str(tmp_path / "run"), *args]) == 2
     err = capsys.readouterr().err
-    assert "different training data" in err and "read whole here, which splits it otherwise than --mmap does" in err
+    assert "different training data" in err and "read whole here, which splits it otherwise than --mmap does: was the run started with --mmap" in err
     np.save(tmp_path / "ints.npy", np.arange(10).reshape(5, 2))
     assert main(["train", "--data", str(tmp_path / "ints.npy"), "--mmap", "--out", str(tmp_path / "bad"), *args]) == 2
     assert "must hold a 2-D float array" in capsys.readouterr().err

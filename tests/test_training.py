@@ -1,6 +1,7 @@
 """JKO-iFlow training on real data: the loss goes down, the model fits, runs resume exactly,
 and failures stop loudly."""
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -594,3 +595,16 @@ def test_warnings_point_at_the_users_line(tmp_path, moons):
         and any("column(s) [" in m for m in messages), messages
     assert set(messages.values()) == {__file__}, messages
     assert all(issubclass(w.category, jkofast.JkofastWarning) for w in caught)
+
+
+def test_the_fallback_warning_points_at_the_users_line_through_torch_modules(monkeypatch, moons):
+    """The pure-torch fallback is first chosen inside a block's forward, called through torch's
+    Module.__call__ between jkofast frames: the warning names this file, not torch's module.py."""
+    from jkofast import _backend
+
+    monkeypatch.setattr(_backend, "compiled_available", lambda: False)
+    monkeypatch.setattr(_backend, "_warned_fallback", False)
+    monkeypatch.setattr(_backend, "EXTENSION", dataclasses.replace(_backend.EXTENSION, disabled=False))
+    with pytest.warns(jkofast.CompiledExtensionWarning) as caught:
+        jkofast.train(torch.as_tensor(moons[0][:200]), "jko-iflow", budget="quick", progress=False, iters=2, blocks=1)
+    assert [w.filename for w in caught if issubclass(w.category, jkofast.CompiledExtensionWarning)] == [__file__]

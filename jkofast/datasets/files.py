@@ -54,24 +54,43 @@ def _read_npy(path: Path) -> np.ndarray:
 
 
 def _csv_lines(path: Path, limit: int | None = None) -> list[str]:
-    """The lines of a .csv that hold data or a header (the first ``limit`` of them): blank lines
-    are left out, and so are comment lines, which start with ``#`` as numpy's loadtxt and
-    savetxt have them."""
-    # utf-8-sig: spreadsheet exports often start with a byte-order mark.
+    """The lines of a .csv that may hold data or a header (the first ``limit`` of them): blank
+    lines are left out, and so are comment lines, which start with ``#`` as numpy's loadtxt and
+    savetxt have them, except a first line (np.savetxt's header: :func:`_header_comment`)."""
+    # utf-8-sig: spreadsheet exports often start with a byte-order mark. Lines end at \n only
+    # (after \r\n and \r are read as \n), as an editor counts them: str.splitlines also breaks
+    # at form feeds and other separators.
     try:
         if limit is None:
             text = path.read_text(encoding="utf-8-sig")
-            lines = [line for line in text.splitlines() if _holds_fields(line)] if "#" in text else \
-                [line for line in text.splitlines() if line.strip()]  # (the common case, twice as fast)
+            lines = text.split("\n")
+            lines = [lines[i] for i in _kept(lines, comments="#" in text)]
         else:
             with open(path, encoding="utf-8-sig") as fh:
-                lines = list(itertools.islice((line.rstrip("\r\n") for line in fh if _holds_fields(line)), limit))
+                lines = [line.rstrip("\n") for line in itertools.islice(_kept_lines(fh), limit)]
     except UnicodeDecodeError as e:  # (a UTF-16 "Unicode text" export, a Latin-1 header)
         raise ValueError(f"{str(path)!r} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8 "
                          "(a spreadsheet's \"CSV UTF-8\") or as a .npy array") from e
     if not lines:
         raise ValueError(f"{str(path)!r} is empty (no rows)")
     return lines
+
+
+def _kept(lines: list[str], comments: bool = True) -> list[int]:
+    """The indices of the lines :func:`_csv_lines` keeps: the first non-blank line, then every
+    line that is neither blank nor (where the text has a ``#``, ``comments``) a comment."""
+    first = next((i for i, line in enumerate(lines) if line.strip()), None)
+    if first is None:
+        return []
+    keep = _holds_fields if comments else str.strip
+    return [first, *(i for i in range(first + 1, len(lines)) if keep(lines[i]))]
+
+
+def _kept_lines(lines):
+    """:func:`_kept` over an iterator of lines, lazily."""
+    lines = (line for line in lines if line.strip())
+    yield from itertools.islice(lines, 1)
+    yield from (line for line in lines if not line.lstrip().startswith("#"))
 
 
 def _holds_fields(line: str) -> bool:
@@ -82,8 +101,25 @@ def _holds_fields(line: str) -> bool:
 def _line_numbers(path: Path) -> list[int]:
     """The file's line numbers (from 1) of the lines :func:`_csv_lines` keeps, for messages:
     read again, on error paths only."""
-    return [number for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1)
-            if _holds_fields(line)]
+    return [i + 1 for i in _kept(path.read_text(encoding="utf-8-sig").split("\n"))]
+
+
+def _header_comment(lines: list[str], path: Path) -> tuple[list[str], bool]:
+    """``lines`` with a first line that is a comment read as the header it may be (np.savetxt
+    writes ``header=`` as ``# x,y``): the names after the ``#``, where they are names (no number)
+    as many as the next line's fields; else it is left out as a comment. Also returns whether it
+    was left out."""
+    if not lines[0].lstrip().startswith("#"):
+        return lines, False
+    names = lines[0].lstrip()[1:].strip()
+    if len(lines) > 1 and names:
+        sep = _separator(lines[1])
+        fields = _header_names(names, sep, path)
+        if not any(reads_as_number(v) for v in fields) and len(fields) == len(_fields(lines[1], sep, path)):
+            return [names, *lines[1:]], False
+    if len(lines) == 1:
+        raise ValueError(f"{str(path)!r} is empty (no rows: a comment line only)")
+    return lines[1:], True
 
 
 def _csv_layout(lines: list[str], path: Path) -> tuple[str, list[str] | None]:
@@ -124,9 +160,10 @@ def _decimal_points(lines: list[str]) -> list[str]:
 
 
 def _read_csv(path: Path) -> np.ndarray:
-    lines = _decimal_points(_csv_lines(path))
+    lines, dropped = _header_comment(_csv_lines(path), path)
+    lines = _decimal_points(lines)
     sep, header = _csv_layout(lines, path)
-    skipped = 0 if header is None else 1
+    skipped = (header is not None) + dropped  # lines before the first data row, of those _csv_lines keeps
     if header is not None:
         header_line, lines = lines[0], lines[1:]  # a first line without numbers is a header
         if _pandas_default_names(header) and header[0].strip():  # (an empty first name: never a data row)
@@ -179,7 +216,7 @@ def column_names(path) -> list[str] | None:
     p = Path(os.fspath(path))
     if p.suffix.lower() != ".csv":
         return None
-    raw = _csv_lines(p, limit=2)  # the header is told from the first two lines
+    raw, _ = _header_comment(_csv_lines(p, limit=3), p)  # the header is told from the first two lines
     sep, header = _csv_layout(_decimal_points(raw), p)
     if header is None:
         return None
@@ -212,12 +249,15 @@ def _separator(line: str) -> str:
     """The field separator of a data line: a semicolon where there is one (as spreadsheets export
     in the locales whose decimal mark is a comma), else a tab, else a comma, else spaces (numpy's
     savetxt); a single column has none (read as a comma)."""
+    line = line.split("#", 1)[0]  # (a trailing comment, as loadtxt reads it)
     found = next((sep for sep in (";", "\t", ",") if sep in line), None)
     return found or (" " if len(line.split()) > 1 else ",")
 
 
 def reads_as_number(field: str) -> bool:
     """Whether ``float()`` parses ``field`` (how a .csv's header line is told from data)."""
+    if "_" in field:  # (float() reads 1_000; numpy's loadtxt does not)
+        return False
     try:
         float(field)
     except ValueError:
@@ -231,7 +271,8 @@ def load_array(path) -> np.ndarray:
     A ``.csv`` is comma-separated (or semicolon-separated, with decimal points or commas, or
     tab-separated, or separated by runs of spaces as ``np.savetxt`` writes, told by its second
     line) with one sample per line, read as float64, UTF-8; fields may be quoted (``"1.5"``); blank
-    lines and lines starting with ``#`` (comments) are skipped. A first line with no number in it
+    lines and lines starting with ``#`` (comments) are skipped, but for a first one that names the
+    columns (``np.savetxt(header=...)`` writes ``# x,y``): the header. A first line with no number in it
     is taken as a header and skipped (one that mixes numbers and other fields is an error: it may
     be a damaged data row), and so is one of 0, 1, ..., d-1 (the names pandas gives an unnamed
     array's columns) over a line that is not all whole numbers; a header must name as many
