@@ -45,7 +45,7 @@ from .jko_iflow import TrainingDivergedError
 from .jko_iflow_config import BUDGETS
 from .jko_iflow_state import CHECKPOINT_FILE
 from .memory import peak_memory_of_run
-from .train import METHODS, OUT_LOCK, check_world, option_defaults, settings, train
+from .train import METHODS, OUT_LOCK, check_world, option_defaults, option_names, settings, train
 
 # CLI flag -> JKOIFlowConfig field, for the options that go straight through.
 _TRAIN_OPTIONS = {"blocks": int, "hidden": int, "layers": int, "activation": str, "beta": float,
@@ -304,6 +304,29 @@ def _with_root(spec: dict, name: str, args) -> dict:
     return spec
 
 
+def _check_method_flags(args) -> None:
+    """Refuse the flags of another method, named as flags (train()'s message names options, and
+    lists every option of the method: the command line's --help does that)."""
+    taken = option_names(args.method)
+    foreign = [k for k in (*_TRAIN_OPTIONS, *_METHOD_OPTIONS) if getattr(args, k) is not None and k not in taken]
+    if foreign:
+        flags = [f"--{k.replace('_', '-')}" for k in foreign]
+        owners = "; ".join(f"{flag}: {', '.join(m for m in METHODS if k in option_names(m))}"
+                           for flag, k in zip(flags, foreign))
+        raise ValueError(f"{', '.join(flags)} {'does' if len(flags) == 1 else 'do'} not apply to --method "
+                         f"{args.method} (the methods that take {'it' if len(flags) == 1 else 'them'}: {owners})")
+
+
+def _named_as_a_flag(exc: Exception) -> Exception:
+    """A settings check's error that starts with the option's name ("lr must be > 0.0"), with the
+    flag's instead ("--lr must be > 0.0"); any other as it is."""
+    text = str(exc)
+    name = text.split(" ", 1)[0]
+    if name not in _TRAIN_OPTIONS and name not in _METHOD_OPTIONS:
+        return exc
+    return type(exc)(f"--{name.replace('_', '-')}{text[len(name):]}")
+
+
 def _device(args, default: str = "cpu") -> torch.device:
     """--device checked up front: a GPU asked of a CPU-only torch is a one-line error."""
     return check_device(args.device or default, "--device")
@@ -314,7 +337,11 @@ def cmd_train(args) -> int:
     # joined (the checks train() makes). Marked as every rank's only where every rank runs this
     # same command line: one torchrun starts them all (on several hosts, each host's its own).
     with distributed.alike_on_every_rank() if _one_command_line() else contextlib.nullcontext():
-        settings(args.method, args.budget, **_train_options(args))
+        _check_method_flags(args)
+        try:
+            settings(args.method, args.budget, **_train_options(args))
+        except (TypeError, ValueError) as exc:
+            raise _named_as_a_flag(exc) from exc
         check_world(args.method, distributed.launched_world())
     device = _device(args, "cuda" if torch.cuda.is_available() else "cpu")
     dist = distributed.connect(device)  # a process group under torchrun, else one process

@@ -275,10 +275,15 @@ def test_a_mistyped_option_is_refused_before_the_data_is_read(tmp_path, capsys):
     # The data file does not exist: read first, it would end the command with its own error.
     absent = str(tmp_path / "absent.csv")
     assert main(["train", "--data", absent, "--out", str(tmp_path / "o"), "--blocks", "0"]) == 2
-    assert capsys.readouterr().err == "error: blocks must be an integer >= 1, got 0\n"
+    assert capsys.readouterr().err == "error: --blocks must be an integer >= 1, got 0\n"
     out = str(tmp_path / "o")
     assert main(["train", "--data", absent, "--out", out, "--method", "interpolant", "--rounds", "2"]) == 2
-    assert "unknown interpolant option(s) ['rounds']" in capsys.readouterr().err
+    assert capsys.readouterr().err == ("error: --rounds does not apply to --method interpolant (the methods that "
+                                       "take it: --rounds: jko-flow)\n")
+    assert main(["train", "--data", absent, "--out", out, "--method", "jko-flow", "--probes", "2", "--time-beta", "1",
+                 "2"]) == 2
+    assert capsys.readouterr().err == ("error: --probes, --time-beta do not apply to --method jko-flow (the methods "
+                                       "that take them: --probes: jko-iflow; --time-beta: interpolant)\n")
     assert not (tmp_path / "o").exists()
 
 
@@ -315,10 +320,10 @@ def test_under_torchrun_an_error_of_every_rank_is_printed_once(tmp_path, monkeyp
     assert main(bad) == 2 and capsys.readouterr().err == "" and len(waits) == 2
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")  # another host's torchrun: its own command line, its own error
     assert main(bad) == 2
-    assert capsys.readouterr().err == "error (rank 1 of 2): blocks must be an integer >= 1, got 0\n"
+    assert capsys.readouterr().err == "error (rank 1 of 2): --blocks must be an integer >= 1, got 0\n"
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    assert main(bad) == 2 and capsys.readouterr().err == "error: blocks must be an integer >= 1, got 0\n"
+    assert main(bad) == 2 and capsys.readouterr().err == "error: --blocks must be an integer >= 1, got 0\n"
     # a method that trains in one process is refused before the data is read (here there is none)
     absent = str(tmp_path / "absent.csv")
     assert main(["train", "--data", absent, "--out", str(tmp_path / "o"), "--method", "interpolant"]) == 2

@@ -185,7 +185,7 @@ def test_torchrun_prints_an_error_of_every_rank_once(cli_runs, tmp_path):
     # which read the checkpoint and sent the error to rank 1; NaN rows that the ranks' scans of a
     # memory-mapped file count together. Before, every rank printed them; a first try at rank 0
     # alone sometimes printed nothing (torchrun stopped rank 0 when rank 1 exited first).
-    for extra, said in ((["--out", str(two), "--blocks", "0"], "error: blocks must be an integer >= 1, got 0"),
+    for extra, said in ((["--out", str(two), "--blocks", "0"], "error: --blocks must be an integer >= 1, got 0"),
                         (["--out", str(two), "--lr", "0.02"], "error: " + re.escape(str(two / "checkpoint.pt")) +
                          r" is from a run with different settings \(lr: 0.01 there, 0.02 here\)"),
                         (["--out", str(two), "--n-train", "1999"], "error: " + re.escape(str(two / "checkpoint.pt")) +
