@@ -207,25 +207,45 @@ def print_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
 
 
 def save_results(name: str, env: dict, rows: list[dict]) -> Path:
+    """Write the results as strict JSON (NaN, a failed check, as null: jq refuses NaN), whole or
+    not at all (a benchmark killed by its time limit mid-write keeps the previous row's file)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}-{env['device_kind']}-{env['date'][:10]}.json"
-    path.write_text(json.dumps({"env": env, "rows": rows}, indent=1) + "\n")
+    text = json.dumps(_nulls_for_nan({"env": env, "rows": rows}), indent=1, allow_nan=False) + "\n"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
     return path
 
 
+def _nulls_for_nan(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nulls_for_nan(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nulls_for_nan(v) for v in value]
+    return value
+
+
 def compare(rows: list[dict], path: str, rel: float = 0.05, floor_s: float = 0.5e-3) -> bool:
-    """Print new/old median ratio per matching (case, impl); True if a row is slower than
-    old * (1 + rel) + floor_s (the floor keeps sub-ms jitter from failing)."""
+    """Print new/old median ratio per matching (case, impl, and rows where a row has them: the
+    stack heights of sweep_gpu_rows.py); True if a row is slower than old * (1 + rel) + floor_s
+    (the floor keeps sub-ms jitter from failing)."""
     old = json.loads(Path(path).read_text())
-    olds = {(r["case"], r["impl"]): r["median_s"] for r in old["rows"] if r.get("median_s")}
+    olds = {_key(r): r["median_s"] for r in old["rows"] if r.get("median_s")}
     print(f"\ncompare with {path} ({old['env'].get('device')}, {old['env'].get('date')})")
     regressed = False
     for r in rows:
-        if (o := olds.get((r["case"], r["impl"]))) and r.get("median_s"):
+        if (o := olds.get(_key(r))) and r.get("median_s"):
             slow = r["median_s"] > o * (1 + rel) + floor_s
             regressed |= slow
             print(f"  {r['case']:<34} {r['impl']:<20} {r['median_s'] / o:6.3f}x" + " REGRESSION" * slow)
     return regressed
+
+
+def _key(row: dict) -> tuple:
+    return row["case"], row["impl"], row.get("rows")
 
 
 def finish(name: str, env: dict, rows: list[dict], columns, args) -> None:

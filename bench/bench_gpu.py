@@ -54,6 +54,7 @@ from jkofast.jko_loss import block_loss  # noqa: E402
 LAYERS, STEPS, STEP_H = 3, 3, 1.0
 CASES = [(2, 64), (6, 128), (63, 256)]
 BATCHES = [2048, 16384, 131072]
+GOAL_BATCHES = [2048, 16384]  # the goals' two sizes: (a) at the first, (b) at the second, (c)-(e) at both
 GOAL = (6, 128)
 FLOP_BATCH = 256  # the reference's FLOPs are counted here and scaled (they are linear in the batch)
 CHECK_BATCH = 512  # the float64 reference of the accuracy check (d=63: ~10 GB)
@@ -135,7 +136,7 @@ def device_stage_times():
 
     integrate.as_time = cached
     try:
-        yield
+        yield cache
     finally:
         integrate.as_time = plain
 
@@ -143,7 +144,7 @@ def device_stage_times():
 def graph_step(field, x0):
     """The reference's forward + backward captured in one CUDA graph (static input x0)."""
     loss = loss_fn(field, "torch")
-    with device_stage_times():
+    with device_stage_times() as times:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -155,7 +156,10 @@ def graph_step(field, x0):
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             loss(x0).backward()
-    return graph.replay
+
+    def replay(times=times):  # (holds the stage times: the captured kernels read their memory)
+        graph.replay()
+    return replay
 
 
 def loss_and_grads(field, x0, backend):
@@ -184,7 +188,7 @@ def matmul_ceilings() -> dict:
             b = torch.randn(k, n, device="cuda")
             t = sync_time(lambda: torch.mm(a, b), target_s=0.5)["median_s"]
             out[f"{name}_{precision}_tflops"] = 2 * m * k * n / t / 1e12
-            del a, b
+            a = b = None  # (freed before the next pair)
     torch.cuda.empty_cache()
     return out
 
@@ -215,7 +219,7 @@ def main() -> None:
     start = time.perf_counter()
     kind = "gpu-goal" if args.goal else "gpu-quick" if args.quick else "gpu"
     cases = [GOAL] if args.goal else [(2, 64), (6, 128)] if args.quick else CASES
-    batches = [2048, 16384] if args.quick or args.goal else BATCHES
+    batches = GOAL_BATCHES if args.quick or args.goal else BATCHES
     env = H.environment("cuda")
     env["gpu_memory_gb"] = torch.cuda.get_device_properties(0).total_memory / 2 ** 30
     print(f"{env['device']}, torch {env['torch']} (CUDA {env['cuda']}), {env['date']}", flush=True)
@@ -229,6 +233,67 @@ def main() -> None:
         if not args.no_save:
             H.save_results(kind, env, rows)
 
+    def run_row(case: dict, x0, batch: int, impl: str, precision: str) -> None:
+        """Measure one row of ``case`` (appended to rows; a failure is recorded in it), then
+        rewrite the JSON."""
+        measure(case, x0, batch, impl, precision)
+        save()
+
+    def measure(case: dict, x0, batch: int, impl: str, precision: str) -> None:
+        dim, width, field0, checks = case["dim"], case["width"], case["field0"], case["checks"]
+        flops_per_sample, ref_bytes_per_sample = case["flops_per_sample"], case["ref_bytes_per_sample"]
+        row = {"case": f"d{dim}-w{width}-l{LAYERS}-b{batch}-s{STEPS}", "impl": f"{impl}-{precision}",
+               "implementation": impl, "precision": precision, "d": dim, "width": width, "layers": LAYERS,
+               "batch": batch, "steps": STEPS}
+        rows.append(row)
+        if impl not in ("fused", "ops") and ref_bytes_per_sample * batch > 0.8 * free_bytes:
+            row["skipped"] = f"the reference needs ~{ref_bytes_per_sample * batch / 2 ** 30:.0f} GiB"
+            return
+        if impl == "compile" and time.perf_counter() - start > args.budget:
+            row["skipped"] = "over the time budget"
+            return
+        field = copy.deepcopy(field0)
+        set_tf32(precision == "tf32")
+        fn = None
+        try:
+            if impl in ("fused", "ops", "eager"):
+                fn = eager_step(field, x0, "torch" if impl == "eager" else "compiled", fused=impl == "fused")
+                row["peak_mb"] = peak_memory(fn) / 2 ** 20
+            elif impl == "graph":
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+                fn = graph_step(field, x0)
+                row["peak_mb"] = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+            else:
+                fn = compiled_step(field, x0, args.compile_mode)
+                t0 = time.perf_counter()
+                fn()
+                row["compile_s"] = time.perf_counter() - t0
+                row["peak_mb"] = peak_memory(fn) / 2 ** 20
+            row.update(sync_time(fn))
+        except torch.cuda.OutOfMemoryError:
+            row["skipped"] = "out of memory"
+            torch.cuda.empty_cache()
+            return
+        except Exception as exc:  # a failing row must not lose the others
+            row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+            print(f"  {row['case']} {impl} {precision}: {row['error']}", flush=True)
+            return
+        finally:
+            # Free the row's graph pool, compiled graphs and gradients before the next row.
+            fn = field = None
+            if impl == "compile":
+                torch._dynamo.reset()
+            torch.cuda.empty_cache()
+        row["tflops"] = flops_per_sample * batch / row["median_s"] / 1e12
+        row["pct_mm"] = 100 * row["tflops"] / env["ceiling"][f"mm_8192_{precision}_tflops"]
+        if impl == "fused":
+            row["check"] = checks[precision]
+        print(f"  {row['case']:<24} {impl:<8} {precision}: {1e3 * row['median_s']:9.3f} ms "
+              f"{row['tflops']:7.2f} TFLOP/s {row['peak_mb']:9.1f} MB [{time.perf_counter() - start:.0f} s]",
+              flush=True)
+
+    compile_rows = []  # (case, batch, impl, precision): run after every case's other rows
     for dim, width in cases:
         torch.manual_seed(0)
         field0 = VelocityField(dim, width, LAYERS).cuda()
@@ -261,73 +326,31 @@ def main() -> None:
         print(f"d={dim} width {width}: {flops_per_sample * 16384 / 1e9:.0f} GFLOP per step at batch 16k; fused vs "
               f"float64 reference: rel. error fp32 {checks['fp32']:.1e}, tf32 {checks['tf32']:.1e} "
               f"[{time.perf_counter() - start:.0f} s]", flush=True)
-        # Every batch's rows, then the compile rows (minutes of autotuning each), so a budget
-        # that runs out costs the compile rows, not the measurements the goals rest on.
-        rows_of_case = [(batch, *impl) for batch in batches for impl in row_impls(dim, width, args)]
-        plan = sorted(rows_of_case, key=lambda row: row[1] == "compile")  # stable: keeps each part's order
+        # Every case's rows, then the compile rows of all cases (minutes of autotuning each), so
+        # a budget or a stage limit that runs out costs compile rows, not the measurements of a
+        # later case or those the goals rest on.
         inputs = {batch: torch.randn(batch, dim, device="cuda") for batch in batches}
-        printed_goals = False
-        for batch, impl, precision in plan:
-            x0 = inputs[batch]
-            if impl == "compile" and (dim, width) == GOAL and not printed_goals:
-                # The goals as far as measured, before the compile rows: a call cut short during
-                # their autotuning still prints them (the JSON holds every finished row anyway).
-                goals(rows, env)
-                printed_goals = True
-            row = {"case": f"d{dim}-w{width}-l{LAYERS}-b{batch}-s{STEPS}", "impl": f"{impl}-{precision}",
-                   "implementation": impl, "precision": precision, "d": dim, "width": width, "layers": LAYERS,
-                   "batch": batch, "steps": STEPS}
-            rows.append(row)
-            if impl not in ("fused", "ops") and ref_bytes_per_sample * batch > 0.8 * free_bytes:
-                row["skipped"] = f"the reference needs ~{ref_bytes_per_sample * batch / 2 ** 30:.0f} GiB"
-                continue
-            if impl == "compile" and time.perf_counter() - start > args.budget:
-                row["skipped"] = "over the time budget"
-                continue
-            field = copy.deepcopy(field0)
-            set_tf32(precision == "tf32")
-            fn = None
-            try:
-                if impl in ("fused", "ops", "eager"):
-                    fn = eager_step(field, x0, "torch" if impl == "eager" else "compiled", fused=impl == "fused")
-                    row["peak_mb"] = peak_memory(fn) / 2 ** 20
-                elif impl == "graph":
-                    torch.cuda.reset_peak_memory_stats()
-                    base = torch.cuda.memory_allocated()
-                    fn = graph_step(field, x0)
-                    row["peak_mb"] = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
-                else:
-                    fn = compiled_step(field, x0, args.compile_mode)
-                    t0 = time.perf_counter()
-                    fn()
-                    row["compile_s"] = time.perf_counter() - t0
-                    row["peak_mb"] = peak_memory(fn) / 2 ** 20
-                row.update(sync_time(fn))
-            except torch.cuda.OutOfMemoryError:
-                row["skipped"] = "out of memory"
-                torch.cuda.empty_cache()
-                continue
-            except Exception as exc:  # a failing row must not lose the others
-                row["error"] = f"{type(exc).__name__}: {exc}"[:300]
-                print(f"  {row['case']} {impl} {precision}: {row['error']}", flush=True)
-                continue
-            finally:
-                # Free the row's graph pool, compiled graphs and gradients before the next row.
-                fn = field = None
+        case = dict(dim=dim, width=width, field0=field0, flops_per_sample=flops_per_sample,
+                    ref_bytes_per_sample=ref_bytes_per_sample, checks=checks)
+        for batch in batches:
+            for impl, precision in row_impls(dim, width, args):
                 if impl == "compile":
-                    torch._dynamo.reset()
-                torch.cuda.empty_cache()
-            row["tflops"] = flops_per_sample * batch / row["median_s"] / 1e12
-            row["pct_mm"] = 100 * row["tflops"] / env["ceiling"][f"mm_8192_{precision}_tflops"]
-            if impl == "fused":
-                row["check"] = checks[precision]
-            print(f"  {row['case']:<24} {impl:<8} {precision}: {1e3 * row['median_s']:9.3f} ms "
-                  f"{row['tflops']:7.2f} TFLOP/s {row['peak_mb']:9.1f} MB [{time.perf_counter() - start:.0f} s]",
-                  flush=True)
-            save()
-        x0 = inputs = None
+                    compile_rows.append((case, batch, impl, precision))
+                else:
+                    run_row(case, inputs[batch], batch, impl, precision)
+        inputs = None
+        torch.cuda.empty_cache()
+    if compile_rows and GOAL in cases:
+        # The goals as far as measured, before the compile rows: a call cut short during their
+        # autotuning still prints them (the JSON holds every finished row anyway).
+        goals(rows, env)
+    for case, batch, impl, precision in compile_rows:
+        torch.manual_seed(batch)
+        run_row(case, torch.randn(batch, case["dim"], device="cuda"), batch, impl, precision)
         torch.cuda.empty_cache()
 
+    # the table by case and batch (the compile rows ran last; sort is stable: each case's order kept)
+    rows.sort(key=lambda r: (cases.index((r["d"], r["width"])), batches.index(r["batch"])))
     for row in rows:
         if row.get("median_s"):
             row["median_ms"] = 1e3 * row["median_s"]
@@ -357,12 +380,13 @@ def goals(rows, env) -> None:
         return f"{a / b:.1f}x" if a and b else "n/a"
 
     print("\ngoals, d=6 width 128 training step:")
-    for batch in (2048, 16384):
+    small, large = GOAL_BATCHES
+    for batch in GOAL_BATCHES:
         fused = min((t for t in (get(batch, "fused", "fp32"), get(batch, "fused", "tf32")) if t), default=None)
         best = "tf32" if fused and fused == get(batch, "fused", "tf32") else "fp32"
         print(f"  batch {batch}: fused ({best}) vs eager fp32 {ratio(get(batch, 'eager', 'fp32'), fused)} "
-              f"(goal {'20x' if batch == 2048 else '10x'}), vs eager tf32 {ratio(get(batch, 'eager', 'tf32'), fused)}"
-              f"{' (goal 5x)' if batch == 16384 else ''}, vs compile {ratio(get(batch, 'compile', 'tf32'), fused)} "
+              f"(goal {'20x' if batch == small else '10x'}), vs eager tf32 {ratio(get(batch, 'eager', 'tf32'), fused)}"
+              f"{' (goal 5x)' if batch == large else ''}, vs compile {ratio(get(batch, 'compile', 'tf32'), fused)} "
               f"(goal 3x); {get(batch, 'fused', best, 'pct_mm') or float('nan'):.0f}% of torch.mm {best} (goal 50%); "
               f"memory {ratio(get(batch, 'eager', 'fp32', 'peak_mb'), get(batch, 'fused', best, 'peak_mb'))} below "
               f"eager (goal 10x)")

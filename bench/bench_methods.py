@@ -195,11 +195,12 @@ def main(argv=None) -> int:
     if args.markdown:
         print(markdown(args.markdown))
         return 0
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    args.batches = args.batches or (240 if args.quick else 1800)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)  # (0 or less: torch's own error)
+    args.batches = (240 if args.quick else 1800) if args.batches is None else args.batches
     args.batch = args.batch or (256 if args.quick else 1000)
-    args.mmd_points = 1000 if args.mmd_points is None and args.quick else (args.mmd_points or 10_000)
+    if args.mmd_points is None:  # (0 skips the MMD, as evaluate() has it)
+        args.mmd_points = 1000 if args.quick else 10_000
     n_train, n_test = args.n_train or (4000 if args.quick else 50_000), args.n_test or (4000 if args.quick else 20_000)
     data = jkofast.datasets.get(args.data, n_train, args.n_val or min(5000, n_test), n_test, seed=args.seed,
                                 **({"root": args.data_root} if args.data_root else {}))
