@@ -47,6 +47,9 @@ if [ ${#STAGES[@]} -eq 0 ]; then
   CALL_SECONDS=${GPU_SESSION_SECONDS:-0}
 fi
 export PYTHONUNBUFFERED=1
+# the results' record of the sources (the machine's copy of the tree has no .git: bench/_harness.py)
+JKOFAST_SOURCE_STAMP=$(bash "$REPO/.ci/gpu_source_stamp" 2>/dev/null)
+export JKOFAST_SOURCE_STAMP
 
 summary() { echo "$*" | tee -a "$LOGS/summary.txt"; }
 

@@ -173,8 +173,17 @@ class foreign_cpu_load:
 
 
 def _git_commit() -> str:
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    return git.stdout.strip() if git.returncode == 0 else "uncommitted"  # or no commit yet
+    """The checkout's commit; where there is no git history (the lent GPU machine gets a copy of
+    the tree without .git), the sources' stamp that .ci/gpu_session.sh exports
+    (JKOFAST_SOURCE_STAMP, from .ci/gpu_source_stamp), which ties the results to the sources."""
+    try:
+        git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    except OSError:  # (no git program)
+        git = None
+    if git is not None and git.returncode == 0:
+        return git.stdout.strip()
+    stamp = os.environ.get("JKOFAST_SOURCE_STAMP")
+    return f"sources {stamp}" if stamp else "uncommitted"  # or no commit yet
 
 
 def _cpu_name() -> str:
