@@ -218,23 +218,12 @@ def print_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
 def save_results(name: str, env: dict, rows: list[dict]) -> Path:
     """Write the results as strict JSON (NaN, a failed check, as null: jq refuses NaN), whole or
     not at all (a benchmark killed by its time limit mid-write keeps the previous row's file)."""
+    from jkofast.checkpoint import write_json  # (imported by then: import_jkofast_submodules)
+
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}-{env['device_kind']}-{env['date'][:10]}.json"
-    text = json.dumps(_nulls_for_nan({"env": env, "rows": rows}), indent=1, allow_nan=False) + "\n"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_json(path, {"env": env, "rows": rows})
     return path
-
-
-def _nulls_for_nan(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _nulls_for_nan(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_nulls_for_nan(v) for v in value]
-    return value
 
 
 def compare(rows: list[dict], path: str, rel: float = 0.05, floor_s: float = 0.5e-3) -> bool:

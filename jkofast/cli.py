@@ -254,7 +254,7 @@ def _sizes(args) -> dict:
 def _ignored_sizes(args, spec: dict) -> str | None:
     """A note where --n-train/--n-val/--n-test were given for a set whose splits are fixed (a
     file, a real set): they size only the toy sets' and patches' draws."""
-    given = [f"--{k.replace('_', '-')}" for k in _SIZES if getattr(args, k, None) is not None]
+    given = [_flag(k) for k in _SIZES if getattr(args, k, None) is not None]
     drawn = datasets.canonical_name(spec["name"]) is not None or datasets.real_name(spec["name"]) == "patches"
     if not given or drawn:
         return None
@@ -304,13 +304,18 @@ def _with_root(spec: dict, name: str, args) -> dict:
     return spec
 
 
+def _flag(option: str) -> str:
+    """The command-line flag of a train() option or a data size: n_train -> --n-train."""
+    return "--" + option.replace("_", "-")
+
+
 def _check_method_flags(args) -> None:
     """Refuse the flags of another method, named as flags (train()'s message names options, and
     lists every option of the method: the command line's --help does that)."""
     taken = option_names(args.method)
     foreign = [k for k in (*_TRAIN_OPTIONS, *_METHOD_OPTIONS) if getattr(args, k) is not None and k not in taken]
     if foreign:
-        flags = [f"--{k.replace('_', '-')}" for k in foreign]
+        flags = [_flag(k) for k in foreign]
         owners = "; ".join(f"{flag}: {', '.join(m for m in METHODS if k in option_names(m))}"
                            for flag, k in zip(flags, foreign))
         raise ValueError(f"{', '.join(flags)} {'does' if len(flags) == 1 else 'do'} not apply to --method "
@@ -324,7 +329,7 @@ def _named_as_a_flag(exc: Exception) -> Exception:
     name = text.split(" ", 1)[0]
     if name not in _TRAIN_OPTIONS and name not in _METHOD_OPTIONS:
         return exc
-    return type(exc)(f"--{name.replace('_', '-')}{text[len(name):]}")
+    return type(exc)(f"{_flag(name)}{text[len(name):]}")
 
 
 def _device(args, default: str = "cpu") -> torch.device:
@@ -645,16 +650,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     choices = _choices()
     for flag, kind in _TRAIN_OPTIONS.items():
-        name, preset = "--" + flag.replace("_", "-"), _defaults_help(flag)
+        name, preset = _flag(flag), _defaults_help(flag)
         if kind is bool:
             t.add_argument(name, dest=flag, action=argparse.BooleanOptionalAction, default=None, help=preset)
         else:
             t.add_argument(name, dest=flag, type=kind, default=None, help=preset, choices=choices.get(flag))
     for flag, (kind, _) in _METHOD_OPTIONS.items():
-        t.add_argument("--" + flag.replace("_", "-"), dest=flag, type=kind, default=None, help=_defaults_help(flag),
+        t.add_argument(_flag(flag), dest=flag, type=kind, default=None, help=_defaults_help(flag),
                        choices=choices.get(flag), **({"nargs": 2, "metavar": ("A", "B")} if flag == "time_beta" else {}))
     for k, what in (("n_train", "training"), ("n_val", "validation"), ("n_test", "test")):
-        t.add_argument(f"--{k.replace('_', '-')}", type=_count(1), default=None,
+        t.add_argument(_flag(k), type=_count(1), default=None,
                        help=f"2-D sets and patches: {what} points drawn (default: {_SIZES[k]:,})")
     t.add_argument("--mmap", action=argparse.BooleanOptionalAction, default=None,
                    help=".npy files: read through a memory map in chunks and split without copying "

@@ -307,7 +307,8 @@ def load_array(path) -> np.ndarray:
     # (by kind and size: a big-endian float64, '>f8', is not equal to np.float64)
     wide = (arr.dtype.kind == "f" and arr.dtype.itemsize >= 8) or arr.dtype.kind in "iub"
     arr = arr.astype(np.float64 if wide else np.float32, copy=False)
-    _finite_rows(arr, f"data in {str(p)!r}")
+    if suffix == ".npy":  # (_read_csv checked its rows, naming the file's lines)
+        _finite_rows(arr, f"data in {str(p)!r}")
     return arr
 
 
