@@ -15,6 +15,7 @@ The public API (see README.md)::
 from ._version import __version__
 from . import datasets
 from ._extension import CompiledExtensionWarning
+from ._kernel_check import KernelCheckWarning
 from ._warn import JkofastWarning
 from .divergence import divergence, velocity
 from .evaluate import evaluate, evaluate_sharded
@@ -23,5 +24,5 @@ from .flow import Flow
 from .integrate import rk4
 from .train import train
 
-__all__ = ["__version__", "CompiledExtensionWarning", "JkofastWarning", "datasets", "divergence", "evaluate", "evaluate_sharded", "Field",
+__all__ = ["__version__", "CompiledExtensionWarning", "JkofastWarning", "KernelCheckWarning", "datasets", "divergence", "evaluate", "evaluate_sharded", "Field",
            "VelocityField", "Flow", "rk4", "train", "velocity"]

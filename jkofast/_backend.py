@@ -10,6 +10,10 @@ The CUDA fit rule: d <= 128, width <= 512 and at most 16 weight matrices (any ba
 probes), on a GPU of compute capability 8.x or 9.x (the architectures the kernels are built for).
 The numbers come from the compiled extension (csrc/ops/tile_plan.h), whose CUDA glue refuses
 anything else with the same rule.
+
+On a GPU, a field's shape is handed to the kernels only after they agreed with the pure-torch
+engine on a small case of that shape on that device (:mod:`jkofast._kernel_check`, once per
+process): where they do not, jkofast warns and runs the reference.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import re
 import torch
 from torch.autograd import forward_ad
 
+from . import _kernel_check
 from ._extension import HOW_TO_BUILD, CompiledExtensionWarning, load
 from ._warn import warn_user
 
@@ -133,8 +138,10 @@ def _misfit(field, x: torch.Tensor, probes: torch.Tensor | None = None) -> str |
     if x.device.type not in compiled_devices():
         return f"device {x.device.type!r} (this build has kernels for {list(compiled_devices())})"
     if x.device.type == "cuda":
-        return cuda_misfit(field.dim, field.hidden, len(field.weights)) or _cuda_arch_misfit(x.device)
-    return None
+        why = cuda_misfit(field.dim, field.hidden, len(field.weights)) or _cuda_arch_misfit(x.device)
+        if why is not None:
+            return why
+    return _kernel_check.disagreement(field, x)  # (a first use of this shape on a GPU: the kernels checked)
 
 
 def choose(backend: str, field, x: torch.Tensor, probes: torch.Tensor | None = None) -> str:

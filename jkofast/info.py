@@ -41,6 +41,24 @@ def _gpus() -> str:
     return "yes: " + ", ".join(names)
 
 
+def kernel_check(device: str) -> str:
+    """The compiled kernels against the pure-torch engine on ``device``, for the default field
+    (the check ``backend="auto"`` makes before first using them on a GPU: jkofast/_kernel_check.py)."""
+    from . import _kernel_check
+    from .field import VelocityField
+
+    field = VelocityField(2)
+    if device.startswith("cuda"):
+        misfit = _backend.cuda_misfit(field.dim, field.hidden, len(field.weights)) or \
+            _backend._cuda_arch_misfit(torch.device(device))
+        if misfit:
+            return f"not run: the kernels do not take {misfit}"
+    failed = [why for dtype in (torch.float32, torch.float64)
+              if (why := _kernel_check._verdict(field, torch.device(device), dtype)) is not None]
+    return "FAILED: " + "; ".join(failed) if failed else \
+        f"passed on {device} (the default field, d=2: float32, float64; the same numbers as the pure-torch engine)"
+
+
 def report() -> str:
     """The installation's description, one fact per line."""
     ext, build = _backend.EXTENSION, _backend.EXTENSION.build_info
@@ -73,6 +91,8 @@ def report() -> str:
     else:
         lines.append("CUDA kernels:    not built (a CPU build; CUDA tensors run on the pure-torch engine)")
     lines.append(f"GPU visible:     {_gpus()}")
+    if "cuda" in _backend.compiled_devices() and torch.cuda.is_available():
+        lines.append(f"kernel check:    {kernel_check('cuda:0')}")
     lines.append(f"python:          {sys.version.split()[0]} ({sys.executable})")
     return "\n".join(lines)
 

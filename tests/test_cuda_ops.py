@@ -428,6 +428,26 @@ def test_beyond_the_limits_auto_falls_back_and_compiled_refuses():
     assert _backend.choose("auto", at_limit, torch.randn(3, limits["dim"], device=DEVICE)) == "compiled"
 
 
+@pytest.mark.parametrize("dtype,tf32", [(torch.float64, False), (torch.float32, False), (torch.float32, True)])
+def test_first_use_check_passes_on_this_gpu(dtype, tf32):
+    # backend="auto" hands a shape to the kernels only after they agree with the reference on a
+    # small case of it (jkofast/_kernel_check.py): a false alarm would silently put every user of
+    # this GPU on the pure-torch engine. Here: the sizes of the benchmarks and both limits.
+    from jkofast import _kernel_check
+
+    limits = _backend.cuda_limits()
+    shapes = [(2, 64, 3, "softplus", True), (6, 128, 3, "tanh", True), (63, 256, 3, "softplus", False),
+              (limits["dim"], limits["hidden"], 2, "silu", True)][:None if DEVICE == "cuda" else 2]  # (CPU: minutes)
+    was = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        for dim, hidden, layers, activation, time in shapes:
+            field = jkofast.VelocityField(dim, hidden, layers, activation, time=time).to(DEVICE, dtype)
+            assert _kernel_check._verdict(field, torch.device(DEVICE), dtype) is None
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = was
+
+
 @cuda_only
 def test_x_on_the_cpu_with_cuda_weights_is_a_value_error():
     # Any CUDA argument sends the dispatcher to the CUDA kernels; x itself on the CPU must get the
