@@ -91,10 +91,16 @@ def test_checkerboard_parity_and_support():
     assert len(squares) == 8 and np.all(np.abs(counts / len(x) - 1 / 8) < 0.02)
 
 
-def test_moons_mean():
+def test_moons_mean_and_variance():
     # Outer moon mean (0, 2/pi), inner (1, 0.5 - 2/pi): average (0.5, 0.25); * 2 + (-1, -0.2).
     x = datasets.toy("moons", 200_000, seed=0)
     np.testing.assert_allclose(x.mean(axis=0), [0.0, 0.3], atol=0.02)
+    # Variances (the noise's 0.1^2 in): column 0, the arcs' cos a or 1 - cos a (variance 1/2 each,
+    # means 0 and 1) give 1/2 + 1/4; column 1, sin a (variance 1/2 - 4/pi^2) about means 2/pi and
+    # 0.5 - 2/pi. Times 4 for the * 2. Standard errors ~0.01 and ~0.003 at this n; noise 0.3 instead
+    # of 0.1 would add 0.32 to both.
+    want = 4 * (np.array([0.75, 0.5 - 4 / math.pi ** 2 + ((4 / math.pi - 0.5) / 2) ** 2]) + 0.01)
+    np.testing.assert_allclose(x.var(axis=0), want, atol=0.04)
 
 
 def test_rings_radii():

@@ -36,11 +36,12 @@ def test_per_sample_times_and_beta():
     torch.testing.assert_close(div, want, rtol=1e-10, atol=1e-10)
 
 
-def test_given_probes_give_v_J_v():
+@pytest.mark.parametrize("backend", ["torch", "auto"])  # (auto: the compiled op where the extension is built)
+def test_given_probes_give_v_J_v(backend):
     field = random_field(4)
     x = torch.randn(6, 4, dtype=torch.float64)
     v = torch.randn(6, 3, 4, dtype=torch.float64)
-    _, div = divergence(field, x, 0.0, method="hutchinson", probes=v)
+    _, div = divergence(field, x, 0.0, method="hutchinson", probes=v, backend=backend)
     _, jac = jacobian_trace(field, x, 0.0)
     want = torch.einsum("bki,bij,bkj->bk", v, jac, v).mean(1)
     torch.testing.assert_close(div, want, rtol=1e-10, atol=1e-10)

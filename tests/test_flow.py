@@ -19,6 +19,18 @@ def test_inverse_of_transform_float32(trained_moons, moons):
         assert float((flow.inverse(z) - x).abs().max()) < 1e-4
 
 
+def test_inverse_with_finer_steps_inverts_the_finer_transform():
+    # The blocks' RK4 maps at 3 steps invert each other only up to O(h^4) (~1e-4 here); at 64 steps
+    # the round trip falls by (64/3)^4 ~ 2e5. steps= must reach both directions.
+    flow = random_flow(dim=3, blocks=2, steps=3)
+    x = torch.randn(40, 3, dtype=torch.float64)
+    with torch.no_grad():
+        coarse = float((flow.inverse(flow.transform(x)[0]) - x).abs().max())
+        fine = float((flow.inverse(flow.transform(x, steps=64)[0], steps=64) - x).abs().max())
+        mixed = float((flow.inverse(flow.transform(x, steps=64)[0]) - x).abs().max())
+    assert fine < 1e-8 and coarse > 1e3 * fine and mixed > 1e3 * fine, (coarse, fine, mixed)
+
+
 def test_log_prob_is_change_of_variables():
     # Independent computation: log N(F(x)) + log|det dF/dx| with the Jacobian from torch.func.
     # A fine grid (64 steps) makes the integrated divergence equal the discrete map's log-det

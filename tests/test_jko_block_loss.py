@@ -34,6 +34,31 @@ def test_matches_reference_float64(transport, divergence, tableau, h, shape):
         torch.testing.assert_close(c, r, **F64, msg=lambda m: f"output/grad {i}: {m}")
 
 
+@pytest.mark.parametrize("backend", ["torch", "auto"])  # (auto: the fused op where the extension is built)
+@pytest.mark.parametrize("transport", ["endpoint", "path"])
+@pytest.mark.parametrize("h", [0.5, 2.0])
+def test_closed_form_of_a_constant_field(backend, transport, h):
+    # f = b everywhere (every weight and bias zero but the last bias): x1 = x0 + b exactly under RK4,
+    # no divergence, and both transport costs are |b|^2, so the loss is 0.5 E|x0 + b|^2 + |b|^2 / (2h).
+    # The engines share the weight 1/(2h): only a closed form sees it wrong in both. (1e-12: RK4
+    # adds four equal stages; the sums are exact up to rounding.)
+    from jkofast import VelocityField
+
+    field = VelocityField(3, 8, 2).double()
+    b = torch.tensor([0.3, -1.2, 0.5], dtype=torch.float64)
+    with torch.no_grad():
+        for p in field.parameters():
+            p.zero_()
+        field.linears[-1].bias.copy_(b)
+    x0 = torch.randn(20, 3, dtype=torch.float64)
+    loss, parts = block_loss(field, x0, h, 3, transport=transport, backend=backend)
+    want = 0.5 * (x0 + b).square().sum(1).mean() + b.square().sum() / (2 * h)
+    torch.testing.assert_close(loss.detach(), want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(parts["W2"], b.square().sum(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(parts["div"], torch.zeros((), dtype=torch.float64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(parts["V"], 0.5 * (x0 + b).square().sum(1).mean(), rtol=1e-12, atol=1e-12)
+
+
 def test_unfused_compiled_path_gives_the_same_values():
     # fused=False: rk4_block and its backward (what CUDA ran before it had the fused kernel).
     field, x, _, _ = field_case(3, 16, 2, "tanh", True, 40)

@@ -14,9 +14,10 @@ import torch
 import jkofast
 from jkofast.cli import main
 from jkofast.evaluate import evaluate
-from jkofast.metrics import gaussian_nll, median_distance, mmd
+from jkofast.metrics import energy_distance, gaussian_nll, median_distance, mmd
 from jkofast.resources import ResourceMeter
 from jkofast.train import METHODS
+from conftest import random_flow
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,6 +68,32 @@ def test_mmd_is_the_v_statistic_and_standardized_nll_the_shifted_one():
     shift = math.log(2.0 * 0.5 * 3.0)
     assert scores["nll_standardized_steps3"]["mean"] == pytest.approx(scores["nll_steps3"]["mean"] - shift)
     assert scores["mmd"]["n"] == 100 and scores["mmd"]["mmd_m"] >= 0
+
+
+def test_energy_distance_is_its_definition():
+    # Exact identities of 2E|X - Y| - E|X - X'| - E|Y - Y'| (V-statistics, the diagonal's zeros in):
+    # zero on one sample; 2|a - b| between two points; 2.5 for {0, 1} against {2} (3 - 0.5 - 0).
+    x = torch.randn(50, 3, dtype=torch.float64)
+    assert energy_distance(x, x) == pytest.approx(0.0, abs=1e-12)
+    a, b = torch.tensor([[0.5, -1.0]]), torch.tensor([[2.0, 1.0]])
+    assert energy_distance(a, b) == pytest.approx(2 * float((a - b).norm()), rel=1e-12)
+    assert energy_distance(torch.tensor([[0.0], [1.0]]), torch.tensor([[2.0]])) == pytest.approx(2.5, rel=1e-12)
+
+
+def test_evaluates_mmd_is_the_metric_on_its_seeded_draws():
+    # evaluate(seed=s) draws its test rows with randperm, then the samples, from one generator
+    # seeded with s; MMD-c and MMD-m are the metric at 0.1 x and 1 x the rows' median distance.
+    flow = random_flow(dim=2, blocks=1)
+    x = torch.randn(300, 2, dtype=torch.float64)
+    report = evaluate(flow, x, mmd_points=80, seed=5)["mmd"]
+    g = torch.Generator().manual_seed(5)
+    rows = x[torch.randperm(300, generator=g)[:80]]
+    samples = flow.sample(80, generator=g)
+    median = median_distance(rows)
+    assert report["median_distance"] == pytest.approx(median, rel=1e-12)
+    assert report["mmd_c"] == pytest.approx(mmd(rows, samples, bandwidth=0.1 * median), rel=1e-9)
+    assert report["mmd_m"] == pytest.approx(mmd(rows, samples, bandwidth=median), rel=1e-9)
+    assert evaluate(flow, x, mmd_points=80, seed=6)["mmd"]["mmd_c"] != report["mmd_c"]
 
 
 def test_mmd_u_does_not_depend_on_the_columns_units():

@@ -27,11 +27,12 @@ def test_fourth_order_convergence(tableau):
         assert 14.0 < coarse / fine < 18.0, errors
 
 
-def test_logdet_of_linear_map():
+@pytest.mark.parametrize("t0,t1", [(0.0, 2.0), (2.0, 0.0)])  # backwards: sampling and inversion's log-det
+def test_logdet_of_linear_map(t0, t1):
     a = _matrix()
     x0 = torch.randn(4, 3, dtype=torch.float64)
-    _, logdet, _ = rk4(LinearField(a), x0, 0.0, 2.0, 40)
-    exact = torch.linalg.slogdet(torch.linalg.matrix_exp(2.0 * a))[1]   # = 2 tr(A)
+    _, logdet, _ = rk4(LinearField(a), x0, t0, t1, 40)
+    exact = torch.linalg.slogdet(torch.linalg.matrix_exp((t1 - t0) * a))[1]   # = (t1 - t0) tr(A)
     torch.testing.assert_close(logdet, exact.expand(4), rtol=1e-12, atol=1e-12)
 
 
@@ -53,14 +54,15 @@ def test_logdet_matches_jacobian_of_nonlinear_flow():
     assert fine < 1e-6 and coarse / fine > 12.0, (coarse, fine)
 
 
-def test_backwards_inverts_forwards():
+@pytest.mark.parametrize("backend", ["torch", "auto"])  # (auto: the compiled op where the extension is built)
+def test_backwards_inverts_forwards(backend):
     field = random_field(2, 16, 3, "softplus")
     x0 = torch.randn(50, 2, dtype=torch.float64)
 
     @torch.no_grad()
     def round_trip(steps):
-        x1, ld_fwd, _ = rk4(field, x0, 0.0, 1.0, steps)
-        x_back, ld_back, _ = rk4(field, x1, 1.0, 0.0, steps)
+        x1, ld_fwd, _ = rk4(field, x0, 0.0, 1.0, steps, backend=backend)
+        x_back, ld_back, _ = rk4(field, x1, 1.0, 0.0, steps, backend=backend)
         return float((x_back - x0).abs().max()), float((ld_back + ld_fwd).abs().max())
 
     (ex_coarse, ed_coarse), (ex_fine, ed_fine) = round_trip(100), round_trip(200)

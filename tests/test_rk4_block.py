@@ -27,18 +27,21 @@ def integrate_both(field, x, t0, t1, steps, **kw):
     return outs
 
 
-@pytest.mark.parametrize("divergence,tableau,t0,t1", [
-    ("exact", "rk4", 0.0, 1.0),
-    ("exact", "rk4-3/8", 0.2, 0.9),
-    ("hutchinson", "rk4", 0.0, 1.0),
-    (None, "rk4", 1.0, 0.0),           # sampling: backwards in time, no divergence
+@pytest.mark.parametrize("divergence,tableau,t0,t1,noise", [
+    ("exact", "rk4", 0.0, 1.0, "rademacher"),
+    ("exact", "rk4-3/8", 0.2, 0.9, "rademacher"),
+    ("hutchinson", "rk4", 0.0, 1.0, "rademacher"),
+    ("hutchinson", "rk4", 0.0, 1.0, "gaussian"),   # (the compiled path draws the probes rk4 is told to)
+    ("exact", "rk4", 1.0, 0.0, "rademacher"),      # inversion: backwards in time, with the log-det
+    (None, "rk4", 1.0, 0.0, "rademacher"),         # sampling: backwards in time, no divergence
 ])
 @pytest.mark.parametrize("shape", [(3, 16, 2, "softplus", True, 37), (2, 8, 3, "tanh", False, 70),
                                    (1, 4, 1, "silu", True, 1)])
-def test_matches_reference_float64(divergence, tableau, t0, t1, shape):
+def test_matches_reference_float64(divergence, tableau, t0, t1, noise, shape):
     dim, hidden, layers, activation, time, batch = shape
     field, x, _, _ = field_case(dim, hidden, layers, activation, time, batch)
-    compiled, reference = integrate_both(field, x, t0, t1, 3, divergence=divergence, tableau=tableau, probes=2)
+    compiled, reference = integrate_both(field, x, t0, t1, 3, divergence=divergence, tableau=tableau, probes=2,
+                                         noise=noise)
     for i, (c, r) in enumerate(zip(compiled, reference)):
         torch.testing.assert_close(c, r, **F64, msg=lambda m: f"output/grad {i}: {m}")
 

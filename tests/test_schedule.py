@@ -29,6 +29,12 @@ def test_reparametrization_equalises_movement():
     assert reparametrized_step_sizes([0.5, 1.0], [1.0, 1.0]) == pytest.approx([0.5, 1.0])
     out = reparametrized_step_sizes([1.0, 1.0, math.inf], [2.0, 1.0, 5.0], eta=1.0)
     assert out[2] == math.inf and sum(out[:2]) == pytest.approx(2.0)
+    # The formula itself, on a slow block (1/20 of the other's movement): scores 1 and 20 share T = 2.
+    assert reparametrized_step_sizes([1.0, 1.0], [1.0, 0.05], eta=1.0) == pytest.approx([2 / 21, 40 / 21], rel=1e-12)
+    # A block that did not move has its movement floored at 1e-12 + 1e-6 of the largest: a finite share.
+    floor = 1e-12 + 1e-6
+    assert reparametrized_step_sizes([1.0, 1.0], [1.0, 0.0], eta=1.0) == pytest.approx(
+        [2 / (1 + 1 / floor), 2 / floor / (1 + 1 / floor)], rel=1e-12)
     with pytest.raises(ValueError, match="same length"):
         reparametrized_step_sizes([1.0], [1.0, 2.0])
 

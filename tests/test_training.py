@@ -14,7 +14,7 @@ import torch
 import jkofast
 from jkofast import jko_iflow
 from jkofast.jko_iflow import TrainingDivergedError
-from jkofast.metrics import energy_distance, nll
+from jkofast.metrics import energy_distance, nll, standard_normal_nll
 from conftest import assert_same_flow, train_killed
 
 QUICK = dict(blocks=2, hidden=16, layers=2, iters=15, batch=200, eval_steps=None, seed=3)
@@ -42,6 +42,48 @@ def test_short_run_beats_gaussian_and_approaches_long_run(trained_moons, moons):
     val = [b["val_nll_standardized"] for b in log["blocks"]]
     assert val[-1] < val[0]                      # the blocks together improve held-out NLL
     assert set(log["val_nll"]) == {"steps3"} and abs(log["val_nll"]["steps3"]["mean"] - mean) < 0.1
+
+
+def test_logged_ter_and_validation_nll_are_their_definitions(tmp_path, moons):
+    # Recomputed from the finished flow, in float64: Ter(k) = sum|T_k u - u|^2 / sum|T_k u|^2 over
+    # the training rows pushed through blocks 1..k-1, and block k's validation NLL, that of the
+    # validation rows through blocks 1..k (log-dets summed over those blocks). These are what the
+    # stopping rule and select_blocks decide on; training pushes chunk by chunk, the same sums in
+    # another order (1e-10).
+    from jkofast.metrics import push
+
+    train, val = moons[0][:600].double(), moons[1][:300].double()
+    flow = jkofast.train(train, val=val, out=tmp_path, progress=False, **(QUICK | {"blocks": 3, "dtype": "float64"}))
+    log = json.loads((tmp_path / "log.json").read_text())["blocks"]
+    assert [b["block"] for b in log] == [1, 2, 3]
+    u, v = flow.standardize(train), flow.standardize(val)
+    for k, entry in enumerate(log):
+        y = push(flow, u, blocks=slice(k, k + 1))[0]
+        assert entry["ter"] == pytest.approx(float((y - u).square().sum() / y.square().sum()), rel=1e-10)
+        u = y
+        nll_k = standard_normal_nll(*push(flow, v, blocks=slice(0, k + 1), divergence="exact")).mean()
+        assert entry["val_nll_standardized"] == pytest.approx(float(nll_k), rel=1e-10)
+
+
+def test_the_seed_draws_each_blocks_batches(monkeypatch, moons):
+    # Block j's batches and probes come from (seed, j, rank): with the first block's initial
+    # weights made the same for every seed, seeds 3 and 4 still train different blocks, and
+    # seed 3 twice the same block, bit for bit.
+    real = jko_iflow.JKOIFlowTrainer._new_field
+
+    def same_start(self):
+        seed, self.cfg.seed = self.cfg.seed, 0
+        try:
+            return real(self)
+        finally:
+            self.cfg.seed = seed
+
+    monkeypatch.setattr(jko_iflow.JKOIFlowTrainer, "_new_field", same_start)
+    x = moons[0][:500]
+    runs = [jkofast.train(x, progress=False, **(QUICK | {"blocks": 1, "seed": seed})) for seed in (3, 4, 3)]
+    first = [torch.cat([p.detach().flatten() for p in run.blocks[0].parameters()]) for run in runs]
+    assert torch.equal(first[0], first[2])
+    assert float((first[0] - first[1]).abs().max()) > 1e-3
 
 
 def test_samples_match_data_better_than_a_gaussian(trained_moons, moons):
