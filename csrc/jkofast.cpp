@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include "ops/tile_plan.h"
+#include "tf32_switch.h"
 
 // The GPU architectures the CUDA kernels were built for ("8.0 9.0"; empty without CUDA), from
 // CMakeLists.txt, so that jkofast/_backend.py falls back on a GPU they cannot run on.
@@ -18,12 +19,21 @@
 #endif
 
 extern "C" {
-// `import jkofast._C` only needs to load this library, which runs the registrations below. An
-// empty module (no pybind11, no libtorch_python) keeps the build small and ABI-stable. Its only
+static PyObject* tf32_matmul_allowed(PyObject*, PyObject*) {
+  return PyBool_FromLong(jkofast::tf32_matmul_allowed());
+}
+
+// `import jkofast._C` only needs to load this library, which runs the registrations below. A
+// plain C-API module (no pybind11, no libtorch_python) keeps the build small and ABI-stable. Its
 // attributes are the CUDA kernels' limits (ops/tile_plan.h) and architectures, which
-// jkofast/_backend.py reads so that its fit rule and the CUDA glue's check are one rule.
+// jkofast/_backend.py reads so that its fit rule and the CUDA glue's check are one rule, and
+// tf32_matmul_allowed(): whether the CUDA kernels would take TF32 products now (tf32_switch.h).
 PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static PyMethodDef methods[] = {
+      {"tf32_matmul_allowed", tf32_matmul_allowed, METH_NOARGS,
+       "Whether float32 products run on TF32 tensor cores now (torch's cuBLAS rule)."},
+      {nullptr, nullptr, 0, nullptr}};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   PyObject* module = PyModule_Create(&module_def);
   if (module != nullptr &&
       (PyModule_AddIntConstant(module, "CUDA_MAX_DIM", long(jkofast::tile::kMaxDim)) < 0 ||

@@ -5,37 +5,51 @@ but a GPU model, driver or build it never ran on can give wrong numbers without 
 fragment layout, a race, a shared-memory limit). A CNF's likelihoods are only as good as its
 divergence, and a wrong one trains a wrong model without a sign. So before ``backend="auto"`` (or
 ``"compiled"``) first hands a field of some shape to the kernels on a device, the kernels run once
-on a small random case of that shape (d, width, layers, activation, time input, dtype, the TF32
-switch) and each output, with its gradients, is compared with the pure-torch engine in float64:
-the ``mlp_field_div`` op's field with its exact divergence and a Hutchinson estimate, ``rk4_block``'s end points,
-log-determinants and kinetic energies over 2 steps, and the fused training step
-(``jko_block_loss``). On a disagreement jkofast warns once (:class:`KernelCheckWarning`) and the
-pure-torch engine runs that shape on that device; ``backend="compiled"`` raises, naming the output.
+on a small random case of that shape (d, width, layers, activation, time input, dtype; the TF32
+switch and ``JKOFAST_CUDA_ROWS``, which choose the kernels' code path) and each output, with its
+gradients, is compared with the pure-torch engine: the ``mlp_field`` and ``mlp_field_div`` ops
+(exact and Hutchinson divergence), ``rk4_block`` forwards with the log-determinant and kinetic
+energy, with Hutchinson probes, and backwards without a divergence (sampling), and the fused
+training step ``jko_block_loss`` (loss, each per-sample term, gradients). On a disagreement
+jkofast warns once (:class:`KernelCheckWarning`) and the pure-torch engine runs that shape on that
+device; ``backend="compiled"`` raises, naming the output. ``JKOFAST_KERNEL_CHECK=0`` trusts the
+kernels without checking (the way past a false alarm, which is a bug to report).
 
-Cost: a few milliseconds per (device, shape, dtype), once per process; the check draws from its
-own generator (the caller's random state is untouched) and runs outside any autocast,
-``no_grad`` or ``inference_mode`` of the caller. It is skipped (the kernels trusted, checked at
-the next call made outside) while torch.compile traces or a CUDA graph is being captured, where
-it could not run.
+Tolerances, per output (each per-sample term its own): float64 kernels within 1e-9 of the
+output's scale of the float64 reference (they sum in another order: a few ulps times the depth;
+a wrong term is O(1) of its output). A float32 shape is checked in float64 first (the same code
+with another element type: logic errors show there, at that tight tolerance), then in float32,
+where the kernels' error against the float64 reference may be at most 4x that of the reference run
+in float32 with the same TF32 switch, plus 2^-9 of the scale with TF32 (the kernels round the
+first layer's columns too: one more TF32 rounding, 2^-11) or 2^-20 without. Calibrating on torch's
+own error keeps a deep or wide field, whose TF32 error is large for both, from a false alarm.
 
-Tolerances: float64 outputs within 1e-9 of their scale (the kernels sum in another order than
-torch: a few ulps times the depth; a wrong term is O(1)); float32 within 2^-6 of their scale:
-TF32 products round their inputs to 10 mantissa bits (2^-11 relative), and the emulated kernels'
-worst TF32 output was 1.9 x 2^-11 of its scale (bench/gpu_notes.md), so 2^-6 leaves 16x.
+Cost: milliseconds per (device, shape), once per process (a float64 reference of a few samples:
+up to ~0.1 s on GPUs with slow float64 at the largest shapes). The check draws from its own
+generators (the caller's random state is untouched) and runs outside any autocast, ``no_grad``,
+``inference_mode`` or deterministic mode of the caller. Where it cannot run (while torch.compile
+traces, under fake tensors or a dispatch mode such as make_fx's, during CUDA-graph capture) it is
+not decided there: a shape already found wrong stays refused, any other is checked at the first
+call outside. Out of GPU memory, it is left undecided too.
 """
 from __future__ import annotations
 
 import math
+import os
+import threading
 
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import reference
 from ._warn import JkofastWarning, warn_user
 
 CHECKED_DEVICE_TYPES = ("cuda",)  # the CPU kernels are checked by the test suite on the CPUs they build for
-BATCH = 37  # not a multiple of any tile height (16 rows and up), so the last tile is ragged
+SWITCH = "JKOFAST_KERNEL_CHECK"  # "0": trust the kernels without checking
 STEPS = 2
-TOLERANCE = {torch.float64: 1e-9, torch.float32: 2.0 ** -6}
+F64_TOLERANCE = 1e-9
+F32_FACTOR = 4.0
+F32_FLOOR = {True: 2.0 ** -9, False: 2.0 ** -20}  # of the scale, with and without TF32
 
 
 class KernelCheckWarning(JkofastWarning):
@@ -43,59 +57,129 @@ class KernelCheckWarning(JkofastWarning):
     pure-torch engine for that shape instead."""
 
 
-_verdicts: dict[tuple, str | None] = {}
+class _KernelFailed(Exception):
+    """A kernel raised during the check (a launch failure, an illegal address)."""
+
+
+_verdicts: dict[tuple, str | None] = {}  # (shape, switches) -> why the kernels must not run it, or None
+_refused: dict[tuple, str] = {}  # shape -> the first verdict against it, for the calls that cannot check
+_lock = threading.Lock()
+_UNDECIDED = object()
 
 
 def disagreement(field, x: torch.Tensor) -> str | None:
     """Why the compiled kernels must not run ``field`` on ``x``'s device and dtype (they disagreed
     with the pure-torch engine on a small case of the same shape), or None. Checked once per
-    (device, shape, dtype, TF32 switch); warns the first time it finds a disagreement."""
-    if x.device.type not in CHECKED_DEVICE_TYPES or torch.compiler.is_compiling():
+    (device, shape, dtype, TF32 switch, rows knob); warns the first time it finds a disagreement."""
+    if x.device.type not in CHECKED_DEVICE_TYPES:
         return None
-    if x.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+    if torch.compiler.is_compiling():  # (first: nothing below is traceable)
+        return _refused.get(_shape(field, x)) if _refused else None
+    if _cannot_run(x):
+        return _refused.get(_shape(field, x))
+    from . import _C
+
+    tf32 = x.dtype == torch.float32 and _C.tf32_matmul_allowed()
+    key = (_shape(field, x), tf32, os.environ.get("JKOFAST_CUDA_ROWS", ""))
+    verdict = _verdicts.get(key, _UNDECIDED)
+    if verdict is None:  # (the common case, first: one environment read per call)
         return None
-    device = x.device
+    if os.environ.get(SWITCH) == "0":
+        return None
+    if verdict is _UNDECIDED:
+        with _lock:  # (one check per key, one warning, whichever thread comes first)
+            if key not in _verdicts:
+                _decide(key, field, x, tf32)
+        verdict = _verdicts.get(key)
+    return verdict
+
+
+def _shape(field, x: torch.Tensor) -> tuple:
+    """What chooses the kernels' code path, but the switches (beta is a number the code takes)."""
+    index = x.device.index
+    if x.device.type == "cuda" and index is None:
+        index = torch.cuda.current_device()
+    return (x.device.type, index, x.dtype, field.dim, field.hidden, field.layers, field.activation, field.time)
+
+
+def _cannot_run(x: torch.Tensor) -> bool:
+    """Inside a trace with fake or proxy tensors, or a CUDA graph's capture: no numbers to compare."""
+    # (fake and functional tensors are subclasses; a FakeTensorMode or make_fx's proxy mode is a
+    # dispatch mode; torch._guards.detect_fake_mode would cost 40 us on every call)
+    if type(x) not in (torch.Tensor, torch.nn.Parameter) or _get_current_dispatch_mode() is not None:
+        return True
+    return x.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def _decide(key: tuple, field, x: torch.Tensor, tf32: bool) -> None:
+    device = torch.device(x.device.type, key[0][1]) if x.device.type == "cuda" else x.device
+    try:
+        verdict = verdict_for(field, device, x.dtype, tf32)
+    except torch.OutOfMemoryError:
+        return  # the GPU is full, not wrong: undecided, the next call checks again
+    except Exception as e:  # the check's own failure: say so, and do not blame the kernels
+        _verdicts[key] = None
+        warn_user(f"jkofast could not check its compiled kernels on {_named(device)} ({type(e).__name__}: {e}); "
+                  "they run unchecked. Please report it with the output of `jkofast info`", KernelCheckWarning)
+        return
+    _verdicts[key] = verdict
+    if verdict is not None:
+        _refused.setdefault(key[0], verdict)
+        warn_user(verdict + "; jkofast runs its pure-torch engine for this field on this device. Please report "
+                  f"it with the output of `jkofast info` ({SWITCH}=0 runs the kernels unchecked)", KernelCheckWarning)
+
+
+def verdict_for(field, device: torch.device | str, dtype: torch.dtype, tf32: bool) -> str | None:
+    """The check of ``field``'s shape on ``device`` in ``dtype`` (TF32 products or not), uncached:
+    None where the kernels agree with the pure-torch engine, else which output did not, or which
+    kernel raised. Raises where the check itself cannot run (out of memory, among others)."""
+    device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    tf32 = x.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
-    key = (str(device), x.dtype, tf32, tuple(sorted(field.config().items())))
-    if key not in _verdicts:
-        _verdicts[key] = _verdict(field, device, x.dtype)
-        if _verdicts[key] is not None:
-            warn_user(_verdicts[key] + "; jkofast runs its pure-torch engine for this field on this device. "
-                      "Please report it with the output of `jkofast info`", KernelCheckWarning)
-    return _verdicts[key]
+    try:
+        return _verdict(field, device, dtype, tf32)
+    except _KernelFailed as e:
+        cause = e.__cause__
+        after = " (a CUDA error leaves the process's GPU context unusable: restart it)" \
+            if "CUDA error" in str(cause) else ""
+        return f"the compiled kernels failed jkofast's check on {_named(device)}: {e}: " \
+               f"{type(cause).__name__}: {cause}{after}"
 
 
-def _verdict(field, device: torch.device, dtype: torch.dtype) -> str | None:
+def _verdict(field, device: torch.device, dtype: torch.dtype, tf32: bool) -> str | None:
+    """The check itself: None where every output agrees, else which did not."""
     # The caller's torch.use_deterministic_algorithms(True) would make the reference's cuBLAS
     # products raise without CUBLAS_WORKSPACE_CONFIG (the kernels alone need none): off meanwhile.
     deterministic = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(False)
     try:
-        return _compare(field, device, dtype)
+        # (fork_rng: building the fields' nn.Linear layers draws from the global generator)
+        with torch.random.fork_rng(devices=[device.index] if device.type == "cuda" else []), \
+                torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
+            config = dict(dim=field.dim, hidden=field.hidden, layers=field.layers,
+                          activation=field.activation, time=field.time, beta=field.beta)
+            return _compare(config, device, torch.float64, tf32=False) or \
+                (_compare(config, device, dtype, tf32) if dtype != torch.float64 else None)
     finally:
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
 
 
-def _compare(field, device: torch.device, dtype: torch.dtype) -> str | None:
-    config = field.config()
-    try:
-        # (fork_rng: building the fields' nn.Linear layers draws from the global generator)
-        with torch.random.fork_rng(devices=[device.index] if device.type == "cuda" else []), \
-                torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
-            for op, names, kernel, truth in _comparisons(config, device, dtype):
-                for name, k, r in zip(names, kernel, truth):
-                    scale = max(r.abs().max().item(), 1.0)
-                    error = (k.double() - r).abs().max().item()
-                    if not error <= TOLERANCE[dtype] * scale:  # (NaN fails too)
-                        return (f"the compiled kernels failed jkofast's check on {_named(device)}: {op}'s {name} is "
-                                f"{error:.3g} from the pure-torch engine's (scale {scale:.3g}; {dtype}, field {config})")
-    except torch.OutOfMemoryError:
-        raise  # (the GPU is full, not wrong: no verdict, the next call checks again)
-    except Exception as e:  # (a launch failure, an illegal address: the same verdict, with torch's words)
-        return f"the compiled kernels failed jkofast's check on {_named(device)}: {type(e).__name__}: {e}"
+def _compare(config: dict, device: torch.device, dtype: torch.dtype, tf32: bool) -> str | None:
+    cases = _cases(config, device, dtype)
+    for op, names, kernel, truth, torch_low in cases:
+        for name, k, r, low in zip(names, kernel, truth, torch_low):
+            scale = max(r.abs().max().item(), 1.0)
+            error = (k.double() - r).abs().max().item()
+            if dtype == torch.float64:
+                allowed = F64_TOLERANCE * scale
+            else:
+                allowed = F32_FACTOR * (low.double() - r).abs().max().item() + F32_FLOOR[tf32] * scale
+            if not error <= allowed:  # (NaN fails too)
+                precision = "float64" if dtype == torch.float64 else f"float32, TF32 {'on' if tf32 else 'off'}"
+                return (f"the compiled kernels failed jkofast's check on {_named(device)}: {op}'s {name} is "
+                        f"{error:.3g} from the pure-torch engine's, above the {allowed:.3g} allowed (scale "
+                        f"{scale:.3g}; {precision}; field {config})")
     return None
 
 
@@ -103,83 +187,112 @@ def _named(device: torch.device) -> str:
     return f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
 
 
-def _comparisons(config: dict, device: torch.device, dtype: torch.dtype):
-    """(op, output names, kernel outputs, float64 reference outputs) of each op on one random case."""
+def _kernel(fn, *args, what: str, **kwargs):
+    """Run a compiled op; an exception it raises is the kernels' failure, not the check's."""
+    try:
+        return fn(*args, **kwargs)
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as e:
+        raise _KernelFailed(f"{what} raised") from e
+
+
+def _cases(config: dict, device: torch.device, dtype: torch.dtype):
+    """(op, output names, kernel outputs, float64 reference outputs, reference outputs in ``dtype``)
+    of each case, on one random field and batch."""
     from ._backend import compiled_ops as ops, has_kernel
     from .field import VelocityField
     from .integrate import _integrate
 
+    dim, time, act, beta = config["dim"], config["time"], config["activation"], config["beta"]
+    batch = 37 if dim <= 8 else 9  # (37: not a multiple of a tile's samples; at larger d a tile holds one)
     gen = torch.Generator(device=device).manual_seed(20261206)
-    truth_field = VelocityField(**config).to(device=device, dtype=torch.float64)
+    fields = {torch.float64: VelocityField(**config).to(device=device, dtype=torch.float64)}
     with torch.no_grad():
-        for lin in truth_field.linears:  # O(1) pre-activations at any width: every layer nonlinear
+        for lin in fields[torch.float64].linears:  # O(1) pre-activations at any width: every layer nonlinear
             lin.weight.copy_(torch.randn(lin.weight.shape, generator=gen, device=device, dtype=torch.float64)
                              * (1.5 / math.sqrt(lin.weight.shape[1])))
             lin.bias.copy_(0.5 * torch.randn(lin.bias.shape, generator=gen, device=device, dtype=torch.float64))
-    field = VelocityField(**config).to(device=device, dtype=dtype)
-    field.load_state_dict(truth_field.state_dict())
-    truth_field.load_state_dict(field.state_dict())  # float32 cases: the reference sees the same rounded weights
-    x = torch.randn(BATCH, config["dim"], generator=gen, device=device, dtype=dtype)
-    t = torch.rand(BATCH, generator=gen, device=device, dtype=dtype)
-    time = config["time"]
-    act, beta = config["activation"], config["beta"]
+    if dtype != torch.float64:  # the same weights rounded, and the float64 truth of those
+        fields[dtype] = VelocityField(**config).to(device=device, dtype=dtype)
+        fields[dtype].load_state_dict(fields[torch.float64].state_dict())
+        fields[torch.float64].load_state_dict(fields[dtype].state_dict())
+    x = torch.randn(batch, dim, generator=gen, device=device, dtype=torch.float64).to(dtype)
+    t = torch.rand(batch, generator=gen, device=device, dtype=torch.float64).to(dtype)
+    probes = torch.randn(batch, 3, dim, generator=gen, device=device, dtype=torch.float64).to(dtype)
 
-    def grads(outputs, leaves, seed):
-        """The outputs, then the gradients of a random weighting of them with respect to ``leaves``."""
+    param_names = ["d/d" + name for name, _ in fields[dtype].named_parameters()]
+    field_names = ["f", "div", "d/dx", *param_names] + (["d/dt"] if time else [])
+    rk4_names = ["x1", "logdet", "kinetic", "d/dx0", *param_names]
+
+    def run(engine, dt, case, seed):
+        """A case's outputs, then the gradients of a random weighting of them, with fresh leaves."""
+        f = fields[dt]
+        xs, ts = (v.detach().to(dt).clone().requires_grad_(True) for v in (x, t))
+        outputs, leaves = case(engine, f, xs, ts if time else None)
         g = torch.Generator(device=device).manual_seed(seed)
         total = sum((o * torch.randn(o.shape, generator=g, device=device, dtype=torch.float64).to(o.dtype)).sum()
                     for o in outputs)
         found = torch.autograd.grad(total, leaves, allow_unused=True, materialize_grads=True)
         return [o.detach() for o in outputs] + list(found)
 
-    param_names = ["d/d" + name for name, _ in field.named_parameters()]
-    field_names = ["f", "div", "d/dx", *param_names] + (["d/dt"] if time else [])
-    rk4_names = ["x1", "logdet", "kinetic", "d/dx0", *param_names]
+    def field_case(probe_rows, with_div):
+        def case(engine, f, xs, ts):
+            v = None if probe_rows is None else probes.to(xs.dtype)
+            if engine == "kernel":
+                out = _kernel(ops.mlp_field_div, xs, ts, f.weights, f.biases, act, beta, v, what="mlp_field_div") \
+                    if with_div else [_kernel(ops.mlp_field, xs, ts, f.weights, f.biases, act, beta, what="mlp_field")]
+            else:
+                out = reference.mlp_velocity_and_divergence(xs, ts, f.weights, f.biases, act, beta, v) \
+                    if with_div else [reference.mlp_velocity(xs, ts, f.weights, f.biases, act, beta)]
+            return list(out), [xs, *f.parameters()] + ([ts] if time else [])
+        return case
 
-    def leaves(f, dt):
-        """Fresh leaves: x, t and the parameters of ``f`` in ``dt`` (t only where the field takes it)."""
-        xs, ts = (v.detach().to(dt).clone().requires_grad_(True) for v in (x, t))
-        return xs, (ts if time else None), [*f.parameters()] + ([ts] if time else [])
+    def rk4_case(t0, t1, divergence):
+        def case(engine, f, xs, ts):
+            pgen = torch.Generator(device=device).manual_seed(7)  # (Rademacher: the same probes in any dtype)
+            out = _kernel(_integrate, f, xs, t0, t1, STEPS, "compiled", divergence, 1, "rademacher", "rk4", pgen,
+                          what=f"rk4_block from t={t0} to {t1}") if engine == "kernel" else \
+                _integrate(f, xs, t0, t1, STEPS, "torch", divergence, 1, "rademacher", "rk4", pgen)
+            return [o for o in out if o is not None], [xs, *f.parameters()]
+        return case
 
-    # the field and its exact divergence
-    xs, ts, wrt = leaves(field, dtype)
-    kernel = grads(ops.mlp_field_div(xs, ts, field.weights, field.biases, act, beta), [xs, *wrt], 1)
-    xs, ts, wrt = leaves(truth_field, torch.float64)
-    truth = grads(reference.mlp_velocity_and_divergence(xs, ts, truth_field.weights, truth_field.biases, act, beta),
-                  [xs, *wrt], 1)
-    yield "mlp_field_div", field_names, kernel, truth
+    def loss_case(engine, f, xs, ts):
+        if engine == "kernel":
+            loss, terms = _kernel(ops.jko_block_loss, xs, f.weights, f.biases, STEPS, endpoint_weight=0.7,
+                                  path_weight=0.3, time=time, activation=act, beta=beta, what="jko_block_loss")
+        else:
+            x1, logdet, kinetic = _integrate(f, xs, 0.0, 1.0, STEPS, "torch", "exact", 1, "rademacher", "rk4", None)
+            terms = torch.stack([0.5 * x1.square().sum(1), logdet, (x1 - xs).square().sum(1), kinetic], 1)
+            loss = (terms[:, 0] - terms[:, 1] + 0.7 * terms[:, 2] + 0.3 * terms[:, 3]).mean()
+        grads = torch.autograd.grad(loss, [xs, *f.parameters()])
+        # (the loss is the output whose gradients are taken: run()'s random weighting is not needed)
+        return [loss.detach(), *terms.detach().unbind(1)], list(grads)
 
-    # the Hutchinson estimate, its probes being tangent rows of their own
-    probes = torch.randn(BATCH, 3, config["dim"], generator=gen, device=device, dtype=torch.float64)
-    xs, ts, wrt = leaves(field, dtype)
-    kernel = grads(ops.mlp_field_div(xs, ts, field.weights, field.biases, act, beta, probes.to(dtype)), [xs, *wrt], 3)
-    xs, ts, wrt = leaves(truth_field, torch.float64)
-    truth = grads(reference.mlp_velocity_and_divergence(xs, ts, truth_field.weights, truth_field.biases, act, beta,
-                                                        probes.to(dtype).double()), [xs, *wrt], 3)
-    yield "mlp_field_div (Hutchinson probes)", field_names, kernel, truth
+    cases = [
+        ("mlp_field", ["f", *field_names[2:]], field_case(None, False), 1),
+        ("mlp_field_div", field_names, field_case(None, True), 2),
+        ("mlp_field_div (Hutchinson probes)", field_names, field_case(3, True), 3),
+        ("rk4_block", rk4_names, rk4_case(0.0, 1.0, "exact"), 4),
+        ("rk4_block (Hutchinson probes)", rk4_names, rk4_case(0.0, 1.0, "hutchinson"), 5),
+        ("rk4_block backwards, no divergence (sampling)", ["x1", "kinetic", *rk4_names[3:]],
+         rk4_case(1.0, 0.0, None), 6),
+    ]
+    for op, names, case, seed in cases:
+        yield op, names, run("kernel", dtype, case, seed), run("torch", torch.float64, case, seed), \
+            run("torch", dtype, case, seed)
+    if has_kernel("jko_block_loss", device.type):
+        names = ["loss", "|x1|^2/2 terms", "logdet terms", "|x1 - x0|^2 terms", "kinetic terms", *rk4_names[3:]]
 
-    # an RK4 integration with its log-determinant and kinetic energy
-    xs, params = x.detach().clone().requires_grad_(True), list(field.parameters())
-    kernel = grads(ops.rk4_block(xs, field.weights, field.biases, 0.0, 1.0, STEPS, time=time, activation=act,
-                                 beta=beta), [xs, *params], 2)
-    xs64, params64 = x.detach().double().requires_grad_(True), list(truth_field.parameters())
-    truth = grads(_integrate(truth_field, xs64, 0.0, 1.0, STEPS, "torch", "exact", 1, "rademacher", "rk4", None),
-                  [xs64, *params64], 2)
-    yield "rk4_block", rk4_names, kernel, truth
-
-    # the fused training step: loss, per-sample terms and gradients
-    if not has_kernel("jko_block_loss", device.type):
-        return
-    loss, terms = ops.jko_block_loss(xs, field.weights, field.biases, STEPS, endpoint_weight=0.7, path_weight=0.3,
-                                     time=time, activation=act, beta=beta)
-    kernel = [loss.detach(), terms] + list(torch.autograd.grad(loss, [xs, *params]))
-    x1, logdet, kinetic = _integrate(truth_field, xs64, 0.0, 1.0, STEPS, "torch", "exact", 1, "rademacher", "rk4", None)
-    terms64 = torch.stack([0.5 * x1.square().sum(1), logdet, (x1 - xs64).square().sum(1), kinetic], 1)
-    loss64 = (terms64[:, 0] - terms64[:, 1] + 0.7 * terms64[:, 2] + 0.3 * terms64[:, 3]).mean()
-    truth = [loss64.detach(), terms64.detach()] + list(torch.autograd.grad(loss64, [xs64, *params64]))
-    yield "jko_block_loss", ["loss", "per-sample terms", *rk4_names[3:]], kernel, truth
+        def loss_outputs(engine, dt):
+            xs = x.detach().to(dt).clone().requires_grad_(True)
+            outputs, grads = loss_case(engine, fields[dt], xs, None)
+            return outputs + grads
+        yield "jko_block_loss", names, loss_outputs("kernel", dtype), loss_outputs("torch", torch.float64), \
+            loss_outputs("torch", dtype)
 
 
 def forget() -> None:
     """Drop the verdicts (tests; a process that swapped its GPU driver would need it too)."""
     _verdicts.clear()
+    _refused.clear()

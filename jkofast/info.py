@@ -43,8 +43,9 @@ def _gpus() -> str:
 
 def kernel_check(device: str) -> str:
     """The compiled kernels against the pure-torch engine on ``device``, for the default field
-    (the check ``backend="auto"`` makes before first using them on a GPU: jkofast/_kernel_check.py)."""
-    from . import _kernel_check
+    (the check ``backend="auto"`` makes before first using them on a GPU: jkofast/_kernel_check.py),
+    in float64 and in float32 with torch's TF32 switch as it is now."""
+    from . import _C, _kernel_check
     from .field import VelocityField
 
     field = VelocityField(2)
@@ -53,10 +54,15 @@ def kernel_check(device: str) -> str:
             _backend._cuda_arch_misfit(torch.device(device))
         if misfit:
             return f"not run: the kernels do not take {misfit}"
-    failed = [why for dtype in (torch.float32, torch.float64)
-              if (why := _kernel_check._verdict(field, torch.device(device), dtype)) is not None]
+    tf32 = _C.tf32_matmul_allowed()
+    try:
+        failed = [why for dtype in (torch.float32, torch.float64)
+                  if (why := _kernel_check.verdict_for(field, device, dtype, tf32)) is not None]
+    except Exception as e:  # (out of memory, or the check's own failure)
+        return f"could not run: {type(e).__name__}: {e}"
     return "FAILED: " + "; ".join(failed) if failed else \
-        f"passed on {device} (the default field, d=2: float32, float64; the same numbers as the pure-torch engine)"
+        (f"passed on {device} (the default field, d=2: float64, and float32 with TF32 {'on' if tf32 else 'off'}; "
+         "the same numbers as the pure-torch engine)")
 
 
 def report() -> str:
@@ -92,7 +98,8 @@ def report() -> str:
         lines.append("CUDA kernels:    not built (a CPU build; CUDA tensors run on the pure-torch engine)")
     lines.append(f"GPU visible:     {_gpus()}")
     if "cuda" in _backend.compiled_devices() and torch.cuda.is_available():
-        lines.append(f"kernel check:    {kernel_check('cuda:0')}")
+        for i in range(torch.cuda.device_count()):
+            lines.append(f"kernel check:    {kernel_check(f'cuda:{i}')}")
     lines.append(f"python:          {sys.version.split()[0]} ({sys.executable})")
     return "\n".join(lines)
 

@@ -431,19 +431,21 @@ def test_beyond_the_limits_auto_falls_back_and_compiled_refuses():
 @pytest.mark.parametrize("dtype,tf32", [(torch.float64, False), (torch.float32, False), (torch.float32, True)])
 def test_first_use_check_passes_on_this_gpu(dtype, tf32):
     # backend="auto" hands a shape to the kernels only after they agree with the reference on a
-    # small case of it (jkofast/_kernel_check.py): a false alarm would silently put every user of
-    # this GPU on the pure-torch engine. Here: the sizes of the benchmarks and both limits.
+    # small case of it (jkofast/_kernel_check.py): a false alarm would put every user of this GPU
+    # on the pure-torch engine. Here: the sizes of the benchmarks, a deep field (TF32's error grows
+    # with depth, for torch's products too) and both limits.
     from jkofast import _kernel_check
 
     limits = _backend.cuda_limits()
     shapes = [(2, 64, 3, "softplus", True), (6, 128, 3, "tanh", True), (63, 256, 3, "softplus", False),
-              (limits["dim"], limits["hidden"], 2, "silu", True)][:None if DEVICE == "cuda" else 2]  # (CPU: minutes)
+              (2, 512, limits["weights"] - 1, "silu", True),
+              (limits["dim"], limits["hidden"], 2, "silu", True)][:None if DEVICE == "cuda" else 1]  # (CPU: minutes)
     was = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = tf32
     try:
         for dim, hidden, layers, activation, time in shapes:
             field = jkofast.VelocityField(dim, hidden, layers, activation, time=time).to(DEVICE, dtype)
-            assert _kernel_check._verdict(field, torch.device(DEVICE), dtype) is None
+            assert _kernel_check.verdict_for(field, DEVICE, dtype, tf32) is None
     finally:
         torch.backends.cuda.matmul.allow_tf32 = was
 

@@ -5,6 +5,8 @@ is wrong in any one output (the field, the divergence, a gradient, the RK4 log-d
 fused step's loss), and then keep ``backend="auto"`` on the reference, with one warning."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -117,19 +119,102 @@ def test_a_failing_launch_is_a_verdict(monkeypatch):
 
     monkeypatch.setattr(O, "rk4_block", raising)
     field = jkofast.VelocityField(2, 8, 2).double()
-    with pytest.warns(_kernel_check.KernelCheckWarning, match="RuntimeError: CUDA error: an illegal memory access"):
+    with pytest.warns(_kernel_check.KernelCheckWarning, match="rk4_block from t=0.0 to 1.0 raised: RuntimeError: CUDA "
+                      "error: an illegal memory access was encountered [(]a CUDA error leaves the process's GPU"):
         assert _backend.choose("auto", field, torch.zeros(3, 2, dtype=torch.float64)) == "torch"
 
 
-def test_not_checked_where_it_cannot_run(monkeypatch):
+def test_a_wrong_float32_divergence_in_the_training_step_is_caught(monkeypatch):
+    # Broken in float32 only (the float64 check passes): the fused step's log-det terms halved and
+    # the loss without that half. The loss's scale (its |x1|^2 and transport terms) must not hide
+    # it: each per-sample term is compared on its own scale.
+    real = O.jko_block_loss
+
+    def half_divergence(x0, *args, **kwargs):
+        loss, terms = real(x0, *args, **kwargs)
+        if x0.dtype != torch.float32:
+            return loss, terms
+        return loss + 0.5 * terms[:, 1].mean(), terms * torch.tensor([1.0, 0.5, 1.0, 1.0])
+
+    monkeypatch.setattr(O, "jko_block_loss", half_divergence)
+    field = jkofast.VelocityField(6, 32, 2).float()
+    with pytest.warns(_kernel_check.KernelCheckWarning, match="jko_block_loss's loss .*float32, TF32 off"):
+        assert _backend.choose("auto", field, torch.zeros(3, 6)) == "torch"
+
+
+def test_where_the_check_cannot_run_it_is_not_decided(monkeypatch):
+    field = jkofast.VelocityField(2, 8, 2).double()
+    x = torch.zeros(3, 2, dtype=torch.float64)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode() as fake:  # (torch.export, make_fx: no numbers to compare)
+        assert _kernel_check.disagreement(field, fake.from_tensor(x)) is None
+    assert not _kernel_check._verdicts
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(O, "mlp_field", out_of_memory)
+    assert _kernel_check.disagreement(field, x) is None
+    assert not _kernel_check._verdicts  # the next call checks again
+    monkeypatch.undo()
+
+
+def test_the_checks_own_failure_is_not_blamed_on_the_kernels(monkeypatch):
+    monkeypatch.setattr(_kernel_check, "CHECKED_DEVICE_TYPES", ("cpu", "cuda"))
+
+    def broken(*args, **kwargs):
+        raise TypeError("a bug in the check")
+
+    monkeypatch.setattr(_kernel_check.reference, "mlp_velocity", broken)
+    field = jkofast.VelocityField(2, 8, 2).double()
+    with pytest.warns(_kernel_check.KernelCheckWarning, match="could not check its compiled kernels on cpu "
+                      "[(]TypeError: a bug in the check[)]; they run unchecked"):
+        assert _backend.choose("auto", field, torch.zeros(3, 2, dtype=torch.float64)) == "compiled"
+
+
+def test_the_switch_trusts_the_kernels(monkeypatch):
+    monkeypatch.setattr(O, "mlp_field_div", _off_by(0.5, 1)(O.mlp_field_div))
+    monkeypatch.setenv(_kernel_check.SWITCH, "0")
+    field = jkofast.VelocityField(2, 8, 2).double()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _backend.choose("auto", field, torch.zeros(3, 2, dtype=torch.float64)) == "compiled"
+
+
+@pytest.mark.parametrize("setting,expected", [
+    ("pass", False),
+    ("torch.backends.cuda.matmul.allow_tf32 = True", True),
+    ("torch.set_float32_matmul_precision('high')", True),
+    ("torch.backends.cuda.matmul.fp32_precision = 'tf32'", True),  # (Context::allowTF32CuBLAS raises after it)
+    ("torch.backends.fp32_precision = 'tf32'", True),
+    ("torch.backends.cuda.matmul.fp32_precision = 'ieee'", False),
+])
+def test_the_tf32_switch_is_torchs_matmul_rule(setting, expected):
+    # The CUDA kernels' switch (csrc/tf32_switch.h) read through _C: the same answer as torch's
+    # cuBLAS for each of torch's ways to set it (each in a fresh process: the settings are global).
+    code = f"import torch, jkofast; from jkofast import _C; {setting}; print(_C.tf32_matmul_allowed())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(expected)
+
+
+def test_not_checked_on_the_cpu_nor_inside_a_trace(monkeypatch):
     monkeypatch.setattr(_kernel_check, "CHECKED_DEVICE_TYPES", ("cuda",))  # production: the CPU is not checked
     monkeypatch.setattr(O, "mlp_field_div", _off_by(0.5, 1)(O.mlp_field_div))
     field = jkofast.VelocityField(2, 8, 2).double()
-    assert _kernel_check.disagreement(field, torch.zeros(3, 2, dtype=torch.float64)) is None
+    x = torch.zeros(3, 2, dtype=torch.float64)
+    assert _kernel_check.disagreement(field, x) is None
     monkeypatch.setattr(_kernel_check, "CHECKED_DEVICE_TYPES", ("cpu",))
-    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # inside a torch.compile trace
-    assert _kernel_check.disagreement(field, torch.zeros(3, 2, dtype=torch.float64)) is None
-    assert not _kernel_check._verdicts  # not decided: the next call outside the trace checks
+    with monkeypatch.context() as inside:
+        inside.setattr(torch.compiler, "is_compiling", lambda: True)  # inside a torch.compile trace
+        assert _kernel_check.disagreement(field, x) is None
+        assert not _kernel_check._verdicts  # not decided: the next call outside the trace checks
+    with pytest.warns(_kernel_check.KernelCheckWarning):
+        assert _kernel_check.disagreement(field, x) is not None
+    with monkeypatch.context() as inside:  # a shape found wrong stays refused inside a trace
+        inside.setattr(torch.compiler, "is_compiling", lambda: True)
+        assert "mlp_field_div's div" in _kernel_check.disagreement(field, x)
 
 
 def test_info_reports_the_check(monkeypatch):
@@ -138,8 +223,8 @@ def test_info_reports_the_check(monkeypatch):
     assert info.kernel_check("cpu").startswith("passed on cpu (the default field")
     monkeypatch.setattr(O, "rk4_block", _off_by(0.1, 0)(O.rk4_block))
     report = info.kernel_check("cpu")
-    assert report.startswith("FAILED: the compiled kernels failed jkofast's check on cpu: rk4_block's x1") \
-        and "float32" in report and "float64" in report, report
+    assert report.startswith("FAILED: the compiled kernels failed jkofast's check on cpu: rk4_block's x1"), report
+    assert report.count("rk4_block's x1") == 2 and "float64" in report, report  # float32's check, then float64's
 
 
 def test_the_callers_deterministic_mode_is_kept():

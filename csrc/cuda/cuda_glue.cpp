@@ -1,4 +1,5 @@
 #include "cuda/cuda_glue.h"
+#include "tf32_switch.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
@@ -124,7 +125,7 @@ BackwardBuffers backward_buffers(const MlpSizes& sizes, const Launch& launch, co
 }
 
 bool use_tf32(at::ScalarType dtype) {
-  return dtype == at::kFloat && at::globalContext().allowTF32CuBLAS();
+  return dtype == at::kFloat && tf32_matmul_allowed();
 }
 
 std::pair<std::vector<at::Tensor>, std::vector<at::Tensor>> reduce_grads(const BackwardBuffers& buffers, int blocks,

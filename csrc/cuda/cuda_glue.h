@@ -62,8 +62,9 @@ BackwardBuffers backward_buffers(const MlpSizes& sizes, const Launch& launch, co
                                  int64_t batch, const at::TensorOptions& options, int tiles_per_total);
 
 // float32 products on TF32 tensor cores when torch allows TF32 for float32 matmuls
-// (torch.backends.cuda.matmul.allow_tf32, or torch.set_float32_matmul_precision("high")), exactly
-// as torch.mm decides; never for float64.
+// (torch.backends.cuda.matmul.fp32_precision = "tf32", or the legacy allow_tf32 = True or
+// torch.set_float32_matmul_precision("high")), exactly as torch.mm decides (../tf32_switch.h);
+// never for float64.
 bool use_tf32(at::ScalarType dtype);
 
 // Fresh gradients shaped like weights and biases: the sums of the `blocks` parts (or totals).
