@@ -161,6 +161,9 @@ build_report() {
     "$($PY -c 'import triton, os; print(os.path.dirname(triton.__file__))' 2>/dev/null)"/backends/nvidia/bin/cuobjdump 2>/dev/null | head -1)
   [ -n "$cuobjdump" ] && "$cuobjdump" --dump-resource-usage "$so" > "$LOGS/resources.txt"
   (cd /tmp && $PY -c "import jkofast, jkofast._C as C; from jkofast import _backend; print('jkofast', jkofast.__version__, 'arch', C.CUDA_ARCH_LIST, 'devices', _backend.compiled_devices())")
+  # The first-use check of the kernels on this GPU (jkofast/_kernel_check.py), for the default
+  # field: the first sign, seconds after the build, of whether they compute the right numbers.
+  (cd /tmp && timeout 120 $PY -m jkofast info)
 }
 
 # The GPU tests (they import the installed package: run from /tmp, not the checkout).
