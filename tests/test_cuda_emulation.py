@@ -224,6 +224,16 @@ def test_field_kernels_match_reference_float64(emu, case):
             torch.testing.assert_close(g, w, **F64, msg=lambda m: f"schedule {schedule}, output {i}: {m}")
 
 
+def test_tf32_operands_are_rounded_to_nearest_not_truncated(emu):
+    # 10 mantissa bits kept: 1 + 3 * 2^-12 rounds up to 1 + 2^-10, 1 + 2^-12 down to 1, the tie
+    # 1 + 2^-11 away from zero, and negative values alike. (A truncation's outputs stay within every
+    # TF32 error bound these tests set; only its bias, one direction for every product, tells it.)
+    ulp = 2.0 ** -10
+    for value, rounded in ((1 + 3 * ulp / 4, 1 + ulp), (1 + ulp / 4, 1.0), (1 + ulp / 2, 1 + ulp),
+                           (-(1 + 3 * ulp / 4), -(1 + ulp)), (3.0, 3.0), (0.0, 0.0)):
+        assert emu.lib.emu_tf32_round(value) == rounded, (value, rounded)
+
+
 def test_scalar_time_is_read_through_stride_zero(emu):
     ws, bs = mlp(3, 16, 3)
     x = torch.randn(20, 3, dtype=torch.float64)
@@ -529,3 +539,7 @@ def test_every_size_within_the_limits_has_a_plan_on_every_gpu(emu, itemsize):
                     assert plan["samples"] * (1 + plan["tangents"]) <= plan["rows"]
                     assert plan["tangents"] * plan["chunks"] >= tangent_rows
                     assert plan["samples"] >= 1
+                    # Tangent rows in several passes only with one sample per tile: rk4_tile_backward's
+                    # barrier after the gy sums is then not needed (each thread rereads what it
+                    # wrote), and would be if a plan ever put several samples in such a tile.
+                    assert plan["chunks"] == 1 or plan["samples"] == 1, (dim, hidden, tangent_rows, plan)

@@ -59,6 +59,19 @@ def test_closed_form_of_a_constant_field(backend, transport, h):
     torch.testing.assert_close(parts["V"], 0.5 * (x0 + b).square().sum(1).mean(), rtol=1e-12, atol=1e-12)
 
 
+def test_several_tiles_in_one_part_and_a_partial_last_tile_float64():
+    # As test_rk4_block's: batch 300 on one thread, three tiles (the last partial) into one part.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        field, x, _, _ = field_case(3, 16, 2, "softplus", True, 300)
+        compiled, reference = loss_both(field, x, 0.7, 3)
+    finally:
+        torch.set_num_threads(threads)
+    for i, (c, r) in enumerate(zip(compiled, reference)):
+        torch.testing.assert_close(c, r, **F64, msg=lambda m: f"output/grad {i}: {m}")
+
+
 def test_unfused_compiled_path_gives_the_same_values():
     # fused=False: rk4_block and its backward (what CUDA ran before it had the fused kernel).
     field, x, _, _ = field_case(3, 16, 2, "tanh", True, 40)

@@ -46,6 +46,30 @@ def test_float32_within_twice_torch_float32_error(case):
         assert_within_float32_rule(k, tr, ref, f"output/grad {i}")
 
 
+def test_float32_weight_gradients_are_summed_in_double_over_a_long_batch():
+    # One thread puts all of a 2^22-sample batch's tiles in one gradient part; the CPU ops move each
+    # tile's float gradient into a double total (GradShare), so the sum over the batch rounds about
+    # once, as torch.sum's does. Summed in float it erred 33x torch's (a mutation test, 2026-12-06:
+    # 1.2e-6 relative against 3.6e-8). The last bias's gradient is grad_f's column sums, exactly
+    # known; grad_f > 0, so rounding errors add up rather than cancel. (1-2 s.)
+    import jkofast
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        field = jkofast.VelocityField(2, hidden=8, layers=1, time=False).float()
+        x = torch.randn(2 ** 22, 2)
+        grad_f = torch.rand(2 ** 22, 2) + 0.5
+        f = O.mlp_field(x, None, field.weights, field.biases, "softplus", 1.0)
+        (got,) = torch.autograd.grad(f, [field.biases[-1]], grad_f)
+    finally:
+        torch.set_num_threads(threads)
+    exact = grad_f.double().sum(0)
+    error = ((got.double() - exact).abs() / exact).max().item()
+    torch_error = ((grad_f.sum(0).double() - exact).abs() / exact).max().item()
+    assert error <= 4 * max(torch_error, 2.0 ** -24), (error, torch_error)
+
+
 def test_non_contiguous_inputs_and_scalar_time():
     field, x, t, v = field_case(4, 16, 2, batch=20, probes=2)
     x_nc = torch.randn(4, 20, dtype=torch.float64).t()           # transposed view

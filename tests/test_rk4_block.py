@@ -46,6 +46,21 @@ def test_matches_reference_float64(divergence, tableau, t0, t1, noise, shape):
         torch.testing.assert_close(c, r, **F64, msg=lambda m: f"output/grad {i}: {m}")
 
 
+def test_several_tiles_in_one_part_and_a_partial_last_tile_float64():
+    # Batch 300 on one thread: forward tiles of 128, 128 and 44 samples whose gradients go into one
+    # part (the cases above fit one tile), where a tile buffer not zeroed between tiles or a stride
+    # of the partial tile would show (mutation tests, 2026-12-06: both were seen by float32 tests only).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        field, x, _, _ = field_case(3, 16, 2, "softplus", True, 300)
+        compiled, reference = integrate_both(field, x, 0.0, 1.0, 3, divergence="exact")
+    finally:
+        torch.set_num_threads(threads)
+    for i, (c, r) in enumerate(zip(compiled, reference)):
+        torch.testing.assert_close(c, r, **F64, msg=lambda m: f"output/grad {i}: {m}")
+
+
 def test_float32_within_twice_torch_float32_error():
     # (A field of moderate Lipschitz constant: on a stiff one both float32 runs drift chaotically.)
     field64, x, _, _ = field_case(3, 16, 2, "softplus", True, 150)

@@ -69,6 +69,8 @@ class Emulator:
                            ctypes.POINTER(ctypes.c_void_p)]
             fn.restype = ctypes.c_int
         self.lib.emu_fault.restype = ctypes.c_char_p
+        self.lib.emu_tf32_round.argtypes = [ctypes.c_float]
+        self.lib.emu_tf32_round.restype = ctypes.c_float
         for probe in ("emu_race_probe", "emu_local_overrun_probe"):
             getattr(self.lib, probe).argtypes = [ctypes.c_int]
             getattr(self.lib, probe).restype = ctypes.c_float

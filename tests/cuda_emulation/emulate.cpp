@@ -395,6 +395,11 @@ float emu_local_overrun_probe(int index) {
   return out[0];
 }
 
+// The kernels' TF32 rounding of one operand (mma_tf32.cuh tf32_bits): cvt.rna rounds to nearest,
+// ties away from zero; a truncation would pass every error bound the tests set on TF32 outputs
+// while biasing each product the same way.
+float emu_tf32_round(float v) { return std::bit_cast<float>(jkofast::cuda::tf32_bits(v)); }
+
 // Runs race probe `kind` (the kernels above, in their order) through the same launches as the real
 // kernels, 2 blocks: the ThreadSanitizer run's check that it reports exactly the unordered
 // accesses (test_cuda_emulation.py). Returns the device word.
