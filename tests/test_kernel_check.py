@@ -190,11 +190,12 @@ def test_the_switch_trusts_the_kernels(monkeypatch):
     ("torch.backends.fp32_precision = 'tf32'", True),
     ("torch.backends.cuda.matmul.fp32_precision = 'ieee'", False),
 ])
-def test_the_tf32_switch_is_torchs_matmul_rule(setting, expected):
+def test_the_tf32_switch_is_torchs_matmul_rule(setting, expected, tmp_path):
     # The CUDA kernels' switch (csrc/tf32_switch.h) read through _C: the same answer as torch's
-    # cuBLAS for each of torch's ways to set it (each in a fresh process: the settings are global).
+    # cuBLAS for each of torch's ways to set it (each in a fresh process: the settings are global;
+    # run from tmp_path, so that the installed jkofast is imported, not a checkout's sources).
     code = f"import torch, jkofast; from jkofast import _C; {setting}; print(_C.tf32_matmul_allowed())"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(expected)
 
