@@ -236,9 +236,9 @@ def _cases(config: dict, device: torch.device, dtype: torch.dtype):
         found = torch.autograd.grad(total, leaves, allow_unused=True, materialize_grads=True)
         return [o.detach() for o in outputs] + list(found)
 
-    def field_case(probe_rows, with_div):
+    def field_case(hutchinson, with_div):
         def case(engine, f, xs, ts):
-            v = None if probe_rows is None else probes.to(xs.dtype)
+            v = probes.to(xs.dtype) if hutchinson else None
             if engine == "kernel":
                 out = _kernel(ops.mlp_field_div, xs, ts, f.weights, f.biases, act, beta, v, what="mlp_field_div") \
                     if with_div else [_kernel(ops.mlp_field, xs, ts, f.weights, f.biases, act, beta, what="mlp_field")]
@@ -257,7 +257,9 @@ def _cases(config: dict, device: torch.device, dtype: torch.dtype):
             return [o for o in out if o is not None], [xs, *f.parameters()]
         return case
 
-    def loss_case(engine, f, xs, ts):
+    def loss_outputs(engine, dt):
+        """The loss, its per-sample terms and its gradients (no random weighting: one scalar)."""
+        f, xs = fields[dt], x.detach().to(dt).clone().requires_grad_(True)
         if engine == "kernel":
             loss, terms = _kernel(ops.jko_block_loss, xs, f.weights, f.biases, STEPS, endpoint_weight=0.7,
                                   path_weight=0.3, time=time, activation=act, beta=beta, what="jko_block_loss")
@@ -265,14 +267,12 @@ def _cases(config: dict, device: torch.device, dtype: torch.dtype):
             x1, logdet, kinetic = _integrate(f, xs, 0.0, 1.0, STEPS, "torch", "exact", 1, "rademacher", "rk4", None)
             terms = torch.stack([0.5 * x1.square().sum(1), logdet, (x1 - xs).square().sum(1), kinetic], 1)
             loss = (terms[:, 0] - terms[:, 1] + 0.7 * terms[:, 2] + 0.3 * terms[:, 3]).mean()
-        grads = torch.autograd.grad(loss, [xs, *f.parameters()])
-        # (the loss is the output whose gradients are taken: run()'s random weighting is not needed)
-        return [loss.detach(), *terms.detach().unbind(1)], list(grads)
+        return [loss.detach(), *terms.detach().unbind(1), *torch.autograd.grad(loss, [xs, *f.parameters()])]
 
     cases = [
-        ("mlp_field", ["f", *field_names[2:]], field_case(None, False), 1),
-        ("mlp_field_div", field_names, field_case(None, True), 2),
-        ("mlp_field_div (Hutchinson probes)", field_names, field_case(3, True), 3),
+        ("mlp_field", ["f", *field_names[2:]], field_case(False, False), 1),
+        ("mlp_field_div", field_names, field_case(False, True), 2),
+        ("mlp_field_div (Hutchinson probes)", field_names, field_case(True, True), 3),
         ("rk4_block", rk4_names, rk4_case(0.0, 1.0, "exact"), 4),
         ("rk4_block (Hutchinson probes)", rk4_names, rk4_case(0.0, 1.0, "hutchinson"), 5),
         ("rk4_block backwards, no divergence (sampling)", ["x1", "kinetic", *rk4_names[3:]],
@@ -283,11 +283,6 @@ def _cases(config: dict, device: torch.device, dtype: torch.dtype):
             run("torch", dtype, case, seed)
     if has_kernel("jko_block_loss", device.type):
         names = ["loss", "|x1|^2/2 terms", "logdet terms", "|x1 - x0|^2 terms", "kinetic terms", *rk4_names[3:]]
-
-        def loss_outputs(engine, dt):
-            xs = x.detach().to(dt).clone().requires_grad_(True)
-            outputs, grads = loss_case(engine, fields[dt], xs, None)
-            return outputs + grads
         yield "jko_block_loss", names, loss_outputs("kernel", dtype), loss_outputs("torch", torch.float64), \
             loss_outputs("torch", dtype)
 
