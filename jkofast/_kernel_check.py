@@ -24,10 +24,10 @@ in float32 with the same TF32 switch, plus 2^-9 of the scale with TF32 (the kern
 first layer's columns too: one more TF32 rounding, 2^-11) or 2^-20 without. Calibrating on torch's
 own error keeps a deep or wide field, whose TF32 error is large for both, from a false alarm.
 
-Cost: milliseconds per (device, shape), once per process (a float64 reference of a few samples:
-up to ~0.1 s on GPUs with slow float64 at the largest shapes). The check draws from its own
-generators (the caller's random state is untouched) and runs outside any autocast, ``no_grad``,
-``inference_mode`` or deterministic mode of the caller. Where it cannot run (while torch.compile
+Cost: once per (device, shape), per process; not yet timed on a GPU (expected milliseconds: a
+float64 reference of a few samples; more on GPUs with slow float64 at the largest shapes). The
+check draws from its own generators (the caller's random state is untouched) and runs outside any
+autocast, ``no_grad``, ``inference_mode`` or deterministic mode of the caller. Where it cannot run (while torch.compile
 traces, under fake tensors or a dispatch mode such as make_fx's, during CUDA-graph capture) it is
 not decided there: a shape already found wrong stays refused, any other is checked at the first
 call outside. Out of GPU memory, it is left undecided too.
