@@ -16,6 +16,9 @@ Implementations, on identical weights and inputs:
   baseline), on the (d=6, width 128) case only unless --compile-all (minutes of autotuning each);
 * ``graph``: the reference's step captured in one CUDA graph and replayed, TF32 off and on.
 
+The graph rows and then the compile rows run after every case's other rows (the table is sorted
+back): a failed capture cannot spoil a later measurement, and a time limit costs compile rows first.
+
 TFLOP/s divide the reference's FLOPs (FlopCounterMode: matrix products, 2 per multiply-add, forward
 and backward, counted at a small batch and scaled by the batch) by each row's median time;
 ``% mm`` is that over a large torch.mm (8192^3) measured in the same run at the row's precision.
@@ -293,7 +296,11 @@ def main() -> None:
               f"{row['tflops']:7.2f} TFLOP/s {row['peak_mb']:9.1f} MB [{time.perf_counter() - start:.0f} s]",
               flush=True)
 
-    compile_rows = []  # (case, batch, impl, precision): run after every case's other rows
+    # (case, batch, impl, precision): the graph rows, then the compile rows, after every case's
+    # other rows. A capture that fails can leave the device in a state that breaks what runs after
+    # it, and the compile rows take minutes of autotuning each: run last, they cost neither the
+    # measurements of a later case nor those the goals rest on when a budget or a stage limit runs out.
+    later_rows = []
     for dim, width in cases:
         torch.manual_seed(0)
         field0 = VelocityField(dim, width, LAYERS).cuda()
@@ -326,30 +333,28 @@ def main() -> None:
         print(f"d={dim} width {width}: {flops_per_sample * 16384 / 1e9:.0f} GFLOP per step at batch 16k; fused vs "
               f"float64 reference: rel. error fp32 {checks['fp32']:.1e}, tf32 {checks['tf32']:.1e} "
               f"[{time.perf_counter() - start:.0f} s]", flush=True)
-        # Every case's rows, then the compile rows of all cases (minutes of autotuning each), so
-        # a budget or a stage limit that runs out costs compile rows, not the measurements of a
-        # later case or those the goals rest on.
         inputs = {batch: torch.randn(batch, dim, device="cuda") for batch in batches}
         case = dict(dim=dim, width=width, field0=field0, flops_per_sample=flops_per_sample,
                     ref_bytes_per_sample=ref_bytes_per_sample, checks=checks)
         for batch in batches:
             for impl, precision in row_impls(dim, width, args):
-                if impl == "compile":
-                    compile_rows.append((case, batch, impl, precision))
+                if impl in ("graph", "compile"):
+                    later_rows.append((case, batch, impl, precision))
                 else:
                     run_row(case, inputs[batch], batch, impl, precision)
         inputs = None
         torch.cuda.empty_cache()
-    if compile_rows and GOAL in cases:
+    if GOAL in cases and any(impl == "compile" for _, _, impl, _ in later_rows):
         # The goals as far as measured, before the compile rows: a call cut short during their
         # autotuning still prints them (the JSON holds every finished row anyway).
         goals(rows, env)
-    for case, batch, impl, precision in compile_rows:
+    later_rows.sort(key=lambda r: r[2] == "compile")  # (stable) graph rows first
+    for case, batch, impl, precision in later_rows:
         torch.manual_seed(batch)
         run_row(case, torch.randn(batch, case["dim"], device="cuda"), batch, impl, precision)
         torch.cuda.empty_cache()
 
-    # the table by case and batch (the compile rows ran last; sort is stable: each case's order kept)
+    # the table by case and batch (the graph and compile rows ran last; sort is stable: each case's order kept)
     rows.sort(key=lambda r: (cases.index((r["d"], r["width"])), batches.index(r["batch"])))
     for row in rows:
         if row.get("median_s"):
