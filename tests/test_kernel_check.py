@@ -222,10 +222,22 @@ def test_info_reports_the_check(monkeypatch):
     from jkofast import info
 
     assert info.kernel_check("cpu").startswith("passed on cpu (the default field")
-    monkeypatch.setattr(O, "rk4_block", _off_by(0.1, 0)(O.rk4_block))
-    report = info.kernel_check("cpu")
+    with monkeypatch.context() as wrong:
+        wrong.setattr(O, "rk4_block", _off_by(0.1, 0)(O.rk4_block))
+        report = info.kernel_check("cpu")
     assert report.startswith("FAILED: the compiled kernels failed jkofast's check on cpu: rk4_block's x1"), report
-    assert report.count("rk4_block's x1") == 2 and "float64" in report, report  # float32's check, then float64's
+    assert report.count("rk4_block's x1") == 1 and "float64" in report, report  # found by the float64 pass
+
+    def wrong_in_float32(op):
+        def wrong(x, *args, **kwargs):
+            out = list(op(x, *args, **kwargs))
+            if x.dtype == torch.float32:
+                out[0] = out[0] * (1 + 1e-3)
+            return tuple(out)
+        return wrong
+    monkeypatch.setattr(O, "rk4_block", wrong_in_float32(O.rk4_block))
+    report = info.kernel_check("cpu")
+    assert report.startswith("FAILED: ") and "rk4_block's x1" in report and "float32, TF32" in report, report
 
 
 def test_the_callers_deterministic_mode_is_kept():
