@@ -9,6 +9,7 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "launch_override.h"
 #include "ops/tile_plan.h"
 #include "tf32_switch.h"
 
@@ -23,15 +24,38 @@ static PyObject* tf32_matmul_allowed(PyObject*, PyObject*) {
   return PyBool_FromLong(jkofast::tf32_matmul_allowed());
 }
 
+// _set_cuda_launch_override(rows, grid) and _cuda_launch_override() -> (rows, grid): the kernel
+// check's private knob on the CUDA kernels' tile plan (launch_override.h); (0, 0) is none.
+static PyObject* set_cuda_launch_override(PyObject*, PyObject* args) {
+  int rows = 0, grid = 0;
+  if (!PyArg_ParseTuple(args, "ii", &rows, &grid)) return nullptr;
+  if (rows < 0 || grid < 0) {
+    PyErr_SetString(PyExc_ValueError, "_set_cuda_launch_override: rows and grid must be >= 0 (0: the usual plan)");
+    return nullptr;
+  }
+  jkofast::set_launch_override({rows, grid});
+  Py_RETURN_NONE;
+}
+
+static PyObject* cuda_launch_override(PyObject*, PyObject*) {
+  const jkofast::LaunchOverride o = jkofast::launch_override();
+  return Py_BuildValue("(ii)", o.rows, o.grid);
+}
+
 // `import jkofast._C` only needs to load this library, which runs the registrations below. A
 // plain C-API module (no pybind11, no libtorch_python) keeps the build small and ABI-stable. Its
 // attributes are the CUDA kernels' limits (ops/tile_plan.h) and architectures, which
 // jkofast/_backend.py reads so that its fit rule and the CUDA glue's check are one rule, and
-// tf32_matmul_allowed(): whether the CUDA kernels would take TF32 products now (tf32_switch.h).
+// tf32_matmul_allowed(): whether the CUDA kernels would take TF32 products now (tf32_switch.h);
+// and the kernel check's private launch override (launch_override.h).
 PyObject* PyInit__C(void) {
   static PyMethodDef methods[] = {
       {"tf32_matmul_allowed", tf32_matmul_allowed, METH_NOARGS,
        "Whether float32 products run on TF32 tensor cores now (torch's cuBLAS rule)."},
+      {"_set_cuda_launch_override", set_cuda_launch_override, METH_VARARGS,
+       "Private (the kernel check's): force the CUDA kernels' stack rows and cap their grid; 0 for none."},
+      {"_cuda_launch_override", cuda_launch_override, METH_NOARGS,
+       "Private: the CUDA kernels' forced (stack rows, grid cap); (0, 0) when none."},
       {nullptr, nullptr, 0, nullptr}};
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   PyObject* module = PyModule_Create(&module_def);

@@ -4,9 +4,11 @@ Why: the CUDA kernels are tested against the float64 reference on the GPUs the t
 but a GPU model, driver or build it never ran on can give wrong numbers without raising (a
 fragment layout, a race, a shared-memory limit). A CNF's likelihoods are only as good as its
 divergence, and a wrong one trains a wrong model without a sign. So before ``backend="auto"`` (or
-``"compiled"``) first hands a field of some shape to the kernels on a device, the kernels run once
-on a small random case of that shape (d, width, layers, activation, time input, dtype; the TF32
-switch and ``JKOFAST_CUDA_ROWS``, which choose the kernels' code path) and each output, with its
+``"compiled"``) first hands a field of some shape to the kernels on a device, the kernels run on a
+small random case of that shape (d, width, layers, activation, time input, dtype; the TF32 switch
+and ``JKOFAST_CUDA_ROWS``, which choose the kernels' code path), under three tile plans (PLANS:
+their own for that batch, the smallest tiles on two thread blocks that each loop over several,
+and the largest tiles that fit: the code paths of training batches), and each output, with its
 gradients, is compared with the pure-torch engine: the ``mlp_field`` and ``mlp_field_div`` ops
 (exact and Hutchinson divergence), ``rk4_block`` forwards with the log-determinant and kinetic
 energy, with Hutchinson probes, and backwards without a divergence (sampling), and the fused
@@ -25,7 +27,10 @@ first layer's columns too: one more TF32 rounding, 2^-11) or 2^-20 without. Cali
 own error keeps a deep or wide field, whose TF32 error is large for both, from a false alarm.
 
 Cost: once per (device, shape), per process; not yet timed on a GPU (expected milliseconds: a
-float64 reference of a few samples; more on GPUs with slow float64 at the largest shapes). The
+float64 reference of 19-137 samples and the kernels under three plans; more on GPUs with slow
+float64 at the largest shapes). The plans are forced process-wide (a backward runs on autograd's
+device thread): another thread's kernels meanwhile run under them too, with the same results up
+to the order of float sums. The
 check draws from its own generators (the caller's random state is untouched) and runs outside any
 autocast, ``no_grad``, ``inference_mode`` or deterministic mode of the caller. Where it cannot run (while torch.compile
 traces, under fake tensors or a dispatch mode such as make_fx's, during CUDA-graph capture) it is
@@ -34,6 +39,8 @@ call outside. Out of GPU memory, it is left undecided too.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import os
 import threading
@@ -47,6 +54,13 @@ from ._warn import JkofastWarning, warn_user
 CHECKED_DEVICE_TYPES = ("cuda",)  # the CPU kernels are checked by the test suite on the CPUs they build for
 SWITCH = "JKOFAST_KERNEL_CHECK"  # "0": trust the kernels without checking
 STEPS = 2
+# The kernels' tile plans the check runs each case under (csrc/launch_override.h). Its small batch
+# alone gets the smallest tiles, one per thread block; a training batch gets larger tiles, and
+# blocks that loop over several tiles (float32 gradient totals: csrc/cuda/mlp_params.h).
+SMALLEST_TILES, LARGEST_TILES = 1, 1 << 16  # stack rows, clamped to the kernels' range: the smallest / largest that fit
+PLANS = (((0, 0), "their own tile plan"),
+         ((SMALLEST_TILES, 2), "their smallest tiles on 2 thread blocks, each looping over several tiles"),
+         ((LARGEST_TILES, 0), "their largest tiles that fit"))
 F64_TOLERANCE = 1e-9
 F32_FACTOR = 4.0
 F32_FLOOR = {True: 2.0 ** -9, False: 2.0 ** -20}  # of the scale, with and without TF32
@@ -63,7 +77,7 @@ class _KernelFailed(Exception):
 
 _verdicts: dict[tuple, str | None] = {}  # (shape, switches) -> why the kernels must not run it, or None
 _refused: dict[tuple, str] = {}  # shape -> the first verdict against it, for the calls that cannot check
-_lock = threading.Lock()
+_lock = threading.RLock()  # (verdict_for takes it too: one check at a time sets the launch override)
 _UNDECIDED = object()
 
 
@@ -137,7 +151,8 @@ def verdict_for(field, device: torch.device | str, dtype: torch.dtype, tf32: boo
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     try:
-        return _verdict(field, device, dtype, tf32)
+        with _lock:
+            return _verdict(field, device, dtype, tf32)
     except _KernelFailed as e:
         cause = e.__cause__
         after = " (a CUDA error leaves the process's GPU context unusable: restart it)" \
@@ -166,21 +181,35 @@ def _verdict(field, device: torch.device, dtype: torch.dtype, tf32: bool) -> str
 
 
 def _compare(config: dict, device: torch.device, dtype: torch.dtype, tf32: bool) -> str | None:
-    cases = _cases(config, device, dtype)
-    for op, names, kernel, truth, torch_low in cases:
-        for name, k, r, low in zip(names, kernel, truth, torch_low):
-            scale = max(r.abs().max().item(), 1.0)
-            error = (k.double() - r).abs().max().item()
-            if dtype == torch.float64:
-                allowed = F64_TOLERANCE * scale
-            else:
-                allowed = F32_FACTOR * (low.double() - r).abs().max().item() + F32_FLOOR[tf32] * scale
-            if not error <= allowed:  # (NaN fails too)
-                precision = "float64" if dtype == torch.float64 else f"float32, TF32 {'on' if tf32 else 'off'}"
-                return (f"the compiled kernels failed jkofast's check on {_named(device)}: {op}'s {name} is "
-                        f"{error:.3g} from the pure-torch engine's, above the {allowed:.3g} allowed (scale "
-                        f"{scale:.3g}; {precision}; field {config})")
+    for op, names, kernel, truth, torch_low in _cases(config, device, dtype):
+        for plan, plan_name in PLANS:
+            with _launch_plan(plan):
+                outputs = kernel()
+            for name, k, r, low in zip(names, outputs, truth, torch_low):
+                scale = max(r.abs().max().item(), 1.0)
+                error = (k.double() - r).abs().max().item()
+                if dtype == torch.float64:
+                    allowed = F64_TOLERANCE * scale
+                else:
+                    allowed = F32_FACTOR * (low.double() - r).abs().max().item() + F32_FLOOR[tf32] * scale
+                if not error <= allowed:  # (NaN fails too)
+                    precision = "float64" if dtype == torch.float64 else f"float32, TF32 {'on' if tf32 else 'off'}"
+                    return (f"the compiled kernels failed jkofast's check on {_named(device)}: {op}'s {name} is "
+                            f"{error:.3g} from the pure-torch engine's, above the {allowed:.3g} allowed (scale "
+                            f"{scale:.3g}; {precision}; the kernels under {plan_name}; field {config})")
     return None
+
+
+@contextlib.contextmanager
+def _launch_plan(plan: tuple[int, int]):
+    """The CUDA kernels under the forced (stack rows, grid cap) ``plan`` meanwhile; (0, 0): their own."""
+    from . import _C
+
+    _C._set_cuda_launch_override(*plan)
+    try:
+        yield
+    finally:
+        _C._set_cuda_launch_override(0, 0)
 
 
 def _named(device: torch.device) -> str:
@@ -198,14 +227,17 @@ def _kernel(fn, *args, what: str, **kwargs):
 
 
 def _cases(config: dict, device: torch.device, dtype: torch.dtype):
-    """(op, output names, kernel outputs, float64 reference outputs, reference outputs in ``dtype``)
-    of each case, on one random field and batch."""
+    """(op, output names, a function computing the kernel outputs, float64 reference outputs,
+    reference outputs in ``dtype``) of each case, on one random field and batch."""
     from ._backend import compiled_ops as ops, has_kernel
     from .field import VelocityField
     from .integrate import _integrate
 
     dim, time, act, beta = config["dim"], config["time"], config["activation"], config["beta"]
-    batch = 37 if dim <= 8 else 9  # (37: not a multiple of a tile's samples; at larger d a tile holds one)
+    # Primes (not a multiple of a tile's samples), large enough that 2 blocks of the smallest tiles
+    # each loop over more tiles than a float32 gradient part sums (mlp_params.h: 8 field passes):
+    # a smallest tile holds up to 8 samples at d <= 8 (float32, d = 1), one beyond.
+    batch = 137 if dim <= 8 else 19
     gen = torch.Generator(device=device).manual_seed(20261206)
     fields = {torch.float64: VelocityField(**config).to(device=device, dtype=torch.float64)}
     with torch.no_grad():
@@ -279,12 +311,12 @@ def _cases(config: dict, device: torch.device, dtype: torch.dtype):
          rk4_case(1.0, 0.0, None), 6),
     ]
     for op, names, case, seed in cases:
-        yield op, names, run("kernel", dtype, case, seed), run("torch", torch.float64, case, seed), \
-            run("torch", dtype, case, seed)
+        yield op, names, functools.partial(run, "kernel", dtype, case, seed), \
+            run("torch", torch.float64, case, seed), run("torch", dtype, case, seed)
     if has_kernel("jko_block_loss", device.type):
         names = ["loss", "|x1|^2/2 terms", "logdet terms", "|x1 - x0|^2 terms", "kinetic terms", *rk4_names[3:]]
-        yield "jko_block_loss", names, loss_outputs("kernel", dtype), loss_outputs("torch", torch.float64), \
-            loss_outputs("torch", dtype)
+        yield "jko_block_loss", names, functools.partial(loss_outputs, "kernel", dtype), \
+            loss_outputs("torch", torch.float64), loss_outputs("torch", dtype)
 
 
 def forget() -> None:

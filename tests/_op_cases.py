@@ -1,7 +1,7 @@
 """Shared inputs, outputs and tolerance rules for the compiled-op tests (test_mlp_field,
 test_rk4_block, test_cuda_ops, ...).
 
-Tolerances (shared/STYLE.md, section 5):
+Tolerances (each states why it is what it is):
 
 * float64: the kernels compute the same sums as the reference in another order (tiles, BLAS
   blocking), so they agree to a few ulps times the depth of the computation: 1e-10 relative

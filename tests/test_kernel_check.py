@@ -249,3 +249,60 @@ def test_the_callers_deterministic_mode_is_kept():
         assert torch.is_deterministic_algorithms_warn_only_enabled()
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+def _under_plan(plan, fault):
+    """A wrapper of an op that calls ``fault(outputs)`` only while the kernels run under ``plan``."""
+    from jkofast import _C
+
+    def wrap(op):
+        def maybe_wrong(*args, **kwargs):
+            out = op(*args, **kwargs)
+            return fault(out) if _C._cuda_launch_override() == plan else out
+        return maybe_wrong
+    return wrap
+
+
+def test_the_launch_override_is_a_private_knob_of_the_extension():
+    from jkofast import _C
+
+    assert _C._cuda_launch_override() == (0, 0)
+    _C._set_cuda_launch_override(_kernel_check.LARGEST_TILES, 3)
+    try:
+        assert _C._cuda_launch_override() == (_kernel_check.LARGEST_TILES, 3)
+    finally:
+        _C._set_cuda_launch_override(0, 0)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        _C._set_cuda_launch_override(-1, 0)
+    assert _C._cuda_launch_override() == (0, 0)
+
+
+@pytest.mark.parametrize("plan, named", [((_kernel_check.SMALLEST_TILES, 2), "smallest tiles on 2 thread blocks"),
+                                         ((_kernel_check.LARGEST_TILES, 0), "largest tiles that fit")])
+def test_a_kernel_wrong_under_one_tile_plan_is_caught_and_the_plan_named(monkeypatch, plan, named):
+    # (on a GPU the plans are other code paths: the persistent loop with float32 gradient totals,
+    # the tallest tiles; here the CPU ops ignore the override and the fault stands in for them)
+    from jkofast import _C
+
+    def scaled(out):
+        out = list(out)
+        out[0] = out[0] * 1.01
+        return tuple(out)
+    monkeypatch.setattr(O, "mlp_field_div", _under_plan(plan, scaled)(O.mlp_field_div))
+    field = jkofast.VelocityField(3, 16, 2).double()
+    with pytest.warns(_kernel_check.KernelCheckWarning, match=named):
+        why = _kernel_check.disagreement(field, torch.zeros(5, 3, dtype=torch.float64))
+    assert "mlp_field_div's f" in why and named in why, why
+    assert _C._cuda_launch_override() == (0, 0)  # cleared after the check
+    assert _backend.choose("auto", field, torch.zeros(5, 3, dtype=torch.float64)) == "torch"
+
+
+def test_the_launch_override_is_cleared_when_a_kernel_raises_under_it(monkeypatch):
+    from jkofast import _C
+
+    def launch_failure(out):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+    monkeypatch.setattr(O, "rk4_block", _under_plan((_kernel_check.SMALLEST_TILES, 2), launch_failure)(O.rk4_block))
+    why = _kernel_check.verdict_for(jkofast.VelocityField(2, 8, 2), "cpu", torch.float64, False)
+    assert "rk4_block from t=0.0 to 1.0 raised" in why and "restart it" in why, why
+    assert _C._cuda_launch_override() == (0, 0)

@@ -1,4 +1,5 @@
 #include "cuda/cuda_glue.h"
+#include "launch_override.h"
 #include "tf32_switch.h"
 
 #include <ATen/ATen.h>
@@ -8,6 +9,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <mutex>
 #include <string>
@@ -82,7 +84,15 @@ Launch plan_launch(std::string_view op, const MlpSizes& sizes, int64_t tangent_r
   };
   tile::TilePlan chosen{};
   bool found = false;
-  if (const char* forced = std::getenv("JKOFAST_CUDA_ROWS"); forced != nullptr && *forced != '\0') {
+  const LaunchOverride forced_plan = launch_override();
+  if (forced_plan.rows > 0) {  // the kernel check's: the largest rows <= forced_plan.rows that fit
+    const int most = std::clamp(forced_plan.rows, tile::min_rows(itemsize), tile::kMaxRows);
+    for (int rows = tile::kMaxRows; rows >= tile::min_rows(itemsize) && !found; rows /= 2) {
+      if (rows > most) continue;
+      chosen = make(rows);
+      found = chosen.smem_bytes <= info.smem_per_block && occupancy(chosen.smem_bytes) > 0;
+    }
+  } else if (const char* forced = std::getenv("JKOFAST_CUDA_ROWS"); forced != nullptr && *forced != '\0') {
     const int rows = std::atoi(forced);
     TORCH_CHECK_VALUE(rows >= tile::min_rows(itemsize) && rows <= tile::kMaxRows && (rows & (rows - 1)) == 0, op,
                       ": JKOFAST_CUDA_ROWS must be a power of two in [", tile::min_rows(itemsize), ", ",
@@ -106,8 +116,9 @@ Launch plan_launch(std::string_view op, const MlpSizes& sizes, int64_t tangent_r
   const int per_sm = occupancy(chosen.smem_bytes);
   TORCH_CHECK(per_sm > 0, op, ": the kernel does not fit on this GPU (no resident block)");
   const int64_t tiles = tile::ceil_div(batch, chosen.samples);
-  const int64_t resident = int64_t(per_sm) * info.multiprocessors;
-  return {chosen, int(tiles < resident ? tiles : resident)};
+  int64_t grid = std::min(tiles, int64_t(per_sm) * info.multiprocessors);
+  if (forced_plan.grid > 0) grid = std::min(grid, int64_t(forced_plan.grid));
+  return {chosen, int(grid)};
 }
 
 GradLayout grad_layout(const MlpSizes& sizes) {
