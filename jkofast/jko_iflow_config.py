@@ -183,10 +183,11 @@ class JKOIFlowConfig:
 
 
 # "quick" trains in seconds (smoke tests); "default" is the README's main job (minutes on a
-# laptop CPU); "paper" follows the official 2-D settings (docs/METHOD.md 2.8) apart from the data size.
+# laptop CPU); "paper" follows the official 2-D settings (docs/METHOD.md 2.4, 2.8) apart from the data
+# size and the divergence (exact; the official code uses a finite-difference probe and the adjoint).
 BUDGETS: dict[str, dict] = {
     "quick": dict(blocks=3, hidden=32, layers=2, iters=40, batch=256, eval_steps=None),
     "default": {},
-    "paper": dict(blocks=8, h0=0.25, beta=20.0, time=False, iters=10_000, batch=2000, lr=1e-4,
+    "paper": dict(blocks=8, hidden=128, h0=0.25, beta=20.0, time=False, iters=10_000, batch=2000, lr=1e-4,
                   lr_final=1.0, tableau="rk4-3/8", stop_tol=0.0, select_blocks="all"),
 }

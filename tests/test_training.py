@@ -565,6 +565,15 @@ def test_options_without_effect_are_said():
         JKOIFlowConfig.from_options("default")
 
 
+def test_the_paper_preset_is_the_official_2d_setting():
+    """budget="paper" against the official code's 2-D run (docs/METHOD.md 2.4 network, 2.8 settings)."""
+    from jkofast.jko_iflow_config import JKOIFlowConfig
+
+    c = JKOIFlowConfig.from_options("paper")
+    assert (c.blocks, c.hidden, c.layers, c.activation, c.beta, c.time) == (8, 128, 3, "softplus", 20.0, False)
+    assert (c.iters, c.batch, c.lr, c.h0, c.tableau) == (10_000, 2000, 1e-4, 0.25, "rk4-3/8")
+
+
 def test_arguments_are_checked_before_training(tmp_path, moons):
     """Refused before any data is prepared: flags that merely read as booleans ('no' is truthy:
     standardize='no' standardized), seeds torch cannot take (jko-flow failed at round 2 with
