@@ -87,10 +87,10 @@ def _kept(lines: list[str], comments: bool = True) -> list[int]:
 
 
 def _kept_lines(lines):
-    """:func:`_kept` over an iterator of lines, lazily."""
+    """:func:`_kept` over an iterator of lines, lazily (the lines, not their indices)."""
     lines = (line for line in lines if line.strip())
     yield from itertools.islice(lines, 1)
-    yield from (line for line in lines if not line.lstrip().startswith("#"))
+    yield from filter(_holds_fields, lines)
 
 
 def _holds_fields(line: str) -> bool:
