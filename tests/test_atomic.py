@@ -45,7 +45,7 @@ def test_checkpoints_and_logs_are_replaced_whole(tmp_path):
 
 
 def test_sample_stopped_mid_write_keeps_the_earlier_file(tmp_path, monkeypatch, capsys):
-    from jkofast import cli
+    from jkofast.cli import commands
 
     model = tmp_path / "m.pt"
     import jkofast
@@ -59,7 +59,7 @@ def test_sample_stopped_mid_write_keeps_the_earlier_file(tmp_path, monkeypatch, 
         real_savetxt(path, x[:3], **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli.np, "savetxt", stopped)
+    monkeypatch.setattr(commands.np, "savetxt", stopped)
     assert main(["sample", "--model", str(model), "--n", "5000", "--seed", "1", "--out", str(out)]) == 130
     assert out.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["m.pt", "s.csv"]
     capsys.readouterr()

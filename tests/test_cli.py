@@ -48,7 +48,7 @@ def test_report_sets_the_flow_beside_a_fitted_gaussian(run_dir, capsys):
     assert gap["mean"] == pytest.approx(float(diff.mean()), abs=1e-9)
     assert gap["se"] == pytest.approx(float(diff.std() / np.sqrt(800)), rel=1e-6)
     assert gap["mean"] == pytest.approx(g["mean"] - metrics["nll_steps3"]["mean"], abs=1e-9)
-    from jkofast.cli import _print_evaluation
+    from jkofast.cli.report import _print_evaluation
     # a note where the gap is under 2 s.e.; its likely cause follows the rows per dimension
     for n_train, gap_mean, said in ((1500, -0.5, "more training may help"), (1500, 0.15, "more training may help"),
                                     (1500, 0.25, None), (100, -0.5, "50 training rows per dimension")):
@@ -64,7 +64,7 @@ def test_report_sets_the_flow_beside_a_fitted_gaussian(run_dir, capsys):
 def test_a_pipe_error_that_is_not_stdouts_is_raised(monkeypatch):
     def broken(args):
         raise BrokenPipeError("a worker's pipe")
-    monkeypatch.setattr(jkofast.cli, "cmd_info", broken)
+    monkeypatch.setattr(jkofast.cli.parser, "cmd_info", broken)
     with pytest.raises(BrokenPipeError, match="worker"):
         main(["info"])
 
@@ -260,12 +260,12 @@ def test_errors_are_messages_not_tracebacks(run_dir, tmp_path, capsys, monkeypat
     assert "is a folder; pass a file name" in err and "test NLL" not in out, (out, err)
     # an operating system's refusal while writing (a full disk) is a message too
     import errno
-    from jkofast import cli
+    from jkofast.cli import commands
 
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "m.json"))
 
-    monkeypatch.setattr(cli, "write_json", full_disk)
+    monkeypatch.setattr(commands, "write_json", full_disk)
     assert main(["eval", "--model", str(run_dir), "--json", str(tmp_path / "m.json"), "--mmd-points", "0"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: [Errno 28] No space left on device") and "Traceback" not in err, err
@@ -288,7 +288,8 @@ def test_a_mistyped_option_is_refused_before_the_data_is_read(tmp_path, capsys):
 
 
 def test_under_torchrun_an_error_of_every_rank_is_printed_once(tmp_path, monkeypatch, capsys):
-    from jkofast import cli, distributed
+    from jkofast import distributed
+    from jkofast.cli import parser, process
     from jkofast.distributed import DistributedError
 
     waits = []
@@ -297,25 +298,25 @@ def test_under_torchrun_an_error_of_every_rank_is_printed_once(tmp_path, monkeyp
         waits.append(1)
         return False
 
-    monkeypatch.setattr(cli, "_rank0_had_time_to_print", stopped_while_waiting)
+    monkeypatch.setattr(process, "_rank0_had_time_to_print", stopped_while_waiting)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     shared = distributed.raised_on_every_rank(ValueError("the same on every rank"))
     for rank in ("0", "1"):
         monkeypatch.setenv("RANK", rank)
-        cli._print_error(shared)
-        cli._print_error(ValueError("this rank's own"))
-        cli._print_error(DistributedError(f"rank {rank} of 2: a reduction failed"))  # named once, not twice
+        process._print_error(shared)
+        process._print_error(ValueError("this rank's own"))
+        process._print_error(DistributedError(f"rank {rank} of 2: a reduction failed"))  # named once, not twice
     assert capsys.readouterr().err == ("error: the same on every rank\nerror (rank 0 of 2): this rank's own\n"
                                        "error: rank 0 of 2: a reduction failed\n"
                                        "error (rank 1 of 2): this rank's own\nerror: rank 1 of 2: a reduction failed\n")
     assert len(waits) == 1  # rank 1 waited for rank 0 to print the shared one
-    monkeypatch.setattr(cli, "_rank0_had_time_to_print", lambda: True)  # rank 0 did not end the run in time:
-    cli._print_error(shared)                                            # rank 1 says it, named
+    monkeypatch.setattr(process, "_rank0_had_time_to_print", lambda: True)  # rank 0 did not end the run in time:
+    process._print_error(shared)                                            # rank 1 says it, named
     assert capsys.readouterr().err == "error (rank 1 of 2): the same on every rank\n"
     # The command line's option check is marked where one torchrun started every rank (it runs
     # before the process group is joined, so these variables alone make a rank here).
-    monkeypatch.setattr(cli, "_rank0_had_time_to_print", stopped_while_waiting)
+    monkeypatch.setattr(process, "_rank0_had_time_to_print", stopped_while_waiting)
     bad = ["train", "--data", "moons", "--out", str(tmp_path / "o"), "--blocks", "0"]
     assert main(bad) == 2 and capsys.readouterr().err == "" and len(waits) == 2
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")  # another host's torchrun: its own command line, its own error
@@ -332,7 +333,7 @@ def test_under_torchrun_an_error_of_every_rank_is_printed_once(tmp_path, monkeyp
     def refused(args):
         raise SystemExit("error: --data power reads your copy of the MAF files")
 
-    monkeypatch.setattr(cli, "cmd_train", refused)
+    monkeypatch.setattr(parser, "cmd_train", refused)
     monkeypatch.setenv("RANK", "1")
     assert main(bad) == 2
     assert capsys.readouterr().err == "error (rank 1 of 2): --data power reads your copy of the MAF files\n"
@@ -345,11 +346,11 @@ def test_a_rank_waiting_for_rank_0_leaves_quietly_when_stopped(monkeypatch):
     import signal
     import time
 
-    from jkofast import cli
+    from jkofast.cli import process
 
-    monkeypatch.setattr(cli, "RANK0_PRINTS_WITHIN_S", 0.0)
-    assert cli._rank0_had_time_to_print()
-    monkeypatch.setattr(cli, "RANK0_PRINTS_WITHIN_S", 60.0)
+    monkeypatch.setattr(process, "RANK0_PRINTS_WITHIN_S", 0.0)
+    assert process._rank0_had_time_to_print()
+    monkeypatch.setattr(process, "RANK0_PRINTS_WITHIN_S", 60.0)
 
     def interrupted(signum, frame):  # Ctrl-C (or torchrun's SIGTERM under _sigterm_raises) mid-wait
         raise KeyboardInterrupt
@@ -358,26 +359,26 @@ def test_a_rank_waiting_for_rank_0_leaves_quietly_when_stopped(monkeypatch):
     try:
         signal.setitimer(signal.ITIMER_REAL, 0.2)
         start = time.monotonic()
-        assert not cli._rank0_had_time_to_print() and time.monotonic() - start < 30
+        assert not process._rank0_had_time_to_print() and time.monotonic() - start < 30
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, before)
 
 
 def test_out_of_memory_is_a_message(tmp_path, monkeypatch, capsys):
-    from jkofast import cli
+    from jkofast.cli import train_command
 
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(cli, "train", out_of_memory)
+    monkeypatch.setattr(train_command, "train", out_of_memory)
     assert main(["train", "--data", "moons", "--out", str(tmp_path / "o"), *SMALL]) == 1
     assert capsys.readouterr().err == ("error: CUDA out of memory. Tried to allocate 2.00 GiB\n"
                                        "(a smaller --batch or --hidden needs less memory)\n")
 
 
 def test_no_earlier_output_sits_beside_a_run_that_replaces_it(run_dir, tmp_path, monkeypatch):
-    from jkofast import cli
+    from jkofast.cli import train_command
 
     report = {"samples.npy", "plot.png", "metrics.json"}
     # A finished run done again: once train() has saved its model, the earlier report goes, so
@@ -388,7 +389,7 @@ def test_no_earlier_output_sits_beside_a_run_that_replaces_it(run_dir, tmp_path,
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "evaluate", interrupted)
+    monkeypatch.setattr(train_command, "evaluate", interrupted)
     assert main(["train", "--data", "moons", "--out", str(again), *SMALL]) == 130
     names = {p.name for p in again.iterdir()}
     assert not names & report and {"model.pt", "log.json", "checkpoint.pt"} <= names
@@ -401,18 +402,18 @@ def test_no_earlier_output_sits_beside_a_run_that_replaces_it(run_dir, tmp_path,
     assert not {p.name for p in restarted.iterdir()} & {"model.pt", "log.json", "checkpoint.pt"}
     shutil.rmtree(restarted)
     shutil.copytree(run_dir, restarted)
-    monkeypatch.setattr(cli, "train", interrupted)
+    monkeypatch.setattr(train_command, "train", interrupted)
     assert main(["train", "--data", "moons", "--out", str(restarted), *SMALL, "--restart"]) == 130
     assert not {p.name for p in restarted.iterdir()} & report
 
 
 def test_interrupted_training_says_how_to_resume(tmp_path, monkeypatch, capsys):
-    from jkofast import cli
+    from jkofast.cli import process, train_command
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "train", interrupted)
+    monkeypatch.setattr(train_command, "train", interrupted)
     out = tmp_path / "r"
     assert main(["train", "--data", "moons", "--out", str(out), *SMALL]) == 130
     assert "holds no checkpoint yet" in capsys.readouterr().err
@@ -425,10 +426,10 @@ def test_interrupted_training_says_how_to_resume(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RANK", "1")  # torchrun stops every rank: rank 0 alone says so
     assert main(["train", "--data", "moons", "--out", str(out), *SMALL]) == 130
     assert "interrupted" not in capsys.readouterr().err
-    cli._note("said by rank 0 only")                 # notes likewise (eval's, under torchrun)
+    process._note("said by rank 0 only")             # notes likewise (eval's, under torchrun)
     assert capsys.readouterr().err == ""
     monkeypatch.delenv("RANK")
-    cli._note("said by rank 0 only")
+    process._note("said by rank 0 only")
     assert capsys.readouterr().err == "jkofast: note: said by rank 0 only\n"
     # the command line's notes handler is gone afterwards: a host process's logging is its own
     import logging
@@ -455,14 +456,14 @@ def test_restart_ignores_the_checkpoint(run_dir, tmp_path, capsys):
 
 
 def test_train_help_says_what_each_option_does(capsys):
-    from jkofast import cli
+    from jkofast.cli import options
 
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for flag in [*cli._TRAIN_OPTIONS, *cli._METHOD_OPTIONS]:
-        assert flag in cli._HELP, f"--{flag} has no description"
-        assert " ".join(cli._HELP[flag].split()) in text
+    for flag in [*options._TRAIN_OPTIONS, *options._METHOD_OPTIONS]:
+        assert flag in options._HELP, f"--{flag} has no description"
+        assert " ".join(options._HELP[flag].split()) in text
     # Options the error messages name (clip, standardize, h_max, reparam_eta, val_every) have flags.
     assert all(f"--{f}" in text for f in ("clip", "no-standardize", "h-max", "reparam-eta", "val-every"))
     with pytest.raises(SystemExit) as exc:   # a misspelt choice fails at once, listing the valid ones

@@ -230,7 +230,7 @@ def test_two_runs_cannot_train_into_one_output_folder(tmp_path, moons, capsys, m
     # The command line holds the folder through its report (samples, plot, metrics.json), after
     # train() has returned: another process cannot take the lock while metrics.json is written.
     seen = []
-    real = jkofast.cli._print_evaluation
+    real = jkofast.cli.train_command._print_evaluation
 
     def report(*a, **k):
         probe = subprocess.run([sys.executable, "-c", (
@@ -239,7 +239,7 @@ def test_two_runs_cannot_train_into_one_output_folder(tmp_path, moons, capsys, m
             "except BlockingIOError: print('held')"), str(out / OUT_LOCK)], capture_output=True, text=True)
         seen.append(probe.stdout.strip())
         return real(*a, **k)
-    monkeypatch.setattr(jkofast.cli, "_print_evaluation", report)
+    monkeypatch.setattr(jkofast.cli.train_command, "_print_evaluation", report)
     assert main(["train", "--data", "moons", "--out", str(out), *flags, "--restart"]) == 0
     assert seen == ["held"]
 

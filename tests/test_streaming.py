@@ -517,14 +517,15 @@ def test_a_memory_mapped_file_streams_without_loading_it_whole(tmp_path):
 
 def test_the_automatic_memory_map_choice_depends_on_the_file_alone(tmp_path, monkeypatch):
     # The choice decides the split, so it must not depend on the machine's free memory.
-    from jkofast import cli
+    from jkofast.cli import data_spec
 
     np.save(tmp_path / "d.npy", np.zeros((100, 2)))
     np.savetxt(tmp_path / "d.csv", np.zeros((100, 2)), delimiter=",")
-    monkeypatch.setattr(cli, "available_bytes", lambda *a: 1, raising=False)  # a near-full machine: no effect
-    assert cli._memory_map(tmp_path / "d.npy", None) is False
-    monkeypatch.setattr(cli, "MMAP_BYTES", (tmp_path / "d.npy").stat().st_size)
-    assert cli._memory_map(tmp_path / "d.npy", None) is True
-    assert cli._memory_map(tmp_path / "d.npy", False) is False and cli._memory_map(tmp_path / "d.csv", None) is False
+    monkeypatch.setattr(data_spec, "available_bytes", lambda *a: 1, raising=False)  # a near-full machine: no effect
+    assert data_spec._memory_map(tmp_path / "d.npy", None) is False
+    monkeypatch.setattr(data_spec, "MMAP_BYTES", (tmp_path / "d.npy").stat().st_size)
+    assert data_spec._memory_map(tmp_path / "d.npy", None) is True
+    assert data_spec._memory_map(tmp_path / "d.npy", False) is False
+    assert data_spec._memory_map(tmp_path / "d.csv", None) is False
     with pytest.raises(SystemExit, match="reads .npy files"):
-        cli._memory_map(tmp_path / "d.csv", True)
+        data_spec._memory_map(tmp_path / "d.csv", True)

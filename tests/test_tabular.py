@@ -256,17 +256,17 @@ def test_get_dispatches_to_load_tabular(tmp_path):
 def test_cli_allow_pickle_reaches_the_loader(tmp_path):
     import pandas as pd
 
-    from jkofast import cli
+    from jkofast.cli import data_spec, parser
 
     table = _gas_table()
     (tmp_path / "gas").mkdir()
     pd.DataFrame(table, columns=GAS_NAMES).to_pickle(tmp_path / "gas" / "ethylene_CO.pickle")
     base = ["train", "--data", "gas", "--data-root", str(tmp_path), "--out", str(tmp_path / "run")]
-    spec = cli._data_spec(cli.build_parser().parse_args(base))
+    spec = data_spec._data_spec(parser.build_parser().parse_args(base))
     assert "allow_pickle" not in spec
     with pytest.raises(ValueError, match="allow_pickle=True"):
-        cli._load_data(spec)
-    spec = cli._data_spec(cli.build_parser().parse_args(base + ["--allow-pickle"]))
+        data_spec._load_data(spec)
+    spec = data_spec._data_spec(parser.build_parser().parse_args(base + ["--allow-pickle"]))
     assert spec["allow_pickle"] is True and spec["root"] == str(tmp_path.resolve())
-    for got, want in zip(cli._load_data(spec), _gas_expected(table)):
+    for got, want in zip(data_spec._load_data(spec), _gas_expected(table)):
         np.testing.assert_allclose(got, want, atol=1e-6)  # float32
