@@ -521,7 +521,9 @@ def test_the_automatic_memory_map_choice_depends_on_the_file_alone(tmp_path, mon
 
     np.save(tmp_path / "d.npy", np.zeros((100, 2)))
     np.savetxt(tmp_path / "d.csv", np.zeros((100, 2)), delimiter=",")
-    monkeypatch.setattr(data_spec, "available_bytes", lambda *a: 1, raising=False)  # a near-full machine: no effect
+    import jkofast.memory
+
+    monkeypatch.setattr(jkofast.memory, "_host_available_bytes", lambda: 1)  # a near-full machine: no effect
     assert data_spec._memory_map(tmp_path / "d.npy", None) is False
     monkeypatch.setattr(data_spec, "MMAP_BYTES", (tmp_path / "d.npy").stat().st_size)
     assert data_spec._memory_map(tmp_path / "d.npy", None) is True

@@ -28,7 +28,7 @@ _METHOD_OPTIONS = {"rounds": (int, "jko-flow"), "alpha": (float, "jko-flow"), "a
 # What each option does, for --help (the settings classes' docstrings say more).
 _HELP = {
     "blocks": "blocks (JKO steps) in the first pass, at most (a rerun with more adds to a finished run)",
-    "hidden": "width of each block's MLP", "layers": "weight layers of each block's MLP",
+    "hidden": "width of each block's MLP", "layers": "hidden layers of each block's MLP",
     "activation": "the MLP's activation", "beta": "softplus sharpness",
     "steps": "RK4 steps per block (or per unit time) in training",
     "eval_steps": "a finer RK4 grid the test NLL is also reported on",
