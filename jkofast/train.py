@@ -53,6 +53,11 @@ def option_names(method: str) -> set[str]:
     return {f.name for f in dataclasses.fields(_METHODS[method][0])}
 
 
+def methods_taking(name: str) -> list[str]:
+    """The methods whose ``train`` options include ``name`` (for messages that point elsewhere)."""
+    return [m for m in METHODS if name in option_names(m)]
+
+
 def option_defaults(name: str, budget: str = "default") -> dict[str, object]:
     """``{method: default}`` of option ``name`` under ``budget``, for the methods that have it."""
     return {m: getattr(cls.from_options(budget), name) for m, (cls, _) in _METHODS.items() if name in option_names(m)}
@@ -72,7 +77,7 @@ def settings(method: str = "jko-iflow", budget: str = "default", **options):
         raise ValueError(f"unknown method {method!r}; must be one of {list(METHODS)}")
     unknown = sorted(set(options) - option_names(method))
     if unknown:
-        owners = {name: [m for m in METHODS if name in option_names(m)] for name in unknown}
+        owners = {name: methods_taking(name) for name in unknown}
         hint = "; ".join(f"{name!r} is an option of {', '.join(ms)}" for name, ms in owners.items() if ms)
         raise TypeError(f"unknown {method} option(s) {unknown}; valid options are {sorted(option_names(method))}"
                         + (f" ({hint})" if hint else ""))

@@ -8,7 +8,7 @@ import argparse
 import torch
 
 from .._checks import check_device
-from ..train import METHODS, option_defaults, option_names
+from ..train import methods_taking, option_defaults, option_names
 
 
 # CLI flag -> JKOIFlowConfig field, for the options that go straight through.
@@ -83,7 +83,7 @@ def _check_method_flags(args) -> None:
     foreign = [k for k in (*_TRAIN_OPTIONS, *_METHOD_OPTIONS) if getattr(args, k) is not None and k not in taken]
     if foreign:
         flags = [_flag(k) for k in foreign]
-        owners = "; ".join(f"{flag}: {', '.join(m for m in METHODS if k in option_names(m))}"
+        owners = "; ".join(f"{flag}: {', '.join(methods_taking(k))}"
                            for flag, k in zip(flags, foreign))
         raise ValueError(f"{', '.join(flags)} {'does' if len(flags) == 1 else 'do'} not apply to --method "
                          f"{args.method} (the methods that take {'it' if len(flags) == 1 else 'them'}: {owners})")
