@@ -52,8 +52,10 @@ def test_bench_gpu_runs_every_row_kind_and_writes_its_table_and_json(tmp_path):
     assert {(6, impl, p) for impl in ("fused", "ops", "eager", "graph") for p in ("fp32", "tf32")} <= kinds
     assert (6, "compile", "tf32") in kinds and (2, "compile", "tf32") not in kinds   # (goal case only)
     # every row measured, but the compile rows: dynamo looks for the CUDA the stand-in only claims
+    # (a CPU build of torch has none; a CUDA build, as on the GPU machine, finds no driver here)
     failed = [r for r in rows if r.get("error") or r.get("skipped")]
-    assert all(r["implementation"] == "compile" and "not compiled with CUDA" in r["error"] for r in failed), failed
+    assert all(r["implementation"] == "compile" and ("not compiled with CUDA" in r["error"]
+                                                     or "no NVIDIA driver" in r["error"]) for r in failed), failed
     assert all(r["tflops"] > 0 and r["median_s"] > 0 for r in rows if r not in failed)
     # the table is by case and batch, though the compile rows ran after every case's other rows
     order = [(r["d"], r["batch"]) for r in rows]   # (cases and batches both ascend here)
