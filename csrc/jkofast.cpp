@@ -24,22 +24,24 @@ static PyObject* tf32_matmul_allowed(PyObject*, PyObject*) {
   return PyBool_FromLong(jkofast::tf32_matmul_allowed());
 }
 
-// _set_cuda_launch_override(rows, grid) and _cuda_launch_override() -> (rows, grid): the kernel
-// check's private knob on the CUDA kernels' tile plan (launch_override.h); (0, 0) is none.
+// _set_cuda_launch_override(rows, grid, stream) and _cuda_launch_override() -> (rows, grid, stream):
+// the kernel check's private knob on the CUDA kernels' tile plan (launch_override.h), for launches
+// on the CUDA stream `stream` (torch.cuda.Stream.cuda_stream); (0, 0, 0) is none.
 static PyObject* set_cuda_launch_override(PyObject*, PyObject* args) {
   int rows = 0, grid = 0;
-  if (!PyArg_ParseTuple(args, "ii", &rows, &grid)) return nullptr;
+  unsigned long long stream = 0;
+  if (!PyArg_ParseTuple(args, "iiK", &rows, &grid, &stream)) return nullptr;
   if (rows < 0 || grid < 0) {
     PyErr_SetString(PyExc_ValueError, "_set_cuda_launch_override: rows and grid must be >= 0 (0: the usual plan)");
     return nullptr;
   }
-  jkofast::set_launch_override({rows, grid});
+  jkofast::set_launch_override({rows, grid, uint64_t(stream)});
   Py_RETURN_NONE;
 }
 
 static PyObject* cuda_launch_override(PyObject*, PyObject*) {
   const jkofast::LaunchOverride o = jkofast::launch_override();
-  return Py_BuildValue("(ii)", o.rows, o.grid);
+  return Py_BuildValue("(iiK)", o.rows, o.grid, (unsigned long long)o.stream);
 }
 
 // `import jkofast._C` only needs to load this library, which runs the registrations below. A
@@ -53,9 +55,9 @@ PyObject* PyInit__C(void) {
       {"tf32_matmul_allowed", tf32_matmul_allowed, METH_NOARGS,
        "Whether float32 products run on TF32 tensor cores now (torch's cuBLAS rule)."},
       {"_set_cuda_launch_override", set_cuda_launch_override, METH_VARARGS,
-       "Private (the kernel check's): force the CUDA kernels' stack rows and cap their grid; 0 for none."},
+       "Private (the kernel check's): force the CUDA kernels' stack rows and cap their grid on one stream; 0 for none."},
       {"_cuda_launch_override", cuda_launch_override, METH_NOARGS,
-       "Private: the CUDA kernels' forced (stack rows, grid cap); (0, 0) when none."},
+       "Private: the CUDA kernels' forced (stack rows, grid cap, stream); (0, 0, 0) when none."},
       {nullptr, nullptr, 0, nullptr}};
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   PyObject* module = PyModule_Create(&module_def);

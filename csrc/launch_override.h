@@ -2,31 +2,39 @@
 // (jkofast/_kernel_check.py). The check runs a small batch, whose own plan is one small tile per
 // thread block; a training batch gets larger tiles, and blocks that loop over many tiles with
 // float32 gradient totals (mlp_params.h: needs_totals). With the override the check runs those
-// code paths too on its small batch. Process-wide, not per thread: a backward runs on autograd's
-// device thread. The check sets and clears it under its lock; another thread's launch meanwhile
-// gets the same numbers up to the order of float sums (and takes a little longer).
+// code paths too on its small batch. It holds for launches on one CUDA stream, the check's own:
+// autograd runs a backward on its forward's stream, and no other work (another thread's training
+// step, a CUDA graph being captured) sees it. The check sets and clears it under its lock.
 #pragma once
 
-#include <atomic>
 #include <cstdint>
+#include <mutex>
 
 namespace jkofast {
 
 struct LaunchOverride {
-  int rows = 0;  // > 0: the largest stack rows <= rows that fit (clamped to the kernels' range); 0: the usual rule
-  int grid = 0;  // > 0: at most this many thread blocks; 0: the usual grid
+  int rows = 0;         // > 0: the most stack rows <= rows that fit (tile_plan.h: choose_launch); 0: the usual rule
+  int grid = 0;         // > 0: at most this many thread blocks; 0: the usual grid
+  uint64_t stream = 0;  // the cudaStream_t it holds on
 };
 
-// (one word: a launch never reads rows from one setting and grid from another)
-inline std::atomic<uint64_t> launch_override_word{0};
+inline std::mutex launch_override_mutex;
+inline LaunchOverride launch_override_value;
 
-inline void set_launch_override(LaunchOverride o) {
-  launch_override_word.store((uint64_t(uint32_t(o.rows)) << 32) | uint32_t(o.grid));
+inline void set_launch_override(const LaunchOverride& o) {
+  std::lock_guard<std::mutex> lock(launch_override_mutex);
+  launch_override_value = o;
 }
 
 inline LaunchOverride launch_override() {
-  const uint64_t word = launch_override_word.load();
-  return {int(uint32_t(word >> 32)), int(uint32_t(word))};
+  std::lock_guard<std::mutex> lock(launch_override_mutex);
+  return launch_override_value;
+}
+
+// The override for a launch on `stream`: none unless it was set for that stream.
+inline LaunchOverride launch_override_on(uint64_t stream) {
+  const LaunchOverride o = launch_override();
+  return o.stream == stream ? o : LaunchOverride{};
 }
 
 }  // namespace jkofast

@@ -23,14 +23,14 @@ a wrong term is O(1) of its output). A float32 shape is checked in float64 first
 with another element type: logic errors show there, at that tight tolerance), then in float32,
 where the kernels' error against the float64 reference may be at most 4x that of the reference run
 in float32 with the same TF32 switch, plus 2^-9 of the scale with TF32 (the kernels round the
-first layer's columns too: one more TF32 rounding, 2^-11) or 2^-20 without. Calibrating on torch's
+first layer's columns too: one more TF32 rounding, 2^-11) or 2^-20 without; for the weights' and
+biases' gradients, sums over the batch, 2^-9 or 2^-16 of the case's largest such gradient. Calibrating on torch's
 own error keeps a deep or wide field, whose TF32 error is large for both, from a false alarm.
 
 Cost: once per (device, shape), per process; not yet timed on a GPU (expected milliseconds: a
-float64 reference of 19-137 samples and the kernels under three plans; more on GPUs with slow
-float64 at the largest shapes). The plans are forced process-wide (a backward runs on autograd's
-device thread): another thread's kernels meanwhile run under them too, with the same results up
-to the order of float sums. The
+float64 reference of 19-263 samples and the kernels under three plans; more on GPUs with slow
+float64 at the largest shapes). The check runs on a CUDA stream of its own, and the plans are
+forced for that stream alone (another thread's work, a CUDA graph being captured, keep theirs). The
 check draws from its own generators (the caller's random state is untouched) and runs outside any
 autocast, ``no_grad``, ``inference_mode`` or deterministic mode of the caller. Where it cannot run (while torch.compile
 traces, under fake tensors or a dispatch mode such as make_fx's, during CUDA-graph capture) it is
@@ -61,9 +61,26 @@ SMALLEST_TILES, LARGEST_TILES = 1, 1 << 16  # stack rows, clamped to the kernels
 PLANS = (((0, 0), "their own tile plan"),
          ((SMALLEST_TILES, 2), "their smallest tiles on 2 thread blocks, each looping over several tiles"),
          ((LARGEST_TILES, 0), "their largest tiles that fit"))
+# The batches: primes (never a multiple of a tile's samples), large enough that 2 blocks of the
+# smallest float32 tiles each loop over more tiles than a float32 gradient part sums (mlp_params.h:
+# 8 field passes, 1 RK4 tile), so every case reaches the double totals (test_cuda_emulation.py
+# checks it at every d). With the exact divergence a smallest tile holds at most 8 samples
+# (d = 1), and one from d = 8 on; without tangents it holds 16, with 3 Hutchinson probes 4.
+EXACT_BATCH_SMALL_D, EXACT_BATCH, OTHER_BATCH = 137, 19, 263
+
+
+def batches(dim: int) -> tuple[int, int]:
+    """The check's batch for the cases with the exact divergence (d tangent rows), and for the others."""
+    return (EXACT_BATCH_SMALL_D if dim <= 8 else EXACT_BATCH), OTHER_BATCH
 F64_TOLERANCE = 1e-9
 F32_FACTOR = 4.0
 F32_FLOOR = {True: 2.0 ** -9, False: 2.0 ** -20}  # of the scale, with and without TF32
+# The weights' and biases' gradients sum per-sample terms over the batch, and a sum that cancels
+# (a bias gradient of 147 made of terms in the thousands) has the rounding error of its terms,
+# not of its value: their floor is of the largest parameter gradient of the case, and wider, as
+# the kernels sum a tile's samples in order where torch sums pairwise (CPU kernels, float32 at
+# width 256: 2.9e-6 of it, where 2^-20 would be 0.4e-6).
+F32_FLOOR_SUMMED = {True: 2.0 ** -9, False: 2.0 ** -16}
 
 
 class KernelCheckWarning(JkofastWarning):
@@ -174,24 +191,28 @@ def _verdict(field, device: torch.device, dtype: torch.dtype, tf32: bool) -> str
                 torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
             config = dict(dim=field.dim, hidden=field.hidden, layers=field.layers,
                           activation=field.activation, time=field.time, beta=field.beta)
-            return _compare(config, device, torch.float64, tf32=False) or \
-                (_compare(config, device, dtype, tf32) if dtype != torch.float64 else None)
+            # On a stream of its own: the launch override holds there alone (launch_override.h).
+            with _own_stream(device):
+                return _compare(config, device, torch.float64, tf32=False) or \
+                    (_compare(config, device, dtype, tf32) if dtype != torch.float64 else None)
     finally:
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
 
 
 def _compare(config: dict, device: torch.device, dtype: torch.dtype, tf32: bool) -> str | None:
-    for op, names, kernel, truth, torch_low in _cases(config, device, dtype):
+    for op, names, kernel, truth, torch_low, summed in _cases(config, device, dtype):
+        summed_scale = max([max(r.abs().max().item(), 1.0) for name, r in zip(names, truth) if name in summed],
+                           default=1.0)
         for plan, plan_name in PLANS:
-            with _launch_plan(plan):
-                outputs = kernel()
+            outputs = _run_kernels(kernel, device, plan, plan_name)
             for name, k, r, low in zip(names, outputs, truth, torch_low):
                 scale = max(r.abs().max().item(), 1.0)
                 error = (k.double() - r).abs().max().item()
                 if dtype == torch.float64:
                     allowed = F64_TOLERANCE * scale
                 else:
-                    allowed = F32_FACTOR * (low.double() - r).abs().max().item() + F32_FLOOR[tf32] * scale
+                    allowed = F32_FACTOR * (low.double() - r).abs().max().item() + \
+                        (F32_FLOOR_SUMMED[tf32] * summed_scale if name in summed else F32_FLOOR[tf32] * scale)
                 if not error <= allowed:  # (NaN fails too)
                     precision = "float64" if dtype == torch.float64 else f"float32, TF32 {'on' if tf32 else 'off'}"
                     return (f"the compiled kernels failed jkofast's check on {_named(device)}: {op}'s {name} is "
@@ -201,15 +222,38 @@ def _compare(config: dict, device: torch.device, dtype: torch.dtype, tf32: bool)
 
 
 @contextlib.contextmanager
-def _launch_plan(plan: tuple[int, int]):
-    """The CUDA kernels under the forced (stack rows, grid cap) ``plan`` meanwhile; (0, 0): their own."""
+def _own_stream(device: torch.device):
+    """Meanwhile, a new CUDA stream is the current one on a CUDA ``device`` (waited for after)."""
+    if device.type != "cuda":
+        yield
+        return
+    stream = torch.cuda.Stream(device)
+    with torch.cuda.stream(stream):
+        yield
+    stream.synchronize()
+
+
+def _run_kernels(kernel, device: torch.device, plan: tuple[int, int], plan_name: str):
+    """``kernel()``'s outputs with the CUDA kernels under the forced (stack rows, grid cap) ``plan``
+    ((0, 0): their own), on the current stream only. A kernel's failure, at its launch or while it
+    runs (seen at the synchronization), is the kernels' (_KernelFailed), named with the plan."""
     from . import _C
 
-    _C._set_cuda_launch_override(*plan)
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
     try:
-        yield
+        _C._set_cuda_launch_override(*plan, stream)
+        outputs = kernel()  # (the backward too: autograd runs it on the forward's stream)
+        if device.type == "cuda":
+            torch.cuda.current_stream(device).synchronize()
+        return outputs
+    except torch.OutOfMemoryError:
+        raise
+    except _KernelFailed as e:
+        raise _KernelFailed(f"{e} under {plan_name}") from e.__cause__
+    except Exception as e:  # (a backward kernel, run by autograd, or an asynchronous fault)
+        raise _KernelFailed(f"the kernels under {plan_name} raised") from e
     finally:
-        _C._set_cuda_launch_override(0, 0)
+        _C._set_cuda_launch_override(0, 0, 0)
 
 
 def _named(device: torch.device) -> str:
@@ -228,16 +272,15 @@ def _kernel(fn, *args, what: str, **kwargs):
 
 def _cases(config: dict, device: torch.device, dtype: torch.dtype):
     """(op, output names, a function computing the kernel outputs, float64 reference outputs,
-    reference outputs in ``dtype``) of each case, on one random field and batch."""
+    reference outputs in ``dtype``, the names of the outputs summed over the batch: the weights'
+    and biases' gradients) of each case, on one random field and batch."""
     from ._backend import compiled_ops as ops, has_kernel
     from .field import VelocityField
     from .integrate import _integrate
 
     dim, time, act, beta = config["dim"], config["time"], config["activation"], config["beta"]
-    # Primes (not a multiple of a tile's samples), large enough that 2 blocks of the smallest tiles
-    # each loop over more tiles than a float32 gradient part sums (mlp_params.h: 8 field passes):
-    # a smallest tile holds up to 8 samples at d <= 8 (float32, d = 1), one beyond.
-    batch = 137 if dim <= 8 else 19
+    exact_batch, other_batch = batches(dim)
+    batch = max(exact_batch, other_batch)  # (drawn once; an exact case takes the first exact_batch)
     gen = torch.Generator(device=device).manual_seed(20261206)
     fields = {torch.float64: VelocityField(**config).to(device=device, dtype=torch.float64)}
     with torch.no_grad():
@@ -257,10 +300,11 @@ def _cases(config: dict, device: torch.device, dtype: torch.dtype):
     field_names = ["f", "div", "d/dx", *param_names] + (["d/dt"] if time else [])
     rk4_names = ["x1", "logdet", "kinetic", "d/dx0", *param_names]
 
-    def run(engine, dt, case, seed):
-        """A case's outputs, then the gradients of a random weighting of them, with fresh leaves."""
+    def run(engine, dt, case, seed, n):
+        """A case's outputs on the first n samples, then the gradients of a random weighting of
+        them, with fresh leaves."""
         f = fields[dt]
-        xs, ts = (v.detach().to(dt).clone().requires_grad_(True) for v in (x, t))
+        xs, ts = (v[:n].detach().to(dt).clone().requires_grad_(True) for v in (x, t))
         outputs, leaves = case(engine, f, xs, ts if time else None)
         g = torch.Generator(device=device).manual_seed(seed)
         total = sum((o * torch.randn(o.shape, generator=g, device=device, dtype=torch.float64).to(o.dtype)).sum()
@@ -270,7 +314,7 @@ def _cases(config: dict, device: torch.device, dtype: torch.dtype):
 
     def field_case(hutchinson, with_div):
         def case(engine, f, xs, ts):
-            v = probes.to(xs.dtype) if hutchinson else None
+            v = probes[:len(xs)].to(xs.dtype) if hutchinson else None
             if engine == "kernel":
                 out = _kernel(ops.mlp_field_div, xs, ts, f.weights, f.biases, act, beta, v, what="mlp_field_div") \
                     if with_div else [_kernel(ops.mlp_field, xs, ts, f.weights, f.biases, act, beta, what="mlp_field")]
@@ -291,7 +335,7 @@ def _cases(config: dict, device: torch.device, dtype: torch.dtype):
 
     def loss_outputs(engine, dt):
         """The loss, its per-sample terms and its gradients (no random weighting: one scalar)."""
-        f, xs = fields[dt], x.detach().to(dt).clone().requires_grad_(True)
+        f, xs = fields[dt], x[:exact_batch].detach().to(dt).clone().requires_grad_(True)
         if engine == "kernel":
             loss, terms = _kernel(ops.jko_block_loss, xs, f.weights, f.biases, STEPS, endpoint_weight=0.7,
                                   path_weight=0.3, time=time, activation=act, beta=beta, what="jko_block_loss")
@@ -301,22 +345,22 @@ def _cases(config: dict, device: torch.device, dtype: torch.dtype):
             loss = (terms[:, 0] - terms[:, 1] + 0.7 * terms[:, 2] + 0.3 * terms[:, 3]).mean()
         return [loss.detach(), *terms.detach().unbind(1), *torch.autograd.grad(loss, [xs, *f.parameters()])]
 
-    cases = [
-        ("mlp_field", ["f", *field_names[2:]], field_case(False, False), 1),
-        ("mlp_field_div", field_names, field_case(False, True), 2),
-        ("mlp_field_div (Hutchinson probes)", field_names, field_case(True, True), 3),
-        ("rk4_block", rk4_names, rk4_case(0.0, 1.0, "exact"), 4),
-        ("rk4_block (Hutchinson probes)", rk4_names, rk4_case(0.0, 1.0, "hutchinson"), 5),
+    cases = [  # (op, names, case, seed of the output weighting, batch)
+        ("mlp_field", ["f", *field_names[2:]], field_case(False, False), 1, other_batch),
+        ("mlp_field_div", field_names, field_case(False, True), 2, exact_batch),
+        ("mlp_field_div (Hutchinson probes)", field_names, field_case(True, True), 3, other_batch),
+        ("rk4_block", rk4_names, rk4_case(0.0, 1.0, "exact"), 4, exact_batch),
+        ("rk4_block (Hutchinson probes)", rk4_names, rk4_case(0.0, 1.0, "hutchinson"), 5, other_batch),
         ("rk4_block backwards, no divergence (sampling)", ["x1", "kinetic", *rk4_names[3:]],
-         rk4_case(1.0, 0.0, None), 6),
+         rk4_case(1.0, 0.0, None), 6, other_batch),
     ]
-    for op, names, case, seed in cases:
-        yield op, names, functools.partial(run, "kernel", dtype, case, seed), \
-            run("torch", torch.float64, case, seed), run("torch", dtype, case, seed)
+    for op, names, case, seed, n in cases:
+        yield op, names, functools.partial(run, "kernel", dtype, case, seed, n), \
+            run("torch", torch.float64, case, seed, n), run("torch", dtype, case, seed, n), set(param_names)
     if has_kernel("jko_block_loss", device.type):
         names = ["loss", "|x1|^2/2 terms", "logdet terms", "|x1 - x0|^2 terms", "kinetic terms", *rk4_names[3:]]
         yield "jko_block_loss", names, functools.partial(loss_outputs, "kernel", dtype), \
-            loss_outputs("torch", torch.float64), loss_outputs("torch", dtype)
+            loss_outputs("torch", torch.float64), loss_outputs("torch", dtype), set(param_names)
 
 
 def forget() -> None:

@@ -543,3 +543,60 @@ def test_every_size_within_the_limits_has_a_plan_on_every_gpu(emu, itemsize):
                     # barrier after the gy sums is then not needed (each thread rereads what it
                     # wrote), and would be if a plan ever put several samples in such a tile.
                     assert plan["chunks"] == 1 or plan["samples"] == 1, (dim, hidden, tangent_rows, plan)
+
+
+# ----------------------------------------------------------------------------- launch plan (glue)
+def test_the_launch_rule_fills_the_gpu_twice_else_takes_the_most_tiles(emu):
+    # cuda_glue.cpp: plan_launch's rule (tile::choose_launch) on an H100-sized GPU: a large batch
+    # gets the tallest tiles (fewest weight passes per sample), a small one the smallest (most blocks).
+    for dtype, smallest in ((torch.float32, 16), (torch.float64, 8)):
+        small = emu.choose_launch(6, True, 128, 6, dtype, 37)
+        assert small["found"] and small["rows"] == smallest and small["grid"] == -(-37 // small["samples"])
+        large = emu.choose_launch(2, True, 64, 0, dtype, 1 << 20)
+        assert large["found"] and large["rows"] == 128
+        assert 0 < large["grid"] <= 132 * 8  # the persistent grid: at most the resident blocks
+        # a plan that does not fit the block's shared memory is never chosen
+        tight = emu.choose_launch(128, True, 512, 128, dtype, 1 << 20, smem_per_block=99 * 1024)
+        assert tight["found"] and emu.plan(128, True, 512, 128, dtype, tight["rows"])["smem_bytes"] <= 99 * 1024
+
+
+def test_forced_rows_and_grid_cap_of_the_kernel_check_and_jkofast_cuda_rows(emu):
+    # The kernel check's override: the most rows <= forced that fit (clamped), and a grid cap.
+    for dtype, smallest in ((torch.float32, 16), (torch.float64, 8)):
+        assert emu.choose_launch(6, True, 128, 6, dtype, 37, forced_rows=1)["rows"] == smallest
+        assert emu.choose_launch(6, True, 128, 6, dtype, 37, forced_rows=1 << 16)["rows"] == \
+            emu.choose_rows(6, True, 128, 6, dtype, 232448) == (128 if dtype == torch.float32 else 64)
+        assert emu.choose_launch(6, True, 128, 6, dtype, 37, forced_rows=100)["rows"] == 64
+        capped = emu.choose_launch(6, True, 128, 6, dtype, 1000, forced_rows=1, grid_cap=2)
+        assert capped["grid"] == 2 and -(-1000 // capped["samples"]) > 2
+    # where 128 rows do not fit, "largest" is the most that do (width 512, d = 128, 99 KB)
+    budget = 99 * 1024
+    largest = emu.choose_launch(128, True, 512, 128, torch.float32, 19, smem_per_block=budget, forced_rows=1 << 16)
+    assert largest["found"] and largest["rows"] == emu.choose_rows(128, True, 512, 128, torch.float32, budget)
+    # JKOFAST_CUDA_ROWS: those rows exactly, or no plan (the glue then says how much memory they need)
+    assert emu.choose_launch(6, True, 128, 6, torch.float32, 37, forced_rows=64, exact_rows=True)["rows"] == 64
+    assert not emu.choose_launch(128, True, 512, 128, torch.float32, 19, smem_per_block=budget, forced_rows=128,
+                                 exact_rows=True)["found"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_kernel_checks_two_block_plan_loops_and_reaches_the_float32_totals(emu, dtype):
+    # jkofast/_kernel_check.py's claim, at every d: under its smallest tiles on 2 blocks every case
+    # loops (each block runs several tiles) and, in float32, runs more tiles per block than a
+    # gradient part sums, so the double totals are used. The cases' tangent rows: none (mlp_field,
+    # RK4 without divergence), 3 probes (the field's Hutchinson case), 1 probe (RK4's), d (exact).
+    from jkofast import _kernel_check
+
+    rows, grid = _kernel_check.SMALLEST_TILES, 2
+    for dim in range(1, 129):
+        exact_batch, other_batch = _kernel_check.batches(dim)
+        for tangent_rows, batch, field_op in ((0, other_batch, True), (0, other_batch, False), (3, other_batch, True),
+                                              (1, other_batch, False), (dim, exact_batch, True),
+                                              (dim, exact_batch, False)):
+            launch = emu.choose_launch(dim, True, 64, tangent_rows, dtype, batch, forced_rows=rows, grid_cap=grid)
+            tiles = -(-batch // launch["samples"])
+            assert launch["grid"] == grid and tiles >= 2 * grid, (dim, tangent_rows, launch)
+            if dtype == torch.float32:
+                every = emu.lib.emu_field_tiles_per_total(dim, dim + 1, 64, tangent_rows, launch["rows"]) \
+                    if field_op else 1  # (RK4 kernels: kRk4TilesPerTotal)
+                assert emu.lib.emu_needs_totals(tiles, grid, every), (dim, tangent_rows, field_op, launch, every)

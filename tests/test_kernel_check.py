@@ -119,7 +119,7 @@ def test_a_failing_launch_is_a_verdict(monkeypatch):
 
     monkeypatch.setattr(O, "rk4_block", raising)
     field = jkofast.VelocityField(2, 8, 2).double()
-    with pytest.warns(_kernel_check.KernelCheckWarning, match="rk4_block from t=0.0 to 1.0 raised: RuntimeError: CUDA "
+    with pytest.warns(_kernel_check.KernelCheckWarning, match="rk4_block from t=0.0 to 1.0 raised under their own tile plan: RuntimeError: CUDA "
                       "error: an illegal memory access was encountered [(]a CUDA error leaves the process's GPU"):
         assert _backend.choose("auto", field, torch.zeros(3, 2, dtype=torch.float64)) == "torch"
 
@@ -258,7 +258,7 @@ def _under_plan(plan, fault):
     def wrap(op):
         def maybe_wrong(*args, **kwargs):
             out = op(*args, **kwargs)
-            return fault(out) if _C._cuda_launch_override() == plan else out
+            return fault(out) if _C._cuda_launch_override()[:2] == plan else out
         return maybe_wrong
     return wrap
 
@@ -266,15 +266,15 @@ def _under_plan(plan, fault):
 def test_the_launch_override_is_a_private_knob_of_the_extension():
     from jkofast import _C
 
-    assert _C._cuda_launch_override() == (0, 0)
-    _C._set_cuda_launch_override(_kernel_check.LARGEST_TILES, 3)
+    assert _C._cuda_launch_override() == (0, 0, 0)
+    _C._set_cuda_launch_override(_kernel_check.LARGEST_TILES, 3, 2**64 - 1)  # (a stream: any pointer value)
     try:
-        assert _C._cuda_launch_override() == (_kernel_check.LARGEST_TILES, 3)
+        assert _C._cuda_launch_override() == (_kernel_check.LARGEST_TILES, 3, 2**64 - 1)
     finally:
-        _C._set_cuda_launch_override(0, 0)
+        _C._set_cuda_launch_override(0, 0, 0)
     with pytest.raises(ValueError, match="must be >= 0"):
-        _C._set_cuda_launch_override(-1, 0)
-    assert _C._cuda_launch_override() == (0, 0)
+        _C._set_cuda_launch_override(-1, 0, 0)
+    assert _C._cuda_launch_override() == (0, 0, 0)
 
 
 @pytest.mark.parametrize("plan, named", [((_kernel_check.SMALLEST_TILES, 2), "smallest tiles on 2 thread blocks"),
@@ -293,7 +293,7 @@ def test_a_kernel_wrong_under_one_tile_plan_is_caught_and_the_plan_named(monkeyp
     with pytest.warns(_kernel_check.KernelCheckWarning, match=named):
         why = _kernel_check.disagreement(field, torch.zeros(5, 3, dtype=torch.float64))
     assert "mlp_field_div's f" in why and named in why, why
-    assert _C._cuda_launch_override() == (0, 0)  # cleared after the check
+    assert _C._cuda_launch_override() == (0, 0, 0)  # cleared after the check
     assert _backend.choose("auto", field, torch.zeros(5, 3, dtype=torch.float64)) == "torch"
 
 
@@ -304,5 +304,47 @@ def test_the_launch_override_is_cleared_when_a_kernel_raises_under_it(monkeypatc
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
     monkeypatch.setattr(O, "rk4_block", _under_plan((_kernel_check.SMALLEST_TILES, 2), launch_failure)(O.rk4_block))
     why = _kernel_check.verdict_for(jkofast.VelocityField(2, 8, 2), "cpu", torch.float64, False)
-    assert "rk4_block from t=0.0 to 1.0 raised" in why and "restart it" in why, why
-    assert _C._cuda_launch_override() == (0, 0)
+    assert "rk4_block from t=0.0 to 1.0 raised under their smallest tiles on 2 thread blocks" in why, why
+    assert "restart it" in why, why
+    assert _C._cuda_launch_override() == (0, 0, 0)
+
+
+def test_the_backward_runs_under_the_plan_too(monkeypatch):
+    """On a GPU the float32 totals are the backward's: it must run under the forced plan (autograd
+    runs it on the forward's stream, which the override holds for)."""
+    from jkofast import _C
+
+    plan = (_kernel_check.SMALLEST_TILES, 2)
+
+    class GradientOffUnderThePlan(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.view_as(x)
+
+        @staticmethod
+        def backward(ctx, g):  # (reads the override as the backward's launches would)
+            return g * 1.1 if _C._cuda_launch_override()[:2] == plan else g
+
+    op = O.mlp_field_div
+    monkeypatch.setattr(O, "mlp_field_div", lambda x, *a, **k: op(GradientOffUnderThePlan.apply(x), *a, **k))
+    why = _kernel_check.verdict_for(jkofast.VelocityField(3, 16, 2), "cpu", torch.float64, False)
+    assert why is not None and "mlp_field_div's d/dx" in why and "2 thread blocks" in why, why
+
+
+def test_a_backward_kernels_failure_is_the_kernels_not_the_checks(monkeypatch):
+    """A backward kernel runs inside autograd, outside the forward's _kernel wrapper: its failure
+    must still be a verdict against the kernels, not 'could not check'."""
+    class BackwardFails(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.view_as(x)
+
+        @staticmethod
+        def backward(ctx, g):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    op = O.mlp_field
+    monkeypatch.setattr(O, "mlp_field", lambda x, *a, **k: op(BackwardFails.apply(x), *a, **k))
+    why = _kernel_check.verdict_for(jkofast.VelocityField(2, 8, 2), "cpu", torch.float64, False)
+    assert why.startswith("the compiled kernels failed jkofast's check on cpu: the kernels under their own tile "
+                          "plan raised: RuntimeError: CUDA error"), why

@@ -9,7 +9,6 @@
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
 
-#include <algorithm>
 #include <cstdlib>
 #include <mutex>
 #include <string>
@@ -79,46 +78,31 @@ Launch plan_launch(std::string_view op, const MlpSizes& sizes, int64_t tangent_r
                    int64_t batch, const std::function<int(int64_t)>& occupancy) {
   const int itemsize = dtype == at::kDouble ? 8 : 4;
   const DeviceInfo info = device_info(c10::cuda::current_device());
-  auto make = [&](int rows) {
-    return tile::make_plan(sizes.dim, sizes.input_dim, sizes.hidden, tangent_rows, itemsize, rows);
-  };
-  tile::TilePlan chosen{};
-  bool found = false;
-  const LaunchOverride forced_plan = launch_override();
-  if (forced_plan.rows > 0) {  // the kernel check's: the largest rows <= forced_plan.rows that fit
-    const int most = std::clamp(forced_plan.rows, tile::min_rows(itemsize), tile::kMaxRows);
-    for (int rows = tile::kMaxRows; rows >= tile::min_rows(itemsize) && !found; rows /= 2) {
-      if (rows > most) continue;
-      chosen = make(rows);
-      found = chosen.smem_bytes <= info.smem_per_block && occupancy(chosen.smem_bytes) > 0;
-    }
-  } else if (const char* forced = std::getenv("JKOFAST_CUDA_ROWS"); forced != nullptr && *forced != '\0') {
-    const int rows = std::atoi(forced);
-    TORCH_CHECK_VALUE(rows >= tile::min_rows(itemsize) && rows <= tile::kMaxRows && (rows & (rows - 1)) == 0, op,
-                      ": JKOFAST_CUDA_ROWS must be a power of two in [", tile::min_rows(itemsize), ", ",
-                      tile::kMaxRows, "], got '", forced, "'");
-    chosen = make(rows);
-    found = chosen.smem_bytes <= info.smem_per_block;
-  } else {
-    for (int rows = tile::kMaxRows; rows >= tile::min_rows(itemsize); rows /= 2) {
-      const tile::TilePlan plan = make(rows);
-      if (plan.smem_bytes > info.smem_per_block) continue;
-      const int per_sm = occupancy(plan.smem_bytes);
-      if (per_sm == 0) continue;
-      chosen = plan;
-      found = true;
-      if (tile::ceil_div(batch, plan.samples) >= 2 * int64_t(per_sm) * info.multiprocessors) break;
+  // The kernel check's override, on its own stream only (launch_override.h); else JKOFAST_CUDA_ROWS.
+  const LaunchOverride forced =
+      launch_override_on(reinterpret_cast<uint64_t>(c10::cuda::getCurrentCUDAStream().stream()));
+  int rows = forced.rows;
+  bool exact_rows = false;
+  if (rows == 0) {
+    if (const char* env = std::getenv("JKOFAST_CUDA_ROWS"); env != nullptr && *env != '\0') {
+      rows = std::atoi(env);
+      exact_rows = true;
+      TORCH_CHECK_VALUE(rows >= tile::min_rows(itemsize) && rows <= tile::kMaxRows && (rows & (rows - 1)) == 0, op,
+                        ": JKOFAST_CUDA_ROWS must be a power of two in [", tile::min_rows(itemsize), ", ",
+                        tile::kMaxRows, "], got '", env, "'");
     }
   }
-  TORCH_CHECK(found, op, ": a tile of this field needs ", chosen.smem_bytes > 0 ? chosen.smem_bytes : make(tile::min_rows(itemsize)).smem_bytes,
+  const tile::LaunchChoice c =
+      tile::choose_launch(sizes.dim, sizes.input_dim, sizes.hidden, tangent_rows, itemsize, batch,
+                          info.smem_per_block, info.multiprocessors, occupancy, rows, exact_rows, forced.grid);
+  TORCH_CHECK(c.found, op, ": a tile of this field needs ",
+              c.plan.smem_bytes > 0 ? c.plan.smem_bytes
+                                    : tile::make_plan(sizes.dim, sizes.input_dim, sizes.hidden, tangent_rows, itemsize,
+                                                      tile::min_rows(itemsize)).smem_bytes,
               " bytes of shared memory per block, this GPU gives ", info.smem_per_block,
               " (compute capability 8.0 or newer gives at least ", tile::kMinSmemBudget, ")");
-  const int per_sm = occupancy(chosen.smem_bytes);
-  TORCH_CHECK(per_sm > 0, op, ": the kernel does not fit on this GPU (no resident block)");
-  const int64_t tiles = tile::ceil_div(batch, chosen.samples);
-  int64_t grid = std::min(tiles, int64_t(per_sm) * info.multiprocessors);
-  if (forced_plan.grid > 0) grid = std::min(grid, int64_t(forced_plan.grid));
-  return {chosen, int(grid)};
+  TORCH_CHECK(c.grid > 0, op, ": the kernel does not fit on this GPU (no resident block)");
+  return {c.plan, int(c.grid)};
 }
 
 GradLayout grad_layout(const MlpSizes& sizes) {

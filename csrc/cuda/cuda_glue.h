@@ -35,12 +35,14 @@ template <typename T>
 MlpView<T> make_view(const MlpSizes& sizes, at::TensorList weights, at::TensorList biases, Activation activation,
                      double beta, std::vector<at::Tensor>& keep_alive);
 
-// The tile plan and grid for a batch on the current device. occupancy(smem_bytes) returns the
-// kernel's resident blocks per multiprocessor (launch.cuh). Rule: the most
-// stack rows (fewest weight passes per sample) whose tiles still fill the GPU twice over (so the
-// last wave of a persistent grid stays short), else the fewest rows that fit (the most tiles).
-// The grid: every tile a block, up to the resident blocks (the kernels loop over their tiles).
-// JKOFAST_CUDA_ROWS=<8|16|32|64|128> forces the stack rows (for tuning; it must fit the device).
+// The tile plan and grid for a batch on the current device and stream. occupancy(smem_bytes)
+// returns the kernel's resident blocks per multiprocessor (launch.cuh). Rule (ops/tile_plan.h:
+// choose_launch): the most stack rows (fewest weight passes per sample) whose tiles still fill the
+// GPU twice over (so the last wave of a persistent grid stays short), else the fewest rows that
+// fit (the most tiles). The grid: every tile a block, up to the resident blocks (the kernels loop
+// over their tiles). JKOFAST_CUDA_ROWS=<8|16|32|64|128> forces the stack rows (for tuning; it
+// must fit the device); the kernel check's override (launch_override.h) forces rows and a grid
+// cap on its own stream.
 struct Launch {
   tile::TilePlan plan;
   int grid;

@@ -147,6 +147,54 @@ JKO_HOST_DEVICE constexpr int choose_rows(int64_t dim, int64_t input_dim, int64_
   return 0;
 }
 
+// The tile plan and grid of a launch over `batch` samples on a GPU with `multiprocessors` SMs
+// and `smem_per_block` bytes of shared memory per block (cuda/cuda_glue.cpp: plan_launch; here,
+// free of torch and CUDA, for the emulation tests). occupancy(smem_bytes): the kernel's resident
+// blocks per multiprocessor at that shared memory (0: none). The rows:
+// - forced_rows > 0, exact_rows (JKOFAST_CUDA_ROWS): those rows, if their plan fits;
+// - forced_rows > 0, not exact_rows (the kernel check's override, launch_override.h): the most
+//   rows <= forced_rows that fit, forced_rows clamped to [min_rows, kMaxRows];
+// - else the most rows whose tiles still fill the GPU twice over (the last wave of a persistent
+//   grid stays short), else the fewest rows that fit (the most tiles).
+// The grid: every tile a block, up to the resident blocks (the kernels loop over their tiles),
+// at most grid_cap where > 0; 0 when the chosen plan has no resident block. found: some plan fit.
+struct LaunchChoice {
+  TilePlan plan;
+  int64_t grid;
+  bool found;
+};
+
+template <typename Occupancy>
+LaunchChoice choose_launch(int64_t dim, int64_t input_dim, int64_t hidden, int64_t tangent_rows, int itemsize,
+                           int64_t batch, int64_t smem_per_block, int multiprocessors, Occupancy&& occupancy,
+                           int forced_rows, bool exact_rows, int grid_cap) {
+  LaunchChoice c{};
+  auto fits = [&](const TilePlan& plan) { return plan.smem_bytes <= smem_per_block && occupancy(plan.smem_bytes) > 0; };
+  if (forced_rows > 0 && exact_rows) {
+    c.plan = make_plan(dim, input_dim, hidden, tangent_rows, itemsize, forced_rows);
+    c.found = c.plan.smem_bytes <= smem_per_block;
+  } else {
+    const int most = forced_rows <= 0 ? kMaxRows
+                     : forced_rows < min_rows(itemsize) ? min_rows(itemsize)
+                     : forced_rows > kMaxRows ? kMaxRows : forced_rows;
+    for (int rows = kMaxRows; rows >= min_rows(itemsize); rows /= 2) {
+      if (rows > most) continue;
+      const TilePlan plan = make_plan(dim, input_dim, hidden, tangent_rows, itemsize, rows);
+      if (!fits(plan)) continue;
+      c.plan = plan;
+      c.found = true;
+      if (forced_rows > 0) break;  // the most rows <= forced_rows
+      if (ceil_div(batch, plan.samples) >= 2 * int64_t(occupancy(plan.smem_bytes)) * multiprocessors) break;
+    }
+  }
+  if (!c.found) return c;
+  const int64_t tiles = ceil_div(batch, c.plan.samples);
+  const int64_t resident = int64_t(occupancy(c.plan.smem_bytes)) * multiprocessors;
+  c.grid = tiles < resident ? tiles : resident;
+  if (grid_cap > 0 && c.grid > grid_cap) c.grid = grid_cap;
+  return c;
+}
+
 // Whether the sizes are within the limits above (the fit rule).
 JKO_HOST_DEVICE constexpr bool within_limits(int64_t dim, int64_t hidden, int64_t weights) {
   return dim >= 1 && dim <= kMaxDim && hidden >= 1 && hidden <= kMaxHidden && weights >= 2 && weights <= kMaxWeights;

@@ -80,6 +80,10 @@ class Emulator:
                                                              ctypes.POINTER(ctypes.c_int64)]
         self.lib.emu_choose_rows.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int, ctypes.c_int64]
         self.lib.emu_choose_rows.restype = ctypes.c_int
+        self.lib.emu_choose_launch.argtypes = ([ctypes.c_int64] * 4 + [ctypes.c_int] + [ctypes.c_int64] * 2
+                                               + [ctypes.c_int, ctypes.c_int64] + [ctypes.c_int] * 4
+                                               + [ctypes.POINTER(ctypes.c_int64)])
+        self.lib.emu_choose_launch.restype = None
         self.lib.emu_stage_store_ways.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int] * 3
         self.lib.emu_stage_store_ways.restype = ctypes.c_int
         self.lib.emu_fragment_load_ways.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_int] * 2
@@ -109,6 +113,18 @@ class Emulator:
 
     def choose_rows(self, dim, time, hidden, tangent_rows, dtype, budget) -> int:
         return self.lib.emu_choose_rows(dim, dim + int(time), hidden, tangent_rows, _itemsize(dtype), budget)
+
+    def choose_launch(self, dim, time, hidden, tangent_rows, dtype, batch, *, smem_per_block=232448,
+                      multiprocessors=132, smem_per_sm=233472, max_blocks_per_sm=8, forced_rows=0,
+                      exact_rows=False, grid_cap=0) -> dict:
+        """The glue's plan and grid for ``batch`` samples (default GPU: an H100's shared memory and
+        132 SMs); forced_rows / exact_rows / grid_cap as the kernel check's override and
+        JKOFAST_CUDA_ROWS set them."""
+        out = (ctypes.c_int64 * 4)()
+        self.lib.emu_choose_launch(dim, dim + int(time), hidden, tangent_rows, _itemsize(dtype), batch, smem_per_block,
+                                   multiprocessors, smem_per_sm, max_blocks_per_sm, forced_rows, int(exact_rows),
+                                   grid_cap, out)
+        return dict(zip(("rows", "grid", "found", "samples"), list(out)))
 
     def stage_store_ways(self, dim, time, hidden, tangent_rows, dtype, rows, transposed) -> int:
         """Worst bank conflict (ways) of staging a weight chunk; -1: positions not a bijection."""

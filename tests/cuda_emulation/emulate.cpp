@@ -437,6 +437,25 @@ int emu_choose_rows(int64_t dim, int64_t input_dim, int64_t hidden, int64_t tang
   return tile::choose_rows(dim, input_dim, hidden, tangent_rows, itemsize, budget);
 }
 
+// The CUDA glue's launch plan (tile::choose_launch, as csrc/cuda/cuda_glue.cpp: plan_launch calls
+// it), on a GPU of `multiprocessors` SMs whose occupancy is what shared memory allows: at most
+// max_blocks_per_sm blocks, and smem_per_sm bytes of shared memory, per multiprocessor.
+// out: rows, grid, found (0/1), samples per tile.
+void emu_choose_launch(int64_t dim, int64_t input_dim, int64_t hidden, int64_t tangent_rows, int itemsize,
+                       int64_t batch, int64_t smem_per_block, int multiprocessors, int64_t smem_per_sm,
+                       int max_blocks_per_sm, int forced_rows, int exact_rows, int grid_cap, int64_t* out) {
+  auto occupancy = [&](int64_t bytes) {
+    const int64_t by_smem = smem_per_sm / bytes;
+    return int(by_smem < max_blocks_per_sm ? by_smem : max_blocks_per_sm);
+  };
+  const tile::LaunchChoice c = tile::choose_launch(dim, input_dim, hidden, tangent_rows, itemsize, batch, smem_per_block,
+                                                   multiprocessors, occupancy, forced_rows, exact_rows != 0, grid_cap);
+  out[0] = c.plan.rows;
+  out[1] = c.grid;
+  out[2] = c.found ? 1 : 0;
+  out[3] = c.plan.samples;
+}
+
 // The shared-memory banks of staging a weight chunk (tile::stage_position): the most distinct
 // 4-byte words that one store request puts on one of the 32 banks (1: conflict-free), over every
 // store of the chunk; a request is a warp's 32 lanes, or a half-warp for 8-byte values, as the
