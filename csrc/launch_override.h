@@ -3,8 +3,9 @@
 // thread block; a training batch gets larger tiles, and blocks that loop over many tiles with
 // float32 gradient totals (mlp_params.h: needs_totals). With the override the check runs those
 // code paths too on its small batch. It holds for launches on one CUDA stream, the check's own:
-// autograd runs a backward on its forward's stream, and no other work (another thread's training
-// step, a CUDA graph being captured) sees it. The check sets and clears it under its lock.
+// autograd runs a backward on its forward's stream, and other work (another thread's training
+// step, a CUDA graph being captured) on other streams does not see it. The check sets and clears
+// it under its lock.
 #pragma once
 
 #include <cstdint>
@@ -31,10 +32,13 @@ inline LaunchOverride launch_override() {
   return launch_override_value;
 }
 
-// The override for a launch on `stream`: none unless it was set for that stream.
+// The override for a launch on `stream`: none unless it was set for that stream, never for stream
+// 0, the CUDA default stream (an override set with 0 is the CPU tests'; the check's stream is one
+// of torch's pool streams: shared, round-robin, with other torch.cuda.Stream()s of the process,
+// so rarely another thread's work on the same pool stream gets the plans too; same results).
 inline LaunchOverride launch_override_on(uint64_t stream) {
   const LaunchOverride o = launch_override();
-  return o.stream == stream ? o : LaunchOverride{};
+  return o.stream != 0 && o.stream == stream ? o : LaunchOverride{};
 }
 
 }  // namespace jkofast

@@ -451,6 +451,34 @@ def test_first_use_check_passes_on_this_gpu(dtype, tf32):
 
 
 @cuda_only
+def test_the_kernel_checks_plan_reaches_the_backward_on_its_own_stream():
+    # The first-use check forces tile plans on its own stream only (csrc/launch_override.h); the
+    # backward kernels see them because autograd runs a node on its forward's stream.
+    from jkofast import _C, _kernel_check
+
+    seen = []
+
+    class Probe(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.view_as(x)
+
+        @staticmethod
+        def backward(ctx, g):
+            seen.append((torch.cuda.current_stream().cuda_stream, _C._cuda_launch_override()))
+            return g
+
+    x = torch.randn(5, 2, device="cuda", requires_grad=True)
+    with _kernel_check._own_stream(x.device):
+        mine = torch.cuda.current_stream().cuda_stream
+        _kernel_check._run_kernels(lambda: torch.autograd.grad(Probe.apply(x).sum(), x), x.device, (1, 2),
+                                   "a plan", "a probe")
+    assert mine != torch.cuda.current_stream().cuda_stream and mine != 0
+    assert seen == [(mine, (1, 2, mine))]
+    assert _C._cuda_launch_override() == (0, 0, 0)
+
+
+@cuda_only
 def test_x_on_the_cpu_with_cuda_weights_is_a_value_error():
     # Any CUDA argument sends the dispatcher to the CUDA kernels; x itself on the CPU must get the
     # same ValueError as any other argument on the wrong device, not c10's device-guard error.

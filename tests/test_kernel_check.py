@@ -346,5 +346,5 @@ def test_a_backward_kernels_failure_is_the_kernels_not_the_checks(monkeypatch):
     op = O.mlp_field
     monkeypatch.setattr(O, "mlp_field", lambda x, *a, **k: op(BackwardFails.apply(x), *a, **k))
     why = _kernel_check.verdict_for(jkofast.VelocityField(2, 8, 2), "cpu", torch.float64, False)
-    assert why.startswith("the compiled kernels failed jkofast's check on cpu: the kernels under their own tile "
-                          "plan raised: RuntimeError: CUDA error"), why
+    assert why.startswith("the compiled kernels failed jkofast's check on cpu: mlp_field's kernels under their own "
+                          "tile plan raised: RuntimeError: CUDA error"), why
