@@ -69,10 +69,6 @@ PLANS = (((0, 0), "their own tile plan"),
 # (d = 1), and one from d = 8 on; without tangents it holds 16, with 3 Hutchinson probes 4.
 EXACT_BATCH_SMALL_D, EXACT_BATCH, OTHER_BATCH = 137, 19, 263
 
-
-def batches(dim: int) -> tuple[int, int]:
-    """The check's batch for the cases with the exact divergence (d tangent rows), and for the others."""
-    return (EXACT_BATCH_SMALL_D if dim <= 8 else EXACT_BATCH), OTHER_BATCH
 F64_TOLERANCE = 1e-9
 F32_FACTOR = 4.0
 F32_FLOOR = {True: 2.0 ** -9, False: 2.0 ** -20}  # of the scale, with and without TF32
@@ -82,6 +78,11 @@ F32_FLOOR = {True: 2.0 ** -9, False: 2.0 ** -20}  # of the scale, with and witho
 # these outputs are allowed 2^-16 of the case's largest parameter gradient more (CPU kernels,
 # float32 at width 256: 2.9e-6 of it), in any precision: TF32's own rounding is in the 4x term.
 F32_SUMMATION_SLACK = 2.0 ** -16
+
+
+def batches(dim: int) -> tuple[int, int]:
+    """The check's batch for the cases with the exact divergence (d tangent rows), and for the others."""
+    return (EXACT_BATCH_SMALL_D if dim <= 8 else EXACT_BATCH), OTHER_BATCH
 
 
 class KernelCheckWarning(JkofastWarning):
