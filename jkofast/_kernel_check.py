@@ -203,18 +203,18 @@ def _verdict(field, device: torch.device, dtype: torch.dtype, tf32: bool) -> str
 
 def _compare(config: dict, device: torch.device, dtype: torch.dtype, tf32: bool) -> str | None:
     for op, names, kernel, truth, torch_low, summed in _cases(config, device, dtype):
-        summed_scale = max([max(r.abs().max().item(), 1.0) for name, r in zip(names, truth) if name in summed],
-                           default=1.0)
-        for plan, plan_name in PLANS:
+        scales = [max(r.abs().max().item(), 1.0) for r in truth]
+        summed_scale = max([scale for name, scale in zip(names, scales) if name in summed], default=1.0)
+        if dtype == torch.float64:
+            allowances = [F64_TOLERANCE * scale for scale in scales]
+        else:
+            allowances = [F32_FACTOR * (low.double() - r).abs().max().item() + F32_FLOOR[tf32] * scale
+                          + (F32_SUMMATION_SLACK * summed_scale if name in summed else 0.0)
+                          for name, r, low, scale in zip(names, truth, torch_low, scales)]
+        for plan, plan_name in PLANS:  # (the same allowances: the plans change the kernels' order of sums only)
             outputs = _run_kernels(kernel, device, plan, plan_name, op)
-            for name, k, r, low in zip(names, outputs, truth, torch_low):
-                scale = max(r.abs().max().item(), 1.0)
+            for name, k, r, scale, allowed in zip(names, outputs, truth, scales, allowances):
                 error = (k.double() - r).abs().max().item()
-                if dtype == torch.float64:
-                    allowed = F64_TOLERANCE * scale
-                else:
-                    allowed = F32_FACTOR * (low.double() - r).abs().max().item() + F32_FLOOR[tf32] * scale + \
-                        (F32_SUMMATION_SLACK * summed_scale if name in summed else 0.0)
                 if not error <= allowed:  # (NaN fails too)
                     precision = "float64" if dtype == torch.float64 else f"float32, TF32 {'on' if tf32 else 'off'}"
                     return (f"the compiled kernels failed jkofast's check on {_named(device)}: {op}'s {name} is "

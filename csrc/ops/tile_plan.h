@@ -169,27 +169,29 @@ LaunchChoice choose_launch(int64_t dim, int64_t input_dim, int64_t hidden, int64
                            int64_t batch, int64_t smem_per_block, int multiprocessors, Occupancy&& occupancy,
                            int forced_rows, bool exact_rows, int grid_cap) {
   LaunchChoice c{};
-  auto fits = [&](const TilePlan& plan) { return plan.smem_bytes <= smem_per_block && occupancy(plan.smem_bytes) > 0; };
+  int per_sm = 0;  // the chosen plan's resident blocks per multiprocessor
   if (forced_rows > 0 && exact_rows) {
     c.plan = make_plan(dim, input_dim, hidden, tangent_rows, itemsize, forced_rows);
     c.found = c.plan.smem_bytes <= smem_per_block;
+    per_sm = c.found ? occupancy(c.plan.smem_bytes) : 0;
   } else {
-    const int most = forced_rows <= 0 ? kMaxRows
-                     : forced_rows < min_rows(itemsize) ? min_rows(itemsize)
-                     : forced_rows > kMaxRows ? kMaxRows : forced_rows;
+    const int most = forced_rows <= 0 ? kMaxRows : forced_rows < min_rows(itemsize) ? min_rows(itemsize) : forced_rows;
     for (int rows = kMaxRows; rows >= min_rows(itemsize); rows /= 2) {
       if (rows > most) continue;
       const TilePlan plan = make_plan(dim, input_dim, hidden, tangent_rows, itemsize, rows);
-      if (!fits(plan)) continue;
+      if (plan.smem_bytes > smem_per_block) continue;
+      const int blocks = occupancy(plan.smem_bytes);
+      if (blocks == 0) continue;
       c.plan = plan;
       c.found = true;
-      if (forced_rows > 0) break;  // the most rows <= forced_rows
-      if (ceil_div(batch, plan.samples) >= 2 * int64_t(occupancy(plan.smem_bytes)) * multiprocessors) break;
+      per_sm = blocks;
+      // forced: the most rows <= forced_rows; else the most whose tiles fill the GPU twice over
+      if (forced_rows > 0 || ceil_div(batch, plan.samples) >= 2 * int64_t(blocks) * multiprocessors) break;
     }
   }
   if (!c.found) return c;
   const int64_t tiles = ceil_div(batch, c.plan.samples);
-  const int64_t resident = int64_t(occupancy(c.plan.smem_bytes)) * multiprocessors;
+  const int64_t resident = int64_t(per_sm) * multiprocessors;
   c.grid = tiles < resident ? tiles : resident;
   if (grid_cap > 0 && c.grid > grid_cap) c.grid = grid_cap;
   return c;
