@@ -50,21 +50,26 @@ def _off_by(fraction, index):
     return wrap
 
 
-class _GradientOff(torch.autograd.Function):
-    """Identity forward; the gradient scaled: a kernel whose backward alone is wrong."""
-    @staticmethod
-    def forward(ctx, x):
-        return x.view_as(x)
+def _backward_through(backward):
+    """A wrapper of an op whose x first passes an identity with the gradient ``backward(g)``:
+    a kernel whose backward alone is wrong (or fails, or sees something)."""
+    class Identity(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.view_as(x)
 
-    @staticmethod
-    def backward(ctx, g):
-        return g * 1.1
+        @staticmethod
+        def backward(ctx, g):
+            return backward(g)
+
+    def wrap(op):
+        def wrong(x, *args, **kwargs):
+            return op(Identity.apply(x), *args, **kwargs)
+        return wrong
+    return wrap
 
 
-def _wrong_backward(op):
-    def wrong(x, *args, **kwargs):
-        return op(_GradientOff.apply(x), *args, **kwargs)
-    return wrong
+_wrong_backward = _backward_through(lambda g: g * 1.1)
 
 
 # (op, how it is broken, what the message names). The float32 rule is 2^-6 of scale: a 10% error is
@@ -315,18 +320,9 @@ def test_the_backward_runs_under_the_plan_too(monkeypatch):
     from jkofast import _C
 
     plan = (_kernel_check.SMALLEST_TILES, 2)
-
-    class GradientOffUnderThePlan(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            return x.view_as(x)
-
-        @staticmethod
-        def backward(ctx, g):  # (reads the override as the backward's launches would)
-            return g * 1.1 if _C._cuda_launch_override()[:2] == plan else g
-
-    op = O.mlp_field_div
-    monkeypatch.setattr(O, "mlp_field_div", lambda x, *a, **k: op(GradientOffUnderThePlan.apply(x), *a, **k))
+    # (reads the override as the backward's launches would)
+    off_under_the_plan = _backward_through(lambda g: g * 1.1 if _C._cuda_launch_override()[:2] == plan else g)
+    monkeypatch.setattr(O, "mlp_field_div", off_under_the_plan(O.mlp_field_div))
     why = _kernel_check.verdict_for(jkofast.VelocityField(3, 16, 2), "cpu", torch.float64, False)
     assert why is not None and "mlp_field_div's d/dx" in why and "2 thread blocks" in why, why
 
@@ -334,17 +330,9 @@ def test_the_backward_runs_under_the_plan_too(monkeypatch):
 def test_a_backward_kernels_failure_is_the_kernels_not_the_checks(monkeypatch):
     """A backward kernel runs inside autograd, outside the forward's _kernel wrapper: its failure
     must still be a verdict against the kernels, not 'could not check'."""
-    class BackwardFails(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            return x.view_as(x)
-
-        @staticmethod
-        def backward(ctx, g):
-            raise RuntimeError("CUDA error: an illegal memory access was encountered")
-
-    op = O.mlp_field
-    monkeypatch.setattr(O, "mlp_field", lambda x, *a, **k: op(BackwardFails.apply(x), *a, **k))
+    def fails(g):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+    monkeypatch.setattr(O, "mlp_field", _backward_through(fails)(O.mlp_field))
     why = _kernel_check.verdict_for(jkofast.VelocityField(2, 8, 2), "cpu", torch.float64, False)
     assert why.startswith("the compiled kernels failed jkofast's check on cpu: mlp_field's kernels under their own "
                           "tile plan raised: RuntimeError: CUDA error"), why
