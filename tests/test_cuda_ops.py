@@ -23,6 +23,7 @@ import contextlib
 import json
 import math
 import os
+import tempfile
 
 import pytest
 import torch
@@ -31,7 +32,7 @@ import jkofast
 from jkofast import _backend
 from jkofast import reference as R
 from jkofast._backend import compiled_ops as O
-from conftest import random_field
+from conftest import backward_through, random_field
 from _op_cases import block_loss_outputs, field_outputs, leaf_copies
 
 DEVICE = os.environ.get("JKOFAST_TEST_DEVICE", "cuda")
@@ -457,24 +458,79 @@ def test_the_kernel_checks_plan_reaches_the_backward_on_its_own_stream():
     from jkofast import _C, _kernel_check
 
     seen = []
-
-    class Probe(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            return x.view_as(x)
-
-        @staticmethod
-        def backward(ctx, g):
-            seen.append((torch.cuda.current_stream().cuda_stream, _C._cuda_launch_override()))
-            return g
-
+    probe = backward_through(lambda g: seen.append((torch.cuda.current_stream().cuda_stream,
+                                                    _C._cuda_launch_override())) or g)(lambda x: x)
     x = torch.randn(5, 2, device="cuda", requires_grad=True)
     with _kernel_check._own_stream(x.device):
         mine = torch.cuda.current_stream().cuda_stream
-        _kernel_check._run_kernels(lambda: torch.autograd.grad(Probe.apply(x).sum(), x), x.device, (1, 2),
+        _kernel_check._run_kernels(lambda: torch.autograd.grad(probe(x).sum(), x), x.device, (1, 2),
                                    "a plan", "a probe")
     assert mine != torch.cuda.current_stream().cuda_stream and mine != 0
     assert seen == [(mine, (1, 2, mine))]
+    assert _C._cuda_launch_override() == (0, 0, 0)
+
+
+def _kernel_launches(run) -> list[dict]:
+    """(name, grid, shared memory) of each CUDA kernel ``run()`` launched, as CUPTI saw them."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        run()
+        torch.cuda.synchronize()
+    with tempfile.TemporaryDirectory() as tmp:
+        prof.export_chrome_trace(os.path.join(tmp, "trace.json"))
+        with open(os.path.join(tmp, "trace.json")) as f:
+            events = json.load(f)["traceEvents"]
+    kernels = sorted((e for e in events if str(e.get("cat")).lower() == "kernel"), key=lambda e: e["ts"])
+    assert kernels, "the profiler saw no kernel (no CUPTI?)"
+    return [{"name": e["name"], "grid": e["args"]["grid"][0], "smem": e["args"]["shared memory"]}
+            for e in kernels if "jkofast" in e["name"]]
+
+
+@cuda_only
+def test_the_launch_override_sets_the_launched_grid_and_tiles_on_its_stream_only():
+    # What the kernel check's plans rest on, seen as launched (CUPTI's record of each kernel): under
+    # the override, the kernels on its stream, the backward's included, run the forced grid and
+    # tiles (smaller tiles: less shared memory); launches on any other stream keep their own plan.
+    from jkofast import _C, _kernel_check
+
+    field = cuda_field(6, 128, 3, dtype=torch.float32)
+    # 2000 samples: the kernels' own plan takes small tiles (the largest make too few to fill the
+    # GPU twice: ops/tile_plan.h), so the largest-tile plan differs from it
+    x = torch.randn(2000, 6, device=DEVICE, requires_grad=True)
+
+    def forward_and_backward():
+        f, div = O.mlp_field_div(x, torch.tensor(0.3, device=DEVICE), field.weights, field.biases)
+        torch.autograd.grad((f.square().sum() + div.sum()), [x, *field.weights])
+
+    def under(plan, *, on_its_stream=True):
+        def run():
+            with _kernel_check._own_stream(x.device):
+                if on_its_stream:
+                    _kernel_check._run_kernels(forward_and_backward, x.device, plan, "a plan", "mlp_field_div")
+                    return
+                mine, other = torch.cuda.current_stream().cuda_stream, torch.cuda.Stream()
+                assert other.cuda_stream not in (mine, 0)
+                try:
+                    _C._set_cuda_launch_override(*plan, mine)
+                    with torch.cuda.stream(other):
+                        forward_and_backward()
+                    other.synchronize()
+                finally:
+                    _C._set_cuda_launch_override(0, 0, 0)
+        field_kernels = [k for k in _kernel_launches(run) if "mlp_field" in k["name"]]
+        assert ["backward" in k["name"] for k in field_kernels] == [False, True], field_kernels
+        return field_kernels
+
+    own = under((0, 0))
+    assert all(k["grid"] > 2 for k in own), own
+    smallest = under((1, 2))
+    assert all(k["grid"] == 2 for k in smallest), smallest
+    assert all(s["smem"] <= o["smem"] for s, o in zip(smallest, own)), (smallest, own)
+    largest = under((1 << 16, 0))
+    assert all(g["smem"] > o["smem"] for g, o in zip(largest, own)), (largest, own)
+    elsewhere = under((1, 2), on_its_stream=False)
+    assert [(k["grid"], k["smem"]) for k in elsewhere] == [(k["grid"], k["smem"]) for k in own], (elsewhere, own)
     assert _C._cuda_launch_override() == (0, 0, 0)
 
 

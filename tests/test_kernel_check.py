@@ -15,6 +15,7 @@ import torch
 import jkofast
 from jkofast import _backend, _kernel_check
 from jkofast._backend import compiled_ops as O
+from conftest import backward_through
 
 pytestmark = pytest.mark.skipif(not _backend.compiled_available(), reason="needs the compiled extension")
 
@@ -50,26 +51,7 @@ def _off_by(fraction, index):
     return wrap
 
 
-def _backward_through(backward):
-    """A wrapper of an op whose x first passes an identity with the gradient ``backward(g)``:
-    a kernel whose backward alone is wrong (or fails, or sees something)."""
-    class Identity(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            return x.view_as(x)
-
-        @staticmethod
-        def backward(ctx, g):
-            return backward(g)
-
-    def wrap(op):
-        def wrong(x, *args, **kwargs):
-            return op(Identity.apply(x), *args, **kwargs)
-        return wrong
-    return wrap
-
-
-_wrong_backward = _backward_through(lambda g: g * 1.1)
+_wrong_backward = backward_through(lambda g: g * 1.1)
 
 
 # (op, how it is broken, what the message names). The float32 rule is 2^-6 of scale: a 10% error is
@@ -321,7 +303,7 @@ def test_the_backward_runs_under_the_plan_too(monkeypatch):
 
     plan = (_kernel_check.SMALLEST_TILES, 2)
     # (reads the override as the backward's launches would)
-    off_under_the_plan = _backward_through(lambda g: g * 1.1 if _C._cuda_launch_override()[:2] == plan else g)
+    off_under_the_plan = backward_through(lambda g: g * 1.1 if _C._cuda_launch_override()[:2] == plan else g)
     monkeypatch.setattr(O, "mlp_field_div", off_under_the_plan(O.mlp_field_div))
     why = _kernel_check.verdict_for(jkofast.VelocityField(3, 16, 2), "cpu", torch.float64, False)
     assert why is not None and "mlp_field_div's d/dx" in why and "2 thread blocks" in why, why
@@ -332,7 +314,7 @@ def test_a_backward_kernels_failure_is_the_kernels_not_the_checks(monkeypatch):
     must still be a verdict against the kernels, not 'could not check'."""
     def fails(g):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
-    monkeypatch.setattr(O, "mlp_field", _backward_through(fails)(O.mlp_field))
+    monkeypatch.setattr(O, "mlp_field", backward_through(fails)(O.mlp_field))
     why = _kernel_check.verdict_for(jkofast.VelocityField(2, 8, 2), "cpu", torch.float64, False)
     assert why.startswith("the compiled kernels failed jkofast's check on cpu: mlp_field's kernels under their own "
                           "tile plan raised: RuntimeError: CUDA error"), why
