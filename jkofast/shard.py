@@ -114,7 +114,9 @@ class DiskShard:
         and sequential; the batches are well mixed because a training shard's rows were written
         in a random order (:meth:`ShardStore.from_rows`), whatever the order of the data file."""
         batch = min(batch, self.n)
-        rng = np.random.default_rng(generator.initial_seed())
+        # (a draw, not the generator's seed: a generator used again goes on to other batches,
+        # as a memory shard's does)
+        rng = np.random.default_rng(int(torch.randint(1 << 62, (1,), generator=generator, device=generator.device)))
         window = max(1, _WINDOW_BYTES // self.row_bytes)
         starts = np.arange(0, self.n, window)
         pending = torch.empty(0, self.columns, dtype=self.dtype)

@@ -2,6 +2,7 @@
 the earlier file as it was and no temporary file; the command line's outputs go through it."""
 from __future__ import annotations
 
+import json
 import os
 import stat
 
@@ -42,6 +43,27 @@ def test_checkpoints_and_logs_are_replaced_whole(tmp_path):
     assert (tmp_path / "log.json").read_text() == '{\n  "a": [\n    1,\n    2\n  ]\n}'
     assert sorted(os.listdir(tmp_path)) == ["log.json", "m.pt"]
     assert stat.S_IMODE((tmp_path / "m.pt").stat().st_mode) == 0o666 & ~_umask()
+
+
+def test_a_checkpoint_reaches_the_disk_before_it_replaces_the_old_one(tmp_path, monkeypatch):
+    # A power cut after the rename must not leave checkpoint.pt naming a file whose data never
+    # reached the disk: save_payload flushes (fsync) the new file first, then renames it.
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", os.path.basename(b))), real_replace(a, b))[1])
+    save_payload({"x": 1}, tmp_path / "checkpoint.pt", "jkofast.run-state")
+    assert events == ["fsync", ("replace", "checkpoint.pt")]
+
+
+def test_json_holds_null_for_every_non_finite_number(tmp_path):
+    # NaN and inf inside dicts, lists and tuples (a setting's pair) are written as null: strict JSON.
+    write_json(tmp_path / "log.json", {"a": float("nan"), "b": [1.0, float("inf")], "c": (float("-inf"), 2.0),
+                                       "d": {"e": (np.float64("nan"),)}})
+
+    def refuse(token):
+        raise AssertionError(f"log.json holds {token}")
+    assert json.loads((tmp_path / "log.json").read_text(), parse_constant=refuse) == \
+        {"a": None, "b": [1.0, None], "c": [None, 2.0], "d": {"e": [None]}}
 
 
 def test_sample_stopped_mid_write_keeps_the_earlier_file(tmp_path, monkeypatch, capsys):

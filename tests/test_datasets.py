@@ -1,4 +1,5 @@
 """jkofast.datasets: toy densities (shape, seeding, distribution checks), file loading, splits."""
+import fractions
 import math
 
 import numpy as np
@@ -340,6 +341,16 @@ def test_split_sizes_disjoint_reproducible():
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(test, datasets.split(arr, 0.2, 0.1, seed=5)[2])
     assert not np.array_equal(train, arr[:70])  # shuffled, not a head/tail cut
+
+
+def test_split_sizes_are_the_floor_of_the_fractions_as_written():
+    # floor(fraction * N) of the decimal fraction the user wrote, not of its binary rounding:
+    # 0.29 * 100 is 28.999999999999996 in floats, and the split must still get 29 rows.
+    for val_fraction, test_fraction in ((0.29, 0.07), (0.07, 0.29), (0.57, 0.29), (0.1, 0.1)):
+        for n in (100, 200, 300, 700):
+            train, val, test = datasets.split(np.zeros((n, 1)), val_fraction, test_fraction)
+            want = [math.floor(fractions.Fraction(str(f)) * n) for f in (val_fraction, test_fraction)]
+            assert [len(val), len(test)] == want and len(train) == n - sum(want), (val_fraction, test_fraction, n)
 
 
 def test_split_too_few_rows():

@@ -110,11 +110,26 @@ def test_resume_mid_run_equals_uninterrupted_run(tmp_path, monkeypatch):
     monkeypatch.setattr(interpolant_module.InterpolantTrainer, "_batch_loss", dies_at_step_25)
     with pytest.raises(KeyboardInterrupt):
         jkofast.train(x, "interpolant", out=tmp_path / "killed", **opts)
+    # the kill left the checkpoint of step 15 (checkpoint_every), and log.json as of that step
+    assert torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)["cursor"] == {"iteration": 15}
+    assert json.loads((tmp_path / "killed" / "log.json").read_text())["segments"][-1]["iteration"] == 15
     monkeypatch.setattr(interpolant_module.InterpolantTrainer, "_batch_loss", real)
     resumed = jkofast.train(x, "interpolant", out=tmp_path / "killed", **opts)
     # Steps 16-40 were redone from the checkpoint at 15 with the saved Adam and generator state.
     assert json.loads((tmp_path / "killed" / "log.json").read_text())["resumed"]
     assert_same_flow(resumed, full)
+
+
+def test_a_checkpoint_of_other_data_or_of_another_method_is_refused(tmp_path):
+    # The run in the folder is an interpolant's on x: other rows must not resume it (they would get
+    # a model trained on x back), nor may jko-flow take it over; each refusal names what differs.
+    x = torch.as_tensor(jkofast.datasets.get("moons", 300, 10, 10, seed=4)[0])
+    opts = dict(budget="quick", iters=4, progress=False)
+    jkofast.train(x, "interpolant", out=tmp_path, **opts)
+    with pytest.raises(ValueError, match="is from a run with different training data"):
+        jkofast.train(x[1:], "interpolant", out=tmp_path, **opts)
+    with pytest.raises(ValueError, match="is from a run of interpolant, not jko-flow"):
+        jkofast.train(x, "jko-flow", out=tmp_path, **dict(opts, rounds=1))
 
 
 def test_the_compiled_engine_serves_the_interpolant_flow():

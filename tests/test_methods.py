@@ -45,6 +45,37 @@ def test_bad_method_or_option_names_what_is_valid(kwargs, error, match):
         jkofast.train(np.random.randn(20, 2), progress=False, **kwargs)
 
 
+@pytest.mark.parametrize("method", ["jko-flow", "interpolant"])
+def test_gradients_are_clipped_and_nan_weights_stop_the_run(method, moons, tmp_path):
+    """``clip`` bounds the norm of the gradient Adam steps with, and a NaN gradient in the last
+    step (of round 1, of the run) stops the run before the bad weights are checkpointed."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    from jkofast.jko_iflow import TrainingDivergedError
+
+    iters, clip, norms = 4, 1e-3, []
+    extra = dict(rounds=2) if method == "jko-flow" else {}
+
+    def record(optimizer, args, kwargs):
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+        if poison and len(norms) == iters:
+            for g in grads:
+                g.fill_(float("nan"))
+
+    handle = register_optimizer_step_pre_hook(record)
+    try:
+        poison = False
+        jkofast.train(moons[0][:300], method, budget="quick", iters=iters, clip=clip, progress=False, **extra)
+        assert len(norms) == iters * extra.get("rounds", 1) and max(norms) <= clip * (1 + 1e-5), norms
+        poison, norms[:] = True, []
+        with pytest.raises(TrainingDivergedError, match=f"weights became NaN or inf .*at iteration {iters}"):
+            jkofast.train(moons[0][:300], method, out=tmp_path, budget="quick", iters=iters, progress=False, **extra)
+    finally:
+        handle.remove()
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["cursor"] in ({"round": 0}, {"iteration": 0})
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_quick_budget_gives_a_flow_with_its_training_record(method, moons):
     flow = jkofast.train(moons[0][:1000], method, val=moons[1][:300], budget="quick", progress=False)

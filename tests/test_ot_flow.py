@@ -163,12 +163,39 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, monkeypatch):
     monkeypatch.setattr(jko_flow.JKOFlowTrainer, "train_round", dies_in_round_3)
     with pytest.raises(KeyboardInterrupt):
         jkofast.train(x, "jko-flow", out=tmp_path / "killed", progress=False, **opts)
+    # log.json is refreshed with every checkpoint: it holds the two finished rounds
+    assert len(json.loads((tmp_path / "killed" / "log.json").read_text())["blocks"]) == 2
     monkeypatch.setattr(jko_flow.JKOFlowTrainer, "train_round", real)
     resumed = jkofast.train(x, "jko-flow", out=tmp_path / "killed", progress=False, **opts)
     # The Adam state and the generator carried through the checkpoint: bit-identical weights.
     assert_same_flow(resumed, full)
     with pytest.raises(ValueError, match="alpha"):
         jkofast.train(x, "jko-flow", out=tmp_path / "killed", progress=False, **dict(opts, alpha=3.0))
+
+
+def test_each_round_starts_from_the_last_potential_and_adams_state(tmp_path, monkeypatch):
+    """Warm start (the default, as the paper's code does): round k starts from Phi_(k-1) as it was
+    trained, and one Adam goes on over the rounds (its step count is the run's total)."""
+    from jkofast import jko_flow
+
+    x = torch.as_tensor(jkofast.datasets.get("moons", 500, 10, 10, seed=1)[0])
+    opts = dict(ROUNDS, iters=5)
+    real, starts = jko_flow.JKOFlowTrainer._start_potential, {}
+
+    def recorded(self, k):
+        potential = real(self, k)
+        starts[k] = {name: v.clone() for name, v in potential.state_dict().items()}
+        return potential
+
+    monkeypatch.setattr(jko_flow.JKOFlowTrainer, "_start_potential", recorded)
+    flow = jkofast.train(x, "jko-flow", out=tmp_path, progress=False, **opts)
+    assert sorted(starts) == [0, 1, 2]
+    for k in (1, 2):
+        trained = flow.blocks[k - 1].state_dict()
+        assert all(torch.equal(v, trained[name]) for name, v in starts[k].items()), k
+        assert not all(torch.equal(v, flow.blocks[k].state_dict()[name]) for name, v in starts[k].items())
+    adam = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["optimizer"]["state"]
+    assert adam and all(int(s["step"]) == opts["rounds"] * opts["iters"] for s in adam.values())
 
 
 def test_more_rounds_on_resume_give_the_longer_run(tmp_path, caplog):

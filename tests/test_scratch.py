@@ -3,6 +3,7 @@ when it was killed outright, by the next run; one run at a time per output folde
 for output and scratch paths that cannot be written."""
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -159,11 +160,26 @@ def test_a_full_scratch_disk_is_named_in_the_error(tmp_path, monkeypatch):
     # three shards at a time
     with pytest.raises(OSError, match=r"could not write the pushed samples to .*the disk is full.*3 GiB per process"):
         store.build(iter([(torch.zeros(4, 2), None)]), 2, False, shuffle_seed=[0])
+    failure = OSError(errno.EDQUOT, "Disk quota exceeded")   # a user's quota, on a shared scratch disk
+    with pytest.raises(OSError, match=r"could not write the pushed samples to .*the disk is full"):
+        store.build(iter([(torch.zeros(4, 2), None)]), 2, False, shuffle_seed=[0])
     failure = OSError(5, "Input/output error", "/data/big.npy")  # not the scratch disk's fault: as raised
     with pytest.raises(OSError) as err:
         store.build(iter([(torch.zeros(4, 2), None)]), 2, False, shuffle_seed=[0])
     assert err.value is failure
     store.close()
+
+
+def test_the_scratch_space_needed_counts_every_process_on_the_host(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    store = ShardStore("disk", 1 << 20, dtype=torch.float32, device=torch.device("cpu"), scratch=tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(1 << 30, 0, 5 * store.shard_bytes))
+    store.check_free_space()     # room for one process's three shards
+    with pytest.raises(ValueError, match=r"they need about .* \(2 processes on this host\)"):
+        store.check_free_space(processes=2)
 
 
 def test_a_failed_shuffle_leaves_no_bucket_files(tmp_path):

@@ -95,6 +95,8 @@ def test_split_rows_is_a_seeded_partition_without_copies(tmp_path, small_chunks)
         assert abs(len(part) - frac * 20_000) < 4 * (20_000 * frac * (1 - frac)) ** 0.5
     again = split_rows(mm, 0.1, 0.2, seed=3)[2]
     assert torch.equal(torch.cat([c for _, c in again.chunks()]).flatten(), parts[2])
+    other = split_rows(mm, 0.1, 0.2, seed=4)[2]                   # another seed, another split
+    assert not torch.equal(torch.cat([c for _, c in other.chunks()]).flatten()[:100], parts[2][:100])
     assert train.data is mm                                        # a view of the map, not a copy
 
 
@@ -198,14 +200,17 @@ class _ThreadRanks:
 
 
 @pytest.mark.parametrize("n_rows", [2, 3, 500])
-def test_gaussian_fitted_over_ranks_is_the_one_pass_fit(n_rows):
-    # Three ranks: with 2 rows one of them reads none, with 3 each reads one. The ranks' moments
-    # are merged (means gathered, the d x d cross-products all-reduced): every rank gets the same
+def test_gaussian_fitted_over_ranks_is_the_one_pass_fit(n_rows, monkeypatch):
+    # Three ranks, one row per chunk, whole chunks dealt to the ranks in turn (as gaussian_fit
+    # reads them): with 2 rows one rank reads none, with 3 each reads one, with 500 each reads
+    # rows of its own mean. The ranks' moments are merged (means gathered, the d x d
+    # cross-products, between-rank term included, all-reduced): every rank gets the same
     # Gaussian, the one-pass fit's to rounding (float64; entries 1e-2-1e1 near a mean of 5).
+    monkeypatch.setattr(streaming, "CHUNK_BYTES", 4 * 8)
     rng = np.random.default_rng(11)
     data = rng.normal(size=(n_rows, 4)) @ rng.normal(size=(4, 4)) + 5.0
     rows = as_rows(data, "train")
-    read = [sum(len(x) for _, x in rows.chunks(rank=r, world=3)) for r in range(3)]
+    read = [sum(len(rows.read_chunk(c)) for c in range(r, rows.num_chunks, 3)) for r in range(3)]
     assert sum(read) == n_rows and (0 in read) == (n_rows == 2), read
     fits = _ThreadRanks(3).run(lambda dist: fitted_gaussian(rows, dist))
     one = fitted_gaussian(rows)
@@ -392,6 +397,34 @@ def test_disk_and_memory_shards_hold_the_same_rows(tmp_path, small_chunks, monke
     epoch = torch.cat([next(batches) for _ in range(10)])
     assert torch.equal(torch.sort(epoch[:, 0]).values, torch.sort(mem[0][:, 0]).values)
     assert not torch.equal(epoch[:100], mem[0][:100])              # shuffled across windows
+    # and so is one epoch of memory batches: no full batch is dropped at the epoch's end
+    batches = shards["memory"].batches(100, torch.Generator().manual_seed(0))
+    epoch = torch.cat([next(batches) for _ in range(10)])
+    assert torch.equal(torch.sort(epoch[:, 0]).values, torch.sort(mem[0][:, 0]).values)
+
+
+@pytest.mark.parametrize("where", ["memory", "disk"])
+def test_block_movements_are_each_blocks_rms_distance(tmp_path, where):
+    # The reparametrization's input: sqrt(E|T_k(x) - x|^2) over the data pushed through blocks
+    # 1..k-1, block by block; the data shard itself is kept (the next round trains on it).
+    from conftest import random_flow
+    from jkofast.distributed import Dist
+    from jkofast.jko_iflow_pushed import PushedData
+
+    flow = random_flow(dim=2, blocks=3, dtype=torch.float32)
+    u = torch.randn(500, 2)
+    store = _store(where, tmp_path)
+    train = store.from_rows(Rows(u.numpy()), torch.zeros(2), torch.ones(2), rank=0, world=1, seed=0)
+    got = PushedData(flow, train, None, store=store, dist=Dist()).movements()
+    want, x = [], u
+    with torch.no_grad():
+        for k in range(3):
+            y = flow.push(x, blocks=slice(k, k + 1))[0]
+            want.append(float((y - x).square().sum(1).mean().sqrt()))
+            x = y
+    assert got == pytest.approx(want, rel=1e-5) and min(want) > 0.05
+    assert torch.equal(torch.cat([p for p, _ in train.chunks()]).sort(0).values, u.sort(0).values)
+    store.close()
 
 
 def _sorted_disk_shard(tmp_path, seed=0, rank=0, n=6000):
@@ -421,12 +454,25 @@ def test_disk_training_shard_is_a_seeded_shuffle_of_a_sorted_file(tmp_path, monk
     # order 8 windows of 85 rows could cover 8 deciles at most.
     batches = first.batches(200, torch.Generator().manual_seed(0))
     assert all(len(set((next(batches)[:, 0] // 600).tolist())) == 10 for _ in range(60))
+    # The batches are the generator's: the same seed gives the same ones, and a generator used
+    # again goes on to others (as a memory shard's randperm does), never the same sequence anew.
+    def head(generator):
+        return next(first.batches(200, generator))[:, 0]
+    assert torch.equal(head(torch.Generator().manual_seed(0)), head(torch.Generator().manual_seed(0)))
+    generator = torch.Generator().manual_seed(0)
+    assert not torch.equal(head(generator), head(generator))
 
 
-def test_auto_storage_rule(tmp_path):
+def test_auto_storage_rule(tmp_path, monkeypatch):
     small = ShardStore("auto", 1 << 20, dtype=torch.float32, device=torch.device("cpu"))
     huge = ShardStore("auto", 1 << 50, dtype=torch.float32, device=torch.device("cpu"))
     assert small.where == "memory" and huge.where == "disk"
+    # half the free memory is shared by the processes of the host: a shard whose three copies fit
+    # in half of it alone goes to disk when four processes hold one each
+    monkeypatch.setattr(shard_module, "available_bytes", lambda device: 8 << 20)
+    for local_world, where in ((1, "memory"), (4, "disk")):
+        store = ShardStore("auto", 1 << 20, dtype=torch.float32, device=torch.device("cpu"), local_world=local_world)
+        assert store.where == where, local_world
     with pytest.raises(ValueError, match="pushed_storage"):
         ShardStore("ssd", 0, dtype=torch.float32, device=torch.device("cpu"))
 
