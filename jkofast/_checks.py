@@ -15,13 +15,15 @@ from ._warn import warn_user
 
 
 def check_points(x, name: str, dim: int | None = None, *, like: nn.Module | None = None,
-                 allow_empty: bool = True, allow_wider: bool = False) -> Tensor:
+                 allow_empty: bool = True, allow_wider: bool = False, allow_narrower: bool = False) -> Tensor:
     """Check that ``x`` is a floating (B, dim) tensor matching ``like``'s dtype (or, with
-    ``allow_wider``, a wider float dtype) and device."""
+    ``allow_wider`` / ``allow_narrower``, a wider / narrower float dtype, which the caller
+    converts) and device."""
     # the model's first weight (or buffer, for a model without weights): its dtype and device
     p = None if like is None else next((t for t in (*like.parameters(), *like.buffers())), None)
     if not isinstance(x, Tensor):
-        wanted = f", dtype={p.dtype}" if p is not None and not (allow_wider and _as_wide_as(x, p.dtype)) else ""
+        as_is = p is None or _array_dtype_fits(x, p.dtype, allow_wider, allow_narrower)
+        wanted = "" if as_is else f", dtype={p.dtype}"
         hint = f" (convert it with torch.as_tensor({name}{wanted}))" if hasattr(x, "__array__") else ""
         raise TypeError(f"{name} must be a torch.Tensor of shape (batch, dim), got {type(x).__name__}{hint}")
     if x.dim() != 2:
@@ -33,8 +35,7 @@ def check_points(x, name: str, dim: int | None = None, *, like: nn.Module | None
     if not allow_empty and x.shape[0] == 0:
         raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); at least one row is needed")
     if p is not None:
-        wider = allow_wider and torch.finfo(x.dtype).bits > torch.finfo(p.dtype).bits
-        if x.dtype != p.dtype and not wider:
+        if x.dtype != p.dtype and not _dtype_fits(x.dtype, p.dtype, allow_wider, allow_narrower):
             raise TypeError(f"{name} has dtype {x.dtype} but the model's parameters are {p.dtype}; "
                             f"convert one of them (e.g. {name}.to({p.dtype}) or model.to({x.dtype}))")
         if x.device != p.device:
@@ -42,15 +43,26 @@ def check_points(x, name: str, dim: int | None = None, *, like: nn.Module | None
     return x
 
 
-def _as_wide_as(x, dtype: torch.dtype) -> bool:
-    """An array of floats at least as wide as ``dtype``: kept as it is where a wider dtype is
-    accepted, since a float64 array cast to a float32 model's dtype loses what float64 data is
-    kept for (README: Precision)."""
+def _dtype_fits(dtype: torch.dtype, model: torch.dtype, allow_wider: bool, allow_narrower: bool) -> bool:
+    bits, model_bits = torch.finfo(dtype).bits, torch.finfo(model).bits
+    return dtype == model or (allow_wider and bits > model_bits) or (allow_narrower and bits < model_bits)
+
+
+def _array_dtype_fits(x, model: torch.dtype, allow_wider: bool, allow_narrower: bool) -> bool:
+    """An array of floats that torch.as_tensor(x) gives a dtype the check takes: its own, kept
+    (a float64 array cast to a float32 model's dtype would lose what float64 data is kept for:
+    README, Precision)."""
     try:
         kind = np.dtype(x.dtype)
     except (AttributeError, TypeError):
         return False
-    return kind.kind == "f" and kind.itemsize * 8 >= torch.finfo(dtype).bits
+    if kind.kind != "f":
+        return False
+    try:
+        dtype = torch.from_numpy(np.empty(0, kind)).dtype
+    except TypeError:  # (a float numpy has that torch has not: float128)
+        return False
+    return _dtype_fits(dtype, model, allow_wider, allow_narrower)
 
 
 def check_finite(x: Tensor, name: str) -> None:

@@ -116,22 +116,25 @@ class Flow(nn.Module):
         return self.loc.dtype
 
     # ------------------------------------------------------------------ the map and its inverse
-    def _check_input(self, x: Tensor, name: str) -> Tensor:
-        check_points(x, name, self.dim, like=self)
-        return x
+    def _check_latent(self, z: Tensor, name: str) -> Tensor:
+        """Latent input on the model's device, in the model's dtype: a narrower float is converted
+        (exactly); a wider one is refused (the blocks, in the model's dtype, would round it)."""
+        check_points(z, name, self.dim, like=self, allow_narrower=True)
+        return z.to(self._dtype)
 
     def _check_data(self, x: Tensor, name: str) -> Tensor:
-        """Data-space input: the model's dtype, or a wider float (standardized in it, see
-        :meth:`standardize`), on the model's device."""
-        return check_points(x, name, self.dim, like=self, allow_wider=True)
+        """Data-space input of any float dtype on the model's device: it is standardized in the
+        wider of its dtype and the model's (see :meth:`standardize`)."""
+        return check_points(x, name, self.dim, like=self, allow_wider=True, allow_narrower=True)
 
     def transform(self, x: Tensor, *, steps: int | None = None, divergence: str = "exact",
                   probes: int = 1, backend: str = "auto") -> tuple[Tensor, Tensor]:
         """Push data to the latent space.
 
         Arguments:
-            x: data, (B, d), in the model's dtype or a wider one (float64 data for a float32
-                model is standardized in float64 first: see :meth:`standardize`).
+            x: data, (B, d), of any float dtype (standardized in the wider of its dtype and the
+                model's: float64 data for a float32 model is standardized in float64 first, see
+                :meth:`standardize`).
             steps: RK4 steps per block (default: the training grid, ``self.steps``).
             divergence: ``"exact"`` or ``"hutchinson"`` (then logdet is an estimate).
 
@@ -148,10 +151,12 @@ class Flow(nn.Module):
                 dtype: torch.dtype | None = None) -> Tensor:
         """Map latent points back to data space: F^{-1}(z), (B, d) -> (B, d).
 
+        ``z``: in the model's dtype or a narrower float (converted exactly; a wider one is refused,
+        since the blocks, in the model's dtype, would round it).
         ``dtype``: of the result (default: the model's). The blocks run in the model's dtype; the
         last step, x = u * scale + loc, runs in ``dtype``, so ``torch.float64`` keeps data with a
         large offset and a small spread (1e8 +/- 1) that float32 would round to multiples of 8."""
-        self._check_input(z, "z")
+        z = self._check_latent(z, "z")
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise TypeError(f"dtype must be a floating-point torch.dtype (e.g. torch.float64), got {dtype!r}")
         steps = self.steps if steps is None else steps
