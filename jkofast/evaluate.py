@@ -28,7 +28,7 @@ from .flow import Flow
 from .gaussian_baseline import GaussianFit, fixes_a_covariance, gaussian_fit, gaussian_nll_values
 from .metrics import mean_and_se, median_distance, mmd, nll_values, rows_per_chunk, sharded_scores_by_grid
 
-__all__ = ["evaluate", "evaluate_sharded", "nll_entries", "training_summary", "TRAINING_KEYS"]
+__all__ = ["evaluate", "evaluate_sharded", "evaluation_grids", "nll_entries", "training_summary", "TRAINING_KEYS"]
 
 TRAINING_KEYS = ("method", "train_batches", "batch_size", "train_seconds", "resources", "resumed")
 
@@ -65,6 +65,8 @@ def evaluate(flow: Flow, test, *, steps: int | list[int] | None = None, mmd_poin
         where the flow is better).
 
     Examples:
+        >>> import torch
+        >>> from jkofast import Flow, evaluate
         >>> flow = Flow(2, dict(hidden=8, layers=1))
         >>> r = evaluate(flow, torch.randn(50, 2), mmd_points=20)
         >>> sorted(r)
@@ -75,7 +77,7 @@ def evaluate(flow: Flow, test, *, steps: int | list[int] | None = None, mmd_poin
     x = x.to(data_dtype(x, flow.loc.dtype))
     check_points(x, "test", flow.dim, allow_empty=False)
     check_finite(x, "test")
-    grids = _grids(flow, steps)
+    grids = evaluation_grids(flow, steps)
     out: dict = {"n_test": int(x.shape[0])}
     if baseline_train is not None:
         fit = _baseline_fit(baseline_train, flow.dim)
@@ -119,7 +121,7 @@ def evaluate_sharded(flow: Flow, test, *, steps: int | list[int] | None = None, 
         :func:`evaluate`'s dictionary, with ``"mmd"`` only where ``mmd_points`` >= 2.
     """
     _check_draws(mmd_points, seed)
-    grids = _grids(flow, steps)
+    grids = evaluation_grids(flow, steps)
     test = as_rows(test, "test", dim=flow.dim)
     fit = _baseline_fit(baseline_train, flow.dim, dist) if baseline_train is not None else None
     gaussian = fit.distribution() if fit is not None else None
@@ -169,7 +171,7 @@ def _mmd_entry(flow: Flow, reference: Tensor, g: torch.Generator, backend: str) 
             "mmd_u": mmd(u_reference, u_samples, bandwidth=median_u), "median_distance_u": median_u}
 
 
-def _grids(flow: Flow, steps) -> list[int]:
+def evaluation_grids(flow: Flow, steps=None) -> list[int]:
     """The RK4 grids to report: ``steps`` (one or several, each once), else the flow's
     evaluation grids."""
     if steps is None:

@@ -57,7 +57,12 @@ class Flow(nn.Module):
         loc, scale: standardization, ``u = (x - loc) / scale``; (d,) each. Default: identity.
         block: ``"velocity"`` or ``"ot-potential"``: the class of every block.
 
+    ``flow.info`` (a dict, saved with the model) records how a flow from :func:`jkofast.train`
+    was trained: the method and its settings, the data, validation NLLs, training time and memory.
+
     Examples:
+        >>> import torch
+        >>> from jkofast import Flow
         >>> flow = Flow(2, dict(hidden=8, layers=1))
         >>> flow.add_block(flow.new_field(), h=0.5)
         >>> x = torch.randn(4, 2)
@@ -68,6 +73,7 @@ class Flow(nn.Module):
 
     def __init__(self, dim: int, field: dict | None = None, *, steps: int = 3, tableau: str = "rk4",
                  loc: Tensor | None = None, scale: Tensor | None = None, block: str = "velocity") -> None:
+        """An empty flow (no blocks: the standardized Gaussian); the arguments are the class's."""
         super().__init__()
         self.dim = check_positive_int(dim, "dim")
         self.field_config = dict(field or {})
@@ -166,7 +172,8 @@ class Flow(nn.Module):
         return z.to(out) * self.scale.to(out) + self.loc.to(out)
 
     def log_prob(self, x: Tensor, *, steps: int | None = None, backend: str = "auto") -> Tensor:
-        """Exact log-density log p(x) in nats, in the user's data space; (B, d) -> (B,)."""
+        """Exact log-density log p(x) in nats, in the user's data space; (B, d) -> (B,), in the
+        model's dtype, with its autograd graph (under ``torch.no_grad()`` none is kept)."""
         return -standard_normal_nll(*self.transform(x, steps=steps, backend=backend))
 
     def sample(self, n: int, *, generator: torch.Generator | None = None, steps: int | None = None,

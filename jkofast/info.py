@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from . import _backend
+from . import _backend, _extension
 from ._version import __version__
 
 
@@ -69,8 +69,9 @@ def report() -> str:
     ext, build = _backend.EXTENSION, _backend.EXTENSION.build_info
     version = (build or {}).get("version") or __version__
     lines = [f"jkofast {version} at {Path(__file__).resolve().parent}"]
-    if build is None:
-        lines.append("built for:       (no compiled build installed)")
+    if build is None:  # (imported from a source checkout: say so first, the reason and the way out)
+        note = _extension._source_checkout_note()
+        lines.append(f"built for:       ({note})" if note else "built for:       (no compiled build installed)")
     else:
         lines.append(f"built for:       torch {_torch_name(build['torch_version'], build['torch_cuda'], build['torch_hip'])}, "
                      f"{build['compiler']}, CPU code {_cpu_code(build.get('cpu_target'))}")

@@ -17,6 +17,7 @@ __all__ = ["density_grid", "plot_flow", "PLOT_POINTS"]
 # enough that a PNG of rasterized dots stays small
 PLOT_POINTS = 5000
 PLOT_FORMATS = ("png", "pdf", "svg")  # by the file's ending
+TRAJECTORY_PANELS = 7  # the standardized data and after each of the default 6 blocks
 
 
 @torch.no_grad()
@@ -45,8 +46,8 @@ def _bounds(data: np.ndarray, margin: float = 0.15) -> tuple[float, float, float
 def plot_flow(flow, data: np.ndarray, path: str | Path, *, samples: np.ndarray | None = None,
               n_points: int = PLOT_POINTS, resolution: int = 200, seed: int = 0, title: str = "") -> Path:
     """Save a figure (PNG, PDF or SVG, by ``path``'s ending): data, samples, density (top row)
-    and the data pushed through the blocks (bottom row, at most 6 panels from the standardized
-    data to the latent space); at most ``n_points`` of each, the data's drawn at random by ``seed``."""
+    and the data pushed through the blocks (bottom row, at most ``TRAJECTORY_PANELS`` panels from the
+    standardized data to the latent space); at most ``n_points`` of each, the data's drawn at random by ``seed``."""
     path = Path(path)
     fmt = path.suffix.lower().lstrip(".")
     if fmt not in PLOT_FORMATS:
@@ -68,7 +69,8 @@ def plot_flow(flow, data: np.ndarray, path: str | Path, *, samples: np.ndarray |
     bounds = _bounds(data)
     p = flow.loc
     traj = flow.trajectory(torch.as_tensor(data, dtype=p.dtype, device=p.device))
-    picks = sorted(set(np.linspace(0, len(traj) - 1, min(6, len(traj))).round().astype(int).tolist()))
+    # every block of the default 6; of more, an even spread (each panel's title names its block)
+    picks = sorted(set(np.linspace(0, len(traj) - 1, min(TRAJECTORY_PANELS, len(traj))).round().astype(int).tolist()))
 
     fig = plt.figure(figsize=(3.2 * max(3, len(picks)), 6.8))
     grid = fig.add_gridspec(2, max(3, len(picks)))

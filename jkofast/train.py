@@ -138,6 +138,20 @@ def _trained_units(log: dict) -> int:
 
 
 OUT_LOCK = ".jkofast.lock"   # in the output folder, held while a run trains into it
+RUN_FILES = (CHECKPOINT_FILE, MODEL_FILE, LOG_FILE)   # what train() writes into its output folder
+
+
+def check_no_files_of_others(out: Path, written: tuple[str, ...] = RUN_FILES) -> None:
+    """Refuse an output folder that holds files of the names a run writes (``written``) but no
+    checkpoint: not a run to resume, so they are someone else's (a model.pt, a plot.png of one's
+    own), which the run would overwrite. Starting over there (resume=False, --restart) replaces them."""
+    if (out / CHECKPOINT_FILE).exists():
+        return
+    present = [name for name in written if (out / name).exists()]
+    if present:
+        raise ValueError(f"{out} holds {', '.join(present)} but no {CHECKPOINT_FILE}: it is not a run to resume, and "
+                         "this run would overwrite them; choose another output folder, or start over there "
+                         "(resume=False, --restart) to replace them")
 _UNITS = {"jko-iflow": "block", "jko-flow": "round", "interpolant": "training segment"}
 
 
@@ -230,7 +244,7 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
     the same flow. See jkofast/distributed.py and the README's "Scaling out".
 
     Examples:
-        >>> import jkofast
+        >>> import jkofast, torch
         >>> x = jkofast.datasets.toy("moons", 512, seed=0)
         >>> flow = jkofast.train(x, budget="quick", progress=False)
         >>> flow.log_prob(torch.as_tensor(x[:4])).shape
@@ -265,6 +279,8 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
     with distributed.alike_on_every_rank():
         check_world(method, dist.world)
     out = check_folder(out, "out") if out is not None else None
+    if out is not None and resume:
+        check_no_files_of_others(out)
     # Two runs writing checkpoints into one folder would overwrite each other's: the second is
     # refused while the first lives (a lock the kernel drops when its process ends).
     lock = out / OUT_LOCK if out is not None and dist.main else None
@@ -272,7 +288,7 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
         if out is not None and not resume and dist.main:
             # Starting over: the earlier run's model and log go with its checkpoint, so that no
             # reader (Flow.load, jkofast eval) takes them for this run's while it trains.
-            for name in (CHECKPOINT_FILE, MODEL_FILE, LOG_FILE):
+            for name in RUN_FILES:
                 (out / name).unlink(missing_ok=True)
         columns = _column_names(x)  # kept with the model: `jkofast sample --out s.csv` writes them as a header
         info = {**({"columns": columns} if columns else {}), **(info or {})}
@@ -333,6 +349,8 @@ def _train(x, val, method: str, cfg, *, out: Path | None, dist, progress: bool, 
     device, dtype = dist.device, getattr(torch, cfg.dtype)
     log = {"jkofast_version": __version__, "method": method, "config": cfg.to_dict(), "device": str(device),
            "world_size": dist.world}
+    if info and "data" in info:  # where the data came from (the command line's spec): a refusal can name it
+        log["data"] = info["data"]
     if isinstance(cfg, JKOIFlowConfig):
         cfg.check_validation(val is not None)
     if method in DISTRIBUTED_METHODS:

@@ -1,6 +1,7 @@
 """The jkofast command line, run in-process as a user would (and once as a subprocess)."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -50,15 +51,19 @@ def test_report_sets_the_flow_beside_a_fitted_gaussian(run_dir, capsys):
     assert gap["mean"] == pytest.approx(g["mean"] - metrics["nll_steps3"]["mean"], abs=1e-9)
     from jkofast.cli.report import _print_evaluation
     # a note where the gap is under 2 s.e.; its likely cause follows the rows per dimension
+    # (clearly worse, the note adds that the points may not be like the training data's)
     for n_train, gap_mean, said in ((1500, -0.5, "more training may help"), (1500, 0.15, "more training may help"),
-                                    (1500, 0.25, None), (100, -0.5, "50 training rows per dimension")):
+                                    (1500, 0.25, None), (100, -0.5, "50 training rows per dimension"),
+                                    (1500, -0.15, "more training may help")):
         _print_evaluation({"n_test": 9, "nll_steps3": {"mean": 2.5 - gap_mean, "se": 0.1},
                            "gaussian_nll": {"mean": 2.5, "se": 0.1, "n_train": n_train, "dim": 2,
                                             "minus_flow_steps3": {"mean": gap_mean, "se": 0.1}}}, [3])
         out = capsys.readouterr().out
         assert "a Gaussian fitted to the training data (full covariance) scores 2.5000 +/- 0.1000" in out
-        assert f"the flow is {gap_mean:.4f} +/- 0.1000 nats better (paired, 3 steps)" in out
+        sign = "worse" if gap_mean < 0 else "better"
+        assert f"the flow is {abs(gap_mean):.4f} +/- 0.1000 nats {sign} (paired, 3 steps)" in out
         assert (said in out and "does not clearly beat it" in out) if said else "does not clearly beat" not in out
+        assert ("do not come from the training data's distribution" in out) == (gap_mean <= -0.2)
 
 
 def test_a_pipe_error_that_is_not_stdouts_is_raised(monkeypatch):
@@ -116,7 +121,7 @@ def test_eval_sample_plot(run_dir, tmp_path, capsys):
     assert main(["eval", "--model", str(run_dir), "--steps", "6", "3", "--json", str(tmp_path / "e.json")]) == 0
     out = capsys.readouterr().out
     assert "test NLL (3 RK4 steps" in out and "+/-" in out
-    assert "nats better (paired, 6 steps)" in out  # the gap on the finest grid, in whatever order given
+    assert re.search(r"nats (better|worse) \(paired, 6 steps\)", out)  # the finest grid's gap, in whatever order given
     metrics = json.loads((tmp_path / "e.json").read_text())
     assert abs(metrics["nll_steps3"]["mean"] - metrics["nll_steps6"]["mean"]) < 0.05
     # eval rebuilds the training run's test split from the recorded data set and seed: the same
@@ -146,12 +151,16 @@ def test_train_on_a_file(tmp_path, capsys):
     data = jkofast.datasets.toy("8gaussians", 1200, seed=1).astype(np.float64)
     np.save(tmp_path / "d.npy", data)
     assert main(["train", "--data", str(tmp_path / "d.npy"), "--out", str(tmp_path / "run"), *SMALL,
-                 "--no-plot"]) == 0
+                 "--no-plot", "--eval-steps", "7"]) == 0
     # SMALL's sizes do not apply to a file: said, not silently dropped
     assert "--n-train/--n-val/--n-test ignored" in capsys.readouterr().err
     assert main(["eval", "--model", str(tmp_path / "run"), "--json", str(tmp_path / "split.json")]) == 0
     split = json.loads((tmp_path / "split.json").read_text())
     assert split["n_test"] == 120 and split["gaussian_nll"]["n_train"] == 960   # 10% test, 80% train
+    # eval's grids, by default, are the ones train reported (flow.info's eval_grids)
+    trained = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    grids = {key for key in trained if key.startswith("nll_steps")}
+    assert len(grids) >= 2 and {key for key in split if key.startswith("nll_steps")} == grids
     assert main(["eval", "--model", str(tmp_path / "run"), "--n-test", "50"]) == 2  # not silently ignored
     assert "whose test split is fixed" in capsys.readouterr().err
     # Held-out data in another file is scored whole, against the Gaussian of the model's own
@@ -456,6 +465,29 @@ def test_restart_ignores_the_checkpoint(run_dir, tmp_path, capsys):
     assert log["resumed"] is False and len(log["blocks"]) >= 1
 
 
+def test_a_run_resumed_with_another_data_file_names_the_file_it_was_trained_on(tmp_path, capsys):
+    for name, seed in (("first.npy", 1), ("second.npy", 2)):
+        np.save(tmp_path / name, jkofast.datasets.toy("moons", 400, seed=seed).astype(np.float64))
+    run = str(tmp_path / "run")
+    assert main(["train", "--data", str(tmp_path / "first.npy"), "--out", run, *SMALL, "--no-plot"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--data", str(tmp_path / "second.npy"), "--out", run, *SMALL, "--no-plot"]) == 2
+    err = capsys.readouterr().err
+    assert "different training data" in err
+    assert f"the run in {run} was trained on {tmp_path / 'first.npy'}, this command names {tmp_path / 'second.npy'}" in err
+
+
+def test_train_into_a_folder_of_ones_own_files_is_refused_before_the_data_is_read(tmp_path, capsys):
+    # A plot.png of one's own beside no checkpoint: refused, untouched; --restart replaces it.
+    (tmp_path / "plot.png").write_text("mine")
+    missing = str(tmp_path / "no-such-data.npy")
+    assert main(["train", "--data", missing, "--out", str(tmp_path), *SMALL]) == 2
+    assert "holds plot.png but no checkpoint.pt" in capsys.readouterr().err
+    assert (tmp_path / "plot.png").read_text() == "mine"
+    assert main(["train", "--data", "moons", "--out", str(tmp_path), *SMALL, "--no-plot", "--restart"]) == 0
+    assert not (tmp_path / "plot.png").exists()   # (--no-plot: the earlier report's plot is gone)
+
+
 def test_train_help_says_what_each_option_does(capsys):
     from jkofast.cli import options
 
@@ -491,6 +523,22 @@ def test_plot_draws_a_random_subset_of_the_data(tmp_path, monkeypatch):
     assert len(x) == 500 and x.min() < -2 and x.max() > 2   # spans the data, not its first 500 rows
 
 
+@pytest.mark.parametrize("blocks, shown", [(6, [0, 1, 2, 3, 4, 5, 6]), (9, [0, 2, 3, 4, 6, 8, 9])])
+def test_the_plot_shows_every_block_of_the_default_six(blocks, shown, tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from conftest import random_flow
+    from jkofast.plotting import plot_flow
+
+    titles = []
+    real_close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig: (titles.extend(a.get_title() for a in fig.axes), real_close(fig)))
+    plot_flow(random_flow(dim=2, blocks=blocks), np.random.default_rng(0).normal(size=(300, 2)), tmp_path / "p.png",
+              resolution=20)
+    want = ["data", "samples", "density", "standardized data", *(f"after block {k}" for k in shown[1:])]
+    assert titles == want
+
+
 def test_counts_and_outputs_are_checked_before_any_work(run_dir, tmp_path, capsys):
     """Refused as the command line is read, or before the data and the model are: a count
     below its least value (--samples -1 met its check after training, and the earlier report
@@ -504,7 +552,8 @@ def test_counts_and_outputs_are_checked_before_any_work(run_dir, tmp_path, capsy
         assert stop.value.code == 2 and f"{flag}: must be an integer >= 1, got {value}" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--data", absent, "--out", str(tmp_path / "o"), "--restar"])
-    assert "unrecognized arguments: --restar" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --restar" in err and err.startswith("usage: jkofast train ")  # train's usage
     with pytest.raises(SystemExit):
         main(["eval", "--model", str(run_dir), "--mmd-points", "-5"])
     assert "--mmd-points: must be an integer >= 0" in capsys.readouterr().err

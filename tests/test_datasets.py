@@ -474,6 +474,20 @@ def test_a_csv_header_names_as_many_columns_as_the_rows_have(tmp_path):
         assert datasets.load_array(path).shape == (2, 2) and datasets.column_names(path) == names, text
 
 
+def test_a_csv_whose_rows_all_end_in_a_separator_has_no_empty_last_column(tmp_path):
+    # Spreadsheet exports often end every row with the separator: an empty column, not a field
+    # that is "not a number"; with and without a header, in each separator.
+    path = tmp_path / "t.csv"
+    for text, names in (("1.5,2,\n3,4,\n", None), ("x,y,\n1.5,2,\n3,4,\n", ["x", "y"]),
+                        ("x,y\n1.5,2,\n3,4, \n", ["x", "y"]), ("1,5;2;\n3;4;\n", None), ("1.5\t2\t\n3\t4\t\n", None)):
+        path.write_text(text)
+        np.testing.assert_array_equal(datasets.load_array(path), [[1.5, 2], [3, 4]], err_msg=text)
+        assert datasets.column_names(path) == names, text
+    path.write_text("1.5,2,\n3,4\n")   # one row only: its empty field is refused, the line quoted
+    with pytest.raises(ValueError, match="first line .*'1.5,2,'"):
+        datasets.load_array(path)
+
+
 def test_load_csv_reads_pandas_default_column_names_as_a_header(tmp_path):
     """pd.DataFrame(array).to_csv(index=False) writes 0,1,...,d-1 as its header: not a data row."""
     pd = pytest.importorskip("pandas")

@@ -99,15 +99,17 @@ def test_a_source_checkout_shadowing_the_install_is_named(tmp_path):
     import jkofast
 
     shutil.copytree(os.path.dirname(jkofast.__file__), tmp_path / "jkofast",
-                    ignore=shutil.ignore_patterns("_C*", "__pycache__"))
+                    ignore=shutil.ignore_patterns("_C*", "_build_info.py", "__pycache__"))  # (as a clone has)
     (tmp_path / "pyproject.toml").write_text("[project]\nname = 'jkofast'\n")
     (tmp_path / "csrc").mkdir()
-    out = run_python("import jkofast, jkofast._backend as b; print('FILE', jkofast.__file__); print('WHY', b.COMPILED_ERROR)",
-                     tmp_path)
+    out = run_python("import jkofast, jkofast._backend as b, jkofast.info as i; print('FILE', jkofast.__file__); "
+                     "print('WHY', b.COMPILED_ERROR); print('INFO', i.report().splitlines()[1])", tmp_path)
     assert out.returncode == 0, out.stderr
     assert f"FILE {tmp_path / 'jkofast'}" in out.stdout, out.stdout
     assert f"imported from the source checkout {tmp_path / 'jkofast'}" in out.stdout, out.stdout
     assert "hides the installed package at" in out.stdout and "start Python in another directory" in out.stdout
+    # and `jkofast info` says it in its first line of facts, where it says what was built
+    assert f"INFO built for:       (jkofast was imported from the source checkout {tmp_path / 'jkofast'}" in out.stdout
 
 
 def test_switched_off_extension_runs_quietly_even_on_a_mismatched_build(tmp_path):

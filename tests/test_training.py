@@ -123,6 +123,21 @@ def test_resume_refuses_other_settings(tmp_path, moons):
     jkofast.train(x, out=tmp_path, progress=False, resume=False, **(QUICK | {"lr": 0.1}))
 
 
+def test_a_folder_with_files_of_a_runs_names_but_no_checkpoint_is_refused(tmp_path, moons):
+    # A model.pt or log.json of one's own in `out` (out="." in a project folder): not a run to
+    # resume, and training would overwrite it. resume=False is the explicit choice to replace it.
+    x = moons[0][:500]
+    for name in ("model.pt", "log.json"):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / name).write_text("mine")
+        with pytest.raises(ValueError, match=f"holds {name} but no checkpoint.pt: it is not a run to resume"):
+            jkofast.train(x, out=folder, progress=False, **QUICK)
+        assert (folder / name).read_text() == "mine"
+    jkofast.train(x, out=tmp_path / "model.pt", progress=False, resume=False, **QUICK)
+    assert jkofast.Flow.load(tmp_path / "model.pt" / "model.pt").num_blocks == QUICK["blocks"]
+
+
 def test_checkpoint_from_before_a_new_setting_resumes(tmp_path, moons, monkeypatch):
     """A checkpoint written before a setting existed lacks its key: the run had the default."""
     x = moons[0][:500]

@@ -11,7 +11,7 @@ import torch
 from ..checkpoint import CheckpointError
 from ..distributed import DistributedError
 from ..jko_iflow_state import CHECKPOINT_FILE
-from .parser import build_parser
+from .parser import parse
 from .process import _notes_on_stderr, _print_error, _rank0, _sigterm_raises, _stdout_reader_gone, _Terminated
 
 
@@ -26,7 +26,7 @@ def _how_to_resume(args) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     try:
         with _notes_on_stderr(), _sigterm_raises():  # notes with --no-progress too: a run that stopped early says so
             code = args.func(args)

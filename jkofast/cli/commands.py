@@ -8,7 +8,7 @@ from .. import distributed
 from .._atomic import replaced_atomically
 from ..checkpoint import write_json
 from ..datasets.streaming import Rows
-from ..evaluate import evaluate, evaluate_sharded
+from ..evaluate import evaluate, evaluate_sharded, evaluation_grids
 from ..flow import Flow
 from .data_spec import _as_array
 from .options import _device
@@ -30,7 +30,7 @@ def _evaluate_and_report(args, dist) -> int:
         _output_file(args.json, "--json")
     flow, recorded, test = _flow_and_data(args, dist.device)
     baseline_train = _recorded_or(flow, lambda: _training_rows(recorded, args))
-    steps = args.steps or [flow.steps]
+    steps = evaluation_grids(flow, args.steps)  # (default: the grids train reported, flow.info's)
     if isinstance(test, Rows) or dist.world > 1:
         # a memory-mapped set, or several processes: NLLs streamed in chunks (each rank its
         # shard), the MMD on a random subset of the test rows

@@ -3,12 +3,14 @@ stamp, memory-mapped or not), the split it loads, and the checks that a recorded
 still the one the model was trained on."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
 from .. import datasets
 from ..datasets.streaming import Rows, open_npy, split_rows
+from ..jko_iflow_state import LOG_FILE
 from .options import _flag
 from .process import _note
 
@@ -68,10 +70,17 @@ def _data_spec(args) -> dict:
     return _with_root(spec, name, args)
 
 
-def _what_sets_the_rows(spec: dict) -> str:
+def _what_sets_the_rows(spec: dict, out: Path) -> str:
     """For a run refused as trained on other data (its settings, --seed among them, are this
-    command's): what else chooses the command line's training rows."""
+    command's): the data its log names, where that is not this command's, else what else chooses
+    the command line's training rows."""
     name = spec["name"]
+    try:
+        theirs = json.loads((out / LOG_FILE).read_text())["data"]["name"]
+    except (OSError, ValueError, KeyError, TypeError):  # (a run from before logs named their data)
+        theirs = None
+    if theirs is not None and theirs != name:
+        return f"the run in {out} was trained on {theirs}, this command names {name}"
     if "file_bytes" not in spec:  # a built-in set: drawn (or, for the MAF sets, read) by --seed and the sizes
         return f"the training rows of {name} are also chosen by --n-train/--n-val/--n-test: was the run started with others?"
     if spec.get("mmap"):

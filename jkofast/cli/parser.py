@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="output folder (a rerun with the same folder resumes)")
     t.add_argument("--method", default="jko-iflow", choices=METHODS)
     t.add_argument("--budget", default="default", choices=sorted(BUDGETS))
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0,
+                   help="seeds training, the built-in sets' draws, the split of a file, the samples (default: 0)")
     t.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     choices = _choices()
     for flag, kind in _TRAIN_OPTIONS.items():
@@ -52,19 +53,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--mmap", action=argparse.BooleanOptionalAction, default=None,
                    help=".npy files: read through a memory map in chunks and split without copying "
                         "(default: for a file of 1 GiB or more)")
-    t.add_argument("--samples", type=_count(1), default=10_000, help="samples to write to samples.npy")
+    t.add_argument("--samples", type=_count(1), default=10_000, help="samples to write to samples.npy (default: 10,000)")
     t.add_argument("--restart", action="store_true", help="ignore a checkpoint in --out and start over")
     t.add_argument("--no-plot", action="store_true")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=cmd_train)
 
     for name, fn, helptext in (("eval", cmd_eval, "test NLL in nats with its standard error"),
-                               ("plot", cmd_plot, "PNG of data, samples, density and trajectory (2-D)"),
+                               ("plot", cmd_plot, "picture (.png, .pdf, .svg) of data, samples, density and trajectory (2-D)"),
                                ("sample", cmd_sample, "draw samples to a .npy or .csv file")):
         c = sub.add_parser(name, help=helptext, allow_abbrev=False)
         c.add_argument("--model", required=True, help="model file, or the output folder of `jkofast train`")
         c.add_argument("--device", default=None)
-        c.add_argument("--seed", type=int, default=0)
+        c.add_argument("--seed", type=int, default=0, help="seeds the draws: " + {
+            "eval": "the MMD's samples and test points", "plot": "the test points plotted, the samples",
+            "sample": "the samples"}[name] + " (default: 0)")
         c.set_defaults(func=fn)
         if name in ("eval", "plot"):
             c.add_argument("--data", default=None, help="data set (default: the one the model was trained on, "
@@ -76,12 +79,26 @@ def build_parser() -> argparse.ArgumentParser:
                                                                        "; and at most this many plotted (default 5,000)"))
     sub.add_parser("info", help="version, the torch it was built for, compiled backends, GPU",
                    allow_abbrev=False).set_defaults(func=cmd_info)
-    sub.choices["eval"].add_argument("--steps", type=_count(1), nargs="+", default=None, help="RK4 steps per block")
+    sub.choices["eval"].add_argument("--steps", type=_count(1), nargs="+", default=None,
+                                     help="RK4 steps per block, one grid or several (default: the grids "
+                                          "training reported, e.g. 3 12)")
     sub.choices["eval"].add_argument("--json", default=None, help="also write the numbers to this file")
     sub.choices["eval"].add_argument("--mmd-points", type=_count(0), default=10_000,
-                                     help="samples and test points for the MMD (0: skip it)")
+                                     help="samples and test points for the MMD (0: skip it; default: 10,000)")
     sub.choices["plot"].add_argument("--out", required=True, help="image file: .png, .pdf or .svg")
-    sub.choices["sample"].add_argument("--n", type=_count(1), default=10_000)
-    sub.choices["sample"].add_argument("--steps", type=_count(1), default=None)
+    sub.choices["sample"].add_argument("--n", type=_count(1), default=10_000, help="how many (default: 10,000)")
+    sub.choices["sample"].add_argument("--steps", type=_count(1), default=None,
+                                       help="RK4 steps per block (default: the training grid)")
     sub.choices["sample"].add_argument("--out", required=True, help=".npy or .csv file")
+    p.set_defaults(subcommands=sub.choices)  # (parse: an unknown option is the subcommand's error)
     return p
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """The command line read; an option no command has is refused with the usage of the command
+    it was given to (argparse alone shows the top level's, which lists no option of it)."""
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:
+        args.subcommands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    del args.subcommands
+    return args

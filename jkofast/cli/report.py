@@ -38,14 +38,17 @@ def _print_baseline(g: dict, steps: int) -> None:
     clearly beat it (a gap under two standard errors of the paired differences)."""
     gap = g[f"minus_flow_steps{steps}"]
     print(f"baseline: a Gaussian fitted to the training data (full covariance) scores {g['mean']:.4f} +/- "
-          f"{g['se']:.4f} nats on the same test points; the flow is {gap['mean']:.4f} +/- {gap['se']:.4f} nats "
-          f"better (paired, {steps} steps)")
+          f"{g['se']:.4f} nats on the same test points; the flow is {abs(gap['mean']):.4f} +/- {gap['se']:.4f} nats "
+          f"{'worse' if gap['mean'] < 0 else 'better'} (paired, {steps} steps)")
     if not gap["mean"] >= 2 * gap["se"]:  # (also where se is NaN: one test point says nothing)
         per_dim = g["n_train"] / g["dim"]
         why = ("more training may help (--iters, --blocks; --budget quick is a smoke test)"
                if per_dim >= SMALL_DATA_ROWS_PER_DIM else
                f"with {per_dim:.0f} training rows per dimension the blocks may over-fit, or the data may be close "
                "to Gaussian, and then the Gaussian is the better model")
+        if gap["mean"] <= -2 * gap["se"]:  # clearly worse: also where the points are not like the training data
+            why += ("; or the test points do not come from the training data's distribution (the broad Gaussian "
+                    "covers other data better than a flow fitted closely to the training data)")
         print(f"  the flow does not clearly beat it: {why} (README, 'Small data')")
 
 

@@ -17,10 +17,10 @@ from ..datasets.streaming import Rows
 from ..evaluate import evaluate, evaluate_sharded
 from ..jko_iflow import TrainingDivergedError
 from ..memory import peak_memory_of_run
-from ..train import OUT_LOCK, check_world, settings, train
+from ..train import OUT_LOCK, RUN_FILES, check_no_files_of_others, check_world, settings, train
 from .data_spec import _as_array, _data_spec, _ignored_sizes, _load_data, _shape, _train_info, _what_sets_the_rows
 from .options import _check_method_flags, _device, _named_as_a_flag, _train_options
-from .output_files import _drop_report, _save_npy
+from .output_files import _REPORT_FILES, _drop_report, _save_npy
 from .process import _note, _one_command_line, _print_error
 from .report import _baseline_train, _print_evaluation, _recorded_or
 
@@ -41,6 +41,8 @@ def cmd_train(args) -> int:
     try:
         # the output folder stays held through the report (samples, plot, metrics), not just train()
         out = check_folder(args.out, "--out")
+        if not args.restart:  # (before the data is read: a user's own plot.png is not replaced)
+            check_no_files_of_others(out, RUN_FILES + _REPORT_FILES)
         with held_lock(out / OUT_LOCK if dist.main else None):
             return _train_and_report(args, dist, out)
     finally:
@@ -74,7 +76,7 @@ def _train_and_report(args, dist, out: Path) -> int:
     except OtherRunError as exc:
         if not exc.data_differs:
             raise
-        better = ValueError(f"{exc}\n({_what_sets_the_rows(spec)})")
+        better = ValueError(f"{exc}\n({_what_sets_the_rows(spec, out)})")
         raise (distributed.raised_on_every_rank(better) if distributed.is_raised_on_every_rank(exc) else better) from exc
     if dist.main:  # model.pt is this run's now: an earlier report must not sit beside it while this one is made
         _drop_report(out)

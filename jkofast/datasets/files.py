@@ -159,9 +159,19 @@ def _decimal_points(lines: list[str]) -> list[str]:
     return [line.replace(",", ".") for line in lines] if sep == ";" else lines
 
 
+def _trailing_separator_dropped(lines: list[str]) -> list[str]:
+    """Lines whose data rows all end in a separator (``1.5,2,``: a spreadsheet's export of an
+    empty last column) without it, the header's too where it has one; else as they are."""
+    sep = _separator(lines[1] if len(lines) > 1 else lines[0])
+    rows = lines[1:] if len(lines) > 1 else lines
+    if sep == " " or not all(row.rstrip(" ").endswith(sep) for row in rows):
+        return lines
+    return [line.rstrip(" ")[:-1] if line.rstrip(" ").endswith(sep) else line for line in lines]
+
+
 def _read_csv(path: Path) -> np.ndarray:
     lines, dropped = _header_comment(_csv_lines(path), path)
-    lines = _decimal_points(lines)
+    lines = _trailing_separator_dropped(_decimal_points(lines))
     sep, header = _csv_layout(lines, path)
     skipped = (header is not None) + dropped  # lines before the first data row, of those _csv_lines keeps
     if header is not None:
@@ -217,7 +227,7 @@ def column_names(path) -> list[str] | None:
     if p.suffix.lower() != ".csv":
         return None
     raw, _ = _header_comment(_csv_lines(p, limit=3), p)  # the header is told from the first two lines
-    sep, header = _csv_layout(_decimal_points(raw), p)
+    sep, header = _csv_layout(_trailing_separator_dropped(_decimal_points(raw)), p)
     if header is None:
         return None
     return _header_names(raw[0], sep, p)  # as written (a semicolon file's commas kept)
