@@ -213,6 +213,7 @@ class Flow(nn.Module):
         Returns ``(u1, logdet)``: the pushed points (B, d) and the summed log-determinants (B,)
         of those blocks, or ``None`` with ``divergence=None`` (no divergence is computed).
         """
+        u = self._check_latent(u, "u")
         steps = self.steps if steps is None else steps
         logdet = None if divergence is None else u.new_zeros(u.shape[0])
         for block in self.blocks[blocks]:

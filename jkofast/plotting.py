@@ -68,7 +68,9 @@ def plot_flow(flow, data: np.ndarray, path: str | Path, *, samples: np.ndarray |
     samples = np.asarray(samples)[:n_points]
     bounds = _bounds(data)
     p = flow.loc
-    traj = flow.trajectory(torch.as_tensor(data, dtype=p.dtype, device=p.device))
+    # (in the data's own float dtype: trajectory standardizes in the wider of it and the model's)
+    points = torch.as_tensor(data, device=p.device)
+    traj = flow.trajectory(points if points.is_floating_point() else points.double())
     # every block of the default 6; of more, an even spread (each panel's title names its block)
     picks = sorted(set(np.linspace(0, len(traj) - 1, min(TRAJECTORY_PANELS, len(traj))).round().astype(int).tolist()))
 

@@ -509,8 +509,9 @@ def test_the_launch_override_sets_the_launched_grid_and_tiles_on_its_stream_only
                 if on_its_stream:
                     _kernel_check._run_kernels(forward_and_backward, x.device, plan, "a plan", "mlp_field_div")
                     return
-                mine, other = torch.cuda.current_stream().cuda_stream, torch.cuda.Stream()
+                mine, other = torch.cuda.current_stream().cuda_stream, torch.cuda.Stream(x.device)
                 assert other.cuda_stream not in (mine, 0)
+                other.wait_stream(torch.cuda.current_stream())
                 try:
                     _C._set_cuda_launch_override(*plan, mine)
                     with torch.cuda.stream(other):

@@ -478,7 +478,7 @@ def test_a_csv_whose_rows_all_end_in_a_separator_has_no_empty_last_column(tmp_pa
     # Spreadsheet exports often end every row with the separator: an empty column, not a field
     # that is "not a number"; with and without a header, in each separator.
     path = tmp_path / "t.csv"
-    for text, names in (("1.5,2,\n3,4,\n", None), ("x,y,\n1.5,2,\n3,4,\n", ["x", "y"]),
+    for text, names in (("1.5,2,\n3,4,\n", None), ("x,y,\n1.5,2,\n3,4,\n", ["x", "y"]), ("# x,y\n1.5,2,\n3,4,\n", ["x", "y"]),
                         ("x,y\n1.5,2,\n3,4, \n", ["x", "y"]), ("1,5;2;\n3;4;\n", None), ("1.5\t2\t\n3\t4\t\n", None)):
         path.write_text(text)
         np.testing.assert_array_equal(datasets.load_array(path), [[1.5, 2], [3, 4]], err_msg=text)

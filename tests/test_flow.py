@@ -172,6 +172,7 @@ def test_narrower_data_and_latent_points_are_widened_exactly(model, narrow):
         got, want = fn(x), fn(x.to(model))
         assert got.dtype == model and torch.equal(got, want)
     assert torch.equal(flow.inverse(z), flow.inverse(z.to(model)))
+    assert all(torch.equal(a, b) for a, b in zip(flow.push(z), flow.push(z.to(model))))  # (standardized points)
     assert torch.equal(flow.trajectory(x)[-1], flow.trajectory(x.to(model))[-1])
 
 

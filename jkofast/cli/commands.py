@@ -13,7 +13,7 @@ from ..flow import Flow
 from .data_spec import _as_array
 from .options import _device
 from .output_files import _csv_header, _output_file, _save_npy
-from .recorded_data import _flow_and_data, _training_rows
+from .recorded_data import _flow_and_data, _same_data, _training_rows
 from .report import _print_evaluation, _recorded_or
 
 
@@ -41,7 +41,8 @@ def _evaluate_and_report(args, dist) -> int:
                            baseline_train=baseline_train)
     if not dist.main:
         return 0
-    _print_evaluation(metrics, steps)
+    # (points other than the training data's own test split may not be like the training data)
+    _print_evaluation(metrics, steps, held_out=args.data is not None and not _same_data(args.data, recorded))
     if args.json:
         write_json(args.json, metrics)
     return 0

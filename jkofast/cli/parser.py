@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from .. import datasets
 from .._version import __version__
@@ -97,8 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     """The command line read; an option no command has is refused with the usage of the command
     it was given to (argparse alone shows the top level's, which lists no option of it)."""
-    args, unknown = build_parser().parse_known_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
     if unknown:
-        args.subcommands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+        given = list(sys.argv[1:] if argv is None else argv)
+        before = given.index(args.command) > given.index(unknown[0]) if unknown[0] in given else False
+        (parser if before else args.subcommands[args.command]).error(f"unrecognized arguments: {' '.join(unknown)}")
     del args.subcommands
     return args

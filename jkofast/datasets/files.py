@@ -115,7 +115,8 @@ def _header_comment(lines: list[str], path: Path) -> tuple[list[str], bool]:
     if len(lines) > 1 and names:
         sep = _separator(lines[1])
         fields = _header_names(names, sep, path)
-        if not any(reads_as_number(v) for v in fields) and len(fields) == len(_fields(lines[1], sep, path)):
+        # (counted as a header's are, without a trailing separator's empty fields: rows may end in one)
+        if not any(reads_as_number(v) for v in fields) and len(fields) == len(_header_names(lines[1], sep, path)):
             return [names, *lines[1:]], False
     if len(lines) == 1:
         raise ValueError(f"{str(path)!r} is empty (no rows: a comment line only)")
