@@ -195,7 +195,7 @@ def warn_fewer_rows_than_columns(n: int, d: int, name: str = "x") -> None:
     (samples as columns), which would train a d-dimensional flow on n points without a word."""
     if n < d:
         warn_user(f"{name} has {n} rows and {d} columns: a flow of dimension {d} fitted to {n} points. If your "
-                  f"samples are the columns, pass {name}.T")
+                  f"samples are the columns, pass {name.split(' (')[0]}.T")  # (x, not "x (my.npy)")
 
 
 def check_folder(path, name: str) -> Path:

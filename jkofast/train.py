@@ -18,7 +18,7 @@ from ._locks import held_lock
 from ._version import __version__
 from .checkpoint import write_json
 from .datasets.files import column_names, load_array, reads_as_number
-from .datasets.streaming import table_or_path_as_array
+from .datasets.streaming import Rows, table_or_path_as_array
 from .flow import MODEL_FILE, Flow
 from .gaussian_baseline import RECORDED_FIT_MAX_DIM, fixes_a_covariance, gaussian_fit
 from .interpolant import InterpolantTrainer
@@ -343,6 +343,17 @@ def _recorded_baseline(rows, n: int, dim: int, dist) -> dict:
     return {"gaussian_baseline": gaussian_fit(rows, dist if dist.world > 1 else None).state()}
 
 
+def _data_names(x, info: dict | None) -> tuple[str, str]:
+    """What messages call x and val: the arguments' names, with the data's source where ``info``
+    records one (the command line's file or set: "x (my.npy) column(s) [0, 1] hold whole
+    numbers only"), but for data that names its file itself (a path, a memory map, Rows)."""
+    source = (info or {}).get("data")
+    source = source.get("name") if isinstance(source, dict) else None
+    if not isinstance(source, str) or isinstance(x, (str, os.PathLike, Rows)) or getattr(x, "filename", None):
+        return "x", "val"
+    return f"x ({source})", f"val ({source})"
+
+
 def _train(x, val, method: str, cfg, *, out: Path | None, dist, progress: bool, backend: str,
            info: dict | None) -> Flow:
     """train()'s work once the settings are checked and the output folder is held."""
@@ -355,7 +366,7 @@ def _train(x, val, method: str, cfg, *, out: Path | None, dist, progress: bool, 
         cfg.check_validation(val is not None)
     if method in DISTRIBUTED_METHODS:
         # Sharded, possibly memory-mapped data (training_data.py); one process is a world of 1.
-        data = training_data.prepare(x, val, cfg, dist, progress=progress)
+        data = training_data.prepare(x, val, cfg, dist, progress=progress, names=_data_names(x, info))
         try:  # from here on (a SIGTERM while the flow was built left the scratch folder behind)
             flow = Flow(data.dim, cfg.field_config(), steps=cfg.steps, tableau=cfg.tableau, loc=data.loc,
                         scale=data.scale, block=_block_kind(cfg))
@@ -373,12 +384,13 @@ def _train(x, val, method: str, cfg, *, out: Path | None, dist, progress: bool, 
         train_rows = data.rows
     else:
         # float64 until standardized (Flow.standardize); the model's dtype from there on
-        x = _as_data(x, "x", dtype=torch.float64, device=device)
-        val = None if val is None else _as_data(val, "val", dtype=torch.float64, device=device, dim=x.shape[1])
-        warn_fewer_rows_than_columns(*x.shape)  # before a transposed array meets the constant-column error
+        x_name, val_name = _data_names(x, info)
+        x = _as_data(x, x_name, dtype=torch.float64, device=device)
+        val = None if val is None else _as_data(val, val_name, dtype=torch.float64, device=device, dim=x.shape[1])
+        warn_fewer_rows_than_columns(*x.shape, x_name)  # before a transposed array meets the constant-column error
         loc, scale = _standardization(x, dtype) if cfg.standardize else (None, None)
         if x.shape[0] > 1:
-            warn_lattice_columns(whole_number_columns(x).tolist(), x.std(0).tolist())
+            warn_lattice_columns(whole_number_columns(x).tolist(), x.std(0).tolist(), x_name)
         flow = Flow(x.shape[1], cfg.field_config(), steps=cfg.steps, tableau=cfg.tableau, loc=loc, scale=scale,
                     block=_block_kind(cfg))
         flow.to(device=device, dtype=dtype)

@@ -55,18 +55,19 @@ def _standardization(summary: Summary, dtype: torch.dtype) -> tuple[np.ndarray, 
     return summary.mean, summary.std
 
 
-def prepare(x, val, cfg: JKOIFlowConfig, dist: Dist, *, progress: bool = False) -> TrainingData:
+def prepare(x, val, cfg: JKOIFlowConfig, dist: Dist, *, progress: bool = False,
+            names: tuple[str, str] = ("x", "val")) -> TrainingData:
     """Check ``x`` (and ``val``): arrays, tensors, memory maps or ``.npy`` paths, (N, d),
     finite, non-empty; standardize by the training data's mean and std (``cfg.standardize``);
     and build this rank's shards with the storage ``cfg.pushed_storage`` picks. ``progress``:
-    bars for the passes over large data (rank 0 only).
+    bars for the passes over large data (rank 0 only). ``names``: what messages call x and val.
 
     Raises:
         TypeError, ValueError: bad data (the message names it and says what is wrong).
         DistributedError: the ranks were given different settings or data shapes.
     """
-    rows = as_rows(x, "x")
-    val_rows = None if val is None else as_rows(val, "val", dim=rows.dim)
+    rows = as_rows(x, names[0])
+    val_rows = None if val is None else as_rows(val, names[1], dim=rows.dim)
     shapes = [(len(r), r.dim, r.dtype_name) for r in (rows, val_rows) if r is not None]
     dist.check_same({"data shapes (rows, columns, dtype)": shapes, **cfg.to_dict()}, "data shapes and settings")
     progress = progress and dist.main
@@ -77,7 +78,7 @@ def prepare(x, val, cfg: JKOIFlowConfig, dist: Dist, *, progress: bool = False) 
     val_summary = None if val_rows is None else scan(val_rows, dist, progress=progress)
     with alike_on_every_rank():  # checks of the summaries, which every rank holds whole (scan gathers them)
         if summary.n < dist.world:
-            raise ValueError(f"x has {summary.n} rows, fewer than the {dist.world} processes: every process needs "
+            raise ValueError(f"{rows.name} has {summary.n} rows, fewer than the {dist.world} processes: every process needs "
                              "a shard")
         standardization = _standardization(summary, getattr(torch, cfg.dtype)) if cfg.standardize else None
     dtype, device = getattr(torch, cfg.dtype), dist.device

@@ -478,6 +478,17 @@ def test_a_run_resumed_with_another_data_file_names_the_file_it_was_trained_on(t
     assert f"the run in {run} was trained on {tmp_path / 'first.npy'}, this command names {tmp_path / 'second.npy'}" in err
 
 
+@pytest.mark.parametrize("method", ["jko-iflow", "interpolant"])   # (sharded and in-memory data paths)
+def test_a_data_warning_names_the_file(method, tmp_path):
+    data = np.random.default_rng(0).integers(0, 10, size=(400, 2)).astype(np.float64)   # whole numbers
+    np.save(tmp_path / "counts.npy", data)
+    with pytest.warns(jkofast.JkofastWarning) as warned:
+        assert main(["train", "--data", str(tmp_path / "counts.npy"), "--out", str(tmp_path / "run"), "--method",
+                     method, "--budget", "quick", "--iters", "2", "--no-progress", "--no-plot", "--samples", "10"]) == 0
+    said = f"x ({tmp_path / 'counts.npy'}) column(s) [0, 1] hold whole numbers only"
+    assert any(str(w.message).startswith(said) for w in warned), [str(w.message) for w in warned]
+
+
 def test_train_into_a_folder_of_ones_own_files_is_refused_before_the_data_is_read(tmp_path, capsys):
     # A plot.png of one's own beside no checkpoint: refused, untouched; --restart replaces it.
     (tmp_path / "plot.png").write_text("mine")
