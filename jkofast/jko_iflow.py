@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from .distributed import Dist, raised_on_every_rank
 from .flow import Flow
-from .jko_iflow_config import JKOIFlowConfig
+from .jko_iflow_config import JKOIFlowConfig, check_global_batch
 from .jko_iflow_pushed import PushedData
 from .jko_iflow_state import restore_state, save_state
 from .jko_loss import block_loss
@@ -86,10 +86,7 @@ class JKOIFlowTrainer:
         store = store if store is not None else ShardStore("memory", 0, dtype=flow.loc.dtype, device=self.device)
         config.check_validation(u_val is not None)
         self.data = PushedData(flow, u_train, u_val, store=store, dist=self.dist, backend=backend)
-        if config.batch % self.dist.world:
-            raise ValueError(f"batch={config.batch} is the global batch, split evenly over the {self.dist.world} "
-                             f"processes: it must be a multiple of {self.dist.world} (e.g. "
-                             f"{config.batch // self.dist.world * self.dist.world or self.dist.world})")
+        check_global_batch(config.batch, self.dist.world)  # (train() checked it before reading the data)
         self.local_batch = config.batch // self.dist.world
         self.out = Path(out) if out is not None else None
         self.data_id, self.progress, self.backend = data_id, progress and self.dist.main, backend

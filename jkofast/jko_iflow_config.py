@@ -20,6 +20,13 @@ SELECT_BLOCKS = ("all", "val", "auto")
 __all__ = ["JKOIFlowConfig", "BUDGETS"]
 
 
+def check_global_batch(batch: int, world: int) -> None:
+    """``batch`` is the global batch, split evenly over ``world`` processes (shard.py)."""
+    if batch % world:
+        raise ValueError(f"batch={batch} is the global batch, split evenly over the {world} processes: it must be "
+                         f"a multiple of {world} (e.g. {batch // world * world or world})")
+
+
 @dataclass
 class JKOIFlowConfig:
     """Every setting of :func:`jkofast.train` with ``method="jko-iflow"``.

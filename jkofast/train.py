@@ -26,7 +26,7 @@ from .interpolant_config import InterpolantConfig
 from .jko_flow import JKOFlowTrainer
 from .jko_flow_config import JKOFlowConfig
 from .jko_iflow import JKOIFlowTrainer
-from .jko_iflow_config import JKOIFlowConfig
+from .jko_iflow_config import JKOIFlowConfig, check_global_batch
 from .jko_iflow_state import CHECKPOINT_FILE, LOG_FILE, data_fingerprint
 from .memory import peak_memory_of_run
 from .progress import say
@@ -84,11 +84,14 @@ def settings(method: str = "jko-iflow", budget: str = "default", **options):
     return _METHODS[method][0].from_options(budget, **options)
 
 
-def check_world(method: str, world: int) -> None:
-    """Refuse a method that trains in one process when ``world`` processes would run it."""
+def check_world(method: str, world: int, batch: int | None = None) -> None:
+    """Refuse a method that trains in one process when ``world`` processes would run it, and a
+    global ``batch`` that the processes cannot split evenly (before any data is read)."""
     if world > 1 and method not in DISTRIBUTED_METHODS:
         raise ValueError(f"method {method!r} trains in one process; distributed training supports "
                          f"{list(DISTRIBUTED_METHODS)}")
+    if batch is not None:
+        check_global_batch(batch, world)
 
 
 def _as_data(x, name: str, *, dtype: torch.dtype, device, dim: int | None = None) -> Tensor:
@@ -277,7 +280,7 @@ def train(x, method: str = "jko-iflow", *, val=None, out: str | os.PathLike | No
             raise ValueError(f"{name} is on the meta device, which holds no values")
     dist = distributed.connect(device)  # a process group from torchrun or the caller, or one process
     with distributed.alike_on_every_rank():
-        check_world(method, dist.world)
+        check_world(method, dist.world, getattr(cfg, "batch", None))
     out = check_folder(out, "out") if out is not None else None
     if out is not None and resume:
         check_no_files_of_others(out)

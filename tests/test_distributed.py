@@ -193,7 +193,11 @@ def test_torchrun_prints_an_error_of_every_rank_once(cli_runs, tmp_path):
                          r"chosen by --n-train/--n-val/--n-test"),
                         (["--out", str(tmp_path / "o"), "--data", str(tmp_path / "nan.npy"), "--mmap"],
                          r"error: x \(its split of .*\) has 1 row\(s\) with NaN or inf values \(first: row 123 of "
-                         "the file\\)")):
+                         "the file\\)"),
+                        # a global batch the ranks cannot split: refused before the data (NaN rows) is read
+                        (["--out", str(tmp_path / "o"), "--data", str(tmp_path / "nan.npy"), "--mmap", "--batch", "301"],
+                         r"error: batch=301 is the global batch, split evenly over the 2 processes: it must be a "
+                         r"multiple of 2 \(e.g. 300\)")):
         cmd = [*torchrun, *CLI_FLAGS, *extra]   # (the last --data wins)
         proc = subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
         assert proc.returncode != 0

@@ -32,10 +32,10 @@ def cmd_train(args) -> int:
     with distributed.alike_on_every_rank() if _one_command_line() else contextlib.nullcontext():
         _check_method_flags(args)
         try:
-            settings(args.method, args.budget, **_train_options(args))
+            cfg = settings(args.method, args.budget, **_train_options(args))
         except (TypeError, ValueError) as exc:
             raise _named_as_a_flag(exc) from exc
-        check_world(args.method, distributed.launched_world())
+        check_world(args.method, distributed.launched_world(), getattr(cfg, "batch", None))
     device = _device(args, "cuda" if torch.cuda.is_available() else "cpu")
     dist = distributed.connect(device)  # a process group under torchrun, else one process
     try:
