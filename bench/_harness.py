@@ -148,26 +148,34 @@ def matmul_cases(device="cpu", dtype=torch.float32) -> dict:
     return out
 
 
-def _busy_ticks() -> tuple[int, int]:  # (busy clock ticks of the machine, of this process)
+def _busy_ticks(pids=()) -> tuple[int, int]:
+    """(busy clock ticks of the machine, of this process and of the processes ``pids``)."""
     cpu = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(cpu) - cpu[3] - cpu[4], int(own[11]) + int(own[12])  # minus idle, iowait
+    own = 0
+    for pid in ("self", *pids):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        own += int(fields[11]) + int(fields[12])  # utime + stime
+    return sum(cpu) - cpu[3] - cpu[4], own  # minus idle, iowait
 
 
 class foreign_cpu_load:
     """``with foreign_cpu_load() as load:``, then ``load.cores``: mean cores other processes
-    kept busy meanwhile (None off Linux). Above ~0.2, flag the timings as contaminated."""
+    kept busy meanwhile (None off Linux). Above ~0.2, flag the timings as contaminated.
+    ``pids``: the benchmark's own worker processes, alive until after the block (not foreign)."""
+
+    def __init__(self, pids=()):
+        self.pids = tuple(pids)
 
     def __enter__(self):
         try:
-            self.cores, self._start = None, (time.perf_counter(), *_busy_ticks())
+            self.cores, self._start = None, (time.perf_counter(), *_busy_ticks(self.pids))
         except (OSError, ValueError, IndexError):
             self._start = None
         return self
 
     def __exit__(self, *args):
         if self._start:
-            (t0, all0, own0), (all1, own1) = self._start, _busy_ticks()
+            (t0, all0, own0), (all1, own1) = self._start, _busy_ticks(self.pids)
             ticks = (all1 - all0) - (own1 - own0)
             self.cores = max(0.0, ticks / os.sysconf("SC_CLK_TCK") / (time.perf_counter() - t0))
 

@@ -112,7 +112,7 @@ def main() -> None:
     calls = {i: max(1, round(0.05 / sample(next(iter(builds)), i, 1))) for i in range(len(keys))}
     times = {(label, i): [] for label in builds for i in range(len(keys))}
     labels = list(builds)
-    with H.foreign_cpu_load() as load:
+    with H.foreign_cpu_load(pids=[proc.pid for proc in workers.values()]) as load:  # (the workers are ours)
         for r in range(args.rounds):
             for i in range(len(keys)):
                 for label in labels[r % len(labels):] + labels[:r % len(labels)]:

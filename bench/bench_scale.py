@@ -127,7 +127,8 @@ def main() -> None:
                       f"test NLL {row['nll']:.4f} +/- {row['nll_se']:.4f}", flush=True)
     summary = _summary(rows, case)
     env = H.environment(args.device)
-    env.update(threads=args.threads, case=case, data=DATA, note=args.note, load_average=os.getloadavg())
+    env.update(threads=args.threads, case=case, data=DATA, note=args.note, load_average=os.getloadavg(),
+               quick=args.quick)
     columns = [("procs", "procs", "d"), ("samples/s", "samples_per_s", ".0f"), ("efficiency", "efficiency", ".2f"),
                ("runs", "runs", "d"), ("test NLL mean", "nll_mean", ".4f"), ("sd over seeds", "nll_sd", ".4f"),
                ("mean se", "nll_se", ".4f"), ("peak RSS MB", "peak_rss_mb", ".0f"),
@@ -135,7 +136,7 @@ def main() -> None:
     print()
     H.print_table(summary, columns)
     if not args.no_save:
-        print(f"\nsaved {H.save_results('scale', env, summary + rows)}")
+        print(f"\nsaved {H.save_results('scale-quick' if args.quick else 'scale', env, summary + rows)}")
 
 
 def _summary(rows: list[dict], case: dict) -> list[dict]:
