@@ -35,8 +35,16 @@ set(JKO_PY_CUDA_ARCHS "")
 foreach(arch IN LISTS JKOFAST_CUDA_ARCHS)
   string(APPEND JKO_PY_CUDA_ARCHS "\"${arch}\", ")
 endforeach()
+set(JKO_PY_CPU_FLAGS "None")
 if(JKOFAST_NATIVE)
   set(JKO_PY_CPU_TARGET "\"native\"")
+  # The building CPU's instruction-set flags (jkofast/_cpu_target.py, loaded by path: the package
+  # cannot be imported before _C exists): a copy on a CPU without one of them falls back instead of SIGILL.
+  execute_process(
+    COMMAND "${Python_EXECUTABLE}" -c
+            "import importlib.util as u, sys; s = u.spec_from_file_location('t', sys.argv[1]); m = u.module_from_spec(s); s.loader.exec_module(m); f = m.cpu_flags(); print('None' if f is None else repr(m.isa_flags(f)))"
+            "${CMAKE_CURRENT_SOURCE_DIR}/jkofast/_cpu_target.py"
+    OUTPUT_VARIABLE JKO_PY_CPU_FLAGS OUTPUT_STRIP_TRAILING_WHITESPACE COMMAND_ERROR_IS_FATAL ANY)
 else()
   _jko_py_str(JKO_PY_CPU_TARGET "${JKOFAST_CPU_BASELINE}")
 endif()
@@ -58,6 +66,8 @@ BUILD_INFO = {
     # -march of the CPU kernels: "native" (runs only on CPUs like the builder's), a portable
     # level such as "x86-64-v3" (checked before loading), or None (the compiler's default)
     "cpu_target": @JKO_PY_CPU_TARGET@,
+    # a "native" build's record of the instruction-set flags of the CPU that built it (else None)
+    "cpu_flags": @JKO_PY_CPU_FLAGS@,
     "compiler": "@CMAKE_CXX_COMPILER_ID@ @CMAKE_CXX_COMPILER_VERSION@",
     # the CPU ops split a batch over torch's intra-op threads (at::parallel_for built with OpenMP)
     "cpu_threads": @JKO_PY_OPENMP@,

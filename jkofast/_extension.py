@@ -86,10 +86,12 @@ def load() -> Extension:
         why = _torch_abi.mismatch(info, torch.__version__, torch.version.cuda, torch.version.hip)
         if why is not None:
             raise TorchMismatchError(mismatch_message(info, why))
-        missing = _cpu_target.missing_features(info.get("cpu_target"))
+        missing = _cpu_target.missing_features(info.get("cpu_target"), built_on=info.get("cpu_flags"))
         if missing:  # loading would die of an illegal instruction, uncatchably
+            native = (" (-march=native: the CPU that built it); a wheel for other machines is built with "
+                      "-C cmake.define.JKOFAST_NATIVE=OFF") if info["cpu_target"] == "native" else ""
             return Extension(None, f"this CPU lacks {', '.join(missing)}, which this build of jkofast._C "
-                                   f"needs (compiled for {info['cpu_target']})", info, False)
+                                   f"needs (compiled for {info['cpu_target']}{native})", info, False)
     try:  # loading registers the ops with torch (TORCH_LIBRARY)
         importlib.import_module("jkofast._C")
     except Exception as exc:  # noqa: BLE001 - any failure to load means: run the pure-torch engine

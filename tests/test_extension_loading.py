@@ -152,14 +152,33 @@ def test_cpu_without_the_build_instruction_set_falls_back(monkeypatch):
                          "(compiled for x86-64-v3)")
 
 
+def test_a_native_build_on_another_cpu_falls_back(monkeypatch):
+    # -march=native code copied to a CPU without one of its builder's extensions would die of
+    # SIGILL at its first such instruction: refused before loading, with the way to a portable build.
+    fake = dict(_extension.read_build_info(), cpu_target="native", cpu_flags=["avx2", "avx512f", "fma"])
+    monkeypatch.setattr(_extension, "read_build_info", lambda: fake)
+    monkeypatch.setattr(_cpu_target, "cpu_flags", lambda: {"sse2", "avx", "avx2", "fma"})
+    monkeypatch.setattr(_extension, "importlib", _NO_IMPORTS)
+    ext = _extension.load()
+    assert ext.ops is None and not ext.disabled
+    assert ext.error == ("this CPU lacks avx512f, which this build of jkofast._C needs (compiled for native "
+                         "(-march=native: the CPU that built it); a wheel for other machines is built with "
+                         "-C cmake.define.JKOFAST_NATIVE=OFF)")
+
+
 def test_cpu_feature_levels():
     v3 = {"ssse3", "sse4_2", "popcnt", "avx", "avx2", "bmi1", "bmi2", "fma"}
     assert _cpu_target.missing_features("x86-64-v3", flags=v3) == []
     assert _cpu_target.missing_features("x86-64-v4", flags=v3) == ["avx512bw", "avx512cd", "avx512dq",
                                                                    "avx512f", "avx512vl"]
     assert _cpu_target.missing_features("x86-64-v2", flags={"ssse3", "popcnt"}) == ["sse4_2"]
-    for target in ("native", None, "armv8-a"):  # nothing to check: the builder's CPU, or the default
+    for target in ("native", None, "armv8-a"):  # nothing to check: no record of the builder's CPU, or the default
         assert _cpu_target.missing_features(target, flags=set()) == []
+    # a native build: the instruction-set flags of the CPU that built it, against this one's
+    built_on = _cpu_target.isa_flags({"avx2", "avx512f", "fma", "fpu", "hypervisor", "sse4_2"})
+    assert built_on == ["avx2", "avx512f", "fma", "sse4_2"]   # (not fpu, hypervisor: not instructions)
+    assert _cpu_target.missing_features("native", flags=v3 | {"sse4_2"}, built_on=built_on) == ["avx512f"]
+    assert _cpu_target.missing_features("native", flags=v3 | {"avx512f"}, built_on=built_on) == []
     assert _cpu_target.missing_features("x86-64-v3", flags=None) in ([], _cpu_target.missing_features("x86-64-v3"))
 
 
@@ -170,7 +189,9 @@ def test_this_build_loaded_and_records_the_running_torch():
     assert info is not None and _torch_abi.mismatch(info, torch.__version__, torch.version.cuda,
                                                     torch.version.hip) is None
     assert info["torch_version"] == torch.__version__
-    assert _cpu_target.missing_features(info["cpu_target"]) == []
+    assert _cpu_target.missing_features(info["cpu_target"], built_on=info.get("cpu_flags")) == []
+    if info["cpu_target"] == "native":  # (a source build here: it records this CPU's extensions)
+        assert info["cpu_flags"] and set(info["cpu_flags"]) <= _cpu_target.cpu_flags()
 
 
 def test_info_reports_build_runtime_and_devices(capsys):
