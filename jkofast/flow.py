@@ -149,8 +149,8 @@ class Flow(nn.Module):
         """
         self._check_data(x, "x")
         check_choice(divergence, "divergence", DIVERGENCE_METHODS)  # (push also takes None: no log-determinant)
-        z, logdet = self.push(self.standardize(x), divergence=divergence, probes=probes, steps=steps,
-                              backend=backend)
+        z, logdet = self._push(self.standardize(x), divergence=divergence, probes=probes, steps=steps,
+                               backend=backend)
         return z, logdet - torch.log(self.scale).sum()
 
     def inverse(self, z: Tensor, *, steps: int | None = None, backend: str = "auto",
@@ -198,7 +198,7 @@ class Flow(nn.Module):
         self._check_data(x, "x")
         points = [self.standardize(x)]
         for k in range(self.num_blocks):
-            points.append(self.push(points[-1], blocks=slice(k, k + 1), steps=steps, backend=backend)[0])
+            points.append(self._push(points[-1], blocks=slice(k, k + 1), steps=steps, backend=backend)[0])
         return points
 
     def standardize(self, x: Tensor) -> Tensor:
@@ -213,7 +213,12 @@ class Flow(nn.Module):
         Returns ``(u1, logdet)``: the pushed points (B, d) and the summed log-determinants (B,)
         of those blocks, or ``None`` with ``divergence=None`` (no divergence is computed).
         """
-        u = self._check_latent(u, "u")
+        return self._push(self._check_latent(u, "u"), blocks=blocks, divergence=divergence, probes=probes,
+                          steps=steps, backend=backend)
+
+    def _push(self, u: Tensor, *, blocks: slice = slice(None), divergence: str | None = "exact", probes: int = 1,
+              steps: int | None = None, backend: str = "auto") -> tuple[Tensor, Tensor | None]:
+        """:meth:`push` of points already in the model's dtype (standardize's, a block's output)."""
         steps = self.steps if steps is None else steps
         logdet = None if divergence is None else u.new_zeros(u.shape[0])
         for block in self.blocks[blocks]:

@@ -155,6 +155,8 @@ def check_no_files_of_others(out: Path, written: tuple[str, ...] = RUN_FILES) ->
         raise ValueError(f"{out} holds {', '.join(present)} but no {CHECKPOINT_FILE}: it is not a run to resume, and "
                          "this run would overwrite them; choose another output folder, or start over there "
                          "(resume=False, --restart) to replace them")
+
+
 _UNITS = {"jko-iflow": "block", "jko-flow": "round", "interpolant": "training segment"}
 
 
