@@ -163,6 +163,7 @@ class Tile {
   template <class StoreF, class Seed>
   __device__ void read_outputs(const T* out, int valid, int C, int first, int r, bool exact, T scale, bool with_f,
                                StoreF&& store_f, Seed&& seed, T* div_sum) const {
+    out = in_shared(out);  // (as in activate_rows)
     const int R = 1 + C, d = net_.dim, ld = plan_.ld;
     if (with_f) {
       const T* bias = net_.biases[net_.layers - 1];
@@ -266,6 +267,7 @@ class Tile {
 
   // z += bias on primal rows; a = sigma(z) there, tangent rows scaled by sigma'(z) of their sample.
   __device__ void activate_rows(T* z, int l, int C, T* save) const {
+    z = in_shared(z);  // (the tangent rows' loads and stores: LDS / STS, not generic: block_gemm.cuh)
     const int R = 1 + C, H = net_.hidden, ld = plan_.ld;
     const T* bias = net_.biases[l];
     for (int e = thread_index(); e < plan_.samples * H; e += kThreads) {
@@ -286,6 +288,7 @@ class Tile {
 
   // The layer-l activation rows again, from the saved pre-activations.
   __device__ void recompute_activation(T* dst, int l, int R, const T* saved) const {
+    dst = in_shared(dst);  // (as in activate_rows)
     const int H = net_.hidden, ld = plan_.ld;
     for (int e = thread_index(); e < plan_.samples * H; e += kThreads) {
       const int b = e / H, h = e - b * H;
@@ -300,6 +303,7 @@ class Tile {
 
   // In place, d loss/d a -> d loss/d z for layer l (see the header comment).
   __device__ void activation_backward(T* g, int l, int R, const T* saved) const {
+    g = in_shared(g);  // (as in activate_rows)
     const int H = net_.hidden, ld = plan_.ld;
     for (int e = thread_index(); e < plan_.samples * H; e += kThreads) {
       const int b = e / H, h = e - b * H;
@@ -319,6 +323,7 @@ class Tile {
 
   // bias gradient += sum over the tile's primal rows (zero for invalid samples) of g[., 0..N).
   __device__ void add_bias_grad(const T* g, int R, int N, T* part_bias) const {
+    g = in_shared(g);  // (as in activate_rows)
     for (int h = thread_index(); h < N; h += kThreads) {
       T sum = T(0);
       for (int b = 0; b < plan_.samples; ++b) sum += g[b * R * plan_.ld + h];

@@ -101,12 +101,16 @@ __device__ void rk4_tile_forward(const Tile<T, kTF32>& tile, const Rk4Inputs<T>&
   const int n = tile.plan().samples, d = p.net.dim;
   const ButcherTableau& tab = p.tableau;
   const T dt = T(p.dt), abs_dt = T(fabs(p.dt));
-  const int64_t first = in.b0 * d, count = int64_t(valid) * d, plane = in.plane();
-  for (int64_t e = thread_index(); e < count; e += kThreads) p.x1[first + e] = p.x0[first + e];
+  // A tile's values (valid * d <= tile::kMaxRows * tile::kMaxDim) count in int: the index loops
+  // below divide by d, and a 64-bit division is a call to a slow routine in SASS, a 32-bit one a
+  // few instructions.
+  const int64_t first = in.b0 * d, plane = in.plane();
+  const int count = valid * d;
+  for (int e = thread_index(); e < count; e += kThreads) p.x1[first + e] = p.x0[first + e];
   for (int b = thread_index(); b < n; b += kThreads) slots.logdet[b] = slots.kinetic[b] = T(0);
   __syncthreads();
   for (int step = 0; step < p.steps; ++step) {
-    for (int64_t e = thread_index(); e < count; e += kThreads) {
+    for (int e = thread_index(); e < count; e += kThreads) {
       p.states[step * plane + first + e] = p.x1[first + e];
     }
     for (int s = 0; s < kStages; ++s) {
@@ -115,7 +119,7 @@ __device__ void rk4_tile_forward(const Tile<T, kTF32>& tile, const Rk4Inputs<T>&
     }
     // All four k_s are written (read_outputs ends with a barrier): advance the step.
     const T* ks = in.velocities(step);
-    for (int64_t e = thread_index(); e < count; e += kThreads) {
+    for (int e = thread_index(); e < count; e += kThreads) {
       p.x1[first + e] += dt * weighted_stage_sum(tab, ks + first + e, long(plane));
     }
     const int lane = thread_index() % 32;
@@ -156,7 +160,8 @@ __device__ void rk4_tile_backward(const Tile<T, kTF32>& tile, const BlockBackwar
   const int chunks = with_div ? plan.chunks : 1;
   const ButcherTableau& tab = p.tableau;
   const T dt = T(p.dt), abs_dt = T(fabs(p.dt)), scale = rk4_divergence_scale(p);
-  const int64_t first = in.b0 * d, count = int64_t(valid) * d, plane = in.plane();
+  const int64_t first = in.b0 * d, plane = in.plane();
+  const int count = valid * d;  // (int: as in rk4_tile_forward)
   T* gx = p.grad_x;  // running d loss / d x (step start), rows [first, first + count)
   auto no_store = [](int, int, T) {};
   for (int step = p.steps - 1; step >= 0; --step) {
@@ -169,8 +174,8 @@ __device__ void rk4_tile_backward(const Tile<T, kTF32>& tile, const BlockBackwar
     for (int s = kStages - 1; s >= 0; --s) {
       const T bs = T(tab.b[s]);
       // d loss / d k_s: through x_{n+1}, the kinetic energy and the later stages' inputs.
-      for (int64_t e = thread_index(); e < count; e += kThreads) {
-        const int64_t b = e / d;
+      for (int e = thread_index(); e < count; e += kThreads) {
+        const int b = e / d;
         T g = dt * bs * gx[first + e] + T(2) * abs_dt * bs * grad_kinetic(in.b0 + b) * ks[s * plane + first + e];
         for (int q = s + 1; q < kStages; ++q) g += dt * T(tab.a[q][s]) * p.stage_input_grads[q * plane + first + e];
         p.stage_grads[first + e] = g;
@@ -199,15 +204,15 @@ __device__ void rk4_tile_backward(const Tile<T, kTF32>& tile, const BlockBackwar
         }
         tile.build_output_grads(out, valid, C, first_tangent, r, c == 0, grad_f, grad_d, seed);
         const T* grad_u = tile.backward_layers(a, C, block.save, block.part, p.layout, rebuild);
-        for (int64_t e = thread_index(); e < count; e += kThreads) {
-          const int b = int(e / d), j = int(e - int64_t(b) * d);
+        for (int e = thread_index(); e < count; e += kThreads) {
+          const int b = e / d, j = e - b * d;
           const T v = grad_u[b * R * ld + j];
           gy[e] = c == 0 ? v : gy[e] + v;
         }
         __syncthreads();
       }
     }
-    for (int64_t e = thread_index(); e < count; e += kThreads) {
+    for (int e = thread_index(); e < count; e += kThreads) {
       for (int s = 0; s < kStages; ++s) gx[first + e] += p.stage_input_grads[s * plane + first + e];
     }
     if (with_logdet && with_div) {
