@@ -48,9 +48,9 @@ __device__ __forceinline__ T* in_shared(T* p) {
 }
 
 // Blocks per multiprocessor that the kernels' __launch_bounds__ promise: 1 lets a thread use up
-// to 255 registers, which the register tiles of the products take (ptxas: 162 to 255 registers;
-// only the float SIMT jko_block_loss kernel spills, 16 bytes on sm_90); 2 caps them at 128, which
-// spilled 136 to 492 bytes when tried. Shared memory allows 1 or 2 blocks anyway. A tuning knob: -DJKOFAST_CUDA_MIN_BLOCKS=2.
+// to 255 registers, which the register tiles of the products take (ptxas: 150 to 255 registers,
+// no spills); 2 caps them at 128, which spilled 136 to 492 bytes when tried. Shared memory allows
+// 1 or 2 blocks anyway. A tuning knob: -DJKOFAST_CUDA_MIN_BLOCKS=2.
 #ifndef JKOFAST_CUDA_MIN_BLOCKS
 #define JKOFAST_CUDA_MIN_BLOCKS 1
 #endif
@@ -103,7 +103,8 @@ struct StageChunk {
   }
 
   __device__ __forceinline__ void load(const T* __restrict__ w, Operand mode, int Q, int P, int q0, int p0,
-                                       const tile::TilePlan& plan) {
+                                       const tile::TilePlan& plan_ref) {
+    const tile::TilePlan plan = plan_ref;  // (registers: see store)
 #pragma unroll
     for (int j = 0; j < kPer; ++j) {
       int q, p;
@@ -117,7 +118,12 @@ struct StageChunk {
     }
   }
 
-  __device__ __forceinline__ void store(T* stage, Operand mode, const tile::TilePlan& plan) const {
+  __device__ __forceinline__ void store(T* stage, Operand mode, const tile::TilePlan& plan_ref) const {
+    // The plan reaches here by reference to the kernel's parameter, a generic address to nvcc that
+    // may alias the stage: read through it, the fields that place each value were loaded again
+    // after every store (LD.E: 700-900 per float backward kernel, sm_90 SASS). A local copy is read
+    // once (bench/gpu_notes.md: Generic loads).
+    const tile::TilePlan plan = plan_ref;
 #pragma unroll
     for (int j = 0; j < kPer; ++j) {
       int q, p;
