@@ -27,6 +27,7 @@ class Field(nn.Module):
     dim: int
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """f(x, t): x (B, d), t a 0-d tensor or (B,); returns the velocities (B, d)."""
         raise NotImplementedError
 
     def velocity_and_divergence(

@@ -44,6 +44,7 @@ class GaussianFit:
         return int(self.mean.shape[0])
 
     def distribution(self) -> torch.distributions.MultivariateNormal:
+        """The fitted Gaussian as a torch distribution (its ``log_prob`` scores points)."""
         return torch.distributions.MultivariateNormal(self.mean, self.covariance, validate_args=False)
 
     def state(self) -> dict:

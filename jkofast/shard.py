@@ -56,6 +56,8 @@ class MemoryShard:
         return -(-self.n // _PUSH_ROWS)
 
     def chunks(self) -> Iterator[tuple[Tensor, Tensor | None]]:
+        """(points, logdet or None) in consecutive row chunks, for pushing the shard through a
+        block: ``num_chunks`` of them, in order."""
         for a in range(0, self.n, _PUSH_ROWS):
             yield self.points[a:a + _PUSH_ROWS], None if self.logdet is None else self.logdet[a:a + _PUSH_ROWS]
 
@@ -69,6 +71,7 @@ class MemoryShard:
                 yield self.points[perm[i:i + batch]]
 
     def discard(self) -> None:
+        """Let go of the points (the shard is not used again)."""
         self.points = self.logdet = None
 
 
@@ -104,6 +107,8 @@ class DiskShard:
         return -(-self.n // max(1, CHUNK_BYTES // self.row_bytes))
 
     def chunks(self) -> Iterator[tuple[Tensor, Tensor | None]]:
+        """(points, logdet or None) in consecutive row chunks of about ``CHUNK_BYTES`` read from
+        the file, on the training device: ``num_chunks`` of them, in order."""
         step = max(1, CHUNK_BYTES // self.row_bytes)
         for a in range(0, self.n, step):
             yield self._split(self._rows(a, min(a + step, self.n)))
@@ -132,6 +137,7 @@ class DiskShard:
                 pending = mixed[full:]
 
     def discard(self) -> None:
+        """Close the memory map and delete the shard's file."""
         self.table = None
         self.path.unlink(missing_ok=True)
 

@@ -24,6 +24,32 @@ def test_some_examples_exist():
     assert found >= 8, found
 
 
+def _public_objects():
+    """Public functions and classes of the public modules (no underscore anywhere in the
+    module's path or the name), with the public methods a class defines itself."""
+    import inspect
+    for name in MODULES:
+        if any(part.startswith("_") for part in name.split(".")):
+            continue
+        module = importlib.import_module(name)
+        for attr in getattr(module, "__all__", None) or [a for a in vars(module) if not a.startswith("_")]:
+            obj = getattr(module, attr)
+            if not (inspect.isfunction(obj) or inspect.isclass(obj)) or obj.__module__ != name:
+                continue  # (imported from elsewhere: checked where it is defined)
+            yield f"{name}.{attr}", obj
+            if inspect.isclass(obj):
+                for method, fn in vars(obj).items():
+                    # (extra_repr is nn.Module's hook, documented there)
+                    if not method.startswith("_") and method != "extra_repr" and inspect.isfunction(fn):
+                        yield f"{name}.{attr}.{method}", fn
+
+
+def test_every_public_function_class_and_method_has_a_docstring():
+    missing = [name for name, obj in _public_objects() if not (obj.__doc__ or "").strip()]
+    assert len(list(_public_objects())) > 100  # (the walk reaches the package)
+    assert not missing, f"public API without a docstring: {missing}"
+
+
 def test_readme_api_block_runs(tmp_path, monkeypatch):
     # The README's ten-line API block, run as written apart from a quick training budget.
     from pathlib import Path

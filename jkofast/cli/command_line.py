@@ -26,6 +26,8 @@ def _how_to_resume(args) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``jkofast`` command: parse ``argv`` (``sys.argv[1:]`` when None), run the subcommand,
+    and return its exit status (errors are printed as one line, not a traceback)."""
     args = parse(argv)
     try:
         with _notes_on_stderr(), _sigterm_raises():  # notes with --no-progress too: a run that stopped early says so

@@ -18,6 +18,7 @@ from .report import _print_evaluation, _recorded_or
 
 
 def cmd_eval(args) -> int:
+    """``jkofast eval``: the test NLL of a saved flow on each grid, against the Gaussian baseline."""
     dist = distributed.connect(_device(args))  # under torchrun the ranks share the passes; rank 0 reports
     try:
         return _evaluate_and_report(args, dist)
@@ -49,6 +50,7 @@ def _evaluate_and_report(args, dist) -> int:
 
 
 def cmd_sample(args) -> int:
+    """``jkofast sample``: draw samples from a saved flow into a .npy or .csv file."""
     out = _output_file(args.out, "--out", (".npy", ".csv"), "the samples are")
     flow = Flow.load(args.model, map_location=_device(args))
     g = torch.Generator(device=flow.loc.device).manual_seed(args.seed)
@@ -65,6 +67,7 @@ def cmd_sample(args) -> int:
 
 
 def cmd_plot(args) -> int:
+    """``jkofast plot``: the data, samples, density and trajectories figure of a saved flow."""
     from ..plotting import PLOT_FORMATS, PLOT_POINTS, plot_flow
     _output_file(args.out, "--out", tuple("." + f for f in PLOT_FORMATS), "plots are")
     flow, recorded, test = _flow_and_data(args)
@@ -77,5 +80,6 @@ def cmd_plot(args) -> int:
 
 
 def cmd_info(args) -> int:
+    """``jkofast info``: the version, the torch it was built for, the compiled backends, the GPU."""
     from ..info import main as info_main
     return info_main()

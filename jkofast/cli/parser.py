@@ -23,6 +23,7 @@ def _add_data_root(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``jkofast`` argument parser with its subcommands (train, eval, sample, plot, info)."""
     # allow_abbrev=False: a prefix is not taken for an option (--restar would start over, --sample is not --samples)
     p = argparse.ArgumentParser(prog="jkofast", description=_PACKAGE_DOC.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--version", action="version", version=f"jkofast {__version__}")

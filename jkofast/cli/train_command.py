@@ -26,6 +26,7 @@ from .report import _baseline_train, _print_evaluation, _recorded_or
 
 
 def cmd_train(args) -> int:
+    """``jkofast train``: train a flow on a data set, then write its samples, plot and metrics."""
     # The options first: a mistyped one is refused before a data file is read or a process group
     # joined (the checks train() makes). Marked as every rank's only where every rank runs this
     # same command line: one torchrun starts them all (on several hosts, each host's its own).
