@@ -36,8 +36,8 @@ ACT_BACKWARD = ("mlp_tile.cuh", "cross += zs[i * H] * gi;")                     
 SIMT_PRODUCT = ("block_gemm.cuh", "b[j] = b_cols[q * plan.stage_ld + j * Tx];")        # block_product, SIMT
 SIMT_WGRAD = ("block_gemm.cuh", "av[j] = c_ok[j] ? a[m * ld + c[j]] : T(0);")          # block_weight_grad, SIMT
 TF32_MMA = ("mma_tf32.cuh", '"r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1])')  # mma.sync
-TF32_PRODUCT = ("block_gemm.cuh", "a[i][r] = tf32_bits(at[tf32_a_offset(lane, r, ld)]);")  # tf32_block_product
-TF32_WGRAD = ("block_gemm.cuh", "const float2 k0 = load_pair(base + at0)")               # tf32_weight_grad
+TF32_PRODUCT = ("block_gemm_tf32.cuh", "a[i][r] = tf32_bits(at[tf32_a_offset(lane, r, ld)]);")  # tf32_block_product
+TF32_WGRAD = ("block_gemm_tf32.cuh", "const float2 k0 = load_pair(base + at0)")               # tf32_weight_grad
 
 KERNELS = ("mlp_field_forward_kernel", "mlp_field_backward_kernel", "rk4_block_forward_kernel",
            "rk4_block_backward_kernel", "jko_block_loss_kernel")

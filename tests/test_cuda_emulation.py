@@ -463,7 +463,7 @@ def test_weight_staging_stores_are_free_of_bank_conflicts(emu, dtype):
 def test_tf32_fragment_loads_are_free_of_bank_conflicts(emu):
     # The TF32 products load an A fragment from a stack and B fragments from the weight stage at
     # every k step: the most frequent shared-memory accesses of the kernels. In mma.m16n8k8's
-    # lane layout (block_gemm.cuh: tf32_block_product) A lanes step rows by lane / 4 and B lanes
+    # lane layout (block_gemm_tf32.cuh: tf32_block_product) A lanes step rows by lane / 4 and B lanes
     # step rows by lane % 4, so the stack's row stride must be 4 words past a multiple of 32 and
     # the stage's 8 (tile::stage_skew): the stage's old 4-value skew gave every B load 2 ways.
     for rows in (16, 32, 64, 128):

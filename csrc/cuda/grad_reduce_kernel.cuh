@@ -5,7 +5,7 @@
 // threads read consecutive values of each part.
 #pragma once
 
-#include "cuda/block_gemm.cuh"
+#include "cuda/block_stage.cuh"
 #include "cuda/mlp_params.h"
 
 namespace jkofast::cuda {

@@ -267,7 +267,7 @@ class Tile {
 
   // z += bias on primal rows; a = sigma(z) there, tangent rows scaled by sigma'(z) of their sample.
   __device__ void activate_rows(T* z, int l, int C, T* save) const {
-    z = in_shared(z);  // (the tangent rows' loads and stores: LDS / STS, not generic: block_gemm.cuh)
+    z = in_shared(z);  // (the tangent rows' loads and stores: LDS / STS, not generic: block_stage.cuh)
     const int R = 1 + C, H = net_.hidden, ld = plan_.ld;
     const T* bias = net_.biases[l];
     for (int e = thread_index(); e < plan_.samples * H; e += kThreads) {

@@ -1,9 +1,9 @@
 // TF32 tensor-core products at the instruction level: mma.sync m16n8k8 (sm_80 and later) on
-// registers the caller loads itself, for both TF32 products of block_gemm.cuh. wmma, used before,
+// registers the caller loads itself, for both TF32 products of block_gemm_tf32.cuh. wmma, used before,
 // fixed both the load pattern and the meaning of every register; with mma.sync the caller
 // chooses which stack element goes into which register, which is what makes the weight
 // gradient's conflict-free 8-byte loads possible; its plain loads and stores become shared-memory
-// instructions once block_gemm.cuh's in_shared rebases the pointer.
+// instructions once block_stage.cuh's in_shared rebases the pointer.
 //
 // Fragments of mma.m16n8k8 with .tf32 inputs and .f32 accumulators (PTX ISA, "Matrix fragments
 // for mma.m16n8k8"), lane = 4 g + t (group g < 8, member t < 4):

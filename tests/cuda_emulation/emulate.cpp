@@ -503,7 +503,7 @@ int emu_fragment_load_ways(int64_t dim, int64_t input_dim, int64_t hidden, int64
   return worst;
 }
 
-// The banks of the TF32 weight-gradient product's operand loads (block_gemm.cuh: tf32_weight_grad;
+// The banks of the TF32 weight-gradient product's operand loads (block_gemm_tf32.cuh: tf32_weight_grad;
 // float plans): the 8-byte pairs at tf32_pair_offset from a stack, the most distinct words on one
 // bank among each half-warp (the request of an 8-byte load) of both halves of a k step, over
 // every 16-column tile of the stack and k steps starting at even and odd multiples of 8 rows.
