@@ -580,6 +580,40 @@ def test_options_without_effect_are_said():
         JKOIFlowConfig.from_options("default")
 
 
+@pytest.mark.parametrize("option,match", [
+    (dict(probes=0), "probes"),
+    (dict(transport="kinetic"), "transport"),
+    (dict(select_blocks="best"), "select_blocks"),
+    (dict(pushed_storage="cloud"), "pushed_storage"),
+    (dict(lr_final=1.5), "lr_final"),
+    (dict(lr_final=0.0), "lr_final"),
+    (dict(reparam_eta=1.5), "reparam_eta"),
+    (dict(stop_tol=-0.1), "stop_tol"),
+    (dict(h0=0.0), "h0 must be > 0"),
+    (dict(h_growth=0.0), "h_growth must be > 0"),
+    (dict(lr=0.0), "lr must be > 0"),
+    (dict(h_max=float("nan")), "h_max"),
+])
+def test_settings_out_of_range_are_refused_when_the_config_is_made(option, match):
+    """Each is refused at once, naming the setting (not deep in training, nor silently taken as another)."""
+    from jkofast.jko_iflow_config import JKOIFlowConfig
+
+    with pytest.raises(ValueError, match=match):
+        JKOIFlowConfig(**option)
+    JKOIFlowConfig(reparam_eta=0.0, stop_tol=0.0, lr_final=1.0)   # the closed ends are allowed
+
+
+def test_the_config_round_trips_through_strict_json():
+    """log.json holds the settings as strict JSON (inf would be written as null): h_max=inf is kept as "inf"."""
+    from jkofast.jko_iflow_config import JKOIFlowConfig
+
+    cfg = JKOIFlowConfig(h_max=math.inf, eval_steps=None, scratch_dir=Path("scratch"))
+    text = json.dumps(cfg.to_dict(), allow_nan=False)
+    assert json.loads(text)["h_max"] == "inf" and json.loads(text)["scratch_dir"] == "scratch"
+    assert JKOIFlowConfig.from_dict(json.loads(text)) == dataclasses.replace(cfg, scratch_dir="scratch")
+    assert JKOIFlowConfig.from_dict(JKOIFlowConfig(h_max=2.0).to_dict()).h_max == 2.0
+
+
 def test_the_paper_preset_is_the_official_2d_setting():
     """budget="paper" against the official code's 2-D run (docs/METHOD.md 2.4 network, 2.8 settings)."""
     from jkofast.jko_iflow_config import JKOIFlowConfig
