@@ -166,3 +166,11 @@ def test_op_argument_errors(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         torch.ops.jkofast.jko_block_loss(*args.values())
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_an_unknown_transport_cost_is_refused_not_taken_as_the_path_form(fused):
+    # Anything but "endpoint" used to fall through to the kinetic energy ("path") on either engine.
+    field, x, _, _ = field_case(2, 6, 2, batch=5)
+    with pytest.raises(ValueError, match=r"invalid transport 'kinetic'.*\['endpoint', 'path'\]"):
+        block_loss(field, x, 0.5, 2, transport="kinetic", fused=fused)
