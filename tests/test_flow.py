@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.func import jacrev
 
+import jkofast
 from jkofast import Flow
 from jkofast.plotting import density_grid
 from conftest import random_flow
@@ -97,6 +98,25 @@ def test_sample_and_trajectory_shapes():
     torch.testing.assert_close(traj[-1], flow.transform(x)[0], rtol=1e-12, atol=1e-12)
     assert all((b - a).abs().max() > 1e-3 for a, b in zip(traj, traj[1:]))
 
+
+
+def test_trajectory_runs_on_the_grid_it_is_given():
+    flow = random_flow(dim=2, blocks=2)
+    x = torch.randn(5, 2, dtype=torch.float64)
+    fine = flow.trajectory(x, steps=flow.steps + 4)
+    torch.testing.assert_close(fine[-1], flow.transform(x, steps=flow.steps + 4)[0], rtol=1e-12, atol=1e-12)
+    assert (fine[-1] - flow.trajectory(x)[-1]).abs().max() > 1e-9   # not the training grid's points
+
+
+def test_add_block_refuses_a_field_of_another_dim_or_kind():
+    from jkofast.ot_flow_model import OTFlowPotential
+
+    flow = random_flow(dim=2, blocks=1)
+    with pytest.raises(ValueError, match="block field has dim 3, the flow has dim 2"):
+        flow.add_block(jkofast.VelocityField(3, **flow.field_config).double(), h=1.0)
+    with pytest.raises(TypeError, match=r"this flow's blocks are VelocityField \(block='velocity'\), got a OTFlowPotential"):
+        flow.add_block(OTFlowPotential(2).double(), h=1.0)
+    assert flow.num_blocks == 1 and flow.h == [flow.h[0]]   # nothing was appended
 
 def test_sample_has_no_graph_and_rsample_differentiates_through_the_blocks():
     flow = random_flow(dim=2, blocks=2)
