@@ -63,6 +63,7 @@ def test_density_integrates_to_one(trained_moons):
 
 def test_save_load_round_trip(tmp_path):
     flow = random_flow(dim=3, blocks=3)
+    flow.tableau = "rk4-3/8"   # not the default: the file must say which
     flow.info = {"method": "jko-iflow", "note": "round trip"}
     path = flow.save(tmp_path)
     assert path == tmp_path / "model.pt"
@@ -71,9 +72,22 @@ def test_save_load_round_trip(tmp_path):
     assert torch.equal(loaded.log_prob(x), flow.log_prob(x))
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     assert torch.equal(loaded.sample(7, generator=g1), flow.sample(7, generator=g2))
-    assert loaded.h == flow.h and loaded.info == flow.info and loaded.steps == flow.steps
+    assert loaded.h == flow.h and loaded.info == flow.info and loaded.steps == flow.steps and loaded.tableau == "rk4-3/8"
     assert next(loaded.parameters()).dtype == torch.float64
 
+
+
+def test_a_payload_missing_or_adding_a_tensor_is_refused():
+    # A weight left out would stay an uninitialised meta tensor of the rebuilt flow.
+    from jkofast.checkpoint import CheckpointError
+
+    payload = random_flow(dim=2, blocks=2).payload()
+    missing = {**payload, "state_dict": {k: v for k, v in payload["state_dict"].items() if k != "blocks.1.linears.0.weight"}}
+    with pytest.raises(CheckpointError, match=r"(?s)does not describe a valid flow.*Missing key.*blocks\.1\.linears\.0\.weight"):
+        Flow.from_payload(missing, "model.pt")
+    extra = {**payload, "state_dict": {**payload["state_dict"], "blocks.2.linears.0.weight": torch.zeros(3)}}
+    with pytest.raises(CheckpointError, match="does not describe a valid flow"):
+        Flow.from_payload(extra, "model.pt")
 
 def test_load_honours_map_location_and_leaves_the_rng_alone(tmp_path):
     random_flow(dim=2, blocks=2).save(tmp_path)
@@ -158,6 +172,8 @@ def test_input_errors_name_the_problem():
         Flow(2, scale=torch.tensor([1.0, 0.0]))
     with pytest.raises(ValueError, match="scale must be positive and finite"):
         Flow(2, scale=torch.tensor([1.0, float("inf")]))
+    with pytest.raises(ValueError, match="and loc finite"):
+        Flow(2, loc=torch.tensor([float("nan"), 0.0]))
     with pytest.raises(ValueError, match="invalid divergence None"):
         flow.transform(torch.randn(3, 2, dtype=torch.float64), divergence=None)
     with pytest.raises(TypeError, match="dtype must be a floating-point"):   # (samples were cut to integers)
