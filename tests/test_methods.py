@@ -241,7 +241,9 @@ def test_evaluate_takes_one_grid_or_several_and_refuses_bad_test_sets():
     two = jkofast.evaluate(flow, x.numpy(), steps=[3, 6], mmd_points=0)
     assert one["nll_steps3"] == two["nll_steps3"] and "nll_steps6" in two
     for bad, match in ((torch.zeros(0, 2), "empty"), (torch.randn(5, 3), "2 columns"),
-                       (torch.tensor([[float("nan"), 1.0]]), "NaN")):
+                       (torch.tensor([[float("nan"), 1.0]]), "NaN"),
+                       (torch.tensor([[0.0, 1.0], [float("nan"), 1.0], [1.0, 0.0], [2.0, float("-inf")]]),
+                        r"test has 2 row\(s\) with NaN or inf values \(first: row 1\)")):
         with pytest.raises(ValueError, match=match):
             jkofast.evaluate(flow, bad, mmd_points=0)
     assert [k for k in jkofast.evaluate(flow, x, steps=[3, 3], mmd_points=0) if k.startswith("nll_steps")] == \
