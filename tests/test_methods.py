@@ -86,6 +86,17 @@ def test_quick_budget_gives_a_flow_with_its_training_record(method, moons):
     assert torch.isfinite(flow.log_prob(moons[2][:100])).all()
 
 
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_standardizes_by_the_sample_std_and_records_the_batch_it_drew(method):
+    # The in-memory path (jko-flow, interpolant) and the scanned one (jko-iflow) must agree on the
+    # standardization: mean and the (n - 1) std; a batch larger than the data is the data's size.
+    x = torch.as_tensor(jkofast.datasets.toy("moons", 300, seed=0), dtype=torch.float64)
+    flow = jkofast.train(x, method, budget="quick", progress=False, iters=2, batch=500, dtype="float64")
+    torch.testing.assert_close(flow.loc, x.mean(0), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(flow.scale, x.std(0), rtol=1e-12, atol=0)
+    assert flow.info["batch_size"] == 300
+
 def test_mmd_is_the_v_statistic_and_standardized_nll_the_shifted_one():
     x, y = torch.randn(300, 3, dtype=torch.float64), torch.randn(200, 3, dtype=torch.float64) + 0.3
     gamma = 0.1 * median_distance(x)
