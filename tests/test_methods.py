@@ -97,6 +97,18 @@ def test_every_method_standardizes_by_the_sample_std_and_records_the_batch_it_dr
     torch.testing.assert_close(flow.scale, x.std(0), rtol=1e-12, atol=0)
     assert flow.info["batch_size"] == 300
 
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_validation_nll_is_recorded_on_every_evaluation_grid(method):
+    x = torch.as_tensor(jkofast.datasets.toy("moons", 400, seed=0), dtype=torch.float64)
+    flow = jkofast.train(x[:300], method, val=x[300:], budget="quick", progress=False, iters=2, steps=3,
+                         eval_steps=7, dtype="float64")
+    assert flow.info["eval_grids"] == [3, 7] and set(flow.info["val_nll"]) == {"steps3", "steps7"}
+    for steps in (3, 7):
+        mean, se = jkofast.metrics.nll(flow, x[300:], steps=steps)
+        assert flow.info["val_nll"][f"steps{steps}"] == {"mean": pytest.approx(mean, rel=1e-9),
+                                                         "se": pytest.approx(se, rel=1e-6)}
+
 def test_mmd_is_the_v_statistic_and_standardized_nll_the_shifted_one():
     x, y = torch.randn(300, 3, dtype=torch.float64), torch.randn(200, 3, dtype=torch.float64) + 0.3
     gamma = 0.1 * median_distance(x)
