@@ -86,6 +86,51 @@ def test_the_seed_draws_each_blocks_batches(monkeypatch, moons):
     assert float((first[0] - first[1]).abs().max()) > 1e-3
 
 
+
+@pytest.mark.parametrize("warm_start", [True, False])
+def test_each_block_starts_from_the_previous_one_or_afresh_as_warm_start_says(monkeypatch, moons, warm_start):
+    real = jko_iflow.JKOIFlowTrainer.train_block
+    starts, ends = [], []
+
+    def recording(self, k, *args, **kwargs):
+        starts.append([p.detach().clone() for p in self.flow.blocks[k].parameters()])
+        entry = real(self, k, *args, **kwargs)
+        ends.append([p.detach().clone() for p in self.flow.blocks[k].parameters()])
+        return entry
+
+    monkeypatch.setattr(jko_iflow.JKOIFlowTrainer, "train_block", recording)
+    jkofast.train(moons[0][:500], progress=False, **(QUICK | {"warm_start": warm_start}))
+    want = ends[0] if warm_start else starts[0]   # block 1 as trained, or the seed's initialisation again
+    assert len(starts) == 2 and all(torch.equal(a, b) for a, b in zip(starts[1], want))
+
+
+def test_a_blocks_learning_rate_and_logged_losses_are_their_definitions(monkeypatch, moons, tmp_path):
+    # Each block: Adam at lr, cosine-decayed to lr * lr_final over its iterations; the log's
+    # "loss" is the mean of the last tenth of the iterations' losses, "loss_first" the first.
+    lrs, losses = [], []
+
+    class RecordingAdam(torch.optim.Adam):
+        def step(self, closure=None):
+            lrs.append(self.param_groups[0]["lr"])
+            return super().step(closure)
+
+    real_loss = jko_iflow.block_loss
+
+    def recorded_loss(*args, **kwargs):
+        loss, parts = real_loss(*args, **kwargs)
+        losses.append(float(loss.detach()))
+        return loss, parts
+
+    monkeypatch.setattr(torch.optim, "Adam", RecordingAdam)
+    monkeypatch.setattr(jko_iflow, "block_loss", recorded_loss)
+    iters, lr, low = 40, 3e-3, 3e-3 * 0.2
+    jkofast.train(moons[0][:500], out=tmp_path, progress=False, **(QUICK | {"iters": iters, "lr": lr, "lr_final": 0.2}))
+    want = [low + (lr - low) * (1 + math.cos(math.pi * i / iters)) / 2 for i in range(iters)]
+    assert lrs == pytest.approx(want * QUICK["blocks"], rel=1e-9)
+    for k, entry in enumerate(json.loads((tmp_path / "log.json").read_text())["blocks"]):
+        mine = losses[k * iters:(k + 1) * iters]
+        assert entry["loss_first"] == mine[0] and entry["loss"] == pytest.approx(sum(mine[-4:]) / 4, rel=1e-12)
+
 def test_samples_match_data_better_than_a_gaussian(trained_moons, moons):
     flow, _ = trained_moons
     train, _, test = moons
@@ -286,6 +331,32 @@ def test_the_early_end_rules_read_the_first_pass_up_to_the_block_asked(moons):
     trainer.cfg.blocks = 3
     assert trainer._early_end(2, ter=0.0) is None       # the budget's last block: no rule
 
+
+
+def test_val_patience_needs_each_of_its_blocks_above_the_best_before_them(moons):
+    """The pass ends once the last val_patience blocks all left the validation NLL above the best
+    before them (a NaN counts as above); one of them below that best keeps it going."""
+    from jkofast.jko_iflow import JKOIFlowTrainer
+    from jkofast.jko_iflow_config import JKOIFlowConfig
+
+    cfg = JKOIFlowConfig(**(QUICK | {"blocks": 6, "val_patience": 2}))
+    x = moons[0][:50]
+    trainer = JKOIFlowTrainer(jkofast.Flow(2, cfg.field_config()), cfg, x, x[:20], progress=False)
+    for h in (0.5, 0.7, 0.9, 1.1):
+        trainer.flow.add_block(trainer.flow.new_field(), h)
+    logged = lambda *nll: [{"phase": "initial", "val_nll_standardized": v} for v in nll]  # noqa: E731
+    for nll, stalled in (((2.0, 2.5, 1.9), False),          # block 3 came back below 2.0
+                         ((2.0, 1.9, 2.5), False),          # block 2 set a new best
+                         ((2.0, 2.5, 2.1), True),
+                         ((2.0, math.nan, 2.1), True),      # a NaN is above
+                         ((math.nan, 2.0, 1.5, 2.1), False),  # a NaN is no best: 2.0 is, and 1.5 beat it
+                         ((2.0, 2.0, 2.0), False)):         # equal to the best is not above it
+        trainer.log["blocks"] = logged(*nll)
+        end = trainer._early_end(len(nll) - 1, ter=1.0)
+        assert (end is not None and end[0] == {"val_patience": 2}) == stalled, nll
+    for nll in ((2.0, 2.5), (math.nan, math.nan)):      # not yet val_patience blocks after a first one
+        trainer.log["blocks"] = logged(*nll)
+        assert trainer._early_end(1, ter=1.0) is None
 
 def test_select_blocks_may_not_change_where_the_first_pass_ends(tmp_path, moons, monkeypatch):
     """With validation data select_blocks turns the val_patience rule on ("auto", "val") or off
