@@ -109,6 +109,28 @@ def test_the_validation_nll_is_recorded_on_every_evaluation_grid(method):
         assert flow.info["val_nll"][f"steps{steps}"] == {"mean": pytest.approx(mean, rel=1e-9),
                                                          "se": pytest.approx(se, rel=1e-6)}
 
+
+def test_a_non_finite_log_likelihood_is_an_error_not_a_mean():
+    # Finite float32 points at 1e30 have an infinite |z|^2: the mean would be inf, or NaN with -inf.
+    from jkofast.metrics import nll, sharded_nll
+
+    flow = jkofast.Flow(2, dict(hidden=8, layers=1))
+    x = torch.tensor([[0.0, 0.0], [1.0, 1.0], [1e30, 0.0], [0.5, 0.5]])
+    with pytest.raises(FloatingPointError, match=r"non-finite log-likelihood on 1 of 4 points \(first: row 2\)"):
+        nll(flow, x)
+    with pytest.raises(FloatingPointError, match=r"non-finite log-likelihood on 1 of 4 points at 3 RK4 steps"):
+        sharded_nll(flow, x, steps=3)
+
+
+def test_scores_at_a_grid_given_twice_count_each_row_once():
+    from jkofast.metrics import sharded_nll, sharded_scores_by_grid
+
+    flow = random_flow(dim=2, blocks=1)
+    x = torch.randn(50, 2, dtype=torch.float64)
+    once = sharded_nll(flow, x, steps=4)
+    twice = sharded_scores_by_grid(flow, x, grids=[4, 4], chunk=16)
+    assert list(twice) == [4] and twice[4]["flow"] == pytest.approx(once, rel=1e-12)
+
 def test_mmd_is_the_v_statistic_and_standardized_nll_the_shifted_one():
     x, y = torch.randn(300, 3, dtype=torch.float64), torch.randn(200, 3, dtype=torch.float64) + 0.3
     gamma = 0.1 * median_distance(x)
