@@ -168,6 +168,18 @@ def test_resume_refuses_other_settings(tmp_path, moons):
     jkofast.train(x, out=tmp_path, progress=False, resume=False, **(QUICK | {"lr": 0.1}))
 
 
+
+@pytest.mark.parametrize("method", ["jko-iflow", "interpolant"])
+def test_resume_refuses_other_validation_data(tmp_path, moons, method):
+    # The validation rows choose the blocks and end the first pass: other ones, or none, are another run.
+    x, val = moons[0][:500], moons[1][:200]
+    opts = QUICK if method == "jko-iflow" else dict(budget="quick", iters=5, seed=3)
+    jkofast.train(x, method, val=val, out=tmp_path, progress=False, **opts)
+    for other in (moons[1][200:400], None):
+        with pytest.raises(ValueError, match="from a run with different training data"):
+            jkofast.train(x, method, val=other, out=tmp_path, progress=False, **opts)
+    jkofast.train(x, method, val=val, out=tmp_path, progress=False, **opts)   # the same: it resumes
+
 def test_a_folder_with_files_of_a_runs_names_but_no_checkpoint_is_refused(tmp_path, moons):
     # A model.pt or log.json of one's own in `out` (out="." in a project folder): not a run to
     # resume, and training would overwrite it. resume=False is the explicit choice to replace it.
