@@ -65,6 +65,25 @@ def test_report_sets_the_flow_beside_a_fitted_gaussian(run_dir, capsys):
         assert f"the flow is {abs(gap_mean):.4f} +/- 0.1000 nats {sign} (paired, 3 steps)" in out
         assert (said in out and "does not clearly beat it" in out) if said else "does not clearly beat" not in out
         assert ("do not come from the training data's distribution" in out) == (held_out and gap_mean <= -0.2)
+    # several grids, in any order: the gap shown is the finest grid's; a resumed run's cost says whose it is
+    _print_evaluation({"n_test": 9, "nll_steps3": {"mean": 2.6, "se": 0.1}, "nll_steps6": {"mean": 2.4, "se": 0.1},
+                       "gaussian_nll": {"mean": 2.5, "se": 0.1, "n_train": 1500, "dim": 2,
+                                        "minus_flow_steps3": {"mean": -0.1, "se": 0.01},
+                                        "minus_flow_steps6": {"mean": 0.1, "se": 0.01}},
+                       "training": {"method": "jko-iflow", "train_batches": 30, "batch_size": 200,
+                                    "train_seconds": 2.0, "resumed": True, "resources": {}}}, [3, 6])
+    out = capsys.readouterr().out
+    assert "the flow is 0.1000 +/- 0.0100 nats better (paired, 6 steps)" in out
+    assert "30 batches of 200, 2.0 s training (over every process that trained it; wall and memory: the last one)" in out
+    # the fit train() kept with the model is used as it is: no pass over the training rows
+    from jkofast.cli.report import _baseline_train, _recorded_or
+    from jkofast.gaussian_baseline import GaussianFit
+
+    flow = jkofast.Flow.load(run_dir)
+    kept = _recorded_or(flow, lambda: pytest.fail("refitted a kept Gaussian"))
+    assert kept is not None and kept.state() == GaussianFit.recorded(flow).state()
+    # and where none is kept, no more training rows than columns fix no covariance: no baseline
+    assert _baseline_train(np.zeros((2, 2))) is None and _baseline_train(np.zeros((3, 2))) is not None
 
 
 def test_a_pipe_error_that_is_not_stdouts_is_raised(monkeypatch):
@@ -580,6 +599,8 @@ def test_counts_and_outputs_are_checked_before_any_work(run_dir, tmp_path, capsy
     assert "plots are written as .png, .pdf or .svg" in capsys.readouterr().err
     assert main(["sample", "--model", str(run_dir), "--out", ""]) == 2
     assert "--out is empty; pass a file name" in capsys.readouterr().err
+    assert main(["sample", "--model", str(run_dir), "--n", "5", "--out", str(tmp_path / "S.NPY")]) == 0  # any case
+    assert np.load(tmp_path / "S.NPY").shape == (5, 2)
 
 
 def test_outputs_go_into_folders_made_for_them(run_dir, tmp_path, capsys):
