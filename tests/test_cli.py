@@ -679,3 +679,32 @@ def test_a_quoted_tilde_in_out_is_the_home_folder(tmp_path, monkeypatch, capsys)
     assert main(["train", "--data", "moons", "--out", "~/runs/m", *SMALL, "--no-plot", "--blocks", "1"]) == 0
     assert {"model.pt", "metrics.json", "samples.npy"} <= {p.name for p in (tmp_path / "home" / "runs" / "m").iterdir()}
     assert not (tmp_path / "~").exists()
+
+
+def test_the_refusal_of_other_data_says_what_else_chooses_the_rows(tmp_path):
+    from jkofast.cli.data_spec import _what_sets_the_rows
+
+    run = tmp_path / "run"
+    run.mkdir()
+    npy, csv = str(tmp_path / "d.npy"), str(tmp_path / "d.csv")
+    file = {"file_bytes": 10, "file_mtime_ns": 1}
+    assert "chosen by --n-train/--n-val/--n-test" in _what_sets_the_rows({"name": "moons", "seed": 0}, run)
+    assert "is read whole here" in _what_sets_the_rows({"name": npy, **file}, run)
+    assert "is memory-mapped here" in _what_sets_the_rows({"name": npy, "mmap": True, **file}, run)
+    assert _what_sets_the_rows({"name": csv, **file}, run) == f"has {csv} changed since the run started?"
+    (run / "log.json").write_text(json.dumps({"data": {"name": npy}}))   # the run names its own data first
+    assert _what_sets_the_rows({"name": csv, **file}, run) == f"the run in {run} was trained on {npy}, this command names {csv}"
+
+
+def test_sizes_given_for_a_set_with_fixed_splits_are_said_to_be_ignored(tmp_path):
+    import argparse
+
+    from jkofast.cli.data_spec import _ignored_sizes
+
+    given = argparse.Namespace(n_train=100, n_val=None, n_test=50)
+    assert _ignored_sizes(given, {"name": "moons"}) is None               # a 2-D set: they size its draw
+    assert _ignored_sizes(argparse.Namespace(n_train=None, n_val=None, n_test=None), {"name": "power"}) is None
+    said = _ignored_sizes(given, {"name": str(tmp_path / "d.npy")})
+    assert said == f"--n-train/--n-test ignored: they size the draws of the 2-D sets and patches; {tmp_path / 'd.npy'} " \
+                   "is split 80/10/10 by --seed"
+    assert _ignored_sizes(given, {"name": "power"}).endswith("power has fixed splits")
