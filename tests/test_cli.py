@@ -694,6 +694,7 @@ def test_the_refusal_of_other_data_says_what_else_chooses_the_rows(tmp_path):
     assert _what_sets_the_rows({"name": csv, **file}, run) == f"has {csv} changed since the run started?"
     (run / "log.json").write_text(json.dumps({"data": {"name": npy}}))   # the run names its own data first
     assert _what_sets_the_rows({"name": csv, **file}, run) == f"the run in {run} was trained on {npy}, this command names {csv}"
+    assert "is read whole here" in _what_sets_the_rows({"name": npy, **file}, run)   # the same data: what else
 
 
 def test_sizes_given_for_a_set_with_fixed_splits_are_said_to_be_ignored(tmp_path):
