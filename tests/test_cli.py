@@ -163,11 +163,22 @@ def test_eval_sample_plot(run_dir, tmp_path, capsys):
                  "--json", str(tmp_path / "same.json")]) == 0
     same = json.loads((tmp_path / "same.json").read_text())
     assert same["nll_steps3"] == metrics["nll_steps3"] and same["gaussian_nll"]["n_train"] == 1500
+    # --n-test sizes the built-in set's test draw
+    assert main(["eval", "--model", str(run_dir), "--n-test", "100", "--steps", "3", "--mmd-points", "0",
+                 "--json", str(tmp_path / "fewer.json")]) == 0
+    assert json.loads((tmp_path / "fewer.json").read_text())["n_test"] == 100
+    # a model whose recorded data names no set is asked for --data, not failed with a traceback
+    nameless = jkofast.Flow.load(run_dir)
+    nameless.info["data"] = {"seed": 0}
+    nameless.save(tmp_path / "nameless.pt")
+    capsys.readouterr()
+    assert main(["eval", "--model", str(tmp_path / "nameless.pt")]) == 2
+    assert "this model does not record its data set; pass --data" in capsys.readouterr().err
     assert main(["plot", "--model", str(run_dir), "--out", str(tmp_path / "p.png"), "--n-test", "300"]) == 0
     assert (tmp_path / "p.png").stat().st_size > 10_000
 
 
-def test_train_on_a_file(tmp_path, capsys):
+def test_train_on_a_file(tmp_path, capsys, monkeypatch):
     data = jkofast.datasets.toy("8gaussians", 1200, seed=1).astype(np.float64)
     np.save(tmp_path / "d.npy", data)
     assert main(["train", "--data", str(tmp_path / "d.npy"), "--out", str(tmp_path / "run"), *SMALL,
@@ -212,6 +223,10 @@ def test_train_on_a_file(tmp_path, capsys):
     assert json.loads((tmp_path / "broken.json").read_text())["gaussian_nll"] == refit
     assert main(["eval", "--model", str(tmp_path / "run"), "--data", str(tmp_path / "held.npy"), "--n-test", "50"]) == 2
     assert "a held-out file is scored whole" in capsys.readouterr().err
+    # The model's own file named by a relative path is its own data: the recorded test split, not held-out data
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", "--model", "run", "--data", "d.npy", "--mmd-points", "0", "--json", "own.json"]) == 0
+    assert json.loads((tmp_path / "own.json").read_text())["n_test"] == 120
     # Touched, same size: noted once, and scored.
     capsys.readouterr()
     os.utime(tmp_path / "d.npy", ns=(1, 1))
