@@ -32,7 +32,9 @@ def test_train_writes_everything(run_dir, capsys):
     assert flow.info["config"]["iters"] == 20  # the flag beat the quick preset's 40
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert np.isfinite(metrics["nll_steps3"]["mean"]) and metrics["n_test"] == 800
-    assert np.load(run_dir / "samples.npy").shape == (400, 2)
+    # the samples are the model's draw from --seed (0): the same on every rerun
+    want = flow.sample(400, generator=torch.Generator().manual_seed(0), dtype=torch.float64).numpy()
+    np.testing.assert_array_equal(np.load(run_dir / "samples.npy"), want)
     assert (run_dir / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -185,6 +187,7 @@ def test_train_on_a_file(tmp_path, capsys, monkeypatch):
                  "--no-plot", "--eval-steps", "7"]) == 0
     # SMALL's sizes do not apply to a file: said, not silently dropped
     assert "--n-train/--n-val/--n-test ignored" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "plot.png").exists()   # --no-plot
     assert main(["eval", "--model", str(tmp_path / "run"), "--json", str(tmp_path / "split.json")]) == 0
     split = json.loads((tmp_path / "split.json").read_text())
     assert split["n_test"] == 120 and split["gaussian_nll"]["n_train"] == 960   # 10% test, 80% train
@@ -724,3 +727,11 @@ def test_sizes_given_for_a_set_with_fixed_splits_are_said_to_be_ignored(tmp_path
     assert said == f"--n-train/--n-test ignored: they size the draws of the 2-D sets and patches; {tmp_path / 'd.npy'} " \
                    "is split 80/10/10 by --seed"
     assert _ignored_sizes(given, {"name": "power"}).endswith("power has fixed splits")
+
+
+def test_a_checkpoint_that_does_not_read_says_how_to_go_on(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint.pt").write_text("not a checkpoint")
+    assert main(["train", "--data", "moons", "--out", str(tmp_path / "run"), *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint.pt" in err and err.rstrip().endswith("(pass --restart to start over, or choose another --out)")
