@@ -39,11 +39,28 @@ REPO = Path(__file__).resolve().parents[1]
     ({"method": "interpolant", "time_beta": (1.0, 0.0)}, ValueError, "time_beta must be > 0"),
     ({"method": "interpolant", "budget": "huge"}, ValueError, "budget"),
     ({"method": "interpolant", "iters": 0}, ValueError, "iters must be an integer >= 1"),
+    ({"method": "jko-flow", "batch": 0}, ValueError, "batch must be an integer >= 1"),
+    ({"method": "interpolant", "batch": 0}, ValueError, "batch must be an integer >= 1"),
+    ({"method": "jko-flow", "standardize": "no"}, TypeError, "standardize must be True or False"),
+    ({"method": "interpolant", "standardize": 1}, TypeError, "standardize must be True or False"),
+    ({"method": "interpolant", "eval_steps": 0}, ValueError, "eval_steps must be an integer >= 1"),
+    ({"method": "jko-flow", "dtype": "float16"}, ValueError, r"invalid dtype 'float16'"),
 ])
 def test_bad_method_or_option_names_what_is_valid(kwargs, error, match):
     with pytest.raises(error, match=match):
         jkofast.train(np.random.randn(20, 2), progress=False, **kwargs)
 
+
+
+@pytest.mark.parametrize("method", ["jko-flow", "interpolant"])
+def test_the_settings_take_a_torch_dtype_and_list_each_evaluation_grid_once(method):
+    from jkofast.train import settings
+
+    cfg = settings(method, "quick", dtype=torch.float64, steps=4, eval_steps=4)
+    assert cfg.dtype == "float64" and cfg.to_dict()["dtype"] == "float64"
+    assert cfg.eval_grids() == [4]
+    assert settings(method, "quick", steps=4, eval_steps=9).eval_grids() == [4, 9]
+    assert settings(method, "quick", steps=4, eval_steps=None).eval_grids() == [4]
 
 @pytest.mark.parametrize("method", ["jko-flow", "interpolant"])
 def test_gradients_are_clipped_and_nan_weights_stop_the_run(method, moons, tmp_path):
