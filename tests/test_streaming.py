@@ -463,6 +463,31 @@ def test_disk_training_shard_is_a_seeded_shuffle_of_a_sorted_file(tmp_path, monk
     assert not torch.equal(head(generator), head(generator))
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_memory_readings_are_in_bytes():
+    """The peak resident set and the free host memory (the rule of pushed_storage='auto') in
+    bytes: /proc and getrusage give kilobytes."""
+    from jkofast.memory import available_bytes, peak_memory, peak_memory_of_run
+
+    def kib(path, key):
+        return next(int(line.split()[1]) for line in open(path) if line.startswith(key + ":")) * 1024
+
+    # (the kernel updates the high-water marks lazily: the current RSS may read a little above them)
+    rss = kib("/proc/self/status", "VmRSS")
+    assert rss / 2 < peak_memory()["rss_bytes"] < 2 * kib("/proc/self/status", "VmHWM")
+    free = kib("/proc/meminfo", "MemAvailable")
+    assert free / 2 < available_bytes("cpu") < free * 2
+
+    class TwoRanks:   # a run of two processes, rank 1's peak the larger
+        device = "cpu"
+
+        def gather(self, mine, what):
+            return [mine, {"rss_bytes": mine["rss_bytes"] * 3}]
+
+    run = peak_memory_of_run(TwoRanks())
+    assert run["rss_bytes_max"] == 3 * run["rss_bytes"] == run["per_rank"][1]["rss_bytes"]
+
+
 def test_auto_storage_rule(tmp_path, monkeypatch):
     small = ShardStore("auto", 1 << 20, dtype=torch.float32, device=torch.device("cpu"))
     huge = ShardStore("auto", 1 << 50, dtype=torch.float32, device=torch.device("cpu"))
