@@ -721,6 +721,8 @@ def test_arguments_are_checked_before_training(tmp_path, moons):
                           (dict(info={"when": __import__("datetime").date(2026, 1, 1)}),
                            r"info\['when'\] is a date, which the saved model cannot hold"),
                           (dict(info=[1]), "info must be a dict"),
+                          (dict(info={"runs": {1: "a"}}), r"info\['runs'\] is a dict, which the saved model cannot hold.*"
+                                                          "dicts with string keys"),
                           (dict(out=5), "out must be a folder's path")):
         with pytest.raises((TypeError, ValueError), match=match):
             jkofast.train(x, progress=False, **(QUICK | kwargs))
