@@ -148,6 +148,17 @@ def test_scores_at_a_grid_given_twice_count_each_row_once():
     twice = sharded_scores_by_grid(flow, x, grids=[4, 4], chunk=16)
     assert list(twice) == [4] and twice[4]["flow"] == pytest.approx(once, rel=1e-12)
 
+
+@pytest.mark.parametrize("method", METHODS)
+def test_training_leaves_the_global_random_state_alone(method):
+    # The seed draws the initialisation and batches from its own generators: the caller's
+    # torch.manual_seed stream is neither reset to the seed nor advanced.
+    x = torch.as_tensor(jkofast.datasets.toy("moons", 400, seed=0))
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    jkofast.train(x, method, budget="quick", progress=False, iters=3, **({"blocks": 2} if method == "jko-iflow" else {}))
+    assert torch.equal(torch.get_rng_state(), state)
+
 def test_mmd_is_the_v_statistic_and_standardized_nll_the_shifted_one():
     x, y = torch.randn(300, 3, dtype=torch.float64), torch.randn(200, 3, dtype=torch.float64) + 0.3
     gamma = 0.1 * median_distance(x)
