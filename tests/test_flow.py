@@ -138,6 +138,9 @@ def test_sample_has_no_graph_and_rsample_differentiates_through_the_blocks():
     assert not s.requires_grad and s.grad_fn is None
     r = flow.rsample(8, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(r.detach(), s, rtol=0, atol=0)  # the same draw, with its graph
+    # the draw is z ~ N(0, I) in the model's dtype (float64 here), pushed through the inverse
+    z = torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    torch.testing.assert_close(s, flow.inverse(z), rtol=0, atol=0)
     r.square().sum().backward()
     # every block's weights are reached (a block left out of the graph would keep grad None)
     assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in flow.blocks.parameters())
