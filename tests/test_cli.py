@@ -711,7 +711,8 @@ def test_the_refusal_of_other_data_says_what_else_chooses_the_rows(tmp_path):
     assert "is memory-mapped here" in _what_sets_the_rows({"name": npy, "mmap": True, **file}, run)
     assert _what_sets_the_rows({"name": csv, **file}, run) == f"has {csv} changed since the run started?"
     (run / "log.json").write_text(json.dumps({"data": {"name": npy}}))   # the run names its own data first
-    assert _what_sets_the_rows({"name": csv, **file}, run) == f"the run in {run} was trained on {npy}, this command names {csv}"
+    assert _what_sets_the_rows({"name": csv, **file}, run) == \
+        f"the run in {run} was trained on {npy}, this command names {csv}"
     assert "is read whole here" in _what_sets_the_rows({"name": npy, **file}, run)   # the same data: what else
 
 
