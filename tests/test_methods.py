@@ -52,7 +52,7 @@ def test_bad_method_or_option_names_what_is_valid(kwargs, error, match):
 
 
 
-@pytest.mark.parametrize("method", ["jko-flow", "interpolant"])
+@pytest.mark.parametrize("method", METHODS)
 def test_the_settings_take_a_torch_dtype_and_list_each_evaluation_grid_once(method):
     from jkofast.train import settings
 
