@@ -76,7 +76,6 @@ def test_save_load_round_trip(tmp_path):
     assert next(loaded.parameters()).dtype == torch.float64
 
 
-
 def test_a_payload_missing_or_adding_a_tensor_is_refused():
     # A weight left out would stay an uninitialised meta tensor of the rebuilt flow.
     from jkofast.checkpoint import CheckpointError
@@ -89,6 +88,7 @@ def test_a_payload_missing_or_adding_a_tensor_is_refused():
     extra = {**payload, "state_dict": {**payload["state_dict"], "blocks.2.linears.0.weight": torch.zeros(3)}}
     with pytest.raises(CheckpointError, match="does not describe a valid flow"):
         Flow.from_payload(extra, "model.pt")
+
 
 def test_load_honours_map_location_and_leaves_the_rng_alone(tmp_path):
     random_flow(dim=2, blocks=2).save(tmp_path)
@@ -114,7 +114,6 @@ def test_sample_and_trajectory_shapes():
     assert all((b - a).abs().max() > 1e-3 for a, b in zip(traj, traj[1:]))
 
 
-
 def test_trajectory_runs_on_the_grid_it_is_given():
     flow = random_flow(dim=2, blocks=2)
     x = torch.randn(5, 2, dtype=torch.float64)
@@ -132,6 +131,7 @@ def test_add_block_refuses_a_field_of_another_dim_or_kind():
     with pytest.raises(TypeError, match=r"blocks are VelocityField \(block='velocity'\), got a OTFlowPotential"):
         flow.add_block(OTFlowPotential(2).double(), h=1.0)
     assert flow.num_blocks == 1 and flow.h == [flow.h[0]]   # nothing was appended
+
 
 def test_sample_has_no_graph_and_rsample_differentiates_through_the_blocks():
     flow = random_flow(dim=2, blocks=2)
@@ -203,6 +203,8 @@ def test_a_float32_flow_takes_wider_data_and_standardizes_it_first():
 
 @pytest.mark.parametrize("model, narrow", [(torch.float64, torch.float32), (torch.float32, torch.float16),
                                            (torch.float32, torch.bfloat16)])
+
+
 def test_narrower_data_and_latent_points_are_widened_exactly(model, narrow):
     # The built-in sets are float32 arrays; a float64 model takes them (and torch.randn's float32
     # z) as the same numbers widened: the results equal those of the widened input, bit for bit.

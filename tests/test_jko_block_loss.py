@@ -23,8 +23,12 @@ def loss_both(field, x, h, steps, **kw):
     ("path", "hutchinson", "rk4", 0.5),
     ("endpoint", "exact", "rk4", math.inf),  # a free block: no transport term
 ])
+
+
 @pytest.mark.parametrize("shape", [(3, 16, 2, "softplus", True, 37), (2, 8, 3, "tanh", False, 70),
                                    (1, 4, 1, "silu", True, 1)])
+
+
 def test_matches_reference_float64(transport, divergence, tableau, h, shape):
     dim, hidden, layers, activation, time, batch = shape
     field, x, _, _ = field_case(dim, hidden, layers, activation, time, batch)
@@ -158,6 +162,8 @@ def test_opcheck():
     (dict(x0=torch.zeros(0, 2, dtype=torch.float64)), "empty"),
     (dict(divergence="hutchinson"), "probes are required"),
 ])
+
+
 def test_op_argument_errors(kwargs, match):
     field, x, _, _ = field_case(2, 6, 2, batch=5)
     args = dict(x0=x, probes=None, weights=list(field.weights), biases=list(field.biases), t0=0.0, t1=1.0, steps=2,

@@ -46,10 +46,11 @@ REPO = Path(__file__).resolve().parents[1]
     ({"method": "interpolant", "eval_steps": 0}, ValueError, "eval_steps must be an integer >= 1"),
     ({"method": "jko-flow", "dtype": "float16"}, ValueError, r"invalid dtype 'float16'"),
 ])
+
+
 def test_bad_method_or_option_names_what_is_valid(kwargs, error, match):
     with pytest.raises(error, match=match):
         jkofast.train(np.random.randn(20, 2), progress=False, **kwargs)
-
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -61,6 +62,7 @@ def test_the_settings_take_a_torch_dtype_and_list_each_evaluation_grid_once(meth
     assert cfg.eval_grids() == [4]
     assert settings(method, "quick", steps=4, eval_steps=9).eval_grids() == [4, 9]
     assert settings(method, "quick", steps=4, eval_steps=None).eval_grids() == [4]
+
 
 @pytest.mark.parametrize("method", ["jko-flow", "interpolant"])
 def test_gradients_are_clipped_and_nan_weights_stop_the_run(method, moons, tmp_path):
@@ -101,7 +103,6 @@ def test_quick_budget_gives_a_flow_with_its_training_record(method, moons):
     assert info["train_seconds"] > 0 and info["resources"]["wall_seconds"] >= info["train_seconds"] * 0.5
     assert info["resources"]["peak_mb"] > 50 and set(info["val_nll"]) == {f"steps{s}" for s in info["eval_grids"]}
     assert torch.isfinite(flow.log_prob(moons[2][:100])).all()
-
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -158,6 +159,7 @@ def test_training_leaves_the_global_random_state_alone(method):
     state = torch.get_rng_state()
     jkofast.train(x, method, budget="quick", progress=False, iters=3, **({"blocks": 2} if method == "jko-iflow" else {}))
     assert torch.equal(torch.get_rng_state(), state)
+
 
 def test_mmd_is_the_v_statistic_and_standardized_nll_the_shifted_one():
     x, y = torch.randn(300, 3, dtype=torch.float64), torch.randn(200, 3, dtype=torch.float64) + 0.3

@@ -39,7 +39,6 @@ def test_reparametrization_equalises_movement():
         reparametrized_step_sizes([1.0], [1.0, 2.0])
 
 
-
 @pytest.mark.parametrize("h0,growth,h_max", [(0.0, 1.4, 1.0), (0.25, 0.0, 1.0), (0.25, -1.4, 1.0), (0.25, 1.4, 0.0)])
 def test_step_sizes_refuse_a_non_positive_setting(h0, growth, h_max):
     # growth = 0 gave [h0, 0, 0, ...]: blocks with h = 0, whose transport weight 1/(2h) is infinite.
@@ -52,6 +51,7 @@ def test_reparametrization_refuses_a_damping_outside_0_1(eta):
     # eta > 1 overshoots the equalising steps: a slow block's h could turn negative.
     with pytest.raises(ValueError, match=r"eta must be in \[0, 1\]"):
         reparametrized_step_sizes([1.0, 1.0], [3.0, 1.0], eta=eta)
+
 
 @pytest.mark.parametrize("time", [True, False])
 def test_split_block_reproduces_parent(time):

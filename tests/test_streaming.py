@@ -41,6 +41,8 @@ def _write_npy(path, arr):
     (np.zeros((10, 2), np.int64), "dtype int64"),
     (np.zeros((0, 2), np.float32), "empty"),
 ])
+
+
 def test_open_npy_refuses_what_is_not_a_2d_float_array(tmp_path, arr, match):
     np.save(tmp_path / "x.npy", arr)
     with pytest.raises(ValueError, match=match):

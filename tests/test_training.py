@@ -86,7 +86,6 @@ def test_the_seed_draws_each_blocks_batches(monkeypatch, moons):
     assert float((first[0] - first[1]).abs().max()) > 1e-3
 
 
-
 @pytest.mark.parametrize("warm_start", [True, False])
 def test_each_block_starts_from_the_previous_one_or_afresh_as_warm_start_says(monkeypatch, moons, warm_start):
     real = jko_iflow.JKOIFlowTrainer.train_block
@@ -131,6 +130,7 @@ def test_a_blocks_learning_rate_and_logged_losses_are_their_definitions(monkeypa
         mine = losses[k * iters:(k + 1) * iters]
         assert entry["loss_first"] == mine[0] and entry["loss"] == pytest.approx(sum(mine[-4:]) / 4, rel=1e-12)
 
+
 def test_samples_match_data_better_than_a_gaussian(trained_moons, moons):
     flow, _ = trained_moons
     train, _, test = moons
@@ -168,7 +168,6 @@ def test_resume_refuses_other_settings(tmp_path, moons):
     jkofast.train(x, out=tmp_path, progress=False, resume=False, **(QUICK | {"lr": 0.1}))
 
 
-
 @pytest.mark.parametrize("method", ["jko-iflow", "interpolant"])
 def test_resume_refuses_other_validation_data(tmp_path, moons, method):
     # The validation rows choose the blocks and end the first pass: other ones, or none, are another run.
@@ -179,6 +178,7 @@ def test_resume_refuses_other_validation_data(tmp_path, moons, method):
         with pytest.raises(ValueError, match="from a run with different training data"):
             jkofast.train(x, method, val=other, out=tmp_path, progress=False, **opts)
     jkofast.train(x, method, val=val, out=tmp_path, progress=False, **opts)   # the same: it resumes
+
 
 def test_a_folder_with_files_of_a_runs_names_but_no_checkpoint_is_refused(tmp_path, moons):
     # A model.pt or log.json of one's own in `out` (out="." in a project folder): not a run to
@@ -344,7 +344,6 @@ def test_the_early_end_rules_read_the_first_pass_up_to_the_block_asked(moons):
     assert trainer._early_end(2, ter=0.0) is None       # the budget's last block: no rule
 
 
-
 def test_val_patience_needs_each_of_its_blocks_above_the_best_before_them(moons):
     """The pass ends once the last val_patience blocks all left the validation NLL above the best
     before them (a NaN counts as above); one of them below that best keeps it going."""
@@ -369,6 +368,7 @@ def test_val_patience_needs_each_of_its_blocks_above_the_best_before_them(moons)
     for nll in ((2.0, 2.5), (math.nan, math.nan)):      # not yet val_patience blocks after a first one
         trainer.log["blocks"] = logged(*nll)
         assert trainer._early_end(1, ter=1.0) is None
+
 
 def test_select_blocks_may_not_change_where_the_first_pass_ends(tmp_path, moons, monkeypatch):
     """With validation data select_blocks turns the val_patience rule on ("auto", "val") or off
@@ -524,6 +524,8 @@ def test_float64_training(moons, dtype):
     (np.random.randn(10, 2), {"budget": "huge"}, ValueError, "budget"),
     (np.random.randn(10, 2), {"divergence": "fd"}, ValueError, "divergence"),
 ])
+
+
 def test_bad_training_input(data, kwargs, error, match):
     with pytest.raises(error, match=match):
         jkofast.train(data, progress=False, **(QUICK | kwargs))
@@ -677,6 +679,8 @@ def test_options_without_effect_are_said():
     (dict(lr=0.0), "lr must be > 0"),
     (dict(h_max=float("nan")), "h_max"),
 ])
+
+
 def test_settings_out_of_range_are_refused_when_the_config_is_made(option, match):
     """Each is refused at once, naming the setting (not deep in training, nor silently taken as another)."""
     from jkofast.jko_iflow_config import JKOIFlowConfig
