@@ -202,6 +202,50 @@ def test_evaluates_mmd_is_the_metric_on_its_seeded_draws():
     assert evaluate(flow, x, mmd_points=80, seed=6)["mmd"]["mmd_c"] != report["mmd_c"]
 
 
+def test_whole_number_test_data_is_scored_as_the_numbers_it_holds_by_a_float32_flow():
+    # Integers near 1e8 (counts, timestamps): float32 steps by 8 there, so they are standardized
+    # in float64 first, as float64 data is; the float32 flow scores both alike.
+    flow = jkofast.Flow(2, dict(hidden=8, layers=1), loc=torch.tensor([1e8, 0.0], dtype=torch.float64),
+                        scale=torch.tensor([2.0, 1.0], dtype=torch.float64)).float()
+    flow.add_block(flow.new_field(), 0.5)
+    x = np.random.default_rng(0).integers(-3, 4, (200, 2)) + np.array([10 ** 8, 0])
+    whole, wide = (jkofast.evaluate(flow, v, mmd_points=0) for v in (x, x.astype(np.float64)))
+    assert whole["nll_steps3"] == wide["nll_steps3"]   # (rounded to float32 first: ~0.6 nats off)
+
+
+def test_mmd_u_is_the_metric_on_the_standardized_draws_at_the_test_rows_median():
+    # MMD-u compares the same rows and samples as MMD-m, both standardized, at the median distance
+    # of the standardized test rows (not of the samples, whose spread is the model's).
+    flow = jkofast.Flow(2, dict(hidden=8, layers=1), loc=torch.tensor([1.0, -2.0]), scale=torch.tensor([3.0, 0.5]))
+    flow.add_block(flow.new_field(), 0.5)
+    x = torch.randn(300, 2) * 4.0
+    report = evaluate(flow, x, mmd_points=80, seed=5)["mmd"]
+    g = torch.Generator().manual_seed(5)
+    rows = x[torch.randperm(300, generator=g)[:80]]
+    u_rows, u_samples = flow.standardize(rows).double(), flow.standardize(flow.sample(80, generator=g)).double()
+    median_u = median_distance(u_rows)
+    assert report["median_distance_u"] == pytest.approx(median_u, rel=1e-12)
+    assert report["mmd_u"] == pytest.approx(mmd(u_rows, u_samples, bandwidth=median_u), rel=1e-9)
+
+
+def test_the_mmd_needs_two_test_rows_and_takes_two():
+    flow = jkofast.Flow(2, dict(hidden=8, layers=1))
+    one, two = torch.randn(1, 2), torch.randn(2, 2)
+    for scorer in (jkofast.evaluate, jkofast.evaluate_sharded):
+        assert "mmd" not in scorer(flow, one, mmd_points=10)    # one row has no median distance
+        assert scorer(flow, two, mmd_points=10)["mmd"]["n"] == 2
+
+
+def test_evaluate_reports_the_flows_own_grids_by_default_and_refuses_an_empty_list():
+    flow = jkofast.Flow(2, dict(hidden=8, layers=1))
+    flow.info["eval_grids"] = [2, 5]   # what train() records: its evaluation grids
+    x = torch.randn(30, 2)
+    for scorer in (jkofast.evaluate, jkofast.evaluate_sharded):
+        assert [k for k in scorer(flow, x, mmd_points=0) if k.startswith("nll_steps")] == ["nll_steps2", "nll_steps5"]
+        with pytest.raises(TypeError, match="non-empty list"):
+            scorer(flow, x, steps=[], mmd_points=0)
+
+
 def test_mmd_u_does_not_depend_on_the_columns_units():
     # The same data and model in other units (column 2 in thousandths, column 0 x 31): the data-space
     # MMD-m changes, being decided by the largest column; MMD-u, in the standardized space, does not.
