@@ -36,6 +36,14 @@ def test_a_stopped_writer_leaves_the_old_file_and_no_temporary_one(tmp_path):
     assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~_umask()
 
 
+def test_the_temporary_file_is_beside_the_target_hidden_and_named_by_the_writer(tmp_path):
+    # beside it: the rename stays on one file system; the process id: two processes writing the
+    # same output (a sweep's runs sharing a folder) do not write into one temporary file
+    with replaced_atomically(tmp_path / "metrics.json") as tmp:
+        assert tmp == tmp_path / f".metrics.json.{os.getpid()}.tmp"
+        tmp.write_text("{}")
+
+
 def test_checkpoints_and_logs_are_replaced_whole(tmp_path):
     save_payload({"x": 1}, tmp_path / "m.pt", "jkofast.flow")
     write_json(tmp_path / "log.json", {"a": [1, 2]})

@@ -430,6 +430,20 @@ def test_stopping_rule_and_free_block(moons, monkeypatch, capsys, tmp_path):
     assert flow.num_blocks == 3 and math.isinf(flow.h[-1]) and math.isfinite(flow.h[1])
 
 
+def test_training_without_bars_writes_nothing_on_stderr_and_only_rank_0_speaks(moons, capsys, caplog):
+    from jkofast.progress import say
+
+    jkofast.train(moons[0][:300], progress=False, **(QUICK | {"iters": 3}))
+    assert capsys.readouterr().err == ""   # no bar, not even an empty one
+    with caplog.at_level(logging.INFO, logger="jkofast"):
+        for bars in (True, False):
+            say("a note", bars=bars, main=False)   # another rank's: silent
+        assert capsys.readouterr().err == "" and caplog.records == []
+        say("a note", bars=True)
+        say("a logged note", bars=False)
+    assert capsys.readouterr().err == "jkofast: a note\n" and caplog.messages == ["a logged note"]
+
+
 def test_reparametrization_and_refinement_rounds(tmp_path, moons):
     x = moons[0][:500]
     flow = jkofast.train(x, out=tmp_path, progress=False,
