@@ -59,6 +59,34 @@ def test_a_killed_runs_folder_is_removed_by_the_next_and_a_live_one_is_not(tmp_p
 
 
 @posix_only
+def test_this_processs_live_folder_is_kept_where_its_own_lock_looks_free(tmp_path, monkeypatch):
+    # On NFS flock is emulated with POSIX locks, which a second descriptor of the holding process
+    # takes: a second run in one process (rank 1 of a test, a notebook's second train()) would
+    # find its own live folder free. Such a lock, here every lock, must not delete it.
+    import jkofast._scratch as scratch
+
+    monkeypatch.setattr(scratch, "try_lock", lambda path, *, create: (True, os.open(path, os.O_RDWR)))
+    live = ScratchFolder(tmp_path, rank=0)
+    (live.path / "shard0.bin").write_bytes(b"0" * 10)
+    second = ScratchFolder(tmp_path, rank=1)
+    assert second.removed == [] and (live.path / "shard0.bin").is_file()
+    live.remove(), second.remove()
+
+
+@posix_only
+def test_a_lock_found_held_costs_no_file_descriptor(tmp_path):
+    from jkofast._locks import try_lock, unlock
+
+    taken, fd = try_lock(tmp_path / ".lock", create=True)
+    assert taken
+    before = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    for _ in range(20):   # a scan past 20 live folders
+        assert try_lock(tmp_path / ".lock", create=False) == (False, None)
+    if before is not None:
+        assert len(os.listdir("/proc/self/fd")) == before
+    unlock(fd)
+
+
 def test_training_removes_a_killed_runs_scratch_and_says_so(tmp_path, moons, caplog):
     dead = _killed_run_folder(tmp_path / "scratch")
     x, val = moons[0][:600].numpy(), moons[1][:200].numpy()
