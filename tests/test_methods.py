@@ -377,6 +377,28 @@ def test_evaluate_takes_one_grid_or_several_and_refuses_bad_test_sets():
                 scorer(flow, x, **kwargs)
 
 
+def test_the_cpu_peak_starts_afresh_and_its_kind_says_when_it_cannot(tmp_path, monkeypatch):
+    import jkofast.resources as resources
+
+    big = torch.ones(50_000_000)   # 200 MB, touched and freed before the work: not the work's peak
+    big += 1
+    del big
+    with ResourceMeter("cpu") as meter:
+        pass
+    r = meter.result()
+    if r["kind"] == "process peak RSS (VmHWM, reset at the start)":
+        assert r["peak_mb"] - r["start_mb"] < 100, r
+    # /proc/self/status in kB, reported in MB of 2**20 bytes
+    (tmp_path / "status").write_text("Name:\tpython\nVmHWM:\t  3072 kB\nVmRSS:\t  1024 kB\n")
+    monkeypatch.setattr(resources, "_STATUS", tmp_path / "status")
+    monkeypatch.setattr(resources, "_CLEAR", tmp_path / "missing" / "clear_refs")   # a reset not allowed
+    with ResourceMeter("cpu") as meter:
+        pass
+    assert meter.result() | {"wall_seconds": 0} == {"wall_seconds": 0, "peak_mb": 3.0, "start_mb": 1.0,
+                                                  "kind": "process peak RSS since the process started "
+                                                          "(reset not available)"}
+
+
 def test_a_folder_of_another_method_is_refused_by_name(tmp_path, moons):
     from jkofast.checkpoint import CheckpointError
 
