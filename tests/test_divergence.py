@@ -104,6 +104,16 @@ def test_bad_inputs_are_named(bad, match):
         divergence(random_field(2), bad)
 
 
+def test_a_half_precision_field_runs_on_the_reference_and_the_compiled_ops_refuse_it():
+    field = random_field(2).to(torch.bfloat16)
+    x = torch.randn(5, 2, dtype=torch.bfloat16)
+    auto, reference = divergence(field, x, 0.3, backend="auto"), divergence(field, x, 0.3, backend="torch")
+    assert all(torch.equal(a, b) for a, b in zip(auto, reference))
+    if jkofast._backend.compiled_available():
+        with pytest.raises(ValueError, match=r"dtype torch.bfloat16 \(the ops take float32 and float64\)"):
+            divergence(field, x, 0.3, backend="compiled")
+
+
 def test_bad_method_and_backend():
     field, x = random_field(2), torch.randn(3, 2, dtype=torch.float64)
     with pytest.raises(ValueError, match="method"):

@@ -166,6 +166,23 @@ def test_a_native_build_on_another_cpu_falls_back(monkeypatch):
                          "-C cmake.define.JKOFAST_NATIVE=OFF)")
 
 
+@pytest.mark.parametrize("built, capability, runs", [
+    ("8.0", (8, 0), True), ("8.0", (8, 6), True), ("8.6", (8, 0), False),    # x.y runs on x.z, z >= y
+    ("8.0", (9, 0), False), ("9.0", (8, 9), False), ("8.0;9.0", (9, 0), True),
+    ("8.0+PTX", (9, 0), True), ("9.0+PTX", (8, 6), False),                  # PTX: on anything newer
+    ("8.0 9.0a", (9, 0), True), ("", (8, 0), False)])
+def test_the_kernels_run_on_the_gpus_the_build_has_code_for(monkeypatch, built, capability, runs):
+    # a GPU without machine code for it would fail at the first launch instead of falling back
+    _C = pytest.importorskip("jkofast._C")
+    monkeypatch.setattr(_C, "CUDA_ARCH_LIST", built, raising=False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: capability)
+    why = _backend._cuda_arch_misfit(torch.device("cuda"))
+    assert (why is None) == runs, why
+    if not runs:
+        assert why == f"a GPU of compute capability {capability[0]}.{capability[1]} (the CUDA kernels were built " \
+                      f"for {built!r})"
+
+
 def test_cpu_feature_levels():
     v3 = {"ssse3", "sse4_2", "popcnt", "avx", "avx2", "bmi1", "bmi2", "fma"}
     assert _cpu_target.missing_features("x86-64-v3", flags=v3) == []
