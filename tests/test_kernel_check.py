@@ -318,3 +318,52 @@ def test_a_backward_kernels_failure_is_the_kernels_not_the_checks(monkeypatch):
     why = _kernel_check.verdict_for(jkofast.VelocityField(2, 8, 2), "cpu", torch.float64, False)
     assert why.startswith("the compiled kernels failed jkofast's check on cpu: mlp_field's kernels under their own "
                           "tile plan raised: RuntimeError: CUDA error"), why
+
+
+def test_each_switch_of_the_kernels_code_path_is_checked_on_its_own(monkeypatch):
+    # The verdict is kept per shape (d, width, layers, activation, time input, dtype), TF32 switch
+    # and JKOFAST_CUDA_ROWS: a change in any of them is another code path, checked again.
+    from jkofast import _C
+
+    checked = []
+    monkeypatch.setattr(_kernel_check, "verdict_for", lambda field, device, dtype, tf32: checked.append(
+        (field.activation, field.time, dtype, tf32, _kernel_check.os.environ.get("JKOFAST_CUDA_ROWS"))))
+    monkeypatch.delenv("JKOFAST_CUDA_ROWS", raising=False)
+    x = torch.zeros(3, 2, dtype=torch.float64)
+    field = jkofast.VelocityField(2, 8, 2).double()
+    for _ in range(2):   # (once)
+        assert _kernel_check.disagreement(field, x) is None
+    _kernel_check.disagreement(jkofast.VelocityField(2, 8, 2, activation="tanh").double(), x)
+    _kernel_check.disagreement(jkofast.VelocityField(2, 8, 2, time=False).double(), x)
+    _kernel_check.disagreement(field.float(), x.float())
+    monkeypatch.setattr(_C, "tf32_matmul_allowed", lambda: True)
+    _kernel_check.disagreement(field, x.float())   # (field.float() above converted it in place)
+    _kernel_check.disagreement(field.double(), x)   # float64 has no TF32 path: the first verdict
+    monkeypatch.setenv("JKOFAST_CUDA_ROWS", "32")
+    _kernel_check.disagreement(field.double(), x)
+    assert checked == [("softplus", True, torch.float64, False, None), ("tanh", True, torch.float64, False, None),
+                       ("softplus", False, torch.float64, False, None), ("softplus", True, torch.float32, False, None),
+                       ("softplus", True, torch.float32, True, None), ("softplus", True, torch.float64, False, "32")]
+
+
+@pytest.mark.parametrize("breaking, named", [
+    (_off_by(1e-6, 1), "mlp_field_div's div"),                             # float64: 1e-9 of the scale
+    (lambda op: lambda *a, **k: [o.clone().fill_(float("nan")) if i == 1 else o
+                                 for i, o in enumerate(op(*a, **k))], "mlp_field_div's div is nan")])
+def test_a_slightly_wrong_or_nan_output_is_caught(monkeypatch, breaking, named):
+    monkeypatch.setattr(O, "mlp_field_div", breaking(O.mlp_field_div))
+    why = _kernel_check.verdict_for(jkofast.VelocityField(3, 16, 2), "cpu", torch.float64, False)
+    assert why is not None and named in why, why
+
+
+def test_the_summation_slack_is_the_parameter_gradients_alone(monkeypatch):
+    # float32, no TF32: the field's value is held to 4x torch's float32 error plus 2^-20 of its
+    # scale; the slack for sums over the batch (2^-16 of the largest parameter gradient) is not its.
+    real = O.mlp_field
+
+    def off_in_float32(x, *args, **kwargs):
+        f = real(x, *args, **kwargs)
+        return f * (1 + 2e-5) if x.dtype == torch.float32 else f
+    monkeypatch.setattr(O, "mlp_field", off_in_float32)
+    why = _kernel_check.verdict_for(jkofast.VelocityField(3, 16, 2), "cpu", torch.float32, False)
+    assert why is not None and "mlp_field's f is" in why and "float32, TF32 off" in why, why
