@@ -64,6 +64,44 @@ def test_the_settings_take_a_torch_dtype_and_list_each_evaluation_grid_once(meth
     assert settings(method, "quick", steps=4, eval_steps=None).eval_grids() == [4]
 
 
+@pytest.mark.parametrize("method, option, value, error, match", [
+    ("interpolant", "lr_final", 2.0, ValueError, r"lr_final must be in \(0, 1\], got 2.0"),
+    ("jko-flow", "lr_final", 0.0, ValueError, "lr_final must be > 0"),
+    ("interpolant", "val_every", 0, ValueError, "val_every must be an integer >= 1"),
+    ("interpolant", "checkpoint_every", 0, ValueError, "checkpoint_every must be an integer >= 1"),
+    ("interpolant", "clip", -1.0, ValueError, "clip must be > 0"),
+    ("jko-flow", "clip", 0.0, ValueError, "clip must be > 0"),
+    ("interpolant", "activation", "relu", ValueError, "activation 'relu'; must be one of"),
+    ("interpolant", "beta", 0.0, ValueError, "beta must be > 0"),
+    ("jko-flow", "kl_points", 0, ValueError, "kl_points must be an integer >= 1"),
+    ("jko-flow", "alpha_r", -0.5, ValueError, "alpha_r must be >= 0"),
+    ("jko-flow", "rank", 0, ValueError, "rank must be an integer >= 1"),
+    ("jko-flow", "warm_start", "yes", TypeError, "warm_start must be True or False"),
+    ("jko-flow", "rounds", 0, ValueError, "rounds must be an integer >= 1"),
+])
+def test_each_setting_of_jko_flow_and_the_interpolant_refuses_a_bad_value(method, option, value, error, match):
+    from jkofast.train import settings
+
+    with pytest.raises(error, match=match):
+        settings(method, "quick", **{option: value})
+
+
+def test_the_presets_and_the_network_settings_reach_the_trained_blocks():
+    from jkofast.train import settings
+
+    # the papers' settings (docs/METHOD.md 3.2 and 4)
+    paper = settings("jko-flow", "paper")
+    assert (paper.rounds, paper.hidden, paper.init, paper.steps, paper.alpha, paper.alpha_r, paper.lr, paper.lr_final,
+            paper.iters, paper.batch, paper.dtype) == (5, 16, "ot-flow", 8, 10.0, 0.5, 1e-2, 1.0, 3000, 2000, "float64")
+    assert settings("interpolant", "paper").time_beta == (1.0, 0.5)
+    assert settings("interpolant").activation == "silu"   # (softplus learned slower: the docstring's measurement)
+    x = np.random.default_rng(0).normal(size=(200, 3))
+    flow = jkofast.train(x, "interpolant", budget="quick", iters=1, beta=3.0, progress=False)
+    assert flow.blocks[0].beta == 3.0
+    flow = jkofast.train(x, "jko-flow", budget="quick", rounds=1, iters=1, rank=2, progress=False)
+    assert flow.blocks[0].rank == 2
+
+
 @pytest.mark.parametrize("method", ["jko-flow", "interpolant"])
 def test_gradients_are_clipped_and_nan_weights_stop_the_run(method, moons, tmp_path):
     """``clip`` bounds the norm of the gradient Adam steps with, and a NaN gradient in the last
