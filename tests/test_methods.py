@@ -99,7 +99,9 @@ def test_the_presets_and_the_network_settings_reach_the_trained_blocks():
     flow = jkofast.train(x, "interpolant", budget="quick", iters=1, beta=3.0, progress=False)
     assert flow.blocks[0].beta == 3.0
     flow = jkofast.train(x, "jko-flow", budget="quick", rounds=1, iters=1, rank=2, progress=False)
-    assert flow.blocks[0].rank == 2
+    again = jkofast.Flow.from_payload(flow.payload())   # (a saved model keeps its rank)
+    assert flow.blocks[0].rank == again.blocks[0].rank == 2
+    assert torch.equal(again.log_prob(torch.as_tensor(x[:5])), flow.log_prob(torch.as_tensor(x[:5])))
 
 
 @pytest.mark.parametrize("method", ["jko-flow", "interpolant"])

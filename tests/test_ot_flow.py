@@ -44,6 +44,27 @@ def test_closed_form_derivatives_match_torch_func(layers):
     assert float(lap.detach().abs().min()) > 1e-2  # the comparison is not between zeros
 
 
+def test_the_potential_is_ot_flows_resnet_with_its_initialisation():
+    # Phi(s) = w^T u_M + |A s|^2 / 2 + b^T s + c with the residual step h = 1 / (M - 1), written
+    # out for M = 3; a new potential starts as OT-Flow's does (w = 1, b = c = 0, A Xavier-uniform,
+    # rank min(10, d + 1)): init="ot-flow" is this one.
+    phi = random_potential(dim=2, hidden=5, layers=3)
+    x, t = torch.randn(4, 2, dtype=torch.float64), torch.tensor(0.4, dtype=torch.float64)
+    s = torch.cat([x, t.expand(4, 1)], 1)
+    sigma = lambda z: torch.log(torch.exp(z) + torch.exp(-z))  # noqa: E731
+    u = sigma(s @ phi.opening.weight.t() + phi.opening.bias)
+    for layer in phi.residual:
+        u = u + 0.5 * sigma(u @ layer.weight.t() + layer.bias)
+    want = u @ phi.w + 0.5 * (s @ phi.A.t()).square().sum(1) + s @ phi.b + phi.c
+    torch.testing.assert_close(phi.potential(x, t), want, rtol=1e-13, atol=1e-13)
+    for dim, rank in ((2, 3), (20, 10)):
+        new = OTFlowPotential(dim, hidden=6)
+        assert new.rank == rank and new.A.shape == (rank, dim + 1)
+        assert bool((new.w == 1).all()) and not new.b.any() and float(new.c) == 0.0
+        assert float(new.A.abs().max()) <= (6 / (rank + dim + 1)) ** 0.5
+    assert OTFlowPotential(3, rank=2).A.shape == (2, 4)
+
+
 def test_field_is_minus_gradient_and_its_divergence():
     phi = random_potential()
     x, t = torch.randn(5, 3, dtype=torch.float64), torch.tensor(0.3, dtype=torch.float64)
