@@ -41,7 +41,8 @@ def test_digits_are_dequantized_by_the_seed():
     train = datasets.load("digits", seed=0, dtype=np.float64)[0]  # float32 could round two values together
     # Integer pixels 0..16 would give at most 17 values per column; uniform noise makes them all distinct.
     assert min(len(np.unique(col)) for col in train.T) == len(train)
-    assert not np.array_equal(train, datasets.load("digits", seed=1)[0])
+    assert not np.array_equal(train, datasets.load("digits", seed=1, dtype=np.float64)[0])   # (both float64: a float32 array was never equal)
+    assert np.array_equal(train, datasets.load("digits", seed=0, dtype=np.float64)[0])
     # value = (pixel + u - mean) / std with u in [0, 1): the intervals [k, k + 1) of different
     # pixel values do not overlap, so sorting a column by value sorts the raw pixels too. The
     # rows are the fixed split's (datasets.split with seed 0).
@@ -56,6 +57,7 @@ def test_fixed_sets_refuse_sizes_and_unknown_names():
     with pytest.raises(ValueError, match=r"unknown built-in real data set 'iris'.*patches.*digits.*breast-cancer.*wine"):
         datasets.load("iris")
     np.testing.assert_array_equal(datasets.load("breast_cancer")[2], datasets.load("Breast-Cancer")[2])
+    np.testing.assert_array_equal(datasets.load("breastcancer")[2], datasets.load("breast-cancer")[2])
 
 
 def test_patches_shape_dequantization_and_mean_removal():
