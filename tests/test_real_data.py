@@ -41,7 +41,8 @@ def test_digits_are_dequantized_by_the_seed():
     train = datasets.load("digits", seed=0, dtype=np.float64)[0]  # float32 could round two values together
     # Integer pixels 0..16 would give at most 17 values per column; uniform noise makes them all distinct.
     assert min(len(np.unique(col)) for col in train.T) == len(train)
-    assert not np.array_equal(train, datasets.load("digits", seed=1, dtype=np.float64)[0])   # (both float64: a float32 array was never equal)
+    # (both float64: a float32 array never equals it, whatever the seed)
+    assert not np.array_equal(train, datasets.load("digits", seed=1, dtype=np.float64)[0])
     assert np.array_equal(train, datasets.load("digits", seed=0, dtype=np.float64)[0])
     # value = (pixel + u - mean) / std with u in [0, 1): the intervals [k, k + 1) of different
     # pixel values do not overlap, so sorting a column by value sorts the raw pixels too. The
