@@ -211,6 +211,27 @@ def test_fractal_tree_shape():
     assert top[:, 0].std() > 5 * bottom[:, 0].std()
 
 
+def test_the_pictures_strokes_are_as_drawn():
+    from jkofast.datasets import drawn
+
+    # The rose's stroke: every inked pixel centre within the half-width 0.08 of the curve.
+    ink = drawn.rose_ink()
+    centres = np.linspace(-4, 4, ink.shape[0])
+    rows, cols = np.nonzero(ink)
+    pixels = np.stack([centres[cols], centres[rows]], axis=1)
+    theta = np.linspace(0.0, 2 * math.pi, 4000)   # ~0.018 apart: distances overstated by < 0.001
+    curve = 3.6 * np.cos(4 * theta)[:, None] * np.stack([np.cos(theta), np.sin(theta)], axis=1)
+    dist = np.concatenate([np.sqrt(((p[:, None, :] - curve[None]) ** 2).sum(-1)).min(1)
+                           for p in np.array_split(pixels, 20)])
+    assert dist.max() < 0.085 and len(pixels) > 5000
+    # The tree: 10 levels of binary branching, 2^10 - 1 segments, scaled to span [-3.8, 3.8] across.
+    segments = drawn._tree_segments()
+    ends = np.array([p for start, end, _ in segments for p in (start, end)])
+    assert len(segments) == 2 ** 10 - 1
+    np.testing.assert_allclose([ends[:, 0].min(), ends[:, 0].max()], [-3.8, 3.8], rtol=1e-12)
+    assert np.abs(ends[:, 1]).max() < 3.8
+
+
 # ----------------------------------------------------------------------------- load_array
 
 def test_load_npy_roundtrip(tmp_path):

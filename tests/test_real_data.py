@@ -80,6 +80,17 @@ def test_patches_shape_dequantization_and_mean_removal():
     assert not np.array_equal(patches(10, 50, 80, seed=1)[2], test)
 
 
+def test_patches_are_cut_from_the_photographs_grey_as_pil_makes_it():
+    # ITU-R 601 luma, rounded: PIL's convert("L") up to its fixed-point rounding (one level, rarely)
+    image = pytest.importorskip("PIL.Image")
+    from sklearn.datasets import load_sample_images
+
+    for rgb, grey in zip(load_sample_images().images, grey_images()):
+        pil = np.asarray(image.fromarray(rgb).convert("L")).astype(np.int64)
+        diff = np.abs(pil - grey.astype(np.int64))
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+
+
 def test_patches_test_regions_never_touch_training_regions():
     (_, _, _), (tr, va, te) = patches(30_000, 5_000, 20_000, seed=3, with_corners=True)
     grey = grey_images()
