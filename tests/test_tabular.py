@@ -3,6 +3,7 @@ formats. Each test re-derives the expected arrays from the recipe (docs/METHOD.m
 public loaders' seeds and draw order) and checks every preprocessing step: columns dropped,
 noise, split sizes and order, normalization statistics."""
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -270,3 +271,26 @@ def test_cli_allow_pickle_reaches_the_loader(tmp_path):
     assert spec["allow_pickle"] is True and spec["root"] == str(tmp_path.resolve())
     for got, want in zip(data_spec._load_data(spec), _gas_expected(table)):
         np.testing.assert_allclose(got, want, atol=1e-6)  # float32
+
+
+def test_the_archive_readers_drop_an_index_column_and_refuse_empty_or_text_data(tmp_path):
+    from jkofast.datasets.maf_files import read_hdf5_splits, read_matrix, read_named_csv
+
+    # DataFrame.to_csv's default index: an unnamed first column, dropped; fields past the header ignored
+    (tmp_path / "indexed.csv").write_text(",a,b\n0,1.5,2,9\n1,3,4,9\n")
+    names, data = read_named_csv(tmp_path / "indexed.csv")
+    assert names == ["a", "b"] and np.array_equal(data, [[1.5, 2.0], [3.0, 4.0]])
+    (tmp_path / "header_only.csv").write_text("a,b\n")
+    with pytest.raises(ValueError, match="has a header but no data rows"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)   # (numpy's "input contained no data")
+        read_named_csv(tmp_path / "header_only.csv")
+    # a float32 or integer .npy is read as float64, a copy its caller may shuffle
+    np.save(tmp_path / "m.npy", np.arange(6, dtype=np.int32).reshape(3, 2))
+    m = read_matrix(tmp_path / "m.npy", columns=2, what="M")
+    assert m.dtype == np.float64 and m.flags.writeable and np.array_equal(m, [[0, 1], [2, 3], [4, 5]])
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(tmp_path / "t.hdf5", "w") as f:
+        f.create_dataset("train", data=np.zeros((3, 2)))
+        f.create_dataset("test", data=np.array([[b"a", b"b"]]))
+    with pytest.raises(ValueError, match=r"dataset 'test' .* must be a 2-D numeric array, got shape \(1, 2\)"):
+        read_hdf5_splits(tmp_path / "t.hdf5", ("train", "test"))
