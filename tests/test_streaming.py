@@ -125,6 +125,16 @@ def test_scan_finds_the_first_bad_row_in_a_late_chunk(tmp_path, small_chunks):
         scan(as_rows(_write_npy(tmp_path / "x.npy", data), "x"))
 
 
+def test_scan_names_the_first_bad_row_of_the_first_block_that_has_one(tmp_path, small_chunks, monkeypatch):
+    # One chunk per block summary: the bad rows sit in blocks 1 and 3, and block order decides
+    monkeypatch.setattr(importlib.import_module("jkofast.datasets.scan"), "_SCAN_BLOCK", 1)
+    data = np.ones((2000, 2), np.float32)   # 512 rows a chunk
+    data[700, 0] = np.nan
+    data[1700, 1] = np.nan
+    with pytest.raises(ValueError, match=r"has 2 row\(s\) with NaN or inf values \(first: row 700 of the file\)"):
+        scan(as_rows(_write_npy(tmp_path / "x.npy", data), "x"))
+
+
 def test_sharded_nll_is_nll(moons):
     flow = jkofast.Flow(2, dict(hidden=8, layers=1), loc=torch.tensor([0.5, 0.2]), scale=torch.tensor([1.5, 0.8]))
     flow.add_block(flow.new_field(), 0.5)
