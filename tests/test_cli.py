@@ -572,6 +572,32 @@ def test_plot_draws_a_random_subset_of_the_data(tmp_path, monkeypatch):
     assert len(x) == 500 and x.min() < -2 and x.max() > 2   # spans the data, not its first 500 rows
 
 
+def test_plot_flow_refuses_other_formats_seeds_its_samples_and_replaces_the_file_whole(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    from jkofast.plotting import plot_flow
+
+    flow = jkofast.Flow(2, dict(hidden=4, layers=1))
+    data = np.random.default_rng(0).normal(size=(200, 2))
+    with pytest.raises(ValueError, match=r"end the name in one of \['.png', '.pdf', '.svg'\]"):
+        plot_flow(flow, data, tmp_path / "p.jpg", resolution=10)
+    seeds, real_sample = [], flow.sample
+    monkeypatch.setattr(flow, "sample", lambda n, generator=None, **kw: (seeds.append(generator.initial_seed()),
+                                                                         real_sample(n, generator=generator, **kw))[1])
+    plot_flow(flow, data, tmp_path / "p.png", resolution=10, seed=7)
+    assert seeds == [7]
+    good = (tmp_path / "p.png").read_bytes()
+
+    def stopped(self, fname, **kwargs):   # a SIGTERM halfway through writing the picture
+        with open(fname, "wb") as f:
+            f.write(good[:100])
+        raise KeyboardInterrupt
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        plot_flow(flow, data, tmp_path / "p.png", resolution=10)
+    assert (tmp_path / "p.png").read_bytes() == good and sorted(os.listdir(tmp_path)) == ["p.png"]
+
+
 @pytest.mark.parametrize("blocks, shown", [(6, [0, 1, 2, 3, 4, 5, 6]), (9, [0, 2, 3, 4, 6, 8, 9])])
 def test_the_plot_shows_every_block_of_the_default_six(blocks, shown, tmp_path, monkeypatch):
     import matplotlib.pyplot as plt

@@ -61,6 +61,19 @@ def test_density_integrates_to_one(trained_moons):
     assert abs(total - 1.0) < 1e-5, total
 
 
+def test_density_grid_is_the_density_at_the_cell_centres():
+    # An empty flow is N(loc, diag(scale^2)); the grid's x runs along rows' columns, y down them
+    loc, scale = torch.tensor([1.0, -0.5], dtype=torch.float64), torch.tensor([2.0, 0.5], dtype=torch.float64)
+    flow = Flow(2, loc=loc, scale=scale)
+    gx, gy, dens = density_grid(flow, (0.0, 4.0, -1.0, 1.0), resolution=4)
+    np.testing.assert_array_equal(gx[0], [0.5, 1.5, 2.5, 3.5])
+    np.testing.assert_array_equal(gy[:, 0], [-0.75, -0.25, 0.25, 0.75])
+    want = np.exp(-0.5 * (((gx - 1.0) / 2.0) ** 2 + ((gy + 0.5) / 0.5) ** 2)) / (2 * np.pi * 2.0 * 0.5)
+    np.testing.assert_allclose(dens, want, rtol=1e-12)
+    with pytest.raises(ValueError, match="density_grid needs a 2-D flow, got dim 3"):
+        density_grid(Flow(3), (0.0, 1.0, 0.0, 1.0))
+
+
 def test_save_load_round_trip(tmp_path):
     flow = random_flow(dim=3, blocks=3)
     flow.tableau = "rk4-3/8"   # not the default: the file must say which
