@@ -234,3 +234,35 @@ def test_info_without_a_compiled_build(monkeypatch):
     text = report()
     assert "built for:       (no compiled build installed)" in text
     assert f"compiled ops:    not available ({why}); the pure-torch engine runs everything" in text
+
+
+def test_info_reports_a_builds_record_as_a_bug_report_needs_it(monkeypatch):
+    # A ROCm torch, a native CUDA build for sm_80 and sm_90a without OpenMP: each said as such
+    from jkofast import info
+
+    record = dict(_extension.read_build_info(), torch_version="2.9.0", torch_cuda=None, torch_hip="6.4",
+                  cpu_target="native", cpu_threads=False, cuda_archs=["8.0", "9.0a"])
+    monkeypatch.setattr(_backend, "EXTENSION", _extension.Extension(_backend.EXTENSION.ops, None, record, False))
+    text = info.report()
+    assert "built for:       torch 2.9.0 (ROCm 6.4), " in text
+    assert "CPU code -march=native (runs only on CPUs like the one that built it)" in text
+    assert "CPU threads:     one per op call (built without OpenMP)" in text
+    assert "CUDA kernels:    built for sm_80, sm_90a" in text
+    monkeypatch.setattr(_backend, "EXTENSION", _extension.Extension(_backend.EXTENSION.ops, None,
+                                                                  dict(record, cpu_threads=True), False))
+    assert f"the ops split each batch over torch.get_num_threads() = {torch.get_num_threads()}" in info.report()
+
+
+def test_info_says_why_the_kernel_check_did_not_run(monkeypatch):
+    from jkofast import info
+
+    # a GPU the build has no code for: not run, and why; the check's own failure: could not run
+    monkeypatch.setattr(_backend, "cuda_misfit", lambda dim, hidden, weights: None)
+    monkeypatch.setattr(_backend, "_cuda_arch_misfit", lambda device: "a GPU of compute capability 7.5")
+    assert info.kernel_check("cuda:0") == "not run: the kernels do not take a GPU of compute capability 7.5"
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+    from jkofast import _kernel_check
+    monkeypatch.setattr(_kernel_check, "verdict_for", out_of_memory)
+    assert info.kernel_check("cpu") == "could not run: OutOfMemoryError: CUDA out of memory"
