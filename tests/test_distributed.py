@@ -403,3 +403,74 @@ def test_ranks_started_differently_are_refused():
     from jkofast.distributed import is_raised_on_every_rank
     assert is_raised_on_every_rank(err.value) and is_raised_on_every_rank(pickle.loads(pickle.dumps(err.value)))
     assert not is_raised_on_every_rank(ValueError("a rank's own"))
+
+
+def test_the_timeout_must_be_positive_seconds(monkeypatch):
+    from jkofast.distributed import TIMEOUT_ENV, _timeout
+
+    monkeypatch.delenv(TIMEOUT_ENV, raising=False)
+    assert _timeout().total_seconds() == 600
+    monkeypatch.setenv(TIMEOUT_ENV, "30")
+    assert _timeout().total_seconds() == 30
+    for bad in ("0", "-5", "nan"):   # 0 or NaN: every collective would fail at once
+        monkeypatch.setenv(TIMEOUT_ENV, bad)
+        with pytest.raises(ValueError, match=f"{TIMEOUT_ENV} must be > 0 seconds, got '{bad}'"):
+            _timeout()
+
+
+def test_a_failed_collective_is_a_distributed_error_naming_the_rank_and_the_timeout():
+    from jkofast.distributed import DistributedError
+
+    def gloo_failure():
+        raise RuntimeError("[../gloo/transport/tcp/pair.cc:534] Connection closed by peer")
+    with pytest.raises(DistributedError, match=r"rank 1 of 2: averaging the loss failed, most likely because another "
+                                               r"process died .*JKOFAST_DIST_TIMEOUT=600 s.*Connection closed by peer"):
+        Dist(rank=1, world=2).guard("averaging the loss", gloo_failure)
+    with pytest.raises(RuntimeError, match="Connection closed") as err:   # one process: its own error, as it is
+        Dist().guard("averaging the loss", gloo_failure)
+    assert type(err.value) is RuntimeError
+
+
+def test_one_process_collectives_are_the_identity():
+    one, x = Dist(), torch.tensor([1.0, 2.0], dtype=torch.float32)
+    assert one.gather({"a": 1}) == [{"a": 1}] and one.broadcast("rank 0's") == "rank 0's"
+    total = one.sum(x)
+    assert total.dtype == torch.float64 and torch.equal(total, x.double())
+    assert torch.equal(one.mean_async(x).wait(), x.double())
+    one.check_same({"lr": 0.1}, "settings")
+
+
+def test_the_differences_of_two_settings_name_at_most_five_places():
+    from jkofast.distributed import _differences
+
+    a = {f"k{i}": i for i in range(8)}
+    b = {**{f"k{i}": -i for i in range(1, 8)}, "k0": 0, "extra": 1}
+    said = _differences(a, b)
+    assert said == "k1: 1 against -1; k2: 2 against -2; k3: 3 against -3; k4: 4 against -4; k5: 5 against -5; " \
+                   "and 3 more"
+    assert _differences({"x": 1}, {"x": 1, "y": 2}) == "y: '(missing)' against 2"
+    assert _differences({"shape": [3, 2]}, {"shape": [3, 2, 1]}) == "shape: [3, 2] against [3, 2, 1]"
+
+
+def test_checks_alike_on_every_rank_are_marked_so():
+    from jkofast.distributed import alike_on_every_rank, is_raised_on_every_rank
+
+    with pytest.raises(ValueError) as err:
+        with alike_on_every_rank():
+            raise ValueError("lr must be > 0")
+    assert is_raised_on_every_rank(err.value)
+
+
+def test_an_existing_group_is_joined_with_torchruns_local_rank(monkeypatch):
+    import torch.distributed as tdist
+
+    from jkofast.distributed import connect
+
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    tdist.init_process_group("gloo", store=tdist.HashStore(), rank=0, world_size=1)
+    try:
+        dist = connect("cpu")
+        assert (dist.rank, dist.world, dist.local_rank, dist.local_world) == (0, 1, 3, 4) and not dist.owns_group
+    finally:
+        tdist.destroy_process_group()
