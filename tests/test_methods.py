@@ -142,6 +142,9 @@ def test_quick_budget_gives_a_flow_with_its_training_record(method, moons):
     assert info["method"] == method and info["train_batches"] >= 1 and info["batch_size"] == 256
     assert info["train_seconds"] > 0 and info["resources"]["wall_seconds"] >= info["train_seconds"] * 0.5
     assert info["resources"]["peak_mb"] > 50 and set(info["val_nll"]) == {f"steps{s}" for s in info["eval_grids"]}
+    # the report's "training" entry: how it was trained, from flow.info
+    keys = ("method", "train_batches", "batch_size", "train_seconds", "resources", "resumed")
+    assert evaluate(flow, moons[2][:50], mmd_points=0)["training"] == {k: info[k] for k in keys}
     assert torch.isfinite(flow.log_prob(moons[2][:100])).all()
 
 
