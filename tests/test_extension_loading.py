@@ -251,6 +251,9 @@ def test_info_reports_a_builds_record_as_a_bug_report_needs_it(monkeypatch):
     monkeypatch.setattr(_backend, "EXTENSION", _extension.Extension(_backend.EXTENSION.ops, None,
                                                                   dict(record, cpu_threads=True), False))
     assert f"the ops split each batch over torch.get_num_threads() = {torch.get_num_threads()}" in info.report()
+    older = {k: v for k, v in record.items() if k != "cpu_threads"}   # a build from before the record had it
+    monkeypatch.setattr(_backend, "EXTENSION", _extension.Extension(_backend.EXTENSION.ops, None, older, False))
+    assert "CPU threads:" not in info.report()
 
 
 def test_info_says_why_the_kernel_check_did_not_run(monkeypatch):
