@@ -96,8 +96,10 @@ def plot_flow(flow, data: np.ndarray, path: str | Path, *, samples: np.ndarray |
         fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    with replaced_atomically(path) as tmp:  # (a stopped savefig left a truncated file)
-        fig.savefig(tmp, dpi=110, format=fmt)
-    plt.close(fig)
+    try:
+        with replaced_atomically(path) as tmp:  # (a stopped savefig left a truncated file)
+            fig.savefig(tmp, dpi=110, format=fmt)
+    finally:
+        plt.close(fig)  # (pyplot keeps every open figure: a failed save would leak one per call)
     return path
 

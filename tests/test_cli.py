@@ -593,9 +593,12 @@ def test_plot_flow_refuses_other_formats_seeds_its_samples_and_replaces_the_file
             f.write(good[:100])
         raise KeyboardInterrupt
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", stopped)
+    import matplotlib.pyplot as plt
+    before = plt.get_fignums()
     with pytest.raises(KeyboardInterrupt):
         plot_flow(flow, data, tmp_path / "p.png", resolution=10)
     assert (tmp_path / "p.png").read_bytes() == good and sorted(os.listdir(tmp_path)) == ["p.png"]
+    assert plt.get_fignums() == before   # the failed save's figure is closed, not left open in pyplot
 
 
 @pytest.mark.parametrize("blocks, shown", [(6, [0, 1, 2, 3, 4, 5, 6]), (9, [0, 2, 3, 4, 6, 8, 9])])

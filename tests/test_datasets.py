@@ -356,7 +356,6 @@ def test_load_rejects_ragged_or_text_csv(tmp_path):
         datasets.load_array(tmp_path / "r.csv")
 
 
-
 def test_load_never_unpickles(tmp_path):
     marker = tmp_path / "pwned"
     np.save(tmp_path / "obj.npy", np.array([CodeRunningPickle(str(marker))], dtype=object), allow_pickle=True)

@@ -9,7 +9,6 @@ from jkofast import Field, rk4
 from conftest import LinearField, random_field
 
 
-
 def _matrix(d=3):
     g = torch.Generator().manual_seed(3)
     return torch.randn(d, d, generator=g, dtype=torch.float64) * 0.8

@@ -282,7 +282,7 @@ def test_the_archive_readers_drop_an_index_column_and_refuse_empty_or_text_data(
     assert names == ["a", "b"] and np.array_equal(data, [[1.5, 2.0], [3.0, 4.0]])
     (tmp_path / "header_only.csv").write_text("a,b\n")
     with pytest.raises(ValueError, match="has a header but no data rows"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)   # (numpy's "input contained no data")
+        warnings.simplefilter("error")   # the error says it: no numpy "input contained no data" before it
         read_named_csv(tmp_path / "header_only.csv")
     # a float32 or integer .npy is read as float64, a copy its caller may shuffle
     np.save(tmp_path / "m.npy", np.arange(6, dtype=np.int32).reshape(3, 2))

@@ -330,7 +330,7 @@ def test_the_early_end_rules_read_the_first_pass_up_to_the_block_asked(moons):
     trainer = JKOIFlowTrainer(jkofast.Flow(2, cfg.field_config()), cfg, x, x[:20], progress=False)
     for h in (0.5, 0.7, math.inf):
         trainer.flow.add_block(trainer.flow.new_field(), h)
-    logged = lambda *nll: [{"phase": "initial", "val_nll_standardized": v} for v in nll]  # noqa: E731
+    logged = lambda *nlls: [{"phase": "initial", "val_nll_standardized": v} for v in nlls]  # noqa: E731
     trainer.log["blocks"] = logged(2.0, 1.5, 3.0)   # block 2 improved; the free block did not
     assert trainer._early_end(1, ter=1.0) is None
     trainer.log["blocks"] = logged(2.0, 2.5, 3.0)   # block 2 did not improve: val_patience=1 ends the pass
@@ -355,18 +355,18 @@ def test_val_patience_needs_each_of_its_blocks_above_the_best_before_them(moons)
     trainer = JKOIFlowTrainer(jkofast.Flow(2, cfg.field_config()), cfg, x, x[:20], progress=False)
     for h in (0.5, 0.7, 0.9, 1.1):
         trainer.flow.add_block(trainer.flow.new_field(), h)
-    logged = lambda *nll: [{"phase": "initial", "val_nll_standardized": v} for v in nll]  # noqa: E731
-    for nll, stalled in (((2.0, 2.5, 1.9), False),          # block 3 came back below 2.0
-                         ((2.0, 1.9, 2.5), False),          # block 2 set a new best
-                         ((2.0, 2.5, 2.1), True),
-                         ((2.0, math.nan, 2.1), True),      # a NaN is above
-                         ((math.nan, 2.0, 1.5, 2.1), False),  # a NaN is no best: 2.0 is, and 1.5 beat it
-                         ((2.0, 2.0, 2.0), False)):         # equal to the best is not above it
-        trainer.log["blocks"] = logged(*nll)
-        end = trainer._early_end(len(nll) - 1, ter=1.0)
-        assert (end is not None and end[0] == {"val_patience": 2}) == stalled, nll
-    for nll in ((2.0, 2.5), (math.nan, math.nan)):      # not yet val_patience blocks after a first one
-        trainer.log["blocks"] = logged(*nll)
+    logged = lambda *nlls: [{"phase": "initial", "val_nll_standardized": v} for v in nlls]  # noqa: E731
+    for nlls, stalled in (((2.0, 2.5, 1.9), False),          # block 3 came back below 2.0
+                          ((2.0, 1.9, 2.5), False),          # block 2 set a new best
+                          ((2.0, 2.5, 2.1), True),
+                          ((2.0, math.nan, 2.1), True),      # a NaN is above
+                          ((math.nan, 2.0, 1.5, 2.1), False),  # a NaN is no best: 2.0 is, and 1.5 beat it
+                          ((2.0, 2.0, 2.0), False)):         # equal to the best is not above it
+        trainer.log["blocks"] = logged(*nlls)
+        end = trainer._early_end(len(nlls) - 1, ter=1.0)
+        assert (end is not None and end[0] == {"val_patience": 2}) == stalled, nlls
+    for nlls in ((2.0, 2.5), (math.nan, math.nan)):      # not yet val_patience blocks after a first one
+        trainer.log["blocks"] = logged(*nlls)
         assert trainer._early_end(1, ter=1.0) is None
 
 

@@ -15,6 +15,7 @@ unpickling a file runs whatever code it holds.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -81,8 +82,10 @@ def read_named_csv(path: Path) -> tuple[list[str], np.ndarray]:
         raise ValueError(f"{str(path)!r} must start with a header line of comma-separated column names, "
                          f"got {header[:80]!r}")
     try:
-        data = np.loadtxt(path, delimiter=",", skiprows=1, usecols=range(len(names)), ndmin=2,
-                          dtype=np.float64, encoding="utf-8-sig")
+        with warnings.catch_warnings():  # ("input contained no data": said below, as an error)
+            warnings.filterwarnings("ignore", message="loadtxt: input contained no data", category=UserWarning)
+            data = np.loadtxt(path, delimiter=",", skiprows=1, usecols=range(len(names)), ndmin=2,
+                              dtype=np.float64, encoding="utf-8-sig")
     except ValueError as exc:
         raise ValueError(f"could not parse the rows of {str(path)!r} as {len(names)} comma-separated "
                          f"numbers (its header names {len(names)} columns): {exc}") from exc
