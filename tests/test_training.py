@@ -254,6 +254,23 @@ def test_resume_across_rounds_and_free_block(tmp_path, moons, monkeypatch):
         assert_same_flow(resumed, full, context=kill_at)
 
 
+def test_the_free_block_comes_once_after_the_budget_with_an_infinite_step(moons, monkeypatch):
+    """free_block adds one last block with h = inf (no transport penalty) and ends the pass there.
+    (A free block given a finite step looks like one more budget block, and the pass goes on adding
+    "free" blocks until training diverges: the calls are counted so that fails at once.)"""
+    real, calls = jko_iflow.JKOIFlowTrainer.train_block, []
+
+    def counted(self, k, *args, **kwargs):
+        calls.append(k)
+        assert len(calls) <= QUICK["blocks"] + 1, f"block {k + 1} trained: the pass did not end at the free block"
+        return real(self, k, *args, **kwargs)
+
+    monkeypatch.setattr(jko_iflow.JKOIFlowTrainer, "train_block", counted)
+    flow = jkofast.train(moons[0][:500], progress=False, **(QUICK | {"free_block": True}))
+    assert calls == [0, 1, 2] and flow.num_blocks == 3
+    assert all(math.isfinite(h) for h in flow.h[:2]) and flow.h[2] == math.inf
+
+
 @pytest.mark.parametrize("free_block", [False, True])
 def test_more_blocks_on_resume_give_the_longer_run(tmp_path, moons, monkeypatch, caplog, free_block):
     """A finished run resumed with a larger ``blocks`` becomes the run that budget trains from
