@@ -78,8 +78,8 @@ def prepare(x, val, cfg: JKOIFlowConfig, dist: Dist, *, progress: bool = False,
     val_summary = None if val_rows is None else scan(val_rows, dist, progress=progress)
     with alike_on_every_rank():  # checks of the summaries, which every rank holds whole (scan gathers them)
         if summary.n < dist.world:
-            raise ValueError(f"{rows.name} has {summary.n} rows, fewer than the {dist.world} processes: every process needs "
-                             "a shard")
+            raise ValueError(f"{rows.name} has {summary.n} rows, fewer than the {dist.world} processes: "
+                             "every process needs a shard")
         standardization = _standardization(summary, getattr(torch, cfg.dtype)) if cfg.standardize else None
     dtype, device = getattr(torch, cfg.dtype), dist.device
     if standardization is not None:
